@@ -1,0 +1,68 @@
+"""Packaging for the verl-compatible RL post-training framework.
+
+Install on a CPU machine with ``bash scripts/install.sh`` (it pins torch to the CPU build first so that no
+CUDA wheels are pulled). Extras: ``test``, ``vllm``, ``sglang``, ``megatron``, ``gpu``.
+"""
+
+from pathlib import Path
+
+from setuptools import find_packages, setup
+
+ROOT = Path(__file__).parent
+VERSION = (ROOT / "verl" / "version" / "version").read_text().strip()
+
+INSTALL_REQUIRES = [
+    "torch>=2.4",
+    "transformers>=4.51",
+    "tokenizers",
+    "accelerate",
+    "codetiming",
+    "datasets",
+    "hydra-core>=1.3",
+    "omegaconf>=2.3",
+    "numpy",
+    "pandas",
+    "pyarrow>=15",
+    "ray[default]>=2.41",
+    "tensordict>=0.8",
+    "safetensors",
+    "tqdm",
+    "matplotlib",
+    "tensorboard",
+    "fastapi",
+    "uvicorn",
+    "aiohttp",
+    "openai",
+    "packaging>=20",
+]
+
+EXTRAS = {
+    "test": ["pytest>=8", "pytest-timeout", "ruff>=0.6"],
+    "wandb": ["wandb"],
+    "vllm": ["vllm>=0.8.5"],
+    "sglang": ["sglang[srt,openai]>=0.5"],
+    "megatron": ["megatron-core>=0.12"],
+    "gpu": ["flash-attn", "liger-kernel"],
+}
+
+setup(
+    name="verl",
+    version=VERSION,
+    description="verl-compatible RL post-training with logit capture, an SPD scorer and a real CPU mode",
+    long_description=(ROOT / "README.md").read_text() if (ROOT / "README.md").exists() else "",
+    long_description_content_type="text/markdown",
+    python_requires=">=3.10",
+    packages=find_packages(include=["verl", "verl.*"]),
+    py_modules=["spd_scorer", "train_spd_scorer"] if (ROOT / "spd_scorer.py").exists() else [],
+    package_data={
+        "verl": [
+            "version/*",
+            "trainer/config/*.yaml",
+            "trainer/config/*/*.yaml",
+        ]
+    },
+    include_package_data=True,
+    install_requires=INSTALL_REQUIRES,
+    extras_require=EXTRAS,
+    license="Apache-2.0",
+)
