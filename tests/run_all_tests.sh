@@ -1,0 +1,73 @@
+#!/usr/bin/env bash
+# Runs every check of the project and ends with one line "N passed, N failed[, N skipped]".
+#
+#   bash tests/run_all_tests.sh            # installs what is missing (quick when installed), then runs everything
+#   bash tests/run_all_tests.sh -k dataproto   # extra arguments go to pytest
+#
+# Checks: ruff lint + format, the standalone scripts (quick_test.py and, when present, the logit-capture scripts),
+# then the pytest suite. Each standalone check counts as one test; pytest's own counts are added.
+set -uo pipefail
+ROOT="$(cd "$(dirname "$0")/.." && pwd)"
+cd "$ROOT"
+PY="${PYTHON:-python3}"
+LOGDIR="$(mktemp -d)"
+export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 HF_DATASETS_OFFLINE=1 HF_HUB_DISABLE_PROGRESS_BARS=1
+export TOKENIZERS_PARALLELISM=false RAY_USAGE_STATS_ENABLED=0 TORCH_COMPILE_DISABLE=1
+
+if ! bash scripts/install.sh --extras test > "$LOGDIR/install.log" 2>&1; then
+  cat "$LOGDIR/install.log"
+  echo "install failed"
+  echo "0 passed, 1 failed"
+  exit 1
+fi
+tail -1 "$LOGDIR/install.log"
+
+passed=0; failed=0; skipped=0
+failures=()
+check() {  # check NAME CMD...: run a standalone check, count it, show its tail on failure
+  local name="$1"; shift
+  local log="$LOGDIR/$(echo "$name" | tr -c 'a-zA-Z0-9_' '_').log"
+  local t0=$SECONDS
+  if "$@" > "$log" 2>&1; then
+    passed=$((passed + 1)); printf 'PASS  %-45s %4ds\n' "$name" $((SECONDS - t0))
+  else
+    failed=$((failed + 1)); failures+=("$name"); printf 'FAIL  %-45s %4ds\n' "$name" $((SECONDS - t0))
+    tail -40 "$log" | sed 's/^/      | /'
+  fi
+}
+
+echo "== static checks"
+check "ruff check" "$PY" -m ruff check .
+check "ruff format --check" "$PY" -m ruff format --check .
+
+echo "== standalone scripts"
+for script in tests/quick_test.py tests/test_sglang_rollout_with_logit.py tests/integration_test_logit_flow.py; do
+  [[ -f "$script" ]] && check "$script" "$PY" "$script"
+done
+
+echo "== pytest suite"
+"$PY" -m pytest tests -q -p no:cacheprovider --timeout=900 --junitxml="$LOGDIR/junit.xml" "$@"
+rc=$?
+if [[ -f "$LOGDIR/junit.xml" ]]; then
+  read -r p f s < <("$PY" - "$LOGDIR/junit.xml" <<'PYEOF'
+import sys
+import xml.etree.ElementTree as ET
+root = ET.parse(sys.argv[1]).getroot()
+suites = [root] if root.tag == "testsuite" else list(root)
+tests = sum(int(s.get("tests", 0)) for s in suites)
+fail = sum(int(s.get("failures", 0)) + int(s.get("errors", 0)) for s in suites)
+skip = sum(int(s.get("skipped", 0)) for s in suites)
+print(tests - fail - skip, fail, skip)
+PYEOF
+)
+  passed=$((passed + p)); failed=$((failed + f)); skipped=$((skipped + s))
+  [[ "$f" -gt 0 ]] && failures+=("pytest: $f failing")
+elif [[ $rc -ne 5 ]]; then
+  failed=$((failed + 1)); failures+=("pytest did not run (exit $rc)")
+fi
+
+echo "== summary"
+for item in "${failures[@]+"${failures[@]}"}"; do echo "  failed: $item"; done
+rm -rf "$LOGDIR"
+echo "$passed passed, $failed failed, $skipped skipped"
+[[ $failed -eq 0 ]]

@@ -1,0 +1,213 @@
+"""Entry point: ``python -m verl.trainer.main_ppo key=value ...`` (verl's Hydra config tree).
+
+Everything that can fail cheaply is checked before Ray starts: the config (sizes, keys), the model path, the data
+files and their columns. Only then are the Ray cluster and the worker groups brought up and ``fit()`` called.
+On a machine without CUDA, ``trainer.device`` becomes ``cpu`` and ``trainer.n_gpus_per_node`` counts CPU ranks.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+
+import hydra
+from omegaconf import OmegaConf
+
+from verl.trainer.ppo.utils import Role, need_critic, need_reference_policy, need_reward_model
+from verl.utils.device import auto_set_device
+
+
+@hydra.main(config_path="config", config_name="ppo_trainer", version_base=None)
+def main(config) -> None:
+    auto_set_device(config)
+    run_ppo(config)
+
+
+def run_ppo(config, task_runner_class=None) -> None:
+    """Run PPO with ``config``. ``task_runner_class`` may be a plain class or a ``ray.remote`` one (as in verl)."""
+    runner_cls = task_runner_class or TaskRunner
+    if hasattr(runner_cls, "remote"):
+        init_ray(config)
+        import ray
+
+        ray.get(runner_cls.remote().run.remote(config))
+    else:
+        # The controller runs in this process so progress bars and errors reach the terminal directly.
+        runner_cls().run(config)
+
+
+def init_ray(config) -> None:
+    import ray
+
+    if ray.is_initialized():
+        return
+    ray_init = OmegaConf.to_container(config.get("ray_kwargs", {}).get("ray_init", {}) or {}, resolve=True)
+    ray_init = {k: v for k, v in ray_init.items() if v is not None}
+    world = config.trainer.n_gpus_per_node * config.trainer.nnodes
+    if config.trainer.device == "cpu" and "num_cpus" not in ray_init:
+        # CPU ranks are Ray CPU resources; logical CPUs may exceed physical cores (each rank is one process).
+        ray_init["num_cpus"] = max(os.cpu_count() or 1, 2 * world + 2)
+    env = {
+        "TOKENIZERS_PARALLELISM": "false",
+        "RAY_DEDUP_LOGS": "0",
+        "HF_HUB_DISABLE_PROGRESS_BARS": "1",
+    }
+    if config.trainer.device == "cpu" and "OMP_NUM_THREADS" not in os.environ:
+        env["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 1) // max(world, 1)))
+    runtime_env = ray_init.pop("runtime_env", {}) or {}
+    runtime_env.setdefault("env_vars", {}).update({k: v for k, v in env.items() if k not in runtime_env["env_vars"]})
+    ray_init.setdefault("include_dashboard", False)
+    ray.init(runtime_env=runtime_env, **ray_init)
+
+
+class TaskRunner:
+    """Builds the worker mapping, datasets and reward functions, then runs ``RayPPOTrainer``."""
+
+    def __init__(self):
+        self.role_worker_mapping: dict = {}
+        self.mapping: dict = {}
+
+    def add_actor_rollout_worker(self, config):
+        import ray
+
+        strategy = config.actor_rollout_ref.actor.strategy
+        if strategy in ("fsdp", "fsdp2"):
+            from verl.workers.fsdp_workers import ActorRolloutRefWorker, AsyncActorRolloutRefWorker
+        elif strategy == "megatron":
+            from verl.workers.megatron_workers import ActorRolloutRefWorker, AsyncActorRolloutRefWorker
+        else:
+            raise ValueError(f"actor_rollout_ref.actor.strategy must be fsdp, fsdp2 or megatron, got {strategy!r}")
+        from verl.single_controller.ray import RayWorkerGroup
+
+        cls = AsyncActorRolloutRefWorker if config.actor_rollout_ref.rollout.get("mode") == "async" else None
+        cls = cls or ActorRolloutRefWorker
+        self.role_worker_mapping[Role.ActorRollout] = ray.remote(cls)
+        self.mapping[Role.ActorRollout] = "global_pool"
+        return cls, RayWorkerGroup
+
+    def add_critic_worker(self, config) -> None:
+        import ray
+
+        if config.critic.strategy in ("fsdp", "fsdp2"):
+            from verl.workers.fsdp_workers import CriticWorker
+        elif config.critic.strategy == "megatron":
+            from verl.workers.megatron_workers import CriticWorker
+        else:
+            raise ValueError(f"critic.strategy must be fsdp, fsdp2 or megatron, got {config.critic.strategy!r}")
+        self.role_worker_mapping[Role.Critic] = ray.remote(CriticWorker)
+        self.mapping[Role.Critic] = "global_pool"
+
+    def add_ref_policy_worker(self, config, ref_policy_cls) -> None:
+        import ray
+
+        if need_reference_policy(config):
+            self.role_worker_mapping[Role.RefPolicy] = ray.remote(ref_policy_cls)
+            self.mapping[Role.RefPolicy] = "global_pool"
+
+    def add_reward_model_worker(self, config) -> None:
+        import ray
+
+        if not need_reward_model(config):
+            return
+        from verl.workers.fsdp_workers import RewardModelWorker
+
+        self.role_worker_mapping[Role.RewardModel] = ray.remote(RewardModelWorker)
+        pooled = config.reward_model.get("enable_resource_pool", False)
+        self.mapping[Role.RewardModel] = "reward_pool" if pooled else "global_pool"
+
+    def init_resource_pool_mgr(self, config):
+        from verl.single_controller.ray import ResourcePoolManager
+
+        spec = {"global_pool": [config.trainer.n_gpus_per_node] * config.trainer.nnodes}
+        rm = config.get("reward_model") or {}
+        if rm.get("enable") and rm.get("enable_resource_pool"):
+            spec["reward_pool"] = [rm.n_gpus_per_node] * rm.nnodes
+        return ResourcePoolManager(resource_pool_spec=spec, mapping=self.mapping)
+
+    def run(self, config) -> None:
+        from verl.trainer.ppo.ray_trainer import RayPPOTrainer
+        from verl.trainer.ppo.reward import load_reward_manager
+        from verl.utils.config import validate_config
+        from verl.utils.dataset.rl_dataset import collate_fn
+        from verl.utils.fs import copy_to_local
+        from verl.utils.tokenizer import hf_processor, hf_tokenizer
+
+        print(f"TaskRunner on {socket.gethostname()} (pid {os.getpid()})")
+        OmegaConf.resolve(config)
+        use_critic = need_critic(config)
+        use_ref = need_reference_policy(config)
+        # 1. cheap checks first: a bad config or path must fail before Ray starts
+        validate_config(config, use_reference_policy=use_ref, use_critic=use_critic)
+        model_cfg = config.actor_rollout_ref.model
+        local_path = copy_to_local(model_cfg.path, use_shm=model_cfg.get("use_shm", False))
+        trust = config.data.get("trust_remote_code", False) or model_cfg.get("trust_remote_code", False)
+        tokenizer = hf_tokenizer(local_path, trust_remote_code=trust)
+        processor = hf_processor(local_path, trust_remote_code=trust, use_fast=True)
+        train_dataset = create_rl_dataset(config.data.train_files, config.data, tokenizer, processor, is_train=True)
+        val_dataset = create_rl_dataset(config.data.val_files, config.data, tokenizer, processor, is_train=False)
+        reward_fn = load_reward_manager(config, tokenizer, num_examine=0)
+        val_reward_fn = load_reward_manager(config, tokenizer, num_examine=1)
+        # 2. workers and Ray
+        actor_cls, wg_cls = self.add_actor_rollout_worker(config)
+        if use_critic:
+            self.add_critic_worker(config)
+        self.add_ref_policy_worker(config, actor_cls)
+        self.add_reward_model_worker(config)
+        init_ray(config)
+        trainer = RayPPOTrainer(
+            config=config,
+            tokenizer=tokenizer,
+            processor=processor,
+            role_worker_mapping=self.role_worker_mapping,
+            resource_pool_manager=self.init_resource_pool_mgr(config),
+            ray_worker_group_cls=wg_cls,
+            reward_fn=reward_fn,
+            val_reward_fn=val_reward_fn,
+            train_dataset=train_dataset,
+            val_dataset=val_dataset,
+            collate_fn=collate_fn,
+            train_sampler=create_rl_sampler(config.data, train_dataset),
+            device_name=config.trainer.device,
+        )
+        trainer.init_workers()
+        trainer.fit()
+
+
+def create_rl_dataset(data_paths, data_config, tokenizer, processor, is_train: bool = True, max_samples: int = -1):
+    """Build the RL dataset (``data.custom_cls`` when set, else ``RLHFDataset``)."""
+    from torch.utils.data import Dataset
+
+    from verl.utils.dataset.rl_dataset import get_dataset_class
+
+    if data_paths is None:
+        return None
+    cls = get_dataset_class(data_config)
+    if not issubclass(cls, Dataset):
+        raise TypeError(f"data.custom_cls must name a torch Dataset subclass, got {cls}")
+    key = "train_max_samples" if is_train else "val_max_samples"
+    if max_samples == -1:
+        max_samples = data_config.get(key, -1)
+    return cls(
+        data_files=data_paths, tokenizer=tokenizer, processor=processor, config=data_config, max_samples=max_samples
+    )
+
+
+def create_rl_sampler(data_config, dataset):
+    """A user sampler from ``data.sampler.class_path/class_name``; ``None`` means the trainer's resumable order.
+
+    The built-in order (seeded per-epoch shuffle, or file order with ``data.shuffle=False``) is resumable from a
+    checkpoint, which a torch ``RandomSampler`` is not.
+    """
+    sampler_cfg = data_config.get("sampler") or {}
+    if not sampler_cfg.get("class_path"):
+        return None
+    from verl.utils.import_utils import load_extern_object
+
+    if data_config.get("dataloader_num_workers", 0) != 0:
+        raise ValueError("a custom data.sampler needs data.dataloader_num_workers=0")
+    cls = load_extern_object(sampler_cfg.class_path, sampler_cfg.class_name)
+    return cls(data_source=dataset, data_config=data_config)
+
+
+if __name__ == "__main__":
+    main()

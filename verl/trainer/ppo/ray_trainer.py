@@ -1,0 +1,619 @@
+"""The PPO/GRPO controller: one process drives worker groups through the RL loop.
+
+``RayPPOTrainer.fit`` reads as the algorithm. Each step, with the timer names that end up as ``timing_s/<name>``:
+
+    gen -> reward -> old_log_prob -> ref -> values -> adv -> update_critic -> update_actor -> testing -> save_checkpoint
+
+The workers (FSDP actor/rollout/ref, critic, reward model) live in Ray actors; the controller only moves
+``DataProto`` batches between them and does the cheap, pure maths (rewards, KL penalty, advantages) itself.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import uuid
+from collections import defaultdict
+from pathlib import Path
+
+import numpy as np
+import torch
+from omegaconf import OmegaConf
+
+from verl.protocol import DataProto, pad_dataproto_to_divisor, unpad_dataproto
+from verl.single_controller.ray import (
+    RayClassWithInitArgs,
+    RayWorkerGroup,
+    ResourcePoolManager,
+    create_colocated_worker_cls,
+)
+from verl.trainer.ppo import core_algos
+from verl.trainer.ppo.core_algos import AdvantageEstimator, agg_loss
+from verl.trainer.ppo.dataloader import ResumableDataLoader
+from verl.trainer.ppo.metric_utils import (
+    compute_data_metrics,
+    compute_throughout_metrics,
+    compute_timing_metrics,
+    process_validation_metrics,
+)
+from verl.trainer.ppo.reward import compute_reward
+from verl.trainer.ppo.utils import Role, WorkerType, need_critic, need_reference_policy, need_reward_model
+from verl.utils.checkpoint.checkpoint_manager import atomic_write_text, find_latest_ckpt_path
+from verl.utils.metric import reduce_metrics
+from verl.utils.profiler import marked_timer
+from verl.utils.torch_functional import masked_mean
+
+__all__ = [
+    "RayPPOTrainer",
+    "Role",
+    "ResourcePoolManager",
+    "WorkerType",
+    "apply_kl_penalty",
+    "compute_advantage",
+    "compute_response_mask",
+]
+
+# Non-tensor keys that the rollout needs besides the prompt tensors (kept on the generation batch).
+_GEN_KEEP_NON_TENSOR = ("raw_prompt", "raw_prompt_ids", "multi_modal_data", "tools_kwargs", "interaction_kwargs")
+
+
+def compute_response_mask(data: DataProto) -> torch.Tensor:
+    """``response_mask (bs, R)``: the response part of the attention mask."""
+    response_length = data.batch["responses"].size(1)
+    return data.batch["attention_mask"][:, -response_length:]
+
+
+def apply_kl_penalty(data: DataProto, kl_ctrl, kl_penalty: str = "kl") -> tuple[DataProto, dict[str, float]]:
+    """Subtract ``beta * KL(actor || ref)`` per token from the scores: ``token_level_rewards = scores - beta * kld``."""
+    response_mask = data.batch["response_mask"]
+    kld = core_algos.kl_penalty(data.batch["old_log_probs"], data.batch["ref_log_prob"], kl_penalty=kl_penalty)
+    kld = kld * response_mask
+    beta = kl_ctrl.value
+    data.batch["token_level_rewards"] = data.batch["token_level_scores"] - beta * kld
+    current_kl = torch.mean(masked_mean(kld, mask=response_mask, axis=-1)).item()
+    kl_ctrl.update(current_kl=current_kl, n_steps=len(data))
+    return data, {"actor/reward_kl_penalty": current_kl, "actor/reward_kl_penalty_coeff": beta}
+
+
+def compute_advantage(
+    data: DataProto,
+    adv_estimator,
+    gamma: float = 1.0,
+    lam: float = 1.0,
+    num_repeat: int = 1,
+    norm_adv_by_std_in_grpo: bool = True,
+    config=None,
+) -> DataProto:
+    """Fill ``advantages`` and ``returns`` (both ``(bs, R)``) using the registered estimator."""
+    if "response_mask" not in data.batch.keys():
+        data.batch["response_mask"] = compute_response_mask(data)
+    rewards = data.batch["token_level_rewards"]
+    mask = data.batch["response_mask"]
+    name = adv_estimator.value if isinstance(adv_estimator, AdvantageEstimator) else adv_estimator
+    if name == AdvantageEstimator.GAE.value:
+        adv, ret = core_algos.compute_gae_advantage_return(rewards, data.batch["values"], mask, gamma, lam)
+    elif name == AdvantageEstimator.GRPO.value:
+        adv, ret = core_algos.compute_grpo_outcome_advantage(
+            rewards, mask, index=data.non_tensor_batch["uid"], norm_adv_by_std_in_grpo=norm_adv_by_std_in_grpo
+        )
+    else:
+        fn = core_algos.get_adv_estimator_fn(name)
+        kwargs = {"token_level_rewards": rewards, "response_mask": mask, "config": config}
+        if "uid" in data.non_tensor_batch:
+            kwargs["index"] = data.non_tensor_batch["uid"]
+        if "reward_baselines" in data.batch.keys():
+            kwargs["reward_baselines"] = data.batch["reward_baselines"]
+        adv, ret = _call_with_supported_kwargs(fn, kwargs)
+    data.batch["advantages"] = adv
+    data.batch["returns"] = ret
+    return data
+
+
+def _call_with_supported_kwargs(fn, kwargs: dict):
+    import inspect
+
+    params = inspect.signature(fn).parameters
+    accepts_any = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
+    return fn(**{k: v for k, v in kwargs.items() if accepts_any or k in params})
+
+
+class RayPPOTrainer:
+    """Drives PPO-family training over Ray worker groups (the hybrid engine: actor and rollout share workers)."""
+
+    def __init__(
+        self,
+        config,
+        tokenizer,
+        role_worker_mapping: dict[Role, WorkerType],
+        resource_pool_manager: ResourcePoolManager,
+        ray_worker_group_cls: type[RayWorkerGroup] = RayWorkerGroup,
+        processor=None,
+        reward_fn=None,
+        val_reward_fn=None,
+        train_dataset=None,
+        val_dataset=None,
+        collate_fn=None,
+        train_sampler=None,
+        device_name: str | None = None,
+    ):
+        self.config = config
+        self.tokenizer = tokenizer
+        self.processor = processor
+        self.reward_fn = reward_fn
+        self.val_reward_fn = val_reward_fn
+        self.role_worker_mapping = role_worker_mapping
+        self.resource_pool_manager = resource_pool_manager
+        self.ray_worker_group_cls = ray_worker_group_cls
+        self.device_name = device_name or config.trainer.device
+        if not config.actor_rollout_ref.get("hybrid_engine", True):
+            raise ValueError("only actor_rollout_ref.hybrid_engine=True is supported (actor and rollout share workers)")
+        self.use_reference_policy = need_reference_policy(config) and Role.RefPolicy in role_worker_mapping
+        self.use_rm = need_reward_model(config)
+        self.use_critic = need_critic(config)
+        self.ref_in_actor = config.actor_rollout_ref.model.get("lora_rank", 0) > 0
+        if config.algorithm.use_kl_in_reward:
+            self.kl_ctrl_in_reward = core_algos.get_kl_controller(config.algorithm.kl_ctrl)
+        self.global_steps = 0
+        self._create_dataloader(train_dataset, val_dataset, collate_fn, train_sampler)
+
+    # ------------------------------------------------------------------ set-up
+    def _create_dataloader(self, train_dataset, val_dataset, collate_fn, train_sampler) -> None:
+        if collate_fn is None:
+            from verl.utils.dataset.rl_dataset import collate_fn as default_collate
+
+            collate_fn = default_collate
+        data_cfg = self.config.data
+        self.train_dataset, self.val_dataset = train_dataset, val_dataset
+        seed = data_cfg.get("seed", None)
+        self.train_dataloader = ResumableDataLoader(
+            train_dataset,
+            batch_size=data_cfg.get("gen_batch_size") or data_cfg.train_batch_size,
+            collate_fn=collate_fn,
+            shuffle=data_cfg.get("shuffle", True),
+            seed=1 if seed is None else int(seed),
+            num_workers=data_cfg.get("dataloader_num_workers", 0),
+            sampler=train_sampler,
+        )
+        self.val_dataloader = None
+        if val_dataset is not None and len(val_dataset) > 0:
+            val_bs = data_cfg.get("val_batch_size") or len(val_dataset)
+            self.val_dataloader = ResumableDataLoader(
+                val_dataset,
+                batch_size=min(val_bs, len(val_dataset)),
+                collate_fn=collate_fn,
+                shuffle=data_cfg.get("validation_shuffle", False),
+                drop_last=False,
+                num_workers=0,
+            )
+        steps = len(self.train_dataloader) * self.config.trainer.total_epochs
+        if self.config.trainer.get("total_training_steps") is not None:
+            steps = int(self.config.trainer.total_training_steps)
+        self.total_training_steps = steps
+        # the LR schedulers in the workers need the horizon; the config is not read-only here on purpose
+        with _writable(self.config):
+            self.config.actor_rollout_ref.actor.optim.total_training_steps = steps
+            if "critic" in self.config:
+                self.config.critic.optim.total_training_steps = steps
+
+    def init_workers(self) -> None:
+        """Create the resource pools, then one colocated worker group per pool, and initialise the models."""
+        self.resource_pool_manager.create_resource_pool()
+        pool_to_cls: dict = defaultdict(dict)
+        cfg = self.config
+
+        def add(role: Role, cls_kwargs: dict) -> None:
+            pool = self.resource_pool_manager.get_resource_pool(role)
+            pool_to_cls[pool][str(role)] = RayClassWithInitArgs(cls=self.role_worker_mapping[role], **cls_kwargs)
+
+        add(Role.ActorRollout, {"config": cfg.actor_rollout_ref, "role": "actor_rollout"})
+        if self.use_critic:
+            add(Role.Critic, {"config": cfg.critic})
+        if self.use_reference_policy and not self.ref_in_actor:
+            add(Role.RefPolicy, {"config": cfg.actor_rollout_ref, "role": "ref"})
+        if self.use_rm:
+            add(Role.RewardModel, {"config": cfg.reward_model})
+
+        all_wg = {}
+        for pool, class_dict in pool_to_cls.items():
+            colocated = create_colocated_worker_cls(class_dict=class_dict)
+            wg = self.ray_worker_group_cls(
+                resource_pool=pool, ray_cls_with_init=colocated, device_name=self.device_name
+            )
+            all_wg.update(wg.spawn(prefix_set=class_dict.keys()))
+
+        if self.use_critic:
+            self.critic_wg = all_wg[str(Role.Critic)]
+            self.critic_wg.init_model()
+        if self.use_reference_policy and not self.ref_in_actor:
+            self.ref_policy_wg = all_wg[str(Role.RefPolicy)]
+            self.ref_policy_wg.init_model()
+        if self.use_rm:
+            self.rm_wg = all_wg[str(Role.RewardModel)]
+            self.rm_wg.init_model()
+        # the actor goes last so that the other models' memory is already accounted for
+        self.actor_rollout_wg = all_wg[str(Role.ActorRollout)]
+        self.actor_rollout_wg.init_model()
+
+    # ------------------------------------------------------------------ one step's pieces
+    def _get_gen_batch(self, batch: DataProto) -> DataProto:
+        tensor_keys = [k for k in ("input_ids", "attention_mask", "position_ids") if k in batch.batch.keys()]
+        non_tensor_keys = [k for k in _GEN_KEEP_NON_TENSOR if k in batch.non_tensor_batch]
+        return batch.select(batch_keys=tensor_keys, non_tensor_batch_keys=non_tensor_keys, deepcopy=False)
+
+    def _balance_batch(self, batch: DataProto, metrics: dict, logging_prefix: str = "global_seqlen") -> None:
+        """Reorder rows so every data-parallel rank gets about the same number of tokens (groups stay intact)."""
+        from verl.utils.seqlen_balancing import get_seqlen_balanced_partitions
+
+        world_size = self.actor_rollout_wg.world_size
+        seqlens = batch.batch["attention_mask"].sum(-1).tolist()
+        if len(seqlens) % world_size:
+            return
+        partitions = get_seqlen_balanced_partitions(seqlens, k_partitions=world_size, equal_size=True)
+        order = torch.tensor([i for part in partitions for i in sorted(part)])
+        batch.reorder(order)
+        per_rank = [sum(seqlens[i] for i in part) for part in partitions]
+        metrics[f"{logging_prefix}/min"] = min(per_rank)
+        metrics[f"{logging_prefix}/max"] = max(per_rank)
+        metrics[f"{logging_prefix}/minmax_diff"] = max(per_rank) - min(per_rank)
+        metrics[f"{logging_prefix}/mean"] = float(np.mean(per_rank))
+
+    def _compute_old_log_prob(self, batch: DataProto, metrics: dict) -> DataProto:
+        out = self.actor_rollout_wg.compute_log_prob(batch)
+        if "entropys" in out.batch.keys():
+            entropys = out.batch.pop("entropys")
+            mode = self.config.actor_rollout_ref.actor.loss_agg_mode
+            metrics["actor/entropy"] = agg_loss(entropys, batch.batch["response_mask"], mode).item()
+        out.meta_info.pop("metrics", None)
+        return batch.union(out)
+
+    def _compute_ref_log_prob(self, batch: DataProto) -> DataProto:
+        if self.ref_in_actor:
+            batch.meta_info["is_lora"] = True
+            out = self.actor_rollout_wg.compute_log_prob(batch)
+            batch.meta_info.pop("is_lora")
+            out = DataProto.from_dict(tensors={"ref_log_prob": out.batch["old_log_probs"]})
+        else:
+            out = self.ref_policy_wg.compute_ref_log_prob(batch)
+        out.meta_info.pop("metrics", None)
+        return batch.union(out)
+
+    def _compute_advantage(self, batch: DataProto, reward_tensor, reward_extra: dict, metrics: dict) -> DataProto:
+        algo = self.config.algorithm
+        batch.batch["token_level_scores"] = reward_tensor
+        for key, values in (reward_extra or {}).items():
+            if len(values) == len(batch):
+                batch.non_tensor_batch[key] = np.array(values, dtype=object)
+        if algo.use_kl_in_reward:
+            batch, kl_metrics = apply_kl_penalty(batch, self.kl_ctrl_in_reward, kl_penalty=algo.kl_penalty)
+            metrics.update(kl_metrics)
+        else:
+            batch.batch["token_level_rewards"] = batch.batch["token_level_scores"]
+        return compute_advantage(
+            batch,
+            adv_estimator=algo.adv_estimator,
+            gamma=algo.gamma,
+            lam=algo.lam,
+            num_repeat=self.config.actor_rollout_ref.rollout.n,
+            norm_adv_by_std_in_grpo=algo.get("norm_adv_by_std_in_grpo", True),
+            config=algo,
+        )
+
+    def _generate(self, batch: DataProto, timing_raw: dict) -> tuple[DataProto, DataProto]:
+        """Repeat each prompt ``rollout.n`` times and generate; returns (repeated batch, generation output)."""
+        n = self.config.actor_rollout_ref.rollout.n
+        batch.non_tensor_batch["uid"] = np.array([str(uuid.uuid4()) for _ in range(len(batch))], dtype=object)
+        gen_batch = self._get_gen_batch(batch)
+        gen_batch.meta_info["global_steps"] = self.global_steps
+        gen_batch = gen_batch.repeat(repeat_times=n, interleave=True)
+        with marked_timer("gen", timing_raw):
+            gen_out = self.actor_rollout_wg.generate_sequences(gen_batch)
+            timing_raw.update(gen_out.meta_info.pop("timing", {}) or {})
+        if self.config.algorithm.adv_estimator == AdvantageEstimator.REMAX.value:
+            with marked_timer("gen_max", timing_raw):
+                greedy = gen_batch.select(deepcopy=False)
+                greedy.meta_info["do_sample"] = False
+                greedy_out = self.actor_rollout_wg.generate_sequences(greedy)
+                greedy_out.meta_info.pop("timing", None)
+                probe = batch.repeat(repeat_times=n, interleave=True).union(greedy_out)
+                baseline, _ = compute_reward(probe, self.reward_fn)
+                gen_out.batch["reward_baselines"] = baseline.sum(dim=-1)
+        for key in ("raw_prompt", "raw_prompt_ids", "tools_kwargs", "interaction_kwargs", "multi_modal_data"):
+            gen_out.non_tensor_batch.pop(key, None)
+        return batch.repeat(repeat_times=n, interleave=True), gen_out
+
+    def _train_step(self, batch: DataProto, metrics: dict, timing_raw: dict) -> DataProto:
+        batch, gen_out = self._generate(batch, timing_raw)
+        batch = batch.union(gen_out)
+        if "response_mask" not in batch.batch.keys():
+            batch.batch["response_mask"] = compute_response_mask(batch)
+        if self.config.trainer.get("balance_batch", True):
+            self._balance_batch(batch, metrics)
+        batch.meta_info["global_token_num"] = torch.sum(batch.batch["attention_mask"], dim=-1).tolist()
+        with marked_timer("reward", timing_raw):
+            if self.use_rm:
+                batch = batch.union(self.rm_wg.compute_rm_score(batch))
+            reward_tensor, reward_extra = compute_reward(batch, self.reward_fn)
+        with marked_timer("old_log_prob", timing_raw):
+            batch = self._compute_old_log_prob(batch, metrics)
+        if self.use_reference_policy:
+            with marked_timer(str(Role.RefPolicy), timing_raw):
+                batch = self._compute_ref_log_prob(batch)
+        if self.use_critic:
+            with marked_timer("values", timing_raw):
+                batch = batch.union(self.critic_wg.compute_values(batch))
+        with marked_timer("adv", timing_raw):
+            batch = self._compute_advantage(batch, reward_tensor, reward_extra, metrics)
+        if self.use_critic:
+            with marked_timer("update_critic", timing_raw):
+                out = self.critic_wg.update_critic(batch)
+            metrics.update(reduce_metrics(out.meta_info["metrics"]))
+        if self.config.trainer.critic_warmup <= self.global_steps:
+            with marked_timer("update_actor", timing_raw):
+                batch.meta_info["multi_turn"] = self.config.actor_rollout_ref.rollout.multi_turn.enable
+                batch.meta_info["temperature"] = self.config.actor_rollout_ref.rollout.temperature
+                out = self.actor_rollout_wg.update_actor(batch)
+            metrics.update(reduce_metrics(out.meta_info["metrics"]))
+        if self.config.trainer.get("rollout_data_dir"):
+            self._dump_generations(batch, self.config.trainer.rollout_data_dir)
+        return batch
+
+    # ------------------------------------------------------------------ the loop
+    def fit(self) -> dict[str, float]:
+        """Train for ``total_training_steps``; returns the last step's metrics."""
+        from verl.utils.tracking import Tracking
+
+        cfg = self.config
+        logger = Tracking(
+            project_name=cfg.trainer.project_name,
+            experiment_name=cfg.trainer.experiment_name,
+            default_backend=cfg.trainer.logger,
+            config=OmegaConf.to_container(cfg, resolve=True),
+        )
+        self.global_steps = 0
+        self._load_checkpoint()
+        last_metrics: dict[str, float] = {}
+        if self.val_reward_fn is not None and cfg.trainer.get("val_before_train", True) and self.global_steps == 0:
+            val_metrics = self._validate()
+            logger.log(data=val_metrics, step=self.global_steps)
+            if cfg.trainer.get("val_only", False):
+                logger.finish() if hasattr(logger, "finish") else None
+                return val_metrics
+        progress = _progress_bar(self.total_training_steps, self.global_steps, cfg.trainer.get("progress_bar", True))
+        self.global_steps += 1
+        while self.global_steps <= self.total_training_steps:
+            for batch_dict in self.train_dataloader:
+                metrics, timing_raw = {}, {}
+                is_last_step = self.global_steps >= self.total_training_steps
+                with marked_timer("step", timing_raw):
+                    batch = self._train_step(DataProto.from_single_dict(batch_dict), metrics, timing_raw)
+                    metrics.update(self._maybe_validate(is_last_step, timing_raw))
+                    if self._should_save(is_last_step):
+                        with marked_timer("save_checkpoint", timing_raw):
+                            self._save_checkpoint()
+                metrics.update(
+                    {"training/global_step": self.global_steps, "training/epoch": self.train_dataloader.epoch}
+                )
+                metrics.update(compute_data_metrics(batch=batch, use_critic=self.use_critic))
+                metrics.update(compute_timing_metrics(batch=batch, timing_raw=timing_raw))
+                metrics.update(
+                    compute_throughout_metrics(batch, timing_raw, n_gpus=self.resource_pool_manager.get_n_gpus())
+                )
+                logger.log(data=metrics, step=self.global_steps)
+                last_metrics = metrics
+                progress.update(1)
+                progress.set_postfix(score=f"{metrics.get('critic/score/mean', float('nan')):.3f}", refresh=False)
+                if is_last_step:
+                    break
+                self.global_steps += 1
+            if is_last_step:
+                break
+        progress.close()
+        self._finish(logger)
+        return last_metrics
+
+    def _finish(self, logger) -> None:
+        if hasattr(logger, "finish"):
+            logger.finish()
+        self._plot_reward_curve()
+
+    def _plot_reward_curve(self) -> None:
+        """Write ``reward_curve.png`` beside the metrics JSONL when the file logger ran."""
+        jsonl = _file_logger_path(self.config)
+        if jsonl is None or not jsonl.exists():
+            return
+        try:
+            from verl.utils.plotting import plot_metrics
+
+            out = jsonl.with_suffix(".reward_curve.png")
+            plot_metrics(str(jsonl), str(out), keys=("critic/score/mean",), title=self.config.trainer.experiment_name)
+            print(f"reward curve written to {out}")
+        except Exception as exc:  # a plotting problem must never fail a finished training run
+            print(f"could not plot the reward curve: {exc}")
+
+    def _maybe_validate(self, is_last_step: bool, timing_raw: dict) -> dict:
+        freq = self.config.trainer.test_freq
+        if self.val_reward_fn is None or freq <= 0 or not (is_last_step or self.global_steps % freq == 0):
+            return {}
+        with marked_timer("testing", timing_raw):
+            return self._validate()
+
+    def _should_save(self, is_last_step: bool) -> bool:
+        freq = self.config.trainer.save_freq
+        return freq > 0 and (is_last_step or self.global_steps % freq == 0)
+
+    # ------------------------------------------------------------------ validation
+    def _validate(self) -> dict[str, float]:
+        if self.val_dataloader is None:
+            return {}
+        cfg = self.config
+        val_kwargs = cfg.actor_rollout_ref.rollout.val_kwargs
+        data_sources, uids, scores, extra = [], [], [], defaultdict(list)
+        samples = []
+        for batch_dict in self.val_dataloader:
+            batch = DataProto.from_single_dict(batch_dict)
+            batch.non_tensor_batch["uid"] = np.array([str(uuid.uuid4()) for _ in range(len(batch))], dtype=object)
+            batch = batch.repeat(repeat_times=val_kwargs.n, interleave=True)
+            gen = self._get_gen_batch(batch)
+            gen.meta_info.update(
+                {
+                    "eos_token_id": self.tokenizer.eos_token_id,
+                    "pad_token_id": self.tokenizer.pad_token_id,
+                    "recompute_log_prob": False,
+                    "do_sample": val_kwargs.do_sample,
+                    "validate": True,
+                    "global_steps": self.global_steps,
+                }
+            )
+            padded, pad_size = pad_dataproto_to_divisor(gen, self.actor_rollout_wg.world_size)
+            out = unpad_dataproto(self.actor_rollout_wg.generate_sequences(padded), pad_size=pad_size)
+            out.meta_info.pop("timing", None)
+            for key in _GEN_KEEP_NON_TENSOR:
+                out.non_tensor_batch.pop(key, None)
+            batch = batch.union(out)
+            result = self.val_reward_fn(batch, return_dict=True)
+            seq_scores = result["reward_tensor"].sum(-1).tolist()
+            scores.extend(seq_scores)
+            for key, values in result.get("reward_extra_info", {}).items():
+                extra[key].extend(values)
+            data_sources.extend(batch.non_tensor_batch.get("data_source", ["unknown"] * len(batch)).tolist())
+            uids.extend(batch.non_tensor_batch["uid"].tolist())
+            if len(samples) < cfg.trainer.get("log_val_generations", 0):
+                samples.extend(self._decode_samples(batch, seq_scores))
+        if samples:
+            for s in samples[: cfg.trainer.log_val_generations]:
+                print(f"[val sample] score={s['score']:.3f} | {s['output'][:200]!r}")
+        infos = {"reward": scores, **{k: v for k, v in extra.items() if len(v) == len(scores)}}
+        return _format_val_metrics(process_validation_metrics(data_sources, uids, infos))
+
+    def _decode_samples(self, batch: DataProto, scores: list[float]) -> list[dict]:
+        responses = batch.batch["responses"]
+        mask = batch.batch["attention_mask"][:, -responses.size(1) :]
+        texts = [self.tokenizer.decode(r[m.bool()], skip_special_tokens=True) for r, m in zip(responses, mask)]
+        return [{"output": t, "score": s} for t, s in zip(texts, scores)]
+
+    def _dump_generations(self, batch: DataProto, out_dir: str) -> None:
+        os.makedirs(out_dir, exist_ok=True)
+        scores = batch.batch["token_level_scores"].sum(-1).tolist()
+        path = Path(out_dir) / f"{self.global_steps}.jsonl"
+        with open(path, "w") as f:
+            for sample in self._decode_samples(batch, scores):
+                f.write(json.dumps({**sample, "step": self.global_steps}) + "\n")
+
+    # ------------------------------------------------------------------ checkpoints
+    def _save_checkpoint(self) -> None:
+        """Write ``global_step_N/{actor,critic,data.pt}``, then point the tracker file at it.
+
+        The tracker is replaced atomically and only after every part is on disk, so a run killed mid-save resumes
+        from the previous complete checkpoint.
+        """
+        root = Path(self.config.trainer.default_local_dir)
+        step_dir = root / f"global_step_{self.global_steps}"
+        if step_dir.exists():  # a leftover from a save that was killed before its tracker update
+            shutil.rmtree(step_dir)
+        trainer_cfg = self.config.trainer
+        self.actor_rollout_wg.save_checkpoint(
+            str(step_dir / "actor"), None, self.global_steps, max_ckpt_to_keep=trainer_cfg.get("max_actor_ckpt_to_keep")
+        )
+        if self.use_critic:
+            self.critic_wg.save_checkpoint(
+                str(step_dir / "critic"),
+                None,
+                self.global_steps,
+                max_ckpt_to_keep=trainer_cfg.get("max_critic_ckpt_to_keep"),
+            )
+        torch.save(self.train_dataloader.state_dict(), step_dir / "data.pt")
+        atomic_write_text(root / "latest_checkpointed_iteration.txt", str(self.global_steps))
+        self._rotate_checkpoints(root)
+
+    def _rotate_checkpoints(self, root: Path) -> None:
+        keep = self.config.trainer.get("max_actor_ckpt_to_keep")
+        if not keep or keep <= 0:
+            return
+        steps = sorted(
+            int(p.name.split("_")[-1]) for p in root.glob("global_step_*") if p.name.split("_")[-1].isdigit()
+        )
+        for step in steps[:-keep]:
+            shutil.rmtree(root / f"global_step_{step}", ignore_errors=True)
+
+    def _load_checkpoint(self) -> int:
+        mode = self.config.trainer.resume_mode
+        if mode == "disable":
+            return 0
+        root = Path(self.config.trainer.default_local_dir)
+        if mode == "auto":
+            path = find_latest_ckpt_path(str(root))
+            if path is None:
+                print("no checkpoint found: training from scratch")
+                return 0
+        elif mode == "resume_path":
+            path = self.config.trainer.get("resume_from_path")
+            if not path or "global_step_" not in str(path):
+                raise ValueError(
+                    f"trainer.resume_mode=resume_path needs trainer.resume_from_path pointing at a global_step_N "
+                    f"directory, got {path!r}"
+                )
+            if not Path(path).is_dir():
+                raise FileNotFoundError(f"trainer.resume_from_path={path} does not exist")
+        else:
+            raise ValueError(f"trainer.resume_mode must be auto, disable or resume_path, got {mode!r}")
+        path = Path(path)
+        self.global_steps = int(path.name.split("global_step_")[-1])
+        print(f"resuming from {path} (step {self.global_steps})")
+        delete_after = self.config.trainer.get("del_local_ckpt_after_load", False)
+        self.actor_rollout_wg.load_checkpoint(str(path / "actor"), del_local_after_load=delete_after)
+        if self.use_critic:
+            self.critic_wg.load_checkpoint(str(path / "critic"), del_local_after_load=delete_after)
+        data_state = path / "data.pt"
+        if data_state.exists():
+            self.train_dataloader.load_state_dict(torch.load(data_state, weights_only=False))
+        return self.global_steps
+
+
+def _format_val_metrics(per_source: dict) -> dict[str, float]:
+    """``val-core/<source>/<var>/<metric>`` for the headline numbers, ``val-aux/...`` for the rest."""
+    out: dict[str, float] = {}
+    for source, per_var in per_source.items():
+        core_var = "acc" if "acc" in per_var else "reward"
+        for var, per_metric in per_var.items():
+            ns = [int(m.split("@")[1].split("/")[0]) for m in per_metric if "@" in m and m.split("@")[1][0].isdigit()]
+            n_max = max(ns) if ns else 1
+            for metric, value in per_metric.items():
+                is_core = var == core_var and any(metric.startswith(p) for p in ("mean@", "maj@", "best@"))
+                is_core = is_core and f"@{n_max}" in metric
+                out[f"{'val-core' if is_core else 'val-aux'}/{source}/{var}/{metric}"] = value
+    return out
+
+
+def _file_logger_path(config) -> Path | None:
+    backends = config.trainer.logger
+    backends = [backends] if isinstance(backends, str) else list(backends)
+    if "file" not in backends:
+        return None
+    path = os.environ.get("VERL_FILE_LOGGER_PATH")
+    if path:
+        return Path(path)
+    from verl.utils import tracking
+
+    root = os.environ.get("VERL_FILE_LOGGER_ROOT") or getattr(tracking, "DEFAULT_FILE_LOGGER_ROOT", "outputs")
+    return Path(root) / config.trainer.project_name / f"{config.trainer.experiment_name}.jsonl"
+
+
+def _progress_bar(total: int, initial: int, enabled: bool):
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, initial=initial, desc="Training Progress", disable=not enabled, dynamic_ncols=True)
+
+
+class _writable:
+    """Temporarily lift OmegaConf's read-only flag (struct mode stays on, so no new keys can appear)."""
+
+    def __init__(self, cfg):
+        self.cfg = cfg
+
+    def __enter__(self):
+        self.was_readonly = OmegaConf.is_readonly(self.cfg)
+        OmegaConf.set_readonly(self.cfg, False)
+
+    def __exit__(self, *exc):
+        OmegaConf.set_readonly(self.cfg, self.was_readonly)
