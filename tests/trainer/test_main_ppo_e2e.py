@@ -1,0 +1,132 @@
+"""End-to-end training through ``main_ppo``'s TaskRunner on the tiny model, 2 FSDP ranks on CPU under Ray.
+
+These are the slowest tests of the suite (each a few tens of seconds): GRPO with a KL loss and reference policy,
+PPO with a GAE critic, and a resume check (4 steps straight == 2 steps + resume + 2 steps).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+pytestmark = [pytest.mark.ray, pytest.mark.e2e, pytest.mark.slow]
+
+REWARD_FILE = Path(__file__).resolve().parents[2] / "examples" / "quickstart" / "reward.py"
+
+
+def _write_task(out: Path, n_train: int = 16, n_val: int = 4) -> tuple[str, str]:
+    rows = lambda n, split: [  # noqa: E731
+        {
+            "data_source": "quickstart/repeat_digit",
+            "prompt": [{"role": "user", "content": f"Repeat the digit 7, please ({i})."}],
+            "ability": "toy",
+            "reward_model": {"style": "rule", "ground_truth": "7"},
+            "extra_info": {"split": split, "index": i},
+        }
+        for i in range(n)
+    ]
+    out.mkdir(parents=True, exist_ok=True)
+    pd.DataFrame(rows(n_train, "train")).to_parquet(out / "train.parquet")
+    pd.DataFrame(rows(n_val, "test")).to_parquet(out / "test.parquet")
+    return str(out / "train.parquet"), str(out / "test.parquet")
+
+
+def _overrides(tmp_path: Path, model_dir: str, estimator: str, steps: int, extra: list[str] = ()) -> list[str]:
+    train, val = _write_task(tmp_path / "data")
+    return [
+        f"algorithm.adv_estimator={estimator}",
+        f"data.train_files={train}",
+        f"data.val_files={val}",
+        "data.train_batch_size=4",
+        "data.max_prompt_length=32",
+        "data.max_response_length=8",
+        "data.dataloader_num_workers=0",
+        "data.seed=7",
+        f"actor_rollout_ref.model.path={model_dir}",
+        "actor_rollout_ref.model.enable_gradient_checkpointing=False",
+        "actor_rollout_ref.actor.strategy=fsdp2",
+        "actor_rollout_ref.actor.optim.lr=1e-3",
+        "actor_rollout_ref.actor.ppo_mini_batch_size=2",
+        "actor_rollout_ref.actor.ppo_micro_batch_size_per_gpu=2",
+        "actor_rollout_ref.rollout.name=hf",
+        "actor_rollout_ref.rollout.n=2",
+        "actor_rollout_ref.rollout.log_prob_micro_batch_size_per_gpu=4",
+        "actor_rollout_ref.ref.log_prob_micro_batch_size_per_gpu=4",
+        "critic.ppo_micro_batch_size_per_gpu=2",
+        "critic.optim.lr=1e-3",
+        f"custom_reward_function.path={REWARD_FILE}",
+        "trainer.device=cpu",
+        "trainer.n_gpus_per_node=2",
+        "trainer.nnodes=1",
+        "trainer.logger=[console,file]",
+        "trainer.project_name=e2e",
+        f"trainer.experiment_name={estimator}",
+        f"trainer.default_local_dir={tmp_path / 'ckpt'}",
+        "trainer.val_before_train=False",
+        "trainer.test_freq=-1",
+        "trainer.save_freq=-1",
+        f"trainer.total_training_steps={steps}",
+        "trainer.total_epochs=100",
+        "trainer.progress_bar=False",
+        *extra,
+    ]
+
+
+def _run(overrides: list[str], metrics_path: Path, monkeypatch) -> list[dict]:
+    from verl.trainer.main_ppo import run_ppo
+    from verl.utils.config import compose_config
+
+    monkeypatch.setenv("VERL_FILE_LOGGER_PATH", str(metrics_path))
+    run_ppo(compose_config("ppo_trainer", overrides))
+    return [json.loads(line) for line in metrics_path.read_text().splitlines()]
+
+
+def _finite(rows: list[dict], key: str) -> list[float]:
+    values = [r["data"][key] for r in rows if key in r["data"]]
+    assert values, f"metric {key} was never logged"
+    assert all(math.isfinite(v) for v in values), (key, values)
+    return values
+
+
+def test_grpo_with_kl_loss_and_reference_policy_trains(tmp_path, tiny_model_dir, ray_cluster, monkeypatch):
+    extra = ["actor_rollout_ref.actor.use_kl_loss=True", "actor_rollout_ref.actor.kl_loss_coef=0.01"]
+    rows = _run(_overrides(tmp_path, tiny_model_dir, "grpo", 3, extra), tmp_path / "m.jsonl", monkeypatch)
+    assert [r["step"] for r in rows] == [1, 2, 3]
+    pg = _finite(rows, "actor/pg_loss")
+    kl = _finite(rows, "actor/kl_loss")
+    assert len(set(pg)) > 1, "policy loss did not change across steps"
+    # the actor starts equal to the frozen reference and drifts away from it as it is updated
+    assert 0 <= kl[0] < kl[-1]
+    for key in ("critic/score/mean", "response_length/mean", "timing_s/gen", "timing_s/ref", "perf/throughput"):
+        _finite(rows, key)
+
+
+def test_ppo_with_gae_critic_trains(tmp_path, tiny_model_dir, ray_cluster, monkeypatch):
+    rows = _run(_overrides(tmp_path, tiny_model_dir, "gae", 2), tmp_path / "m.jsonl", monkeypatch)
+    vf = _finite(rows, "critic/vf_loss")
+    assert len(vf) == 2 and vf[0] != vf[1]
+    _finite(rows, "critic/values/mean")
+    _finite(rows, "timing_s/update_critic")
+
+
+def test_resume_reproduces_uninterrupted_run(tmp_path, tiny_model_dir, ray_cluster, monkeypatch):
+    """4 steps straight == 2 steps, a checkpoint, a new run resuming from it, 2 more steps (within 1e-4)."""
+    straight = _run(
+        _overrides(tmp_path / "a", tiny_model_dir, "grpo", 4, ["trainer.resume_mode=disable"]),
+        tmp_path / "a.jsonl",
+        monkeypatch,
+    )
+    first = _overrides(tmp_path / "b", tiny_model_dir, "grpo", 2, ["trainer.save_freq=2"])
+    _run(first, tmp_path / "b1.jsonl", monkeypatch)
+    assert (tmp_path / "b" / "ckpt" / "latest_checkpointed_iteration.txt").read_text().strip() == "2"
+    second = _overrides(tmp_path / "b", tiny_model_dir, "grpo", 4, ["trainer.resume_mode=auto"])
+    resumed = _run(second, tmp_path / "b2.jsonl", monkeypatch)
+    assert [r["step"] for r in resumed] == [3, 4]
+    for key in ("critic/score/mean", "actor/pg_loss", "response_length/mean"):
+        want = [r["data"][key] for r in straight if r["step"] in (3, 4)]
+        got = [r["data"][key] for r in resumed]
+        assert got == pytest.approx(want, abs=1e-4), key

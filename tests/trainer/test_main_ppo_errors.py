@@ -1,0 +1,101 @@
+"""Bad input to ``python -m verl.trainer.main_ppo`` stops early with a message that names the culprit.
+
+Each case runs the real entry point in a subprocess and checks the message, and that Ray was never started
+(the checks happen before any expensive work).
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture(scope="module")
+def good_data(tmp_path_factory) -> str:
+    out = tmp_path_factory.mktemp("data")
+    rows = [
+        {
+            "data_source": "openai/gsm8k",
+            "prompt": [{"role": "user", "content": f"What is {i} + 1?"}],
+            "reward_model": {"style": "rule", "ground_truth": str(i + 1)},
+            "extra_info": {"index": i},
+        }
+        for i in range(8)
+    ]
+    pd.DataFrame(rows).to_parquet(out / "train.parquet")
+    pd.DataFrame(rows).drop(columns=["prompt"]).rename(columns={"data_source": "source"}).to_parquet(
+        out / "no_prompt.parquet"
+    )
+    return str(out)
+
+
+def _main_ppo(*overrides: str) -> subprocess.CompletedProcess:
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "RAY_USAGE_STATS_ENABLED": "0", "HYDRA_FULL_ERROR": "1"}
+    return subprocess.run(
+        [sys.executable, "-m", "verl.trainer.main_ppo", *overrides],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+
+
+def _base(model_dir: str, data_dir: str) -> list[str]:
+    return [
+        "algorithm.adv_estimator=grpo",
+        f"data.train_files={data_dir}/train.parquet",
+        f"data.val_files={data_dir}/train.parquet",
+        "data.train_batch_size=4",
+        "data.max_prompt_length=32",
+        "data.max_response_length=8",
+        f"actor_rollout_ref.model.path={model_dir}",
+        "actor_rollout_ref.actor.ppo_mini_batch_size=2",
+        "actor_rollout_ref.actor.ppo_micro_batch_size_per_gpu=2",
+        "actor_rollout_ref.rollout.name=hf",
+        "actor_rollout_ref.rollout.n=2",
+        "actor_rollout_ref.rollout.log_prob_micro_batch_size_per_gpu=2",
+        "trainer.n_gpus_per_node=2",
+        "trainer.device=cpu",
+        "trainer.logger=console",
+    ]
+
+
+def _assert_fails_naming(result: subprocess.CompletedProcess, *needles: str) -> None:
+    output = result.stdout + result.stderr
+    assert result.returncode != 0, output[-2000:]
+    for needle in needles:
+        assert needle in output, f"{needle!r} not in output:\n{output[-3000:]}"
+    assert "Started a local Ray instance" not in output, "the check must fire before Ray starts"
+
+
+def test_unknown_config_key_is_named(tiny_model_dir, good_data):
+    result = _main_ppo(*_base(tiny_model_dir, good_data), "actor_rollout_ref.actor.ppo_mini_batchsize=2")
+    _assert_fails_naming(result, "ppo_mini_batchsize")
+
+
+def test_missing_data_file_is_named(tiny_model_dir, good_data):
+    overrides = _base(tiny_model_dir, good_data) + [f"data.train_files={good_data}/nope.parquet"]
+    _assert_fails_naming(_main_ppo(*overrides), "nope.parquet")
+
+
+def test_missing_prompt_column_is_named(tiny_model_dir, good_data):
+    overrides = _base(tiny_model_dir, good_data) + [f"data.train_files={good_data}/no_prompt.parquet"]
+    _assert_fails_naming(_main_ppo(*overrides), "prompt", "no_prompt.parquet")
+
+
+def test_mini_batch_that_does_not_divide_the_batch_is_named(tiny_model_dir, good_data):
+    overrides = _base(tiny_model_dir, good_data) + ["actor_rollout_ref.actor.ppo_mini_batch_size=3"]
+    _assert_fails_naming(_main_ppo(*overrides), "ppo_mini_batch_size")
+
+
+def test_unreachable_model_path_is_named(tiny_model_dir, good_data, tmp_path):
+    overrides = _base(tiny_model_dir, good_data) + [f"actor_rollout_ref.model.path={tmp_path}/no_such_model"]
+    _assert_fails_naming(_main_ppo(*overrides), "no_such_model")
