@@ -363,11 +363,14 @@ def postprocess_data(
         elif truncation == "right":
             input_ids, attention_mask = input_ids[:, :max_length], attention_mask[:, :max_length]
         else:
-            head = max_length // 2
-            tail = max_length - head
-            keep = lambda t: torch.cat([t[:, :head], t[:, seq_len - tail :]], dim=-1)  # noqa: E731
-            input_ids, attention_mask = keep(input_ids), keep(attention_mask)
+            input_ids, attention_mask = _keep_ends(input_ids, max_length), _keep_ends(attention_mask, max_length)
     return input_ids, attention_mask
+
+
+def _keep_ends(t: torch.Tensor, max_length: int) -> torch.Tensor:
+    """First ``max_length // 2`` and last ``max_length - max_length // 2`` columns of ``t``."""
+    head = max_length // 2
+    return torch.cat([t[:, :head], t[:, t.shape[-1] - (max_length - head) :]], dim=-1)
 
 
 def tokenize_and_postprocess_data(
