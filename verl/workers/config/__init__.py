@@ -1,0 +1,47 @@
+"""Typed config views of the workers, built from the Hydra tree with ``omega_conf_to_dataclass``.
+
+Each YAML node with a ``_target_`` such as ``verl.workers.config.FSDPActorConfig`` maps to one class here.
+"""
+
+from __future__ import annotations
+
+from verl.trainer.config.algorithm import CheckpointConfig
+from verl.workers.config.actor import LOSS_AGG_MODES, ActorConfig, FSDPActorConfig, McoreActorConfig, PolicyLossConfig
+from verl.workers.config.critic import CriticConfig, CriticModelConfig, FSDPCriticConfig, McoreCriticConfig
+from verl.workers.config.engine import FSDPEngineConfig, McoreEngineConfig
+from verl.workers.config.model import HFModelConfig
+from verl.workers.config.optimizer import FSDPOptimizerConfig, OptimizerConfig
+from verl.workers.config.rollout import (
+    LOGIT_CAPTURE_MODES,
+    AgentLoopConfig,
+    LogitCaptureConfig,
+    MultiTurnConfig,
+    RolloutConfig,
+    SamplingConfig,
+    TraceConfig,
+)
+
+__all__ = [
+    "LOGIT_CAPTURE_MODES",
+    "LOSS_AGG_MODES",
+    "ActorConfig",
+    "AgentLoopConfig",
+    "CheckpointConfig",
+    "CriticConfig",
+    "CriticModelConfig",
+    "FSDPActorConfig",
+    "FSDPCriticConfig",
+    "FSDPEngineConfig",
+    "FSDPOptimizerConfig",
+    "HFModelConfig",
+    "LogitCaptureConfig",
+    "McoreActorConfig",
+    "McoreCriticConfig",
+    "McoreEngineConfig",
+    "MultiTurnConfig",
+    "OptimizerConfig",
+    "PolicyLossConfig",
+    "RolloutConfig",
+    "SamplingConfig",
+    "TraceConfig",
+]
