@@ -42,10 +42,11 @@ from typing import Any
 
 from verl.utils.logger import LocalLogger
 
-__all__ = ["SUPPORTED_BACKENDS", "Tracking", "ValidationGenerationsLogger"]
+__all__ = ["DEFAULT_FILE_LOGGER_ROOT", "SUPPORTED_BACKENDS", "Tracking", "ValidationGenerationsLogger"]
 
 logger = logging.getLogger(__name__)
 
+DEFAULT_FILE_LOGGER_ROOT = "outputs"
 SUPPORTED_BACKENDS = ("console", "file", "tensorboard", "wandb", "mlflow", "swanlab", "clearml", "trackio")
 # Accepted by upstream verl but tied to a vendor platform SDK we do not implement.
 _UNSUPPORTED_BACKENDS = {"vemlp_wandb": "the Volcengine ML platform backend is not implemented; use 'wandb'"}
@@ -71,7 +72,7 @@ class _TrackingEnv:
         env = os.environ
         return cls(
             file_logger_path=env.get("VERL_FILE_LOGGER_PATH") or None,
-            file_logger_root=env.get("VERL_FILE_LOGGER_ROOT") or "outputs",
+            file_logger_root=env.get("VERL_FILE_LOGGER_ROOT") or DEFAULT_FILE_LOGGER_ROOT,
             tensorboard_dir=env.get("TENSORBOARD_DIR") or None,
             wandb_mode=env.get("WANDB_MODE") or None,
             wandb_entity=env.get("WANDB_ENTITY") or None,
