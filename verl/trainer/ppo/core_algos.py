@@ -168,7 +168,7 @@ class FixedKLController:
         self.value = kl_coef
 
     def update(self, current_kl: float, n_steps: int) -> None:
-        del current_kl, n_steps
+        pass
 
 
 def get_kl_controller(kl_ctrl: Any) -> AdaptiveKLController | FixedKLController:
@@ -263,7 +263,7 @@ def compute_grpo_outcome_advantage(
     ``norm_adv_by_std_in_grpo`` is False (Dr. GRPO). A group of one uses mean 0 and std 1.
 
     Args:
-        token_level_rewards: ``(bs, response_length)``; a response's score is its row sum.
+        token_level_rewards: ``(bs, response_length)``; a response's score ``s_i`` is its row sum.
         response_mask: ``(bs, response_length)``.
         index: ``(bs,)`` group ids.
         epsilon: added to the std.
@@ -271,7 +271,7 @@ def compute_grpo_outcome_advantage(
         config: optional algorithm config.
 
     Returns:
-        ``(advantages, returns)``, identical, ``(bs, response_length)``, the score broadcast over the mask.
+        ``(advantages, returns)``, the same ``(bs, response_length)`` tensor: ``A_i`` broadcast over the mask.
     """
     norm_by_std = _cfg_get(config, "norm_adv_by_std_in_grpo", norm_adv_by_std_in_grpo)
     scores = token_level_rewards.sum(dim=-1)
@@ -280,8 +280,10 @@ def compute_grpo_outcome_advantage(
         group = scores[rows]
         mean, std = (group.mean(), group.std()) if len(rows) > 1 else (0.0, 1.0)
         out[rows] = (group - mean) / (std + epsilon) if norm_by_std else group - mean
-    advantages = out.unsqueeze(-1) * response_mask
-    return advantages, advantages
+    return _broadcast(out, response_mask)
+
+
+# The estimators below share the arguments and return convention of compute_grpo_outcome_advantage.
 
 
 @register_adv_est(AdvantageEstimator.GRPO_VECTORIZED)
@@ -295,19 +297,14 @@ def compute_grpo_vectorized_outcome_advantage(
     config: Any = None,
     **kwargs: Any,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Same maths as :func:`compute_grpo_outcome_advantage`, with scatter reductions instead of a loop.
-
-    Returns:
-        ``(advantages, returns)``, identical, ``(bs, response_length)``.
-    """
+    """Same maths as :func:`compute_grpo_outcome_advantage`, with scatter reductions instead of a loop."""
     norm_by_std = _cfg_get(config, "norm_adv_by_std_in_grpo", norm_adv_by_std_in_grpo)
     scores = token_level_rewards.sum(dim=-1)
     gidx = as_torch_index(index, device=scores.device)
     mean_g, std_g, _ = group_mean_std(scores, gidx)
     centered = scores - mean_g[gidx].to(scores.dtype)
     out = centered / (std_g[gidx].to(scores.dtype) + epsilon) if norm_by_std else centered
-    advantages = out.unsqueeze(-1) * response_mask
-    return advantages, advantages
+    return _broadcast(out, response_mask)
 
 
 @register_adv_est(AdvantageEstimator.GRPO_PASSK)
@@ -321,15 +318,10 @@ def compute_grpo_passk_outcome_advantage(
     config: Any = None,
     **kwargs: Any,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Pass@k GRPO: only the best response of each group is credited, with ``r_max - r_second``.
-
-    Divided by ``std_g + epsilon`` when normalising. Every other response gets advantage 0.
+    """Pass@k GRPO: only the best response of each group gets ``r_max - r_second`` (÷ ``std_g + eps``); others 0.
 
     Raises:
         ValueError: a group holds fewer than 2 responses.
-
-    Returns:
-        ``(advantages, returns)``, identical, ``(bs, response_length)``.
     """
     norm_by_std = _cfg_get(config, "norm_adv_by_std_in_grpo", norm_adv_by_std_in_grpo)
     scores = token_level_rewards.sum(dim=-1)
@@ -340,11 +332,8 @@ def compute_grpo_passk_outcome_advantage(
         group = scores[rows]
         top2 = torch.topk(group, 2)
         gain = top2.values[0] - top2.values[1]
-        if norm_by_std:
-            gain = gain / (group.std() + epsilon)
-        out[rows[int(top2.indices[0])]] = gain
-    advantages = out.unsqueeze(-1) * response_mask
-    return advantages, advantages
+        out[rows[int(top2.indices[0])]] = gain / (group.std() + epsilon) if norm_by_std else gain
+    return _broadcast(out, response_mask)
 
 
 @register_adv_est(AdvantageEstimator.REINFORCE_PLUS_PLUS_BASELINE)
@@ -357,20 +346,13 @@ def compute_reinforce_plus_plus_baseline_outcome_advantage(
     config: Any = None,
     **kwargs: Any,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """REINFORCE++ with a group-mean baseline: ``s_i - mean_g`` broadcast, then whitened over the whole batch.
-
-    A group of one uses baseline 0. The batch-level whitening needs at least two masked tokens.
-
-    Returns:
-        ``(advantages, returns)``, identical, ``(bs, response_length)``, zero off the mask.
-    """
+    """REINFORCE++ with a group-mean baseline (0 for a group of one), then whitened over the batch's tokens."""
     scores = token_level_rewards.sum(dim=-1)
     out = scores.clone()
     for rows in _group_rows(index).values():
         if len(rows) > 1:
             out[rows] = scores[rows] - scores[rows].mean()
-    advantages = out.unsqueeze(-1) * response_mask
-    advantages = verl_F.masked_whiten(advantages, response_mask) * response_mask
+    advantages = verl_F.masked_whiten(out.unsqueeze(-1) * response_mask, response_mask) * response_mask
     return advantages, advantages
 
 
@@ -387,9 +369,6 @@ def compute_rloo_outcome_advantage(
     """REINFORCE leave-one-out (Ahmadian et al., 2024): score minus the mean of the *other* group members.
 
     For a group of ``n > 1``: ``A_i = s_i * n/(n-1) - mean_g * n/(n-1)``; a group of one keeps its raw score.
-
-    Returns:
-        ``(advantages, returns)``, identical, ``(bs, response_length)``.
     """
     scores = token_level_rewards.sum(dim=-1)
     out = scores.clone()
@@ -397,8 +376,7 @@ def compute_rloo_outcome_advantage(
         n = len(rows)
         if n > 1:
             out[rows] = scores[rows] * n / (n - 1) - scores[rows].mean() * n / (n - 1)
-    advantages = out.unsqueeze(-1) * response_mask
-    return advantages, advantages
+    return _broadcast(out, response_mask)
 
 
 @register_adv_est(AdvantageEstimator.RLOO_VECTORIZED)
@@ -411,20 +389,14 @@ def compute_rloo_vectorized_outcome_advantage(
     config: Any = None,
     **kwargs: Any,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Same maths as :func:`compute_rloo_outcome_advantage`: ``s_i - (sum_g - s_i) / (n_g - 1)``, vectorised.
-
-    Returns:
-        ``(advantages, returns)``, identical, ``(bs, response_length)``.
-    """
+    """Same maths as :func:`compute_rloo_outcome_advantage`: ``s_i - (sum_g - s_i) / (n_g - 1)``, vectorised."""
     scores = token_level_rewards.sum(dim=-1)
     gidx = as_torch_index(index, device=scores.device)
     count = torch.bincount(gidx).to(scores.dtype)[gidx]
     group_sum = torch.zeros(int(gidx.max()) + 1, dtype=scores.dtype, device=scores.device)
     group_sum = group_sum.scatter_add_(0, gidx, scores)[gidx]
     leave_one_out = (group_sum - scores) / (count - 1).clamp(min=1)
-    out = torch.where(count > 1, scores - leave_one_out, scores)
-    advantages = out.unsqueeze(-1) * response_mask
-    return advantages, advantages
+    return _broadcast(torch.where(count > 1, scores - leave_one_out, scores), response_mask)
 
 
 @register_adv_est(AdvantageEstimator.OPO)
@@ -437,81 +409,14 @@ def compute_opo_outcome_advantage(
     config: Any = None,
     **kwargs: Any,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """On-policy optimal-baseline advantage (OPO): the baseline is the length-weighted mean group score.
-
-    ``b_g = sum(len_j * s_j) / sum(len_j)``; ``A_i = s_i - b_g``; a group of one uses baseline 0.
-
-    Returns:
-        ``(advantages, returns)``, identical, ``(bs, response_length)``.
-    """
+    """OPO: the baseline is the length-weighted group score ``sum(len_j s_j) / sum(len_j)`` (0 for a group of 1)."""
     scores = token_level_rewards.sum(dim=-1)
     lengths = response_mask.sum(dim=-1).to(scores.dtype)
     out = scores.clone()
     for rows in _group_rows(index).values():
         if len(rows) > 1:
-            baseline = (lengths[rows] * scores[rows]).sum() / lengths[rows].sum()
-            out[rows] = scores[rows] - baseline
-    advantages = out.unsqueeze(-1) * response_mask
-    return advantages, advantages
-
-
-@register_adv_est(AdvantageEstimator.REINFORCE_PLUS_PLUS)
-@torch.no_grad()
-def compute_reinforce_plus_plus_outcome_advantage(
-    token_level_rewards: torch.Tensor,
-    response_mask: torch.Tensor,
-    config: Any = None,
-    gamma: float | None = None,
-    **kwargs: Any,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """REINFORCE++ (Hu, 2025): discounted token returns, whitened over the batch.
-
-    ``G_t = r_t + gamma * G_{t+1}``, with the running return reset to 0 after each masked position so that
-    separate turns do not leak into each other.
-
-    Args:
-        token_level_rewards: ``(bs, response_length)``.
-        response_mask: ``(bs, response_length)``.
-        config: algorithm config providing ``gamma`` (default 1.0).
-        gamma: explicit discount, overrides the config.
-
-    Returns:
-        ``advantages`` (whitened returns times the mask) and the raw ``returns``, both ``(bs, response_length)``.
-    """
-    gamma = _cfg_get(config, "gamma", 1.0) if gamma is None else gamma
-    returns = torch.zeros_like(token_level_rewards)
-    running = torch.zeros_like(token_level_rewards[:, 0])
-    for t in reversed(range(token_level_rewards.shape[-1])):
-        running = token_level_rewards[:, t] + gamma * running
-        returns[:, t] = running
-        running = running * response_mask[:, t]
-    advantages = verl_F.masked_whiten(returns, response_mask) * response_mask
-    return advantages, returns
-
-
-@register_adv_est(AdvantageEstimator.REMAX)
-@torch.no_grad()
-def compute_remax_outcome_advantage(
-    token_level_rewards: torch.Tensor,
-    reward_baselines: torch.Tensor,
-    response_mask: torch.Tensor,
-    config: Any = None,
-    **kwargs: Any,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """ReMax (Li et al., 2023): reward-to-go minus the reward of a greedy rollout of the same prompt.
-
-    Args:
-        token_level_rewards: ``(bs, response_length)``.
-        reward_baselines: ``(bs,)`` greedy-rollout scores.
-        response_mask: ``(bs, response_length)``.
-
-    Returns:
-        ``advantages = returns - baseline * mask`` and ``returns`` (reverse cumsum of masked rewards), both
-        ``(bs, response_length)``.
-    """
-    returns = (token_level_rewards * response_mask).flip(dims=[-1]).cumsum(dim=-1).flip(dims=[-1])
-    advantages = returns - reward_baselines.unsqueeze(-1) * response_mask
-    return advantages, returns
+            out[rows] = scores[rows] - (lengths[rows] * scores[rows]).sum() / lengths[rows].sum()
+    return _broadcast(out, response_mask)
 
 
 @register_adv_est(AdvantageEstimator.GPG)
@@ -528,11 +433,8 @@ def compute_gpg_outcome_advantage(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Group Policy Gradient (Chu et al., 2025): ``A_i = alpha * (s_i - mean_g) / f_norm``.
 
-    ``alpha = bs / max(#non-zero scores, 1)`` rescales for the fraction of informative samples; the ``alpha``
-    argument is accepted for signature compatibility and overridden. A group of one uses mean 0.
-
-    Returns:
-        ``(advantages, returns)``, identical, ``(bs, response_length)``.
+    ``alpha = bs / max(#non-zero scores, 1)`` rescales for the fraction of informative samples (the ``alpha``
+    argument is accepted for signature compatibility and overridden). A group of one uses mean 0.
     """
     scores = token_level_rewards.sum(dim=-1)
     alpha = scores.shape[0] / max(int(torch.count_nonzero(scores)), 1)
@@ -540,7 +442,58 @@ def compute_gpg_outcome_advantage(
     for rows in _group_rows(index).values():
         mean = scores[rows].mean() if len(rows) > 1 else 0.0
         out[rows] = alpha * (scores[rows] - mean) / f_norm
-    advantages = out.unsqueeze(-1) * response_mask
+    return _broadcast(out, response_mask)
+
+
+@register_adv_est(AdvantageEstimator.REINFORCE_PLUS_PLUS)
+@torch.no_grad()
+def compute_reinforce_plus_plus_outcome_advantage(
+    token_level_rewards: torch.Tensor,
+    response_mask: torch.Tensor,
+    config: Any = None,
+    gamma: float | None = None,
+    **kwargs: Any,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """REINFORCE++ (Hu, 2025): discounted token returns, whitened over the batch.
+
+    ``G_t = r_t + gamma * G_{t+1}`` (``gamma`` argument, else ``config.gamma``, else 1), with the running return
+    reset to 0 after each masked position so that separate turns do not leak into each other.
+
+    Returns:
+        ``advantages`` (whitened returns times the mask) and the raw ``returns``, both ``(bs, response_length)``.
+    """
+    gamma = _cfg_get(config, "gamma", 1.0) if gamma is None else gamma
+    returns = torch.zeros_like(token_level_rewards)
+    running = torch.zeros_like(token_level_rewards[:, 0])
+    for t in reversed(range(token_level_rewards.shape[-1])):
+        running = token_level_rewards[:, t] + gamma * running
+        returns[:, t] = running
+        running = running * response_mask[:, t]
+    return verl_F.masked_whiten(returns, response_mask) * response_mask, returns
+
+
+@register_adv_est(AdvantageEstimator.REMAX)
+@torch.no_grad()
+def compute_remax_outcome_advantage(
+    token_level_rewards: torch.Tensor,
+    reward_baselines: torch.Tensor,
+    response_mask: torch.Tensor,
+    config: Any = None,
+    **kwargs: Any,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """ReMax (Li et al., 2023): reward-to-go minus the score of a greedy rollout, ``reward_baselines (bs,)``.
+
+    Returns:
+        ``advantages = returns - baseline * mask`` and ``returns`` (reverse cumsum of masked rewards), both
+        ``(bs, response_length)``.
+    """
+    returns = (token_level_rewards * response_mask).flip(dims=[-1]).cumsum(dim=-1).flip(dims=[-1])
+    return returns - reward_baselines.unsqueeze(-1) * response_mask, returns
+
+
+def _broadcast(scores: torch.Tensor, response_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    # Outcome estimators give one number per response; every counted token receives it, and returns == advantages.
+    advantages = scores.unsqueeze(-1) * response_mask
     return advantages, advantages
 
 
@@ -628,7 +581,22 @@ def _agg_kwargs(config: Any) -> dict[str, Any]:
 
 # ---------------------------------------------------------------------------------------------------------------------
 # policy losses
+#
+# Every registered loss has the signature of compute_policy_loss_vanilla and returns (pg_loss, metrics) with the
+# metric keys of _METRIC_KEYS (floats). Log-ratios are clamped to [-20, 20] before exp() so that a stale
+# old_log_prob cannot overflow the ratio.
 # ---------------------------------------------------------------------------------------------------------------------
+
+_METRIC_KEYS = ("actor/pg_clipfrac", "actor/ppo_kl", "actor/pg_clipfrac_lower")
+
+
+def _metrics(pg_clipfrac: torch.Tensor | float, ppo_kl: torch.Tensor | float, lower: torch.Tensor | float) -> dict:
+    return {key: float(value) for key, value in zip(_METRIC_KEYS, (pg_clipfrac, ppo_kl, lower))}
+
+
+def _apply_is_weights(pg_losses: torch.Tensor, rollout_is_weights: torch.Tensor | None) -> torch.Tensor:
+    # Importance weights correct for rollout-vs-training policy mismatch; they carry no gradient.
+    return pg_losses if rollout_is_weights is None else pg_losses * rollout_is_weights.detach()
 
 
 def _ppo_clip_terms(
@@ -639,47 +607,23 @@ def _ppo_clip_terms(
     clip_high: float,
     clip_ratio_c: float,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Dual-clip PPO per-token losses.
-
-    Args:
-        log_ratio: ``(bs, T)`` ``log pi - log pi_old`` (already clamped).
-        advantages, response_mask: ``(bs, T)``.
-        clip_low, clip_high: the ratio is clipped to ``[1 - clip_low, 1 + clip_high]``.
-        clip_ratio_c: dual-clip bound for negative advantages (Ye et al., 2020); must exceed 1.
+    """Dual-clip PPO per-token losses from a clamped ``log_ratio (bs, T)``.
 
     Returns:
-        ``pg_losses (bs, T)``, ``pg_clipfrac``, ``ppo_kl``, ``pg_clipfrac_lower`` (scalar tensors).
+        ``pg_losses (bs, T)`` and the scalar tensors ``pg_clipfrac``, ``ppo_kl``, ``pg_clipfrac_lower``.
     """
     assert clip_ratio_c > 1.0, f"clip_ratio_c (dual-clip lower bound) must be > 1.0, got {clip_ratio_c}"
     ratio = torch.exp(log_ratio)
-    ppo_kl = verl_F.masked_mean(-log_ratio, response_mask)
     unclipped = -advantages * ratio
     clipped = -advantages * torch.clamp(ratio, 1 - clip_low, 1 + clip_high)
     clip_max = torch.maximum(unclipped, clipped)
     pg_clipfrac = verl_F.masked_mean(torch.gt(clipped, unclipped).float(), response_mask)
-    # Dual clip: for A < 0 a huge ratio would give an unbounded loss; cap it at -A * c.
+    # Dual clip (Ye et al., 2020): for A < 0 a huge ratio would give an unbounded loss; cap it at -A * c.
     dual_bound = -advantages * clip_ratio_c
     negative = advantages < 0
     pg_clipfrac_lower = verl_F.masked_mean((torch.gt(clip_max, dual_bound) & negative).float(), response_mask)
     pg_losses = torch.where(negative, torch.minimum(dual_bound, clip_max), clip_max)
-    return pg_losses, pg_clipfrac, ppo_kl, pg_clipfrac_lower
-
-
-def _metrics(pg_clipfrac: Any, ppo_kl: Any, pg_clipfrac_lower: Any) -> dict[str, float]:
-    return {
-        "actor/pg_clipfrac": _to_float(pg_clipfrac),
-        "actor/ppo_kl": _to_float(ppo_kl),
-        "actor/pg_clipfrac_lower": _to_float(pg_clipfrac_lower),
-    }
-
-
-def _to_float(x: torch.Tensor | float) -> float:
-    return float(x.detach().item()) if isinstance(x, torch.Tensor) else float(x)
-
-
-def _apply_is_weights(pg_losses: torch.Tensor, rollout_is_weights: torch.Tensor | None) -> torch.Tensor:
-    # Importance weights correct for rollout-vs-training policy mismatch; they carry no gradient.
-    return pg_losses if rollout_is_weights is None else pg_losses * rollout_is_weights.detach()
+    return pg_losses, pg_clipfrac, verl_F.masked_mean(-log_ratio, response_mask), pg_clipfrac_lower
 
 
 @register_policy_loss("vanilla")
@@ -694,13 +638,16 @@ def compute_policy_loss_vanilla(
 ) -> tuple[torch.Tensor, dict[str, float]]:
     """PPO clipped surrogate with dual clip (the default ``loss_mode``).
 
-    ``ratio = exp(clamp(logp - old, -20, 20))``; loss ``max(-A r, -A clip(r, 1-low, 1+high))``, further capped at
-    ``-A c`` where ``A < 0``. Reads ``clip_ratio``, ``clip_ratio_low``, ``clip_ratio_high``, ``clip_ratio_c``.
+    ``r = exp(logp - old)``; loss ``max(-A r, -A clip(r, 1-low, 1+high))``, further capped at ``-A c`` where
+    ``A < 0``. Reads ``clip_ratio``, ``clip_ratio_low``, ``clip_ratio_high``, ``clip_ratio_c`` from ``config``.
 
     Args:
-        old_log_prob, log_prob, advantages, response_mask: ``(bs, response_length)``.
+        old_log_prob: ``(bs, response_length)`` log-probs at rollout time.
+        log_prob: ``(bs, response_length)`` current log-probs (with grad).
+        advantages: ``(bs, response_length)``.
+        response_mask: ``(bs, response_length)``.
         loss_agg_mode: see :func:`agg_loss`.
-        config: actor config.
+        config: actor config (defaults apply when ``None``).
         rollout_is_weights: optional ``(bs, response_length)`` importance weights.
 
     Returns:
@@ -708,12 +655,12 @@ def compute_policy_loss_vanilla(
     """
     clip_low, clip_high, clip_ratio_c = _clip_ratios(config)
     log_ratio = torch.clamp(log_prob - old_log_prob, min=-20.0, max=20.0)
-    pg_losses, clipfrac, ppo_kl, clipfrac_lower = _ppo_clip_terms(
+    pg_losses, clipfrac, ppo_kl, lower = _ppo_clip_terms(
         log_ratio, advantages, response_mask, clip_low, clip_high, clip_ratio_c
     )
     pg_losses = _apply_is_weights(pg_losses, rollout_is_weights)
     pg_loss = agg_loss(pg_losses, response_mask, loss_agg_mode, **_agg_kwargs(config))
-    return pg_loss, _metrics(clipfrac, ppo_kl, clipfrac_lower)
+    return pg_loss, _metrics(clipfrac, ppo_kl, lower)
 
 
 def compute_policy_loss(
@@ -727,22 +674,14 @@ def compute_policy_loss(
     clip_ratio_c: float = 3.0,
     loss_agg_mode: str = "token-mean",
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Deprecated pre-registry API of the vanilla loss; use ``get_policy_loss_fn("vanilla")``.
-
-    Returns:
-        ``(pg_loss, pg_clipfrac, ppo_kl, pg_clipfrac_lower)`` as tensors.
-    """
-    warnings.warn(
-        "compute_policy_loss is deprecated; use get_policy_loss_fn('vanilla')", DeprecationWarning, stacklevel=2
-    )
+    """Deprecated pre-registry form of the vanilla loss; returns ``(pg_loss, clipfrac, ppo_kl, clipfrac_lower)``."""
+    warnings.warn("compute_policy_loss is deprecated; use get_policy_loss_fn('vanilla')", DeprecationWarning, 2)
     cliprange = 0.2 if cliprange is None else cliprange
     low = cliprange if cliprange_low is None else cliprange_low
     high = cliprange if cliprange_high is None else cliprange_high
     log_ratio = torch.clamp(log_prob - old_log_prob, min=-20.0, max=20.0)
-    pg_losses, clipfrac, ppo_kl, clipfrac_lower = _ppo_clip_terms(
-        log_ratio, advantages, response_mask, low, high, clip_ratio_c
-    )
-    return agg_loss(pg_losses, response_mask, loss_agg_mode), clipfrac, ppo_kl, clipfrac_lower
+    pg_losses, clipfrac, ppo_kl, lower = _ppo_clip_terms(log_ratio, advantages, response_mask, low, high, clip_ratio_c)
+    return agg_loss(pg_losses, response_mask, loss_agg_mode), clipfrac, ppo_kl, lower
 
 
 @register_policy_loss("gspo")
@@ -758,11 +697,8 @@ def compute_policy_loss_gspo(
     """GSPO (Zheng et al., 2025): a clipped surrogate on the sequence-level ratio.
 
     ``s_i = exp(mean_t(logp - old))``; token-wise ``s_{i,t} = exp(sg[log s_i] + logp_t - sg[logp_t])`` has the
-    value of ``s_i`` and the gradient of ``s_i * d logp_t``. Always aggregated with ``seq-mean-token-mean``
+    value of ``s_i`` and the gradient ``s_i * d logp_t``. Always aggregated with ``seq-mean-token-mean``
     (``loss_agg_mode`` is ignored, as upstream does).
-
-    Returns:
-        scalar ``pg_loss`` and the three standard metrics.
     """
     clip_low, clip_high, _ = _clip_ratios(config)
     log_ratio = log_prob - old_log_prob
@@ -777,8 +713,8 @@ def compute_policy_loss_gspo(
     pg_loss = agg_loss(pg_losses, response_mask, "seq-mean-token-mean", **agg)
     is_clipped = torch.gt(clipped, unclipped)
     clipfrac = verl_F.masked_mean(is_clipped.float(), response_mask)
-    clipfrac_lower = verl_F.masked_mean((is_clipped & (advantages < 0)).float(), response_mask)
-    return pg_loss, _metrics(clipfrac, verl_F.masked_mean(-log_ratio, response_mask), clipfrac_lower)
+    lower = verl_F.masked_mean((is_clipped & (advantages < 0)).float(), response_mask)
+    return pg_loss, _metrics(clipfrac, verl_F.masked_mean(-log_ratio, response_mask), lower)
 
 
 @register_policy_loss("gpg")
@@ -791,15 +727,10 @@ def compute_policy_loss_gpg(
     config: Any = None,
     rollout_is_weights: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, dict[str, float]]:
-    """GPG: plain policy gradient ``-logp * A`` with no ratio and no clipping.
-
-    Returns:
-        scalar ``pg_loss``; metrics report the (informational) ``ppo_kl`` and zero clip fractions.
-    """
+    """GPG: plain policy gradient ``-logp * A``, no ratio and no clipping (clip fractions report 0)."""
     pg_losses = _apply_is_weights(-log_prob * advantages, rollout_is_weights)
     pg_loss = agg_loss(pg_losses, response_mask, loss_agg_mode, **_agg_kwargs(config))
-    ppo_kl = verl_F.masked_mean(old_log_prob - log_prob, response_mask)
-    return pg_loss, _metrics(0.0, ppo_kl, 0.0)
+    return pg_loss, _metrics(0.0, verl_F.masked_mean(old_log_prob - log_prob, response_mask), 0.0)
 
 
 @register_policy_loss("clip_cov")
@@ -812,14 +743,11 @@ def compute_policy_loss_clip_cov(
     config: Any = None,
     rollout_is_weights: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, dict[str, float]]:
-    """Clip-Cov (Cui et al., 2025): detach the gradient of a few tokens with high covariance of A and logp.
+    """Clip-Cov (Cui et al., 2025): zero the loss of a few tokens with high covariance of A and logp.
 
-    Among tokens not already clipped by PPO whose centred covariance lies in ``(clip_cov_lb, clip_cov_ub)``, up
-    to ``max(int(clip_cov_ratio * #valid), 1)`` are chosen at random and their loss zeroed. Reads
-    ``policy_loss.{clip_cov_ratio, clip_cov_lb, clip_cov_ub}`` and the clip ratios.
-
-    Returns:
-        scalar ``pg_loss``; ``actor/pg_clipfrac`` is the fraction of zeroed tokens.
+    Among valid tokens not already clipped by PPO whose centred covariance lies in ``(clip_cov_lb, clip_cov_ub)``,
+    up to ``max(int(clip_cov_ratio * #valid), 1)`` are chosen at random. Reads ``policy_loss.{clip_cov_ratio,
+    clip_cov_lb, clip_cov_ub}`` and the clip ratios. ``actor/pg_clipfrac`` is the fraction of zeroed tokens.
     """
     policy_cfg = _cfg_get(config, "policy_loss", None)
     cov_ratio = _cfg_get(policy_cfg, "clip_cov_ratio", 0.0002)
@@ -836,10 +764,9 @@ def compute_policy_loss_clip_cov(
     cov = (advantages - verl_F.masked_mean(advantages, response_mask)) * (
         logp - verl_F.masked_mean(logp, response_mask)
     )
-    candidates = valid & ~torch.gt(clipped, unclipped) & (cov > cov_lb) & (cov < cov_ub)
-    candidate_idx = torch.nonzero(candidates)  # (n, 2)
+    candidates = torch.nonzero(valid & ~torch.gt(clipped, unclipped) & (cov > cov_lb) & (cov < cov_ub))  # (n, 2)
     budget = max(int(cov_ratio * int(valid.sum())), 1)
-    chosen = candidate_idx[torch.randperm(len(candidate_idx), device=candidate_idx.device)[:budget]]
+    chosen = candidates[torch.randperm(len(candidates), device=candidates.device)[:budget]]
     keep = torch.ones_like(advantages)
     keep[chosen[:, 0], chosen[:, 1]] = 0.0
     pg_losses = _apply_is_weights(torch.maximum(unclipped, clipped) * keep, rollout_is_weights)
@@ -858,36 +785,29 @@ def compute_policy_loss_kl_cov(
     config: Any = None,
     rollout_is_weights: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, dict[str, float]]:
-    """KL-Cov (Cui et al., 2025): add ``ppo_kl_coef * |logp - old|`` on the top covariance tokens.
+    """KL-Cov (Cui et al., 2025): add ``ppo_kl_coef * |log r|`` on the top-covariance tokens, no clipping.
 
     The ``max(1, int(kl_cov_ratio * #valid))`` valid tokens with the largest centred covariance of A and logp get
-    loss ``-A r + coef |log r|``; every other token gets ``-A r`` (no clipping). Reads
-    ``policy_loss.{kl_cov_ratio, ppo_kl_coef}``.
-
-    Returns:
-        scalar ``pg_loss``; ``actor/ppo_kl`` is the masked mean of ``|log r|``.
+    ``-A r + coef |log r|``; the others ``-A r``. Reads ``policy_loss.{kl_cov_ratio, ppo_kl_coef}``;
+    ``actor/ppo_kl`` reports the masked mean of ``|log r|``.
     """
     policy_cfg = _cfg_get(config, "policy_loss", None)
     kl_cov_ratio = _cfg_get(policy_cfg, "kl_cov_ratio", 0.0002)
     kl_coef = _cfg_get(policy_cfg, "ppo_kl_coef", 1.0)
     assert kl_cov_ratio > 0, f"policy_loss.kl_cov_ratio must be > 0, got {kl_cov_ratio}"
     log_ratio = torch.clamp(log_prob - old_log_prob, min=-20.0, max=20.0)
-    abs_kl = log_ratio.abs()
-    ratio = torch.exp(log_ratio)
-    base = -advantages * ratio
-    penalised = base + kl_coef * abs_kl
+    base = -advantages * torch.exp(log_ratio)
     valid_flat = torch.nonzero(response_mask.reshape(-1) > 0, as_tuple=True)[0]
     select = torch.zeros(advantages.numel(), dtype=torch.bool, device=advantages.device)
     if valid_flat.numel() > 0:
         adv = advantages.reshape(-1)[valid_flat].detach()
         logp = log_prob.reshape(-1)[valid_flat].detach()
         cov = (adv - adv.mean()) * (logp - logp.mean())
-        top = torch.topk(cov, max(1, int(valid_flat.numel() * kl_cov_ratio))).indices
-        select[valid_flat[top]] = True
-    pg_losses = torch.where(select.reshape(advantages.shape), penalised, base)
+        select[valid_flat[torch.topk(cov, max(1, int(valid_flat.numel() * kl_cov_ratio))).indices]] = True
+    pg_losses = torch.where(select.reshape(advantages.shape), base + kl_coef * log_ratio.abs(), base)
     pg_losses = _apply_is_weights(pg_losses, rollout_is_weights)
     pg_loss = agg_loss(pg_losses, response_mask, loss_agg_mode, **_agg_kwargs(config))
-    return pg_loss, _metrics(0.0, verl_F.masked_mean(abs_kl, response_mask), 0.0)
+    return pg_loss, _metrics(0.0, verl_F.masked_mean(log_ratio.abs(), response_mask), 0.0)
 
 
 @register_policy_loss("geo_mean")
@@ -906,9 +826,6 @@ def compute_policy_loss_geo_mean(
     sequence ratio is ``exp(mean_t clipped l)``, the sequence advantage ``mean_t A``, and the loss
     ``mean_i(-A_i * ratio_i)`` over the batch (``loss_agg_mode`` is not used; advantages are assumed to be
     sequence-level). Importance weights, if given, are averaged per sequence.
-
-    Returns:
-        scalar ``pg_loss``; clip fractions split by the sign of the advantage.
     """
     clip_low, clip_high, _ = _clip_ratios(config)
     log_ratio = log_prob - old_log_prob
@@ -917,14 +834,13 @@ def compute_policy_loss_geo_mean(
     log_ratio_clipped = sign * torch.minimum(sign * log_ratio, sign * log_ratio_clamped)
     lengths = response_mask.sum(dim=-1) + 1e-8
     seq_ratio = torch.exp(verl_F.masked_sum(log_ratio_clipped, response_mask, axis=-1) / lengths)
-    seq_adv = verl_F.masked_sum(advantages, response_mask, axis=-1) / lengths
-    pg_losses = -seq_adv * seq_ratio  # (bs,)
+    pg_losses = -(verl_F.masked_sum(advantages, response_mask, axis=-1) / lengths) * seq_ratio  # (bs,)
     if rollout_is_weights is not None:
         pg_losses = pg_losses * (verl_F.masked_sum(rollout_is_weights.detach(), response_mask, axis=-1) / lengths)
     is_clipped = torch.ne(log_ratio, log_ratio_clamped)
     clipfrac = verl_F.masked_mean((is_clipped & (advantages > 0)).float(), response_mask)
-    clipfrac_lower = verl_F.masked_mean((is_clipped & (advantages < 0)).float(), response_mask)
-    return pg_losses.mean(), _metrics(clipfrac, verl_F.masked_mean(-log_ratio, response_mask), clipfrac_lower)
+    lower = verl_F.masked_mean((is_clipped & (advantages < 0)).float(), response_mask)
+    return pg_losses.mean(), _metrics(clipfrac, verl_F.masked_mean(-log_ratio, response_mask), lower)
 
 
 @register_policy_loss("cispo")
@@ -939,11 +855,8 @@ def compute_policy_loss_cispo(
 ) -> tuple[torch.Tensor, dict[str, float]]:
     """CISPO (MiniMax, 2025): clip the importance weight, not the update; every token keeps its gradient.
 
-    ``loss_t = -sg(clamp(r_t, 1 - low, 1 + high)) * A_t * logp_t``.
-
-    Returns:
-        scalar ``pg_loss``; ``actor/pg_clipfrac`` counts tokens whose weight was clipped (either side),
-        ``actor/pg_clipfrac_lower`` those clipped from below.
+    ``loss_t = -sg(clamp(r_t, 1 - low, 1 + high)) * A_t * logp_t``. ``actor/pg_clipfrac`` counts tokens whose
+    weight was clipped on either side, ``actor/pg_clipfrac_lower`` those clipped from below.
     """
     clip_low, clip_high, _ = _clip_ratios(config)
     log_ratio = torch.clamp(log_prob - old_log_prob, min=-20.0, max=20.0)
@@ -953,8 +866,8 @@ def compute_policy_loss_cispo(
     pg_loss = agg_loss(pg_losses, response_mask, loss_agg_mode, **_agg_kwargs(config))
     below = ratio < 1 - clip_low
     clipfrac = verl_F.masked_mean((below | (ratio > 1 + clip_high)).float(), response_mask)
-    clipfrac_lower = verl_F.masked_mean(below.float(), response_mask)
-    return pg_loss, _metrics(clipfrac, verl_F.masked_mean(-log_ratio, response_mask), clipfrac_lower)
+    lower = verl_F.masked_mean(below.float(), response_mask)
+    return pg_loss, _metrics(clipfrac, verl_F.masked_mean(-log_ratio, response_mask), lower)
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -1008,23 +921,11 @@ def compute_value_loss(
 
 
 def kl_penalty_forward(logprob: torch.Tensor, ref_logprob: torch.Tensor, kl_penalty: str) -> torch.Tensor:
-    """Per-token KL estimate between the policy and the reference (Schulman's k1/k2/k3 estimators).
+    """Per-token KL estimate ``(bs, response_length)`` between policy and reference (Schulman's k1/k2/k3).
 
-    * ``kl`` / ``k1``: ``logp - ref``.
-    * ``abs``: ``|logp - ref|``.
-    * ``mse`` / ``k2``: ``0.5 (logp - ref)^2``.
-    * ``low_var_kl`` / ``k3``: ``exp(ref - logp) - (ref - logp) - 1``, with the log-ratio clamped to [-20, 20] and
-      the result to [-10, 10] for stability.
-
-    Args:
-        logprob, ref_logprob: ``(bs, response_length)``.
-        kl_penalty: estimator name (without a ``+`` suffix).
-
-    Returns:
-        ``(bs, response_length)`` estimate.
-
-    Raises:
-        NotImplementedError: ``full`` (needs full-vocabulary logits) or an unknown name.
+    ``kl``/``k1``: ``logp - ref``; ``abs``: ``|logp - ref|``; ``mse``/``k2``: ``0.5 (logp - ref)^2``;
+    ``low_var_kl``/``k3``: ``exp(ref - logp) - (ref - logp) - 1`` (log-ratio clamped to [-20, 20], result to
+    [-10, 10] for stability). ``full`` (needs full-vocabulary logits) and unknown names raise NotImplementedError.
     """
     if kl_penalty in ("kl", "k1"):
         return logprob - ref_logprob
@@ -1043,17 +944,10 @@ def kl_penalty_forward(logprob: torch.Tensor, ref_logprob: torch.Tensor, kl_pena
 
 
 def kl_penalty(logprob: torch.Tensor, ref_logprob: torch.Tensor, kl_penalty: str) -> torch.Tensor:
-    """KL estimate; a ``+`` suffix (e.g. ``k3+``) keeps the estimator's value but uses the k2 gradient.
+    """KL estimate ``(bs, response_length)``; a ``+`` suffix (e.g. ``k3+``) keeps the value, takes k2's gradient.
 
-    k2's gradient is an unbiased estimate of the true KL gradient while k1/k3 values are cheaper, lower-variance
-    penalties; the straight-through ``+`` form combines the two.
-
-    Args:
-        logprob, ref_logprob: ``(bs, response_length)``.
-        kl_penalty: estimator name, see :func:`kl_penalty_forward`.
-
-    Returns:
-        ``(bs, response_length)``.
+    k2's gradient is an unbiased estimate of the true KL gradient, while the k1/k3 values are the cheaper,
+    lower-variance penalties; the straight-through ``+`` form combines the two. See :func:`kl_penalty_forward`.
     """
     base = kl_penalty[:-1] if kl_penalty.endswith("+") else kl_penalty
     value = kl_penalty_forward(logprob, ref_logprob, base)
@@ -1061,37 +955,3 @@ def kl_penalty(logprob: torch.Tensor, ref_logprob: torch.Tensor, kl_penalty: str
         return value
     k2 = 0.5 * (logprob - ref_logprob).square()
     return k2 - k2.detach() + value.detach()
-
-
-# ---------------------------------------------------------------------------------------------------------------------
-# PF-PPO resampling (duck-typed on DataProto so this module never imports it)
-# ---------------------------------------------------------------------------------------------------------------------
-
-
-def compute_pf_ppo_weights(scores: torch.Tensor, reweight_method: str = "pow", weight_pow: float = 2.0) -> torch.Tensor:
-    """Sampling weights of PF-PPO (Shen et al., 2024) from sequence scores ``(bs,)``.
-
-    ``pow``: ``|s|^p``; ``max_min``: 1 for the best and worst scores, 0 otherwise; ``max_random``: 0.4 for the best
-    score, 0.1 otherwise. A ``1e-8`` floor keeps every weight positive for ``torch.multinomial``.
-    """
-    if reweight_method == "pow":
-        weights = scores.abs().pow(weight_pow)
-    elif reweight_method == "max_min":
-        weights = ((scores == scores.max()) | (scores == scores.min())).float()
-    elif reweight_method == "max_random":
-        weights = torch.where(scores == scores.max(), 0.4, 0.1)
-    else:
-        raise ValueError(f"Unknown PF-PPO reweight_method {reweight_method!r}; use pow, max_min or max_random.")
-    return torch.clamp(weights.float() + 1e-8, min=1e-8)
-
-
-def compute_pf_ppo_reweight_data(data: Any, reweight_method: str = "pow", weight_pow: float = 2.0) -> Any:
-    """Resample a ``DataProto`` batch (with replacement) in proportion to PF-PPO weights of its scores.
-
-    Returns:
-        ``data`` indexed by the sampled rows (same batch size).
-    """
-    scores = data.batch["token_level_scores"].sum(dim=-1)
-    weights = compute_pf_ppo_weights(scores, reweight_method, weight_pow)
-    sample_idx = torch.multinomial(weights, scores.shape[0], replacement=True)
-    return data[sample_idx]
