@@ -1,0 +1,215 @@
+"""Build the trainer's reward function from the config, and apply it to a batch.
+
+Two config layouts are accepted; the newer key wins when set, and the legacy key is the fallback:
+
+====================================  ==========================================  ==================
+newer (verl >= 0.7)                   legacy (verl <= 0.6)                        default
+====================================  ==========================================  ==================
+``reward.reward_manager.name``        ``reward_model.reward_manager``             ``naive``
+``reward.custom_reward_function.*``   ``custom_reward_function.{path,name}``      none / compute_score
+``reward.sandbox_fusion.*``           ``reward_model.sandbox_fusion.*``           none
+``reward.reward_kwargs``              ``reward_model.reward_kwargs``              {}
+====================================  ==========================================  ==================
+
+Setting both layouts of one key to different values is a ``ValueError`` that names both keys (a legacy key left
+at its default never conflicts).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import inspect
+import os
+import threading
+from collections.abc import Callable
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+
+__all__ = ["compute_reward", "get_custom_reward_fn", "load_reward_manager"]  # + compute_reward_async (lazy, Ray)
+
+
+def _select(config: Any, key: str, default: Any = None) -> Any:
+    if not isinstance(config, DictConfig):
+        config = OmegaConf.create(config)
+    value = OmegaConf.select(config, key, default=default)
+    if isinstance(value, DictConfig):
+        return OmegaConf.to_container(value, resolve=True)
+    return value
+
+
+def _resolve(config: Any, new_key: str, legacy_key: str, legacy_default: Any = None) -> Any:
+    """Value of ``new_key`` when set, else ``legacy_key``; both set (legacy not at its default) and unequal raises."""
+    new, legacy = _select(config, new_key), _select(config, legacy_key)
+    if new is None:
+        return legacy
+    if legacy is None or legacy == legacy_default or legacy == new:
+        return new
+    raise ValueError(f"{new_key}={new!r} and {legacy_key}={legacy!r} disagree; set only one of them.")
+
+
+def _merged_kwargs(config: Any, *keys: str) -> dict[str, Any]:
+    merged: dict[str, Any] = {}
+    for key in keys:
+        merged.update(_select(config, key) or {})
+    return merged
+
+
+def _sync_wrapper(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """Let the managers call an ``async def`` reward function like a plain one."""
+
+    @functools.wraps(fn)
+    def run(*args, **kwargs):
+        return asyncio.run(fn(*args, **kwargs))
+
+    return run
+
+
+def get_custom_reward_fn(config: Any) -> Callable[..., Any] | None:
+    """Load the user's reward function named by ``custom_reward_function.{path,name}`` (or ``reward.…``).
+
+    The file is imported as a module; ``name`` defaults to ``compute_score``. Keyword arguments from
+    ``custom_reward_function.reward_kwargs`` are bound with ``functools.partial``.
+
+    Returns:
+        The callable, or None when no path is configured.
+
+    Raises:
+        FileNotFoundError: the file does not exist (the message names the path and the config key).
+        RuntimeError: the file raised while being imported.
+        AttributeError: the file defines no attribute ``name``.
+    """
+    path = _resolve(config, "reward.custom_reward_function.path", "custom_reward_function.path")
+    if not path:
+        return None
+    name = _resolve(
+        config, "reward.custom_reward_function.name", "custom_reward_function.name", legacy_default="compute_score"
+    )
+    name = name or "compute_score"
+    path = os.path.expanduser(str(path))
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"Reward function file {path!r} not found (custom_reward_function.path).")
+    from verl.utils.import_utils import load_module
+
+    try:
+        module = load_module(path)
+    except ImportError as exc:
+        raise RuntimeError(f"Could not import the reward function file {path!r}: {exc}") from exc
+    if not hasattr(module, name):
+        defined = sorted(k for k, v in vars(module).items() if callable(v) and not k.startswith("_"))
+        raise AttributeError(
+            f"Reward function {name!r} not found in {path!r} (custom_reward_function.name); callables there: {defined}."
+        )
+    fn = getattr(module, name)
+    if inspect.iscoroutinefunction(fn):
+        fn = _sync_wrapper(fn)
+    reward_kwargs = _merged_kwargs(
+        config, "custom_reward_function.reward_kwargs", "reward.custom_reward_function.reward_kwargs"
+    )
+    print(f"using custom reward function {name!r} from {path!r}")
+    return functools.partial(fn, **reward_kwargs) if reward_kwargs else fn
+
+
+def _manager_class(config: Any) -> type:
+    from verl.workers.reward_manager import get_reward_manager_cls
+
+    if _select(config, "reward.reward_manager.source") == "importlib":
+        from verl.utils.import_utils import load_extern_object
+
+        module_path = _select(config, "reward.reward_manager.module.path")
+        if not module_path:
+            raise ValueError("reward.reward_manager.source=importlib needs reward.reward_manager.module.path.")
+        return load_extern_object(module_path, _select(config, "reward.reward_manager.module.name"))
+    name = _resolve(config, "reward.reward_manager.name", "reward_model.reward_manager", legacy_default="naive")
+    return get_reward_manager_cls(name or "naive")
+
+
+def _default_scorer(config: Any) -> Callable[..., Any]:
+    """``default_compute_score``, bound to the SandboxFusion settings when a URL is configured."""
+    from verl.utils.reward_score import default_compute_score
+
+    url = _resolve(config, "reward.sandbox_fusion.url", "reward_model.sandbox_fusion.url")
+    if not url:
+        return default_compute_score
+    max_concurrent = _resolve(
+        config, "reward.sandbox_fusion.max_concurrent", "reward_model.sandbox_fusion.max_concurrent", 64
+    )
+    memory_limit_mb = _resolve(
+        config, "reward.sandbox_fusion.memory_limit_mb", "reward_model.sandbox_fusion.memory_limit_mb", 1024
+    )
+    return functools.partial(
+        default_compute_score,
+        sandbox_fusion_url=url,
+        concurrent_semaphore=threading.Semaphore(int(max_concurrent or 64)),
+        memory_limit_mb=int(memory_limit_mb or 1024),
+    )
+
+
+def load_reward_manager(config: Any, tokenizer: Any, num_examine: int = 0, **reward_kwargs: Any) -> Any:
+    """Instantiate the configured reward manager.
+
+    Args:
+        config: the full trainer config (``DictConfig`` or a plain nested dict).
+        tokenizer: used by the manager to decode prompts and responses.
+        num_examine: rows per data source the manager prints (0 for training, 1 for validation).
+        **reward_kwargs: extra manager arguments; they override ``reward_model.reward_kwargs`` /
+            ``reward.reward_kwargs`` from the config.
+
+    Returns:
+        A callable ``manager(data, return_dict=False)``.
+    """
+    manager_cls = _manager_class(config)
+    compute_score = get_custom_reward_fn(config) or _default_scorer(config)
+    kwargs = {**_merged_kwargs(config, "reward_model.reward_kwargs", "reward.reward_kwargs"), **reward_kwargs}
+    return manager_cls(
+        tokenizer=tokenizer,
+        num_examine=num_examine,
+        compute_score=compute_score,
+        reward_fn_key=_select(config, "data.reward_fn_key", "data_source"),
+        **kwargs,
+    )
+
+
+def _accepts_return_dict(reward_fn: Callable[..., Any]) -> bool:
+    try:
+        params = inspect.signature(reward_fn).parameters.values()
+    except (TypeError, ValueError):
+        return False
+    return any(p.name == "return_dict" or p.kind is inspect.Parameter.VAR_KEYWORD for p in params)
+
+
+def compute_reward(data: Any, reward_fn: Callable[..., Any]) -> tuple[Any, dict[str, list]]:
+    """Apply a reward manager to a batch.
+
+    Args:
+        data: a ``DataProto`` with ``prompts``, ``responses``, ``attention_mask`` and the reward columns.
+        reward_fn: a reward manager (or any callable returning a tensor or the ``return_dict`` form).
+
+    Returns:
+        ``(reward_tensor (bs, R), reward_extra_infos_dict {key: list})``.
+    """
+    result = reward_fn(data, return_dict=True) if _accepts_return_dict(reward_fn) else reward_fn(data)
+    if isinstance(result, dict):
+        return result["reward_tensor"], dict(result.get("reward_extra_info", {}))
+    return result, {}
+
+
+def _compute_reward_task(data: Any, config: Any = None, tokenizer: Any = None, reward_fn: Any = None):
+    if reward_fn is None:
+        reward_fn = load_reward_manager(config, tokenizer, num_examine=0)
+    return compute_reward(data, reward_fn)
+
+
+_REMOTE: dict[str, Any] = {}
+
+
+def __getattr__(name: str) -> Any:
+    # compute_reward_async is a Ray remote function; it is built on first use so importing this module needs no Ray.
+    if name == "compute_reward_async":
+        if name not in _REMOTE:
+            import ray
+
+            _REMOTE[name] = ray.remote(num_cpus=1)(_compute_reward_task)
+        return _REMOTE[name]
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
