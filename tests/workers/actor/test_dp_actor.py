@@ -1,0 +1,248 @@
+"""Tests for verl/workers/actor/dp_actor.py on the tiny offline model (single process, CPU)."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+import torch.nn.functional as F
+from omegaconf import OmegaConf
+
+from verl.protocol import DataProto
+from verl.workers.actor import DataParallelPPOActor
+
+PROMPT_LEN, RESPONSE_LEN, PAD = 6, 5, 3
+
+
+@pytest.fixture(scope="module")
+def base_model(tiny_model_dir):
+    from transformers import AutoModelForCausalLM
+
+    return AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32)
+
+
+def _actor_config(**overrides):
+    cfg = {
+        "ppo_mini_batch_size": 4,
+        "ppo_micro_batch_size_per_gpu": 4,
+        "use_dynamic_bsz": False,
+        "ppo_max_token_len_per_gpu": 64,
+        "ppo_epochs": 1,
+        "clip_ratio": 0.2,
+        "clip_ratio_low": 0.2,
+        "clip_ratio_high": 0.2,
+        "clip_ratio_c": 3.0,
+        "policy_loss": {"loss_mode": "vanilla"},
+        "loss_agg_mode": "token-mean",
+        "entropy_coeff": 0.0,
+        "use_kl_loss": False,
+        "kl_loss_coef": 0.001,
+        "kl_loss_type": "low_var_kl",
+        "grad_clip": 1.0,
+        "ulysses_sequence_parallel_size": 1,
+        "use_remove_padding": False,
+    }
+    cfg.update(overrides)
+    return OmegaConf.create(cfg)
+
+
+def _make_batch(vocab: int, bs: int = 4, seed: int = 0) -> DataProto:
+    """Left-padded prompts + right-padded responses of different lengths, like a rollout output."""
+    g = torch.Generator().manual_seed(seed)
+    prompts = torch.randint(4, vocab, (bs, PROMPT_LEN), generator=g)
+    responses = torch.randint(4, vocab, (bs, RESPONSE_LEN), generator=g)
+    prompt_mask = torch.ones(bs, PROMPT_LEN, dtype=torch.long)
+    response_mask = torch.ones(bs, RESPONSE_LEN, dtype=torch.long)
+    for row in range(bs):
+        prompt_mask[row, : row % 3] = 0
+        response_mask[row, RESPONSE_LEN - row % 4 :] = 0
+    prompts = prompts.masked_fill(prompt_mask == 0, PAD)
+    responses = responses.masked_fill(response_mask == 0, PAD)
+    attention_mask = torch.cat([prompt_mask, response_mask], dim=-1)
+    position_ids = torch.clamp(attention_mask.cumsum(-1) - 1, min=0)
+    advantages = torch.randn(bs, RESPONSE_LEN, generator=g) * response_mask
+    return DataProto.from_dict(
+        tensors={
+            "prompts": prompts,
+            "responses": responses,
+            "input_ids": torch.cat([prompts, responses], dim=-1),
+            "attention_mask": attention_mask,
+            "position_ids": position_ids,
+            "response_mask": response_mask,
+            "advantages": advantages,
+        },
+        meta_info={"temperature": 1.0, "micro_batch_size": 2, "use_dynamic_bsz": False, "max_token_len": 64},
+    )
+
+
+def _with_old_log_probs(actor: DataParallelPPOActor, data: DataProto) -> DataProto:
+    data.batch["old_log_probs"] = actor.compute_log_prob(data)["log_probs"]
+    return data
+
+
+def test_compute_log_prob_equals_a_hand_rolled_log_softmax_gather(base_model):
+    actor = DataParallelPPOActor(_actor_config(), base_model)
+    data = _make_batch(base_model.config.vocab_size)
+    data.meta_info["temperature"] = 0.7
+    out = actor.compute_log_prob(data, calculate_entropy=True)
+    with torch.no_grad():
+        logits = base_model(
+            input_ids=data.batch["input_ids"],
+            attention_mask=data.batch["attention_mask"],
+            position_ids=data.batch["position_ids"],
+        ).logits
+    logits = logits[:, PROMPT_LEN - 1 : -1] / 0.7  # position t predicts token t+1
+    logp = F.log_softmax(logits, dim=-1)
+    expected = logp.gather(-1, data.batch["responses"].unsqueeze(-1)).squeeze(-1)
+    expected_entropy = -(logp.exp() * logp).sum(-1)
+    assert out["log_probs"].shape == (4, RESPONSE_LEN) and out["log_probs"].dtype == torch.float32
+    torch.testing.assert_close(out["log_probs"], expected, atol=1e-5, rtol=0)
+    torch.testing.assert_close(out["entropys"], expected_entropy, atol=1e-5, rtol=0)
+    assert actor.compute_log_prob(data)["entropys"] is None
+
+
+def test_compute_log_prob_dynamic_bsz_matches_fixed_and_keeps_row_order(base_model):
+    actor = DataParallelPPOActor(_actor_config(), base_model)
+    data = _make_batch(base_model.config.vocab_size, bs=6, seed=1)
+    fixed = actor.compute_log_prob(data, calculate_entropy=True)
+    data.meta_info.update(use_dynamic_bsz=True, max_token_len=PROMPT_LEN + RESPONSE_LEN + 2)  # ~1 row per micro
+    dynamic = actor.compute_log_prob(data, calculate_entropy=True)
+    torch.testing.assert_close(dynamic["log_probs"], fixed["log_probs"], atol=1e-5, rtol=0)
+    torch.testing.assert_close(dynamic["entropys"], fixed["entropys"], atol=1e-5, rtol=0)
+
+
+def test_compute_log_prob_requires_temperature(base_model):
+    actor = DataParallelPPOActor(_actor_config(), base_model)
+    data = _make_batch(base_model.config.vocab_size)
+    del data.meta_info["temperature"]
+    with pytest.raises(ValueError, match="temperature"):
+        actor.compute_log_prob(data)
+
+
+def test_update_policy_lowers_the_loss_and_reports_verl_metric_names(base_model):
+    model = copy.deepcopy(base_model)
+    # Two mini-batches, so old_log_probs stay fixed and the ratio moves away from 1.
+    actor = DataParallelPPOActor(
+        _actor_config(ppo_mini_batch_size=2, ppo_micro_batch_size_per_gpu=1),
+        model,
+        torch.optim.Adam(model.parameters(), lr=1e-3),
+    )
+    data = _with_old_log_probs(actor, _make_batch(model.config.vocab_size))
+    data.batch["advantages"] = data.batch["response_mask"].float()  # every token is good: raise its probability
+    losses = []
+    for _ in range(4):
+        metrics = actor.update_policy(data)
+        losses.append(sum(metrics["actor/pg_loss"]) / len(metrics["actor/pg_loss"]))
+    assert losses[-1] < losses[0]
+    for name in ("actor/pg_loss", "actor/pg_clipfrac", "actor/ppo_kl", "actor/pg_clipfrac_lower", "actor/grad_norm"):
+        assert name in metrics, name
+    assert len(metrics["actor/grad_norm"]) == 2  # one optimizer step per mini-batch
+    assert len(metrics["actor/pg_clipfrac"]) == 4  # one entry per micro-batch
+    new_lp = actor.compute_log_prob(data)["log_probs"]
+    mask = data.batch["response_mask"].bool()
+    assert new_lp[mask].mean() > data.batch["old_log_probs"][mask].mean()
+
+
+def _param_delta_after_one_sgd_step(base_model, data: DataProto, **cfg) -> dict[str, torch.Tensor]:
+    model = copy.deepcopy(base_model)
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    actor = DataParallelPPOActor(
+        _actor_config(grad_clip=1e9, **cfg), model, torch.optim.SGD(model.parameters(), lr=1.0)
+    )
+    actor.update_policy(data)
+    return {n: p.detach() - before[n] for n, p in model.named_parameters()}
+
+
+@pytest.mark.parametrize("loss_agg_mode", ["token-mean", "seq-mean-token-mean", "seq-mean-token-sum"])
+def test_micro_batch_times_grad_accum_gives_the_same_update(base_model, loss_agg_mode):
+    actor = DataParallelPPOActor(_actor_config(), base_model)
+    data = _with_old_log_probs(actor, _make_batch(base_model.config.vocab_size, seed=2))
+    common = {"loss_agg_mode": loss_agg_mode}  # one mini-batch, one epoch: exactly one SGD step
+    big = _param_delta_after_one_sgd_step(base_model, data, ppo_micro_batch_size_per_gpu=4, **common)
+    small = _param_delta_after_one_sgd_step(base_model, data, ppo_micro_batch_size_per_gpu=2, **common)
+    dynamic = _param_delta_after_one_sgd_step(
+        base_model, data, use_dynamic_bsz=True, ppo_max_token_len_per_gpu=PROMPT_LEN + RESPONSE_LEN, **common
+    )
+    assert any(d.abs().max() > 0 for d in big.values())
+    for name in big:
+        torch.testing.assert_close(small[name], big[name], atol=1e-5, rtol=0)
+        torch.testing.assert_close(dynamic[name], big[name], atol=1e-5, rtol=0)
+
+
+def test_kl_loss_is_added_when_use_kl_loss(base_model):
+    model = copy.deepcopy(base_model)
+    actor = DataParallelPPOActor(
+        _actor_config(use_kl_loss=True, kl_loss_coef=0.5), model, torch.optim.SGD(model.parameters(), lr=0.1)
+    )
+    data = _with_old_log_probs(actor, _make_batch(model.config.vocab_size))
+    with pytest.raises(ValueError, match="ref_log_prob"):
+        actor.update_policy(data)
+    data.batch["ref_log_prob"] = data.batch["old_log_probs"] - 0.3 * data.batch["response_mask"]
+    metrics = actor.update_policy(data)
+    assert metrics["actor/kl_coef"] == [0.5]
+    assert len(metrics["actor/kl_loss"]) == 1 and metrics["actor/kl_loss"][0] > 0
+
+
+def test_entropy_coeff_changes_the_update(base_model):
+    data = _with_old_log_probs(
+        DataParallelPPOActor(_actor_config(), base_model), _make_batch(base_model.config.vocab_size)
+    )
+    plain = _param_delta_after_one_sgd_step(base_model, data)
+    model = copy.deepcopy(base_model)
+    actor = DataParallelPPOActor(
+        _actor_config(entropy_coeff=0.5, grad_clip=1e9), model, torch.optim.SGD(model.parameters(), lr=1.0)
+    )
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    metrics = actor.update_policy(data)
+    assert "actor/entropy" in metrics and metrics["actor/entropy"][0] > 0
+    changed = max((p.detach() - before[n] - plain[n]).abs().max().item() for n, p in model.named_parameters())
+    assert changed > 1e-6
+
+
+def test_non_finite_grad_norm_skips_the_step(base_model):
+    model = copy.deepcopy(base_model)
+    actor = DataParallelPPOActor(_actor_config(), model, torch.optim.SGD(model.parameters(), lr=1.0))
+    data = _with_old_log_probs(actor, _make_batch(model.config.vocab_size))
+    data.batch["advantages"] = torch.full_like(data.batch["advantages"], float("nan"))
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    metrics = actor.update_policy(data)
+    assert actor.skipped_steps == 1
+    assert not torch.isfinite(torch.tensor(metrics["actor/grad_norm"][0]))
+    assert all(torch.equal(p, before[n]) for n, p in model.named_parameters())
+
+
+def test_reference_policy_has_no_update(base_model):
+    ref = DataParallelPPOActor(_actor_config(), base_model, actor_optimizer=None)
+    data = _with_old_log_probs(ref, _make_batch(base_model.config.vocab_size))
+    with pytest.raises(RuntimeError, match="reference"):
+        ref.update_policy(data)
+
+
+def test_rollout_log_probs_equal_actor_recompute(base_model, tiny_model_dir):
+    from transformers import AutoTokenizer
+
+    from verl.workers.rollout.hf_rollout import HFRollout
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
+    chats = [
+        tokenizer.apply_chat_template([{"role": "user", "content": t}], tokenize=False, add_generation_prompt=True)
+        for t in ("one two", "what is 1 + 2?")
+    ]
+    enc = tokenizer(chats, return_tensors="pt", padding=True)
+    prompts = DataProto.from_dict(
+        tensors={
+            "input_ids": enc["input_ids"],
+            "attention_mask": enc["attention_mask"],
+            "position_ids": torch.clamp(enc["attention_mask"].cumsum(-1) - 1, min=0),
+        },
+        meta_info={"eos_token_id": tokenizer.eos_token_id, "pad_token_id": tokenizer.pad_token_id, "seed": 5},
+    )
+    rollout_cfg = OmegaConf.create(
+        {"temperature": 0.8, "top_p": 0.9, "top_k": 20, "response_length": 6, "calculate_log_probs": True}
+    )
+    out = HFRollout(base_model, rollout_cfg).generate_sequences(prompts)
+    out.meta_info.update(temperature=0.8, micro_batch_size=1, use_dynamic_bsz=False)
+    recomputed = DataParallelPPOActor(_actor_config(), base_model).compute_log_prob(out)["log_probs"]
+    mask = out.batch["response_mask"]
+    torch.testing.assert_close(recomputed * mask, out.batch["rollout_log_probs"], atol=1e-4, rtol=0)

@@ -1,0 +1,197 @@
+"""Tests for verl/workers/rollout/hf_rollout.py on the tiny offline model."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from omegaconf import OmegaConf
+
+from verl.protocol import DataProto
+from verl.workers.rollout.hf_rollout import HFRollout
+
+RESPONSE_LENGTH = 8
+
+
+@pytest.fixture(scope="module")
+def tiny(tiny_model_dir):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32)
+    return model, tokenizer
+
+
+def _rollout_config(**overrides):
+    cfg = {
+        "name": "hf",
+        "temperature": 1.0,
+        "top_p": 1.0,
+        "top_k": -1,
+        "do_sample": True,
+        "response_length": RESPONSE_LENGTH,
+        "calculate_log_probs": False,
+        "micro_batch_size": None,
+        "val_kwargs": {"temperature": 0, "top_p": 1.0, "top_k": -1, "do_sample": False, "n": 1},
+    }
+    cfg.update(overrides)
+    return OmegaConf.create(cfg)
+
+
+def _prompts(tokenizer, texts=("count one two", "say yes", "what is 3 + 4?", "red blue")) -> DataProto:
+    chats = [
+        tokenizer.apply_chat_template([{"role": "user", "content": t}], tokenize=False, add_generation_prompt=True)
+        for t in texts
+    ]
+    enc = tokenizer(chats, return_tensors="pt", padding=True)  # left padding (tokenizer default)
+    mask = enc["attention_mask"]
+    position_ids = torch.clamp(mask.cumsum(-1) - 1, min=0)
+    return DataProto.from_dict(
+        tensors={"input_ids": enc["input_ids"], "attention_mask": mask, "position_ids": position_ids},
+        non_tensors={"uid": np.array([f"u{i}" for i in range(len(texts))], dtype=object)},
+        meta_info={"eos_token_id": tokenizer.eos_token_id, "pad_token_id": tokenizer.pad_token_id},
+    )
+
+
+def _teacher_forced_log_probs(model, out: DataProto, temperature: float) -> torch.Tensor:
+    with torch.no_grad():
+        logits = model(
+            input_ids=out.batch["input_ids"],
+            attention_mask=out.batch["attention_mask"],
+            position_ids=out.batch["position_ids"],
+            use_cache=False,
+        ).logits
+    logits = logits[:, -RESPONSE_LENGTH - 1 : -1] / temperature
+    log_probs = F.log_softmax(logits.float(), dim=-1).gather(-1, out.batch["responses"].unsqueeze(-1)).squeeze(-1)
+    return log_probs * out.batch["response_mask"]
+
+
+def test_output_contract_shapes_padding_and_positions(tiny):
+    model, tokenizer = tiny
+    prompts = _prompts(tokenizer)
+    prompts.meta_info["seed"] = 0
+    out = HFRollout(model, _rollout_config()).generate_sequences(prompts)
+    bs, p = prompts.batch["input_ids"].shape
+    r = RESPONSE_LENGTH
+    assert out.batch["prompts"].shape == (bs, p) and torch.equal(out.batch["prompts"], prompts.batch["input_ids"])
+    assert out.batch["responses"].shape == (bs, r)
+    assert out.batch["input_ids"].shape == (bs, p + r)
+    assert out.batch["attention_mask"].shape == (bs, p + r)
+    assert out.batch["position_ids"].shape == (bs, p + r)
+    assert out.batch["response_mask"].shape == (bs, r)
+    assert "rollout_log_probs" not in out.batch.keys()
+    assert torch.equal(out.batch["input_ids"][:, p:], out.batch["responses"])
+    assert torch.equal(out.batch["attention_mask"][:, p:], out.batch["response_mask"])
+    # Positions continue from the last prompt position by one per response token.
+    last = prompts.batch["position_ids"][:, -1:]
+    assert torch.equal(out.batch["position_ids"][:, p:], last + torch.arange(1, r + 1))
+    assert out.non_tensor_batch["uid"].tolist() == ["u0", "u1", "u2", "u3"]
+    assert out.meta_info["timing"]["generate_sequences"] > 0
+
+
+def test_response_mask_stops_at_first_eos_and_pads_after(tiny):
+    model, tokenizer = tiny
+    prompts = _prompts(tokenizer)
+    # Half the vocabulary counts as EOS so most rows finish early; the contract must hold row by row.
+    eos_ids = list(range(4, len(tokenizer) // 2))
+    prompts.meta_info.update(eos_token_id=eos_ids, seed=1)
+    out = HFRollout(model, _rollout_config()).generate_sequences(prompts)
+    pad = tokenizer.pad_token_id
+    finished_early = 0
+    for row, mask in zip(out.batch["responses"].tolist(), out.batch["response_mask"].tolist()):
+        eos_pos = next((i for i, t in enumerate(row) if t in eos_ids), None)
+        if eos_pos is None:
+            assert mask == [1] * RESPONSE_LENGTH
+            continue
+        finished_early += eos_pos < RESPONSE_LENGTH - 1
+        assert mask == [1] * (eos_pos + 1) + [0] * (RESPONSE_LENGTH - eos_pos - 1)
+        assert row[eos_pos + 1 :] == [pad] * (RESPONSE_LENGTH - eos_pos - 1)
+    assert finished_early >= 1
+
+
+def test_validate_is_greedy_and_deterministic(tiny):
+    model, tokenizer = tiny
+    rollout = HFRollout(model, _rollout_config(temperature=1.0))
+    outs = []
+    for seed in (0, 123):
+        prompts = _prompts(tokenizer)
+        prompts.meta_info.update(validate=True, seed=seed)
+        outs.append(rollout.generate_sequences(prompts))
+    assert torch.equal(outs[0].batch["responses"], outs[1].batch["responses"])
+    # Greedy == argmax of the teacher-forced logits at every generated position.
+    out = outs[0]
+    with torch.no_grad():
+        logits = model(
+            input_ids=out.batch["input_ids"],
+            attention_mask=out.batch["attention_mask"],
+            position_ids=out.batch["position_ids"],
+        ).logits[:, -RESPONSE_LENGTH - 1 : -1]
+    argmax = logits.argmax(-1)
+    mask = out.batch["response_mask"].bool()
+    assert torch.equal(argmax[mask], out.batch["responses"][mask])
+
+
+def test_seed_makes_sampling_reproducible(tiny):
+    model, tokenizer = tiny
+    rollout = HFRollout(model, _rollout_config())
+    runs = []
+    for _ in range(2):
+        prompts = _prompts(tokenizer)
+        prompts.meta_info["seed"] = 7
+        runs.append(rollout.generate_sequences(prompts).batch["responses"])
+    assert torch.equal(runs[0], runs[1])
+
+
+def test_micro_batch_size_chunks_without_changing_greedy_output(tiny):
+    model, tokenizer = tiny
+    full = _prompts(tokenizer)
+    full.meta_info["do_sample"] = False
+    chunked = _prompts(tokenizer)
+    chunked.meta_info["do_sample"] = False
+    a = HFRollout(model, _rollout_config()).generate_sequences(full)
+    b = HFRollout(model, _rollout_config(micro_batch_size=3)).generate_sequences(chunked)
+    assert torch.equal(a.batch["input_ids"], b.batch["input_ids"])
+    assert torch.equal(a.batch["attention_mask"], b.batch["attention_mask"])
+
+
+@pytest.mark.parametrize("temperature", [1.0, 0.7])
+def test_rollout_log_probs_match_a_teacher_forced_forward(tiny, temperature):
+    model, tokenizer = tiny
+    prompts = _prompts(tokenizer)
+    # top_k filters sampling only: the reported log-probs are over the full vocabulary at this temperature.
+    prompts.meta_info.update(seed=3, temperature=temperature, top_k=5, calculate_log_probs=True)
+    out = HFRollout(model, _rollout_config()).generate_sequences(prompts)
+    rollout_lp = out.batch["rollout_log_probs"]
+    assert rollout_lp.shape == (4, RESPONSE_LENGTH)
+    assert torch.all(rollout_lp[out.batch["response_mask"] == 0] == 0)
+    expected = _teacher_forced_log_probs(model, out, temperature)
+    torch.testing.assert_close(rollout_lp, expected, atol=1e-4, rtol=0)
+
+
+def test_missing_response_length_is_a_clear_error(tiny):
+    model, tokenizer = tiny
+    with pytest.raises(ValueError, match="response_length"):
+        HFRollout(model, _rollout_config(response_length=None)).generate_sequences(_prompts(tokenizer))
+
+
+def test_model_mode_is_restored_after_generation(tiny):
+    model, tokenizer = tiny
+    model.train()
+    HFRollout(model, _rollout_config()).generate_sequences(_prompts(tokenizer))
+    assert model.training
+    model.eval()
+
+
+def test_update_weights_copies_named_tensors_into_the_module(tiny_model_dir):
+    import asyncio
+
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32)
+    rollout = HFRollout(model, _rollout_config())
+    name, param = next(iter(model.named_parameters()))
+    asyncio.run(rollout.update_weights(iter([(name, torch.zeros_like(param))])))
+    assert torch.count_nonzero(dict(model.named_parameters())[name]) == 0
+    with pytest.raises(KeyError):
+        asyncio.run(rollout.update_weights(iter([("no.such.weight", torch.zeros(1))])))

@@ -1,0 +1,168 @@
+"""Single-process PPO critic: a causal-LM backbone with a one-output value head.
+
+``compute_values`` predicts V(s_t) for every response token (the value read at position t scores the state before
+response token t+1, hence the same ``[:, -R-1:-1]`` slice as the actor's logits). ``update_critic`` regresses the
+predictions onto GAE returns with the clipped value loss, using the same mini/micro-batch loop and gradient
+accumulation as the actor. Batch sizes are per rank (the worker normalises them).
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import torch
+from torch import nn
+
+from verl.protocol import DataProto
+from verl.trainer.ppo.core_algos import compute_value_loss
+from verl.utils.py_functional import append_to_dict
+from verl.utils.seqlen_balancing import restore_dynamic_batch
+from verl.utils.torch_functional import masked_mean
+from verl.workers.actor.dp_actor import (
+    cfg_get,
+    clip_grad_and_step,
+    forward_logits,
+    micro_batch_weight,
+    split_micro_batches,
+)
+from verl.workers.critic.base import BasePPOCritic
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["DataParallelPPOCritic"]
+
+
+def _response_mask(batch) -> torch.Tensor:
+    if "response_mask" in batch.keys():
+        return batch["response_mask"]
+    return batch["attention_mask"][:, -batch["responses"].size(-1) :]
+
+
+class DataParallelPPOCritic(BasePPOCritic):
+    """Value model on one rank.
+
+    Args:
+        config: ``critic`` subtree. Keys read: ``ppo_mini_batch_size`` (per rank, already x n),
+            ``ppo_micro_batch_size_per_gpu``, ``use_dynamic_bsz``, ``ppo_max_token_len_per_gpu``, ``ppo_epochs``,
+            ``cliprange_value``, ``loss_agg_mode``, ``grad_clip``.
+        critic_module: model whose forward returns ``(b, T, 1)`` values (as ``.logits`` or a tensor), e.g. a
+            token-classification model with ``num_labels=1``.
+        critic_optimizer: its optimizer.
+    """
+
+    def __init__(self, config: Any, critic_module: nn.Module, critic_optimizer: torch.optim.Optimizer | None):
+        super().__init__(config)
+        self.critic_module = critic_module
+        self.critic_optimizer = critic_optimizer
+        if int(cfg_get(config, "ulysses_sequence_parallel_size", 1)) > 1:
+            raise ValueError("ulysses_sequence_parallel_size > 1 is not supported; set it to 1")
+        self.skipped_steps = 0
+
+    def _forward_micro_batch(self, micro_batch: DataProto) -> torch.Tensor:
+        """Values ``(b, R)`` of the response positions (unmasked)."""
+        response_length = micro_batch.batch["responses"].size(-1)
+        values = forward_logits(self.critic_module, micro_batch)  # (b, T, 1) or (b, T)
+        if values.dim() == 3:
+            if values.size(-1) != 1:
+                raise ValueError(f"critic output has {values.size(-1)} channels per token; a value head needs 1")
+            values = values.squeeze(-1)
+        return values[:, -response_length - 1 : -1].float()
+
+    def compute_values(self, data: DataProto) -> torch.Tensor:
+        """Predict values without gradients.
+
+        Args:
+            data: batch with ``responses`` ``(bs, R)``, ``input_ids``, ``attention_mask``, ``position_ids``
+                ``(bs, P+R)``, optional ``response_mask``; meta ``micro_batch_size``, ``use_dynamic_bsz``,
+                ``max_token_len``.
+
+        Returns:
+            ``(bs, R)`` float32 values, zero outside the response mask, in the input row order.
+        """
+        meta = data.meta_info
+        keys = ["responses", "input_ids", "attention_mask", "position_ids"]
+        if "response_mask" in data.batch.keys():
+            keys.append("response_mask")
+        nt_keys = ["multi_modal_inputs"] if "multi_modal_inputs" in (data.non_tensor_batch or {}) else []
+        data = data.select(batch_keys=keys, non_tensor_batch_keys=nt_keys)
+        micro_batches, indices = split_micro_batches(
+            data, bool(meta.get("use_dynamic_bsz", False)), meta.get("micro_batch_size"), meta.get("max_token_len")
+        )
+        was_training = self.critic_module.training
+        self.critic_module.eval()
+        try:
+            with torch.no_grad():
+                values = torch.cat([self._forward_micro_batch(m) for m in micro_batches], dim=0)
+        finally:
+            self.critic_module.train(was_training)
+        if indices is not None:
+            values = restore_dynamic_batch(values, indices)
+        return values * _response_mask(data.batch).to(values.dtype)
+
+    def update_critic(self, data: DataProto) -> dict[str, list[float]]:
+        """Clipped value-loss regression onto ``returns``; one optimizer step per mini-batch.
+
+        Args:
+            data: batch with ``responses``, ``input_ids``, ``attention_mask``, ``position_ids``, ``values`` (old
+                predictions) and ``returns`` ``(bs, R)``, optional ``response_mask``.
+
+        Returns:
+            Metrics as lists: per micro-batch ``critic/vf_clipfrac``, ``critic/vpred_mean``; per mini-batch
+            ``critic/vf_loss`` (accumulated over micro-batches) and ``critic/grad_norm``.
+        """
+        if self.critic_optimizer is None:
+            raise RuntimeError("this critic has no optimizer; update_critic cannot run")
+        cfg = self.config
+        keys = ["responses", "input_ids", "attention_mask", "position_ids", "values", "returns"]
+        if "response_mask" in data.batch.keys():
+            keys.append("response_mask")
+        nt_keys = ["multi_modal_inputs"] if "multi_modal_inputs" in (data.non_tensor_batch or {}) else []
+        data = data.select(batch_keys=keys, non_tensor_batch_keys=nt_keys)
+        if "response_mask" not in data.batch.keys():
+            data.batch["response_mask"] = _response_mask(data.batch)
+        loss_agg_mode = cfg_get(cfg, "loss_agg_mode", "token-mean")
+        cliprange_value = float(cfg_get(cfg, "cliprange_value", 0.5))
+        metrics: dict[str, list[float]] = {}
+        self.critic_module.train()
+        for _ in range(int(cfg_get(cfg, "ppo_epochs", 1))):
+            for mini in data.split(int(cfg_get(cfg, "ppo_mini_batch_size", len(data)))):
+                micro_batches, _ = split_micro_batches(
+                    mini,
+                    bool(cfg_get(cfg, "use_dynamic_bsz", False)),
+                    cfg_get(cfg, "ppo_micro_batch_size_per_gpu"),
+                    cfg_get(cfg, "ppo_max_token_len_per_gpu"),
+                )
+                self.critic_optimizer.zero_grad()
+                vf_total = 0.0
+                for micro in micro_batches:
+                    batch = micro.batch
+                    mask = batch["response_mask"]
+                    vpreds = self._forward_micro_batch(micro)
+                    vf_loss, vf_clipfrac = compute_value_loss(
+                        vpreds=vpreds,
+                        returns=batch["returns"],
+                        values=batch["values"],
+                        response_mask=mask,
+                        cliprange_value=cliprange_value,
+                        loss_agg_mode=loss_agg_mode,
+                    )
+                    weight = micro_batch_weight(mask, mini.batch["response_mask"], loss_agg_mode)
+                    (vf_loss * weight).backward()
+                    vf_total += vf_loss.item() * weight
+                    append_to_dict(
+                        metrics,
+                        {
+                            "critic/vf_clipfrac": float(vf_clipfrac),
+                            "critic/vpred_mean": masked_mean(vpreds.detach(), mask).item(),
+                        },
+                    )
+                grad_norm, stepped = clip_grad_and_step(
+                    self.critic_module, self.critic_optimizer, cfg_get(cfg, "grad_clip")
+                )
+                if not stepped:
+                    self.skipped_steps += 1
+                    logger.warning("critic grad norm is %s; optimizer step skipped", grad_norm.item())
+                append_to_dict(metrics, {"critic/vf_loss": vf_total, "critic/grad_norm": grad_norm.item()})
+        self.critic_optimizer.zero_grad()
+        return metrics

@@ -1,0 +1,223 @@
+"""Synchronous rollout with transformers ``generate``: the reference engine, and the only one that runs on CPU.
+
+The caller passes the module to generate with and keeps its weights equal to the actor's (in the hybrid engine
+the FSDP worker hands over the current unsharded module). ``n`` is not applied here: the trainer repeats each prompt
+before calling ``generate_sequences``.
+
+Output contract (shared by every engine), for ``bs`` prompts of padded length ``P`` and ``R = response_length``:
+
+=====================  =================  ==========================================================================
+key                    shape              meaning
+=====================  =================  ==========================================================================
+``prompts``            ``(bs, P)``        the prompt ids, left-padded, exactly as given
+``responses``          ``(bs, R)``        generated ids, right-padded with ``pad_token_id`` after the first EOS
+``input_ids``          ``(bs, P+R)``      ``prompts`` then ``responses``
+``attention_mask``     ``(bs, P+R)``      prompt mask, then 1 up to and including the first EOS, 0 after
+``position_ids``       ``(bs, P+R)``      prompt positions, continued by +1 per response token
+``response_mask``      ``(bs, R)``        1 on generated tokens up to and including the first EOS
+``rollout_log_probs``  ``(bs, R)``        only when asked: log_softmax(raw logits / T) at the sampled token, 0 on pad
+=====================  =================  ==========================================================================
+
+``rollout_log_probs`` are taken from the model's raw logits divided by the sampling temperature (1 when greedy),
+before top-k/top-p filtering, so they equal what ``DataParallelPPOActor.compute_log_prob`` recomputes at the same
+temperature. Raw logits cost ``bs * R * vocab`` floats, so they are only requested when something needs them.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from collections.abc import Iterable
+from typing import Any
+
+import torch
+from torch import nn
+from transformers import GenerationConfig
+
+from verl.protocol import DataProto
+from verl.utils.torch_functional import get_response_mask, logprobs_from_logits, pad_sequence_to_length
+from verl.workers.rollout.base import BaseRollout
+
+__all__ = ["HFRollout"]
+
+
+def _cfg(config: Any, key: str, default: Any = None) -> Any:
+    if config is None:
+        return default
+    value = config.get(key, default) if hasattr(config, "get") else getattr(config, key, default)
+    return default if value is None else value
+
+
+class HFRollout(BaseRollout):
+    """Generate with ``module.generate`` in micro-batches of ``config.micro_batch_size`` prompts.
+
+    Args:
+        module: a Hugging Face causal LM (unsharded, or a wrapper whose ``generate`` works).
+        config: ``actor_rollout_ref.rollout`` subtree; reads ``temperature``, ``top_p``, ``top_k``, ``do_sample``,
+            ``response_length``, ``val_kwargs``, ``micro_batch_size``, ``calculate_log_probs``.
+
+    Meta keys of the prompts override the config: ``do_sample``, ``temperature``, ``top_p``, ``top_k`` (-1 or 0
+    disables), ``response_length``, ``eos_token_id`` (int or list), ``pad_token_id``, ``calculate_log_probs``,
+    ``seed``; ``validate=True`` switches to ``config.val_kwargs`` (temperature 0 or do_sample False = greedy).
+    """
+
+    def __init__(self, module: nn.Module, config: Any):
+        super().__init__(config)
+        self.module = module
+
+    def generate_sequences(self, prompts: DataProto) -> DataProto:
+        """Generate responses for ``prompts`` (``input_ids``, ``attention_mask``, ``position_ids``); see module doc."""
+        start = time.perf_counter()
+        micro_batch_size = int(_cfg(self.config, "micro_batch_size", 0) or len(prompts))
+        outputs = [self._generate_micro_batch(chunk, i) for i, chunk in enumerate(prompts.split(micro_batch_size))]
+        output = DataProto.concat(outputs)
+        output.meta_info["timing"] = {"generate_sequences": time.perf_counter() - start}
+        return output
+
+    def _sampling_params(self, meta: dict) -> dict[str, Any]:
+        """do_sample / temperature / top_p / top_k for this call; greedy when temperature <= 0."""
+        cfg = self.config
+        params = {
+            "do_sample": meta.get("do_sample", _cfg(cfg, "do_sample", True)),
+            "temperature": meta.get("temperature", _cfg(cfg, "temperature", 1.0)),
+            "top_p": meta.get("top_p", _cfg(cfg, "top_p", 1.0)),
+            "top_k": meta.get("top_k", _cfg(cfg, "top_k", -1)),
+        }
+        if meta.get("validate", False):
+            val_kwargs = _cfg(cfg, "val_kwargs")
+            params = {key: _cfg(val_kwargs, key, value) for key, value in params.items()}
+        if float(params["temperature"]) <= 0:
+            params["do_sample"] = False
+        return params
+
+    def _special_ids(self, meta: dict) -> tuple[int | list[int], int]:
+        gen_cfg = getattr(self.module, "generation_config", None)
+        eos = meta.get("eos_token_id", getattr(gen_cfg, "eos_token_id", None))
+        if eos is None:
+            raise ValueError("prompts.meta_info['eos_token_id'] is missing and the model has no generation eos id")
+        pad = meta.get("pad_token_id", getattr(gen_cfg, "pad_token_id", None))
+        if pad is None:  # pad with EOS, as tokenizers without a pad token do
+            pad = eos[0] if isinstance(eos, (list, tuple)) else eos
+        return eos, int(pad)
+
+    def _generation_config(self, params: dict, response_length: int, eos, pad: int, need_logits: bool):
+        kwargs = {
+            "do_sample": bool(params["do_sample"]),
+            "max_new_tokens": response_length,
+            "eos_token_id": eos,
+            "pad_token_id": pad,
+            "use_cache": True,
+            "num_return_sequences": 1,
+            "return_dict_in_generate": True,
+            "output_logits": need_logits,
+        }
+        if params["do_sample"]:
+            top_k = int(params["top_k"])
+            kwargs.update(temperature=float(params["temperature"]), top_p=float(params["top_p"]), top_k=max(top_k, 0))
+        return GenerationConfig(**kwargs)
+
+    def _generate_with_logits(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor,
+        position_ids: torch.Tensor,
+        generation_config: GenerationConfig,
+        seed: int | None,
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Run ``generate`` and return the new tokens and, when requested, the raw per-step logits.
+
+        Logit-capture modes build on this: the raw logits are the model's outputs before temperature, penalties or
+        top-k/top-p, one row per generated step.
+
+        Returns:
+            ``(new_tokens (bs, L), raw_logits (bs, L, V) float32 or None)`` with ``L <= max_new_tokens`` (generation
+            stops early once every row has finished).
+        """
+        extra = {"position_ids": position_ids} if position_ids.dim() == 2 else {}
+        rng = contextlib.nullcontext()
+        if seed is not None:
+            devices = [input_ids.device.index or 0] if input_ids.is_cuda else []
+            rng = torch.random.fork_rng(devices=devices)
+        was_training = self.module.training
+        self.module.eval()
+        try:
+            with rng, torch.no_grad():
+                if seed is not None:
+                    torch.manual_seed(seed)
+                out = self.module.generate(
+                    input_ids=input_ids, attention_mask=attention_mask, generation_config=generation_config, **extra
+                )
+        finally:
+            self.module.train(was_training)
+        new_tokens = out.sequences[:, input_ids.size(1) :]
+        raw_logits = torch.stack(out.logits, dim=1).float() if out.logits else None  # (bs, L, V)
+        return new_tokens, raw_logits
+
+    def _logit_outputs(
+        self,
+        raw_logits: torch.Tensor,
+        responses: torch.Tensor,
+        response_mask: torch.Tensor,
+        temperature: float,
+        meta: dict,
+    ) -> dict[str, torch.Tensor]:
+        """Tensors derived from the raw logits: ``rollout_log_probs`` ``(bs, R)``, 0 outside the response mask.
+
+        Args:
+            raw_logits: ``(bs, L, V)`` raw logits of the ``L <= R`` generated steps.
+            responses: ``(bs, R)`` padded responses.
+            response_mask: ``(bs, R)``.
+            temperature: the sampling temperature (1 for greedy).
+            meta: the prompts' meta_info (capture options live there).
+        """
+        steps = raw_logits.size(1)
+        log_probs = logprobs_from_logits(raw_logits / temperature, responses[:, :steps])  # (bs, L)
+        log_probs = pad_sequence_to_length(log_probs, responses.size(1), 0.0)
+        return {"rollout_log_probs": log_probs * response_mask.to(log_probs.dtype)}
+
+    def _generate_micro_batch(self, prompts: DataProto, index: int) -> DataProto:
+        batch, meta = prompts.batch, prompts.meta_info
+        idx, attention_mask, position_ids = batch["input_ids"], batch["attention_mask"], batch["position_ids"]
+        params = self._sampling_params(meta)
+        eos, pad = self._special_ids(meta)
+        response_length = int(meta.get("response_length", _cfg(self.config, "response_length", 0)))
+        if response_length <= 0:
+            raise ValueError("response_length must be set (rollout.response_length or meta_info['response_length'])")
+        want_log_probs = bool(meta.get("calculate_log_probs", _cfg(self.config, "calculate_log_probs", False)))
+        gen_config = self._generation_config(params, response_length, eos, pad, need_logits=want_log_probs)
+        seed = meta.get("seed")
+        new_tokens, raw_logits = self._generate_with_logits(
+            idx, attention_mask, position_ids, gen_config, None if seed is None else int(seed) + index
+        )
+
+        responses = pad_sequence_to_length(new_tokens, response_length, pad)  # (bs, R)
+        response_mask = get_response_mask(responses, eos_token=eos, dtype=attention_mask.dtype)
+        # Whatever follows the first EOS is padding, even if the engine wrote something else there.
+        responses = torch.where(response_mask.bool(), responses, torch.full_like(responses, pad))
+        shape = [1] * (position_ids.dim() - 1) + [response_length]
+        delta = torch.arange(1, response_length + 1, device=position_ids.device, dtype=position_ids.dtype)
+        response_position_ids = position_ids[..., -1:] + delta.view(*shape)
+        tensors = {
+            "prompts": idx,
+            "responses": responses,
+            "input_ids": torch.cat([idx, responses], dim=-1),
+            "attention_mask": torch.cat([attention_mask, response_mask], dim=-1),
+            "position_ids": torch.cat([position_ids, response_position_ids], dim=-1),
+            "response_mask": response_mask,
+        }
+        if raw_logits is not None:
+            temperature = float(params["temperature"]) if params["do_sample"] else 1.0
+            tensors.update(self._logit_outputs(raw_logits, responses, response_mask, temperature, meta))
+        return DataProto.from_dict(tensors=tensors, non_tensors=dict(prompts.non_tensor_batch or {}))
+
+    async def update_weights(self, weights: Iterable[tuple[str, torch.Tensor]], **kwargs) -> None:
+        """Copy ``(name, tensor)`` pairs into the module's parameters/buffers (DTensors are gathered first)."""
+        targets = dict(self.module.named_parameters())
+        targets.update(dict(self.module.named_buffers()))
+        with torch.no_grad():
+            for name, tensor in weights:
+                if name not in targets:
+                    raise KeyError(f"weight {name!r} does not exist in the rollout module")
+                if hasattr(tensor, "full_tensor"):
+                    tensor = tensor.full_tensor()
+                targets[name].copy_(tensor.to(device=targets[name].device, dtype=targets[name].dtype))
