@@ -793,7 +793,7 @@ def compute_policy_loss_kl_cov(
     """
     policy_cfg = _cfg_get(config, "policy_loss", None)
     kl_cov_ratio = _cfg_get(policy_cfg, "kl_cov_ratio", 0.0002)
-    kl_coef = _cfg_get(policy_cfg, "ppo_kl_coef", 1.0)
+    kl_coef = _cfg_get(policy_cfg, "ppo_kl_coef", 0.1)
     assert kl_cov_ratio > 0, f"policy_loss.kl_cov_ratio must be > 0, got {kl_cov_ratio}"
     log_ratio = torch.clamp(log_prob - old_log_prob, min=-20.0, max=20.0)
     base = -advantages * torch.exp(log_ratio)
