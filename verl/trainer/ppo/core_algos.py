@@ -591,7 +591,8 @@ _METRIC_KEYS = ("actor/pg_clipfrac", "actor/ppo_kl", "actor/pg_clipfrac_lower")
 
 
 def _metrics(pg_clipfrac: torch.Tensor | float, ppo_kl: torch.Tensor | float, lower: torch.Tensor | float) -> dict:
-    return {key: float(value) for key, value in zip(_METRIC_KEYS, (pg_clipfrac, ppo_kl, lower))}
+    values = (pg_clipfrac, ppo_kl, lower)
+    return {k: float(v.detach()) if isinstance(v, torch.Tensor) else float(v) for k, v in zip(_METRIC_KEYS, values)}
 
 
 def _apply_is_weights(pg_losses: torch.Tensor, rollout_is_weights: torch.Tensor | None) -> torch.Tensor:
