@@ -444,7 +444,8 @@ def _check_adv_estimator(name: str, n: int) -> None:
     if name in GROUP_ADV_ESTIMATORS and n < 2:
         warnings.warn(
             f"algorithm.adv_estimator={name} compares the responses to the same prompt, but "
-            f"actor_rollout_ref.rollout.n={n}: every advantage is 0; set actor_rollout_ref.rollout.n >= 2",
+            f"actor_rollout_ref.rollout.n={n}: each group holds one response, so there is no group baseline; set "
+            "actor_rollout_ref.rollout.n >= 2",
             UserWarning,
             stacklevel=3,
         )
