@@ -169,6 +169,27 @@ def test_rollout_log_probs_match_a_teacher_forced_forward(tiny, temperature):
     torch.testing.assert_close(rollout_lp, expected, atol=1e-4, rtol=0)
 
 
+def test_checkpoint_generation_defaults_do_not_change_sampling(tiny_model_dir):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
+    clean = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32)
+    quirky = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32)
+    # A checkpoint shipping its own sampling defaults (as many chat models do) must not override the rollout config.
+    quirky.generation_config.no_repeat_ngram_size = 1  # greedy on a random model repeats tokens: this would bite
+    quirky.generation_config.repetition_penalty = 5.0
+    quirky.generation_config.top_k = 1
+    quirky.generation_config.top_p = 0.1
+    for meta in ({"seed": 11}, {"validate": True}):
+        outs = []
+        for model in (clean, quirky):
+            prompts = _prompts(tokenizer)
+            prompts.meta_info.update(meta)
+            outs.append(HFRollout(model, _rollout_config()).generate_sequences(prompts).batch["responses"])
+        assert torch.equal(outs[0], outs[1]), meta
+    assert quirky.generation_config.no_repeat_ngram_size == 1  # restored after generation
+
+
 def test_missing_response_length_is_a_clear_error(tiny):
     model, tokenizer = tiny
     with pytest.raises(ValueError, match="response_length"):

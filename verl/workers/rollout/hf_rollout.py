@@ -101,20 +101,42 @@ class HFRollout(BaseRollout):
         return eos, int(pad)
 
     def _generation_config(self, params: dict, response_length: int, eos, pad: int, need_logits: bool):
-        kwargs = {
-            "do_sample": bool(params["do_sample"]),
-            "max_new_tokens": response_length,
-            "eos_token_id": eos,
-            "pad_token_id": pad,
-            "use_cache": True,
-            "num_return_sequences": 1,
-            "return_dict_in_generate": True,
-            "output_logits": need_logits,
-        }
-        if params["do_sample"]:
-            top_k = int(params["top_k"])
-            kwargs.update(temperature=float(params["temperature"]), top_p=float(params["top_p"]), top_k=max(top_k, 0))
-        return GenerationConfig(**kwargs)
+        """The GenerationConfig of one call; ``_checkpoint_defaults_off`` keeps the checkpoint's out of it."""
+        sampling = bool(params["do_sample"])
+        return GenerationConfig(
+            do_sample=sampling,
+            temperature=float(params["temperature"]) if sampling else 1.0,
+            top_p=float(params["top_p"]) if sampling else 1.0,
+            top_k=max(int(params["top_k"]), 0) if sampling else 0,
+            repetition_penalty=1.0,
+            max_new_tokens=response_length,
+            min_new_tokens=0,
+            eos_token_id=eos,
+            pad_token_id=pad,
+            use_cache=True,
+            num_beams=1,
+            num_return_sequences=1,
+            return_dict_in_generate=True,
+            output_logits=need_logits,
+        )
+
+    @contextlib.contextmanager
+    def _checkpoint_defaults_off(self):
+        """Hide the checkpoint's generation_config while generating.
+
+        transformers fills every field the call leaves unset from ``module.generation_config`` (a chat model's
+        repetition_penalty, no_repeat_ngram_size, top_k, ...). Those would make the sampling distribution differ
+        from the policy being trained, so only the rollout config's values and library defaults may apply.
+        """
+        saved = getattr(self.module, "generation_config", None)
+        if saved is None:
+            yield
+            return
+        self.module.generation_config = GenerationConfig()
+        try:
+            yield
+        finally:
+            self.module.generation_config = saved
 
     def _generate_with_logits(
         self,
@@ -141,7 +163,7 @@ class HFRollout(BaseRollout):
         was_training = self.module.training
         self.module.eval()
         try:
-            with rng, torch.no_grad():
+            with rng, torch.no_grad(), self._checkpoint_defaults_off():
                 if seed is not None:
                     torch.manual_seed(seed)
                 out = self.module.generate(
