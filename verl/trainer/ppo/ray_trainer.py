@@ -35,6 +35,7 @@ from verl.trainer.ppo.metric_utils import (
     compute_data_metrics,
     compute_throughout_metrics,
     compute_timing_metrics,
+    flatten_validation_metrics,
     process_validation_metrics,
 )
 from verl.trainer.ppo.reward import compute_reward
@@ -484,7 +485,7 @@ class RayPPOTrainer:
             for s in samples[: cfg.trainer.log_val_generations]:
                 print(f"[val sample] score={s['score']:.3f} | {s['output'][:200]!r}")
         infos = {"reward": scores, **{k: v for k, v in extra.items() if len(v) == len(scores)}}
-        return _format_val_metrics(process_validation_metrics(data_sources, uids, infos))
+        return flatten_validation_metrics(process_validation_metrics(data_sources, uids, infos))
 
     def _decode_samples(self, batch: DataProto, scores: list[float]) -> list[dict]:
         responses = batch.batch["responses"]
@@ -568,21 +569,6 @@ class RayPPOTrainer:
         if data_state.exists():
             self.train_dataloader.load_state_dict(torch.load(data_state, weights_only=False))
         return self.global_steps
-
-
-def _format_val_metrics(per_source: dict) -> dict[str, float]:
-    """``val-core/<source>/<var>/<metric>`` for the headline numbers, ``val-aux/...`` for the rest."""
-    out: dict[str, float] = {}
-    for source, per_var in per_source.items():
-        core_var = "acc" if "acc" in per_var else "reward"
-        for var, per_metric in per_var.items():
-            ns = [int(m.split("@")[1].split("/")[0]) for m in per_metric if "@" in m and m.split("@")[1][0].isdigit()]
-            n_max = max(ns) if ns else 1
-            for metric, value in per_metric.items():
-                is_core = var == core_var and any(metric.startswith(p) for p in ("mean@", "maj@", "best@"))
-                is_core = is_core and f"@{n_max}" in metric
-                out[f"{'val-core' if is_core else 'val-aux'}/{source}/{var}/{metric}"] = value
-    return out
 
 
 def _file_logger_path(config) -> Path | None:
