@@ -525,11 +525,10 @@ def agg_loss(
 ) -> torch.Tensor:
     """Reduce a per-token loss matrix to a scalar.
 
-    * ``token-mean``: sum over valid tokens / number of valid tokens.
-    * ``seq-mean-token-sum``: per-sequence token sums, averaged over sequences with at least one valid token.
-    * ``seq-mean-token-mean``: per-sequence token means, averaged over non-empty sequences.
-    * ``seq-mean-token-sum-norm`` (Dr. GRPO): per-sequence token sums divided by ``loss_scale_factor``
-      (default: the padded response length, a constant), averaged over non-empty sequences.
+    ``token-mean``: sum over valid tokens / number of valid tokens. ``seq-mean-token-sum``: per-sequence token sums
+    averaged over non-empty sequences. ``seq-mean-token-mean``: per-sequence token means, averaged likewise.
+    ``seq-mean-token-sum-norm`` (Dr. GRPO): per-sequence sums / ``loss_scale_factor`` (default: the padded response
+    length, a constant), averaged likewise.
 
     With data parallelism, pass the *global* ``batch_num_tokens`` (token modes) or ``global_batch_size``
     (sequence modes) and ``dp_size``: the local value is scaled by ``dp_size`` so that the gradient all-reduce,
@@ -571,12 +570,10 @@ def _safe_denominator(denom: int | float | torch.Tensor, like: torch.Tensor) -> 
 def _agg_kwargs(config: Any) -> dict[str, Any]:
     """Global-batch information an actor may attach to its config (``global_batch_info`` / ``loss_scale_factor``)."""
     info = dict(_cfg_get(config, "global_batch_info", None) or {})
-    scale = _cfg_get(config, "loss_scale_factor", None)
-    if scale is not None:
-        info.setdefault("loss_scale_factor", scale)
-    return {
-        k: v for k, v in info.items() if k in ("dp_size", "batch_num_tokens", "global_batch_size", "loss_scale_factor")
-    }
+    if _cfg_get(config, "loss_scale_factor", None) is not None:
+        info.setdefault("loss_scale_factor", _cfg_get(config, "loss_scale_factor"))
+    keep = ("dp_size", "batch_num_tokens", "global_batch_size", "loss_scale_factor")
+    return {k: v for k, v in info.items() if k in keep}
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -879,16 +876,7 @@ def compute_policy_loss_cispo(
 def compute_entropy_loss(
     logits: torch.Tensor, response_mask: torch.Tensor, loss_agg_mode: str = "token-mean"
 ) -> torch.Tensor:
-    """Aggregated token entropy of the policy.
-
-    Args:
-        logits: ``(bs, response_length, vocab)``.
-        response_mask: ``(bs, response_length)``.
-        loss_agg_mode: see :func:`agg_loss`.
-
-    Returns:
-        scalar entropy (the actor subtracts ``entropy_coeff`` times it from the loss).
-    """
+    """Aggregated token entropy: ``logits (bs, response_length, vocab)``, ``response_mask (bs, response_length)``."""
     return agg_loss(verl_F.entropy_from_logits(logits), response_mask, loss_agg_mode)
 
 
