@@ -183,12 +183,13 @@ GRPO_SCORES = [1.0, 0.0, 1.0, 2.0, 3.0, 5.0]
 GRPO_LENGTHS = [2, 4, 1, 3, 4, 2]
 
 
-def test_grpo_literal_example():
+@pytest.mark.parametrize("fn", [compute_grpo_outcome_advantage, compute_grpo_vectorized_outcome_advantage])
+def test_grpo_literal_example(fn):
     # group a = [1, 0]: mean 0.5, unbiased std sqrt(0.5) = 0.707107 -> +-0.5 / 0.707108 = +-0.707106
     # group b = [1, 2, 3]: mean 2, std 1 -> [-1, 0, 1] / (1 + 1e-6)
     # group c = [5]: singleton uses mean 0, std 1 -> 5 / (1 + 1e-6) = 4.999995
     rewards, mask = _outcome(GRPO_SCORES, GRPO_LENGTHS)
-    adv, ret = compute_grpo_outcome_advantage(rewards, mask, GRPO_INDEX)
+    adv, ret = fn(rewards, mask, GRPO_INDEX)
     expected = torch.tensor([0.707106, -0.707106, -0.999999, 0.0, 0.999999, 4.999995])
     assert torch.allclose(adv, expected[:, None] * mask, atol=1e-5)
     assert torch.equal(adv, ret)
@@ -282,12 +283,13 @@ def test_grpo_passk_rejects_singleton_groups():
 # ---------------------------------------------------------------------------------------------------------------------
 
 
-def test_rloo_literal_example():
+@pytest.mark.parametrize("fn", [compute_rloo_outcome_advantage, compute_rloo_vectorized_outcome_advantage])
+def test_rloo_literal_example(fn):
     # group [1, 2, 6] (n = 3): leave-one-out means [4, 3.5, 1.5] -> A = [-3, -1.5, 4.5]
     # (= n/(n-1) * (s - mean) = 1.5 * ([1, 2, 6] - 3)); singleton [7] keeps its score 7
     rewards, mask = _outcome([1.0, 2.0, 6.0, 7.0], [1, 2, 3, 4])
     index = np.array([0, 0, 0, 1])
-    adv, ret = compute_rloo_outcome_advantage(rewards, mask, index)
+    adv, ret = fn(rewards, mask, index)
     assert torch.allclose(adv, torch.tensor([-3.0, -1.5, 4.5, 7.0])[:, None] * mask)
     assert torch.equal(adv, ret)
 
