@@ -274,15 +274,7 @@ def validate_config(
     from verl.workers.config.critic import McoreCriticConfig
 
     rollout_node = config.actor_rollout_ref.rollout
-    if OmegaConf.is_missing(rollout_node, "name"):
-        raise ValueError(
-            "actor_rollout_ref.rollout.name is unset (???); pass actor_rollout_ref.rollout.name=hf (CPU), vllm or sglang"
-        )
-    for key, allowed in _CHOICES.items():
-        value = OmegaConf.select(config, key)
-        if value not in allowed:
-            raise ValueError(f"{key}={value!r} is not valid; choose one of {', '.join(allowed)}")
-
+    _check_choices(config)
     n_ranks = _resolve_ranks(config, n_ranks)
     megatron = config.actor_rollout_ref.actor.strategy == "megatron"
     actor = _typed(config.actor_rollout_ref.actor, McoreActorConfig if megatron else FSDPActorConfig)
@@ -304,22 +296,9 @@ def validate_config(
             f"multiple of {step_ranks}"
         )
     _check_mini_batch("actor_rollout_ref.actor", actor, train_bsz, rollout.n, dp)
-    if not rollout.log_prob_use_dynamic_bsz:
-        _require_one_micro(
-            "actor_rollout_ref.rollout",
-            "log_prob_micro_batch_size",
-            rollout.log_prob_micro_batch_size,
-            rollout.log_prob_micro_batch_size_per_gpu,
-        )
+    _check_log_prob_micro("actor_rollout_ref.rollout", rollout_node)
     if use_reference_policy:
-        ref = config.actor_rollout_ref.ref
-        if not ref.log_prob_use_dynamic_bsz:
-            _require_one_micro(
-                "actor_rollout_ref.ref",
-                "log_prob_micro_batch_size",
-                ref.log_prob_micro_batch_size,
-                ref.log_prob_micro_batch_size_per_gpu,
-            )
+        _check_log_prob_micro("actor_rollout_ref.ref", config.actor_rollout_ref.ref)
     if use_critic:
         critic_megatron = config.critic.strategy == "megatron"
         critic = _typed(config.critic, McoreCriticConfig if critic_megatron else FSDPCriticConfig)
@@ -329,6 +308,29 @@ def validate_config(
         logger.warning(
             "both algorithm.use_kl_in_reward and actor_rollout_ref.actor.use_kl_loss are on: the KL to the reference "
             "policy is penalised twice (in the reward and in the loss)"
+        )
+
+
+def _check_choices(config: DictConfig) -> None:
+    """The mandatory engine name is set and the enumerated trainer/data keys hold known values."""
+    if OmegaConf.is_missing(config.actor_rollout_ref.rollout, "name"):
+        raise ValueError(
+            "actor_rollout_ref.rollout.name is unset (???); pass actor_rollout_ref.rollout.name=hf (CPU), vllm or sglang"
+        )
+    for key, allowed in _CHOICES.items():
+        value = OmegaConf.select(config, key)
+        if value not in allowed:
+            raise ValueError(f"{key}={value!r} is not valid; choose one of {', '.join(allowed)}")
+
+
+def _check_log_prob_micro(prefix: str, node: DictConfig) -> None:
+    """A log-prob pass (rollout recompute or reference) has exactly one micro-batch size, unless dynamic."""
+    if not node.get("log_prob_use_dynamic_bsz", False):
+        _require_one_micro(
+            prefix,
+            "log_prob_micro_batch_size",
+            node.get("log_prob_micro_batch_size"),
+            node.get("log_prob_micro_batch_size_per_gpu"),
         )
 
 

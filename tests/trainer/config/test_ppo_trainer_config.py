@@ -261,3 +261,16 @@ def test_print_cfg_script_prints_the_selected_subtree_and_rejects_typos():
         [sys.executable, script, "trainer.n_gpu_per_node=2"], capture_output=True, text=True, timeout=120
     )
     assert bad.returncode == 2 and "trainer.n_gpu_per_node" in bad.stderr
+
+
+def test_compose_inside_an_initialized_hydra_restores_the_callers_state(tmp_path):
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+
+    (tmp_path / "other.yaml").write_text("x: 1\n")
+    with initialize_config_dir(config_dir=str(tmp_path), version_base=None):
+        cfg = compose_config(overrides=MINIMAL)
+        assert cfg.actor_rollout_ref.rollout.name == "hf"
+        assert GlobalHydra.instance().is_initialized()
+        assert compose("other").x == 1
+    assert not GlobalHydra.instance().is_initialized()
