@@ -63,12 +63,13 @@ def _cfg_get(config: Any, key: str, default: Any = None) -> Any:
 def mixed_precision_dtypes(fsdp_config: Any) -> tuple[torch.dtype, torch.dtype, torch.dtype]:
     """``(param_dtype, reduce_dtype, buffer_dtype)`` from ``fsdp_config.mixed_precision``.
 
-    Defaults are fp32 everywhere on CPU (bf16 matmuls are ~3x slower than fp32 on AVX2 CPUs) and
-    bf16 params with fp32 reductions/buffers on an accelerator, as upstream does.
+    Defaults are fp32 everywhere on CPU (bf16 matmuls are ~3x slower than fp32 on AVX2 CPUs); on an accelerator
+    params default to ``fsdp_config.dtype`` (bf16) with fp32 reductions and buffers, as upstream does.
     """
     mp = _cfg_get(fsdp_config, "mixed_precision", None)
     on_cpu = get_device_name() == "cpu"
-    param = to_torch_dtype(_cfg_get(mp, "param_dtype"), torch.float32 if on_cpu else torch.bfloat16)
+    gpu_default = to_torch_dtype(_cfg_get(fsdp_config, "dtype", "bf16"))
+    param = to_torch_dtype(_cfg_get(mp, "param_dtype"), torch.float32 if on_cpu else gpu_default)
     reduce = to_torch_dtype(_cfg_get(mp, "reduce_dtype"), torch.float32)
     buffer = to_torch_dtype(_cfg_get(mp, "buffer_dtype"), torch.float32)
     return param, reduce, buffer

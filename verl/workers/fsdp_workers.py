@@ -1,0 +1,707 @@
+"""FSDP workers: the Ray-side adapters that own a model shard and call the single-process compute objects.
+
+* :class:`ActorRolloutRefWorker` (roles ``actor``, ``rollout``, ``ref``, ``actor_rollout``, ``actor_rollout_ref``):
+  an FSDP-sharded policy trained by ``DataParallelPPOActor``, a reference policy, and the hf rollout engine, which
+  generates with an unsharded copy of the policy that is refreshed lazily after every update or checkpoint load.
+* :class:`CriticWorker`: an FSDP value model trained by ``DataParallelPPOCritic``.
+* :class:`RewardModelWorker`: an FSDP sequence-classification reward model scoring finished responses.
+
+Each method moves data, calls the compute object and wraps the result in a ``DataProto``; model/optimizer building
+lives in ``verl.utils.hf_models`` and sharding in ``verl.utils.fsdp_utils``. Data arrives already chunked per rank
+(``make_nd_compute_dataproto_dispatch_fn`` on meshes ``actor``/``rollout``/``critic``/``reward``; dp rank == rank,
+since there is no sequence parallelism here).
+
+Batch sizes in the config are global and counted in prompts; each worker rewrites its private copy per rank:
+``ppo_mini_batch_size * rollout.n // world_size``, and the deprecated global ``*_micro_batch_size`` keys become
+``*_micro_batch_size_per_gpu``.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import os
+import time
+from datetime import timedelta
+from typing import Any
+
+import torch
+import torch.distributed as dist
+from omegaconf import DictConfig, OmegaConf, open_dict
+
+from verl.protocol import DataProto
+from verl.single_controller.base import Worker
+from verl.single_controller.base.decorator import Dispatch, make_nd_compute_dataproto_dispatch_fn, register
+from verl.utils import fsdp_utils
+from verl.utils import hf_models as hf
+from verl.utils.device import get_device_name, get_dist_backend
+
+logger = logging.getLogger(__name__)
+
+__all__ = [
+    "ActorRolloutRefWorker",
+    "AsyncActorRolloutRefWorker",
+    "CriticWorker",
+    "RewardModelWorker",
+    "normalize_actor_batch_sizes",
+    "normalize_critic_batch_sizes",
+]
+
+_ROLES = ("actor", "rollout", "ref", "actor_rollout", "actor_rollout_ref")
+
+
+# ------------------------------------------------------------------------------------------ config helpers
+
+
+def _private_config(config: Any) -> DictConfig:
+    """A resolved, writable copy: workers rewrite batch sizes per rank and must not touch the caller's tree."""
+    if isinstance(config, DictConfig):
+        container = OmegaConf.to_container(config, resolve=True)
+    else:
+        container = copy.deepcopy(dict(config))
+    return OmegaConf.create(container)
+
+
+def _div_per_rank(node: DictConfig, key: str, per_gpu_key: str, dp: int, prefix: str) -> None:
+    """Turn a deprecated global micro-batch size into a per-rank one (``key // dp`` into ``per_gpu_key``)."""
+    value = node.get(key)
+    if value is None:
+        return
+    if value % dp != 0:
+        raise ValueError(f"{prefix}.{key}={value} must be divisible by the data-parallel size {dp}")
+    with open_dict(node):
+        node[per_gpu_key] = value // dp
+
+
+def _normalize_mini_batch(node: DictConfig, n: int, dp: int, prefix: str, n_key: str) -> None:
+    """``ppo_mini_batch_size`` (prompts, global) -> responses per rank, validating divisibility."""
+    mini = int(node.ppo_mini_batch_size)
+    total = mini * n
+    if total % dp != 0 or total // dp == 0:
+        raise ValueError(
+            f"{prefix}.ppo_mini_batch_size={mini} times {n_key}={n} (= {total} responses) must be a positive "
+            f"multiple of the data-parallel size {dp}; change {prefix}.ppo_mini_batch_size or the number of ranks"
+        )
+    with open_dict(node):
+        node.ppo_mini_batch_size = total // dp
+    _div_per_rank(node, "ppo_micro_batch_size", "ppo_micro_batch_size_per_gpu", dp, prefix)
+    micro = node.get("ppo_micro_batch_size_per_gpu")
+    if micro is not None and not node.get("use_dynamic_bsz", False) and node.ppo_mini_batch_size % micro != 0:
+        raise ValueError(
+            f"per-rank {prefix}.ppo_mini_batch_size={node.ppo_mini_batch_size} (= {mini} x {n_key}={n} / {dp} ranks) "
+            f"is not divisible by {prefix}.ppo_micro_batch_size_per_gpu={micro}"
+        )
+
+
+def normalize_actor_batch_sizes(config: DictConfig, role: str, dp: int) -> None:
+    """Rewrite the ``actor_rollout_ref`` batch sizes of a worker's private config to per-rank values.
+
+    Raises:
+        ValueError: naming the keys and values when a mini-batch does not split evenly over ``dp`` ranks.
+    """
+    n = int(config.rollout.get("n", 1)) if "rollout" in config else 1
+    if role in ("actor", "actor_rollout", "actor_rollout_ref"):
+        _normalize_mini_batch(config.actor, n, dp, "actor_rollout_ref.actor", "actor_rollout_ref.rollout.n")
+    if "rollout" in config:
+        prefix = "actor_rollout_ref.rollout"
+        _div_per_rank(config.rollout, "log_prob_micro_batch_size", "log_prob_micro_batch_size_per_gpu", dp, prefix)
+    if "ref" in config:
+        prefix = "actor_rollout_ref.ref"
+        _div_per_rank(config.ref, "log_prob_micro_batch_size", "log_prob_micro_batch_size_per_gpu", dp, prefix)
+
+
+def normalize_critic_batch_sizes(config: DictConfig, dp: int) -> None:
+    """Per-rank critic batch sizes (same rules as the actor, with ``critic.rollout_n``)."""
+    n = int(config.get("rollout_n", 1) or 1)
+    _normalize_mini_batch(config, n, dp, "critic", "critic.rollout_n")
+    _div_per_rank(config, "forward_micro_batch_size", "forward_micro_batch_size_per_gpu", dp, "critic")
+
+
+# ------------------------------------------------------------------------------------------ process helpers
+
+
+def _init_distributed(worker: Worker, timeout_s: int = 600) -> None:
+    """Join the worker group's process group (once per process; colocated workers share it)."""
+    if dist.is_initialized():
+        return
+    if get_device_name() == "cuda":
+        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+    dist.init_process_group(
+        backend=get_dist_backend(),
+        rank=worker.rank,
+        world_size=worker.world_size,
+        timeout=timedelta(seconds=timeout_s),
+        init_method=f"tcp://{worker._master_addr}:{worker._master_port}",
+    )
+
+
+def _memory_metrics() -> dict[str, float]:
+    import psutil
+
+    metrics = {"perf/cpu_memory_used_gb": psutil.virtual_memory().used / 1024**3}
+    if torch.cuda.is_available():
+        metrics["perf/max_memory_allocated_gb"] = torch.cuda.max_memory_allocated() / 1024**3
+        metrics["perf/max_memory_reserved_gb"] = torch.cuda.max_memory_reserved() / 1024**3
+    else:
+        metrics["perf/max_memory_allocated_gb"] = 0.0
+        metrics["perf/max_memory_reserved_gb"] = 0.0
+    return metrics
+
+
+def _log_offload_on_cpu(fsdp_config: Any, who: str) -> None:
+    if get_device_name() == "cpu" and (fsdp_config.get("param_offload") or fsdp_config.get("optimizer_offload")):
+        logger.info("%s: param/optimizer offload requested; a no-op on CPU (tensors already live in host memory)", who)
+
+
+def _build_sharded(module: torch.nn.Module, strategy: str, fsdp_config: Any, mesh) -> torch.nn.Module:
+    if strategy not in ("fsdp", "fsdp2"):
+        raise ValueError(f"strategy={strategy!r} is not served by the FSDP workers; use fsdp or fsdp2")
+    return fsdp_utils.wrap_model(module, strategy, fsdp_config, mesh)
+
+
+def _current_lr(scheduler: Any) -> float:
+    lr = scheduler.get_last_lr()[0]
+    return float(lr.item() if torch.is_tensor(lr) else lr)
+
+
+class _Offload:
+    """Bring an offloaded model/optimizer to the device for a block of work, then offload again."""
+
+    def __init__(self, module, optimizer, fsdp_config):
+        self.module, self.optimizer = module, optimizer
+        self.params = bool(fsdp_config.get("param_offload", False))
+        self.optim = bool(fsdp_config.get("optimizer_offload", False))
+
+    def __enter__(self):
+        if self.params:
+            fsdp_utils.load_fsdp_model_to_gpu(self.module)
+        if self.optim and self.optimizer is not None:
+            fsdp_utils.load_fsdp_optimizer(self.optimizer)
+
+    def __exit__(self, *exc):
+        if self.params:
+            fsdp_utils.offload_fsdp_model_to_cpu(self.module)
+        if self.optim and self.optimizer is not None:
+            fsdp_utils.offload_fsdp_optimizer(self.optimizer)
+        return False
+
+
+class _FSDPWorkerBase(Worker):
+    """Shared set-up: private config, process group, device mesh and dispatch registration."""
+
+    def _setup(self, private_config: DictConfig, meshes: tuple[str, ...], timeout_s: int = 600) -> None:
+        self.config = private_config
+        _init_distributed(self, timeout_s)
+        for mesh_name in meshes:
+            # No sequence/tensor parallelism: every rank is its own dp rank and returns its own piece.
+            self._register_dispatch_collect_info(mesh_name, dp_rank=self.rank, is_collect=True)
+
+    def _mesh(self, fsdp_config: Any):
+        return fsdp_utils.create_device_mesh(self.world_size, int(fsdp_config.get("fsdp_size", -1) or -1))
+
+    def _has_checkpoint_manager(self, manager, what: str) -> bool:
+        if manager is None:
+            logger.warning("%s: this worker has no trainable model; nothing to checkpoint", what)
+            return False
+        return True
+
+
+# ------------------------------------------------------------------------------------------ actor / rollout / ref
+
+
+class ActorRolloutRefWorker(_FSDPWorkerBase):
+    """Policy training, reference log-probs and generation for one rank.
+
+    Args:
+        config: the ``actor_rollout_ref`` subtree.
+        role: ``actor`` | ``rollout`` | ``ref`` | ``actor_rollout`` | ``actor_rollout_ref``.
+    """
+
+    def __init__(self, config: Any, role: str, **kwargs: Any):
+        super().__init__()
+        if role not in _ROLES:
+            raise ValueError(f"role={role!r} is not one of {list(_ROLES)}")
+        self.role = role
+        self._is_actor = role in ("actor", "actor_rollout", "actor_rollout_ref")
+        self._is_rollout = role in ("rollout", "actor_rollout", "actor_rollout_ref")
+        self._is_ref = role in ("ref", "actor_rollout_ref")
+        private = _private_config(config)
+        normalize_actor_batch_sizes(private, role, self.world_size)  # fail before any process-group work
+        self._setup(private, ("actor", "rollout"), int(private.get("nccl_timeout", 600) or 600))
+        self.actor = self.ref_policy = self.rollout = None
+        self.actor_module_fsdp = self.ref_module_fsdp = self.rollout_module = None
+        self.actor_optimizer = self.actor_lr_scheduler = self.checkpoint_manager = None
+        self._rollout_dirty = False
+
+    # ---------------------------------------------------------------- building
+
+    def _load_tokenizer(self, local_path: str) -> None:
+        from verl.utils.tokenizer import hf_processor, hf_tokenizer
+
+        model_cfg = self.config.model
+        remote = bool(model_cfg.get("trust_remote_code", False))
+        tok_path = model_cfg.get("tokenizer_path") or local_path
+        if tok_path != local_path:
+            tok_path = hf.resolve_model_path(tok_path, "actor_rollout_ref.model.tokenizer_path")
+        self.tokenizer = hf_tokenizer(tok_path, trust_remote_code=remote)
+        self.processor = hf_processor(tok_path, trust_remote_code=remote)
+        if model_cfg.get("custom_chat_template"):
+            self.tokenizer.chat_template = model_cfg.custom_chat_template
+        self.generation_config = hf.load_generation_config(local_path, remote)
+
+    def _token_id_overrides(self) -> dict[str, int]:
+        ids = {
+            "bos_token_id": self.tokenizer.bos_token_id,
+            "eos_token_id": self.tokenizer.eos_token_id,
+            "pad_token_id": self.tokenizer.pad_token_id,
+        }
+        return {k: v for k, v in ids.items() if v is not None}
+
+    def _load_policy(self, local_path: str, fsdp_config: Any) -> torch.nn.Module:
+        model_cfg = self.config.model
+        if int(model_cfg.get("lora_rank", 0) or 0) > 0:
+            raise NotImplementedError(
+                f"actor_rollout_ref.model.lora_rank={model_cfg.lora_rank}: LoRA is not supported by these FSDP "
+                "workers yet; set actor_rollout_ref.model.lora_rank=0"
+            )
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(int(fsdp_config.get("seed", 42) or 42))
+            return hf.build_causal_lm(
+                local_path,
+                dtype=fsdp_config.get("model_dtype") or "fp32",
+                override_config=model_cfg.get("override_config"),
+                trust_remote_code=bool(model_cfg.get("trust_remote_code", False)),
+                extra_config=self._token_id_overrides(),
+            )
+
+    def _build_actor(self, local_path: str) -> None:
+        from verl.utils.checkpoint.fsdp_checkpoint_manager import FSDPCheckpointManager
+        from verl.workers.actor.dp_actor import DataParallelPPOActor
+
+        actor_cfg = self.config.actor
+        fsdp_config = actor_cfg.fsdp_config
+        _log_offload_on_cpu(fsdp_config, "actor")
+        module = self._load_policy(local_path, fsdp_config)
+        if self._is_rollout:
+            self.rollout_module = self._frozen_copy(module)
+        if self.config.model.get("enable_gradient_checkpointing", False):
+            hf.enable_gradient_checkpointing(module)
+        self.actor_module_fsdp = _build_sharded(module, actor_cfg.strategy, fsdp_config, self._mesh(fsdp_config))
+        self.actor_optimizer = hf.build_optimizer(self.actor_module_fsdp.parameters(), actor_cfg.optim)
+        self.actor_lr_scheduler = hf.build_lr_scheduler(self.actor_optimizer, actor_cfg.optim)
+        self.actor = DataParallelPPOActor(actor_cfg, self.actor_module_fsdp, self.actor_optimizer)
+        self.checkpoint_manager = FSDPCheckpointManager(
+            model=self.actor_module_fsdp,
+            optimizer=self.actor_optimizer,
+            lr_scheduler=self.actor_lr_scheduler,
+            processing_class=self.processor if self.processor is not None else self.tokenizer,
+            checkpoint_config=actor_cfg.get("checkpoint"),
+        )
+        if fsdp_config.get("param_offload"):
+            fsdp_utils.offload_fsdp_model_to_cpu(self.actor_module_fsdp)
+        if fsdp_config.get("optimizer_offload"):
+            fsdp_utils.offload_fsdp_optimizer(self.actor_optimizer)
+
+    @staticmethod
+    def _frozen_copy(module: torch.nn.Module) -> torch.nn.Module:
+        """An unsharded inference copy for the hf rollout engine (made before FSDP takes over the original)."""
+        rollout_module = copy.deepcopy(module).eval()
+        rollout_module.requires_grad_(False)
+        return rollout_module
+
+    def _build_ref(self, local_path: str) -> None:
+        from verl.workers.actor.dp_actor import DataParallelPPOActor
+
+        ref_cfg = self.config.ref
+        fsdp_config = ref_cfg.get("fsdp_config") or self.config.actor.fsdp_config
+        module = self._load_policy(local_path, fsdp_config)
+        module.requires_grad_(False)
+        strategy = ref_cfg.get("strategy") or self.config.actor.strategy
+        self.ref_module_fsdp = _build_sharded(module, strategy, fsdp_config, self._mesh(fsdp_config))
+        self.ref_policy = DataParallelPPOActor(ref_cfg, self.ref_module_fsdp, None)
+
+    def _build_rollout(self, local_path: str) -> None:
+        from verl.workers.rollout.base import get_rollout_class
+
+        rollout_cfg = self.config.rollout
+        if self.rollout_module is None:  # role "rollout" alone: the engine owns its own copy from disk
+            self.rollout_module = self._frozen_copy(self._load_policy(local_path, self.config.actor.fsdp_config))
+        name, mode = rollout_cfg.get("name") or "hf", rollout_cfg.get("mode") or "sync"
+        if name != "hf":
+            raise NotImplementedError(
+                f"actor_rollout_ref.rollout.name={name!r}: the FSDP hybrid worker drives only the 'hf' engine "
+                "in-process; server engines (vllm, sglang) run through RolloutReplica / the agent loop"
+            )
+        self.rollout = get_rollout_class(name, mode)(self.rollout_module, rollout_cfg)
+
+    @register(dispatch_mode=Dispatch.ONE_TO_ALL)
+    def init_model(self) -> None:
+        """Load the tokenizer and build the models this role needs."""
+        local_path = hf.resolve_model_path(self.config.model.get("path"), "actor_rollout_ref.model.path")
+        self._load_tokenizer(local_path)
+        if self._is_actor:
+            self._build_actor(local_path)
+        if self._is_ref:
+            self._build_ref(local_path)
+        if self._is_rollout:
+            self._build_rollout(local_path)
+
+    # ---------------------------------------------------------------- compute
+
+    @register(dispatch_mode=make_nd_compute_dataproto_dispatch_fn(mesh_name="actor"))
+    def update_actor(self, data: DataProto) -> DataProto:
+        """One PPO update on this rank's rows; returns ``meta_info["metrics"]`` (``actor/*``, ``perf/*``)."""
+        if self.actor is None:
+            raise RuntimeError(f"update_actor needs an actor role; this worker has role {self.role!r}")
+        data = data.to(get_device_name())
+        data.meta_info.setdefault("temperature", float(self.config.rollout.get("temperature", 1.0)))
+        with _Offload(self.actor_module_fsdp, self.actor_optimizer, self.config.actor.fsdp_config):
+            start = time.perf_counter()
+            metrics = dict(self.actor.update_policy(data))
+            metrics["perf/update_actor_s"] = time.perf_counter() - start
+            metrics["actor/lr"] = _current_lr(self.actor_lr_scheduler)
+            self.actor_lr_scheduler.step()
+        metrics.update(_memory_metrics())
+        self._rollout_dirty = True
+        return DataProto(meta_info={"metrics": metrics})
+
+    def _log_prob_meta(self, data: DataProto, node: Any) -> None:
+        data.meta_info["micro_batch_size"] = node.get("log_prob_micro_batch_size_per_gpu")
+        data.meta_info["max_token_len"] = node.get("log_prob_max_token_len_per_gpu")
+        data.meta_info["use_dynamic_bsz"] = bool(node.get("log_prob_use_dynamic_bsz", False))
+        data.meta_info["temperature"] = float(self.config.rollout.get("temperature", 1.0))
+
+    @register(dispatch_mode=make_nd_compute_dataproto_dispatch_fn(mesh_name="actor"))
+    def compute_log_prob(self, data: DataProto) -> DataProto:
+        """``old_log_probs`` and ``entropys`` ``(bs, R)`` of the responses under the current policy."""
+        if self.actor is None:
+            raise RuntimeError(f"compute_log_prob needs an actor role; this worker has role {self.role!r}")
+        data = data.to(get_device_name())
+        self._log_prob_meta(data, self.config.rollout)
+        with _Offload(self.actor_module_fsdp, None, self.config.actor.fsdp_config):
+            out = self.actor.compute_log_prob(data, calculate_entropy=True)
+        tensors = {"old_log_probs": out["log_probs"], "entropys": out["entropys"]}
+        return DataProto.from_dict(tensors=tensors, meta_info={"temperature": data.meta_info["temperature"]}).to("cpu")
+
+    @register(dispatch_mode=make_nd_compute_dataproto_dispatch_fn(mesh_name="actor"))
+    def compute_ref_log_prob(self, data: DataProto) -> DataProto:
+        """``ref_log_prob`` ``(bs, R)`` under the frozen reference policy."""
+        if self.ref_policy is None:
+            raise RuntimeError(f"compute_ref_log_prob needs a ref role; this worker has role {self.role!r}")
+        data = data.to(get_device_name())
+        self._log_prob_meta(data, self.config.ref)
+        with _Offload(self.ref_module_fsdp, None, self.config.ref.get("fsdp_config") or {}):
+            out = self.ref_policy.compute_log_prob(data, calculate_entropy=False)
+        return DataProto.from_dict(tensors={"ref_log_prob": out["log_probs"]}).to("cpu")
+
+    def _sync_rollout_weights(self) -> None:
+        """Copy the current (gathered) actor weights into the rollout's unsharded module if they changed."""
+        if not self._rollout_dirty or self.actor_module_fsdp is None:
+            return
+        with _Offload(self.actor_module_fsdp, None, self.config.actor.fsdp_config):
+            state = fsdp_utils.get_full_state_dict(self.actor_module_fsdp, cpu_offload=False)
+        result = self.rollout_module.load_state_dict(state, strict=False)
+        tied = {k for k, _ in self.rollout_module.named_parameters(remove_duplicate=False)} - {
+            k for k, _ in self.rollout_module.named_parameters()
+        }
+        missing = [k for k in result.missing_keys if k not in tied]
+        if result.unexpected_keys or missing:
+            raise RuntimeError(f"rollout weight sync mismatch: missing {missing}, unexpected {result.unexpected_keys}")
+        self._rollout_dirty = False
+
+    def _special_token_meta(self) -> dict[str, Any]:
+        gen = self.generation_config
+        eos = getattr(gen, "eos_token_id", None) if gen is not None else None
+        pad = getattr(gen, "pad_token_id", None) if gen is not None else None
+        return {
+            "eos_token_id": eos if eos is not None else self.tokenizer.eos_token_id,
+            "pad_token_id": pad if pad is not None else self.tokenizer.pad_token_id,
+        }
+
+    @register(dispatch_mode=make_nd_compute_dataproto_dispatch_fn(mesh_name="rollout"))
+    def generate_sequences(self, prompts: DataProto) -> DataProto:
+        """Generate responses for this rank's prompts with fresh policy weights (hf engine)."""
+        if self.rollout is None:
+            raise RuntimeError(f"generate_sequences needs a rollout role; this worker has role {self.role!r}")
+        prompts = prompts.to(get_device_name())
+        prompts.meta_info.update(self._special_token_meta())
+        start = time.perf_counter()
+        self._sync_rollout_weights()
+        output = self.rollout.generate_sequences(prompts)
+        output.meta_info["timing"] = _gather_timing(time.perf_counter() - start)
+        return output.to("cpu")
+
+    # ---------------------------------------------------------------- checkpoints
+
+    @register(dispatch_mode=Dispatch.ONE_TO_ALL)
+    def save_checkpoint(
+        self, local_path: str, hdfs_path: str | None = None, global_step: int = 0, max_ckpt_to_keep: int | None = None
+    ) -> None:
+        """Save the actor's shards, optimizer, scheduler and RNG (see ``FSDPCheckpointManager``)."""
+        if not self._has_checkpoint_manager(self.checkpoint_manager, f"save_checkpoint(role={self.role})"):
+            return
+        with _Offload(self.actor_module_fsdp, self.actor_optimizer, self.config.actor.fsdp_config):
+            self.checkpoint_manager.save_checkpoint(local_path, hdfs_path, global_step, max_ckpt_to_keep)
+
+    @register(dispatch_mode=Dispatch.ONE_TO_ALL)
+    def load_checkpoint(self, local_path: str, hdfs_path: str | None = None, del_local_after_load: bool = False):
+        """Restore the actor from ``local_path``; the rollout copy is refreshed before the next generation."""
+        if not self._has_checkpoint_manager(self.checkpoint_manager, f"load_checkpoint(role={self.role})"):
+            return
+        with _Offload(self.actor_module_fsdp, self.actor_optimizer, self.config.actor.fsdp_config):
+            self.checkpoint_manager.load_checkpoint(local_path, hdfs_path, del_local_after_load)
+        self._rollout_dirty = True
+
+
+def _gather_timing(elapsed: float) -> dict[str, float]:
+    """Generation timing identical on every rank (max/min over ranks), so collected meta_info agrees."""
+    values = torch.tensor([elapsed, -elapsed], dtype=torch.float64)
+    if dist.is_initialized():
+        dist.all_reduce(values, op=dist.ReduceOp.MAX)
+    t_max, t_min = float(values[0]), -float(values[1])
+    return {
+        "generate_sequences": t_max,
+        "generation_timing/max": t_max,
+        "generation_timing/min": t_min,
+        "generation_timing/topk_ratio": t_min / t_max if t_max > 0 else 1.0,
+    }
+
+
+class AsyncActorRolloutRefWorker(ActorRolloutRefWorker):
+    """Same behaviour as :class:`ActorRolloutRefWorker`; the async server path uses ``update_weights``."""
+
+    @register(dispatch_mode=Dispatch.ONE_TO_ALL)
+    def update_weights(self, global_steps: int | None = None) -> None:
+        """Push the current actor weights into the rollout copy now (instead of at the next generation)."""
+        self._rollout_dirty = True
+        self._sync_rollout_weights()
+
+
+# ------------------------------------------------------------------------------------------ critic
+
+
+class CriticWorker(_FSDPWorkerBase):
+    """Value-model training for one rank.
+
+    Args:
+        config: the ``critic`` subtree.
+    """
+
+    def __init__(self, config: Any, **kwargs: Any):
+        super().__init__()
+        private = _private_config(config)
+        normalize_critic_batch_sizes(private, self.world_size)
+        self._setup(private, ("critic",))
+        self.critic = self.critic_module_fsdp = self.critic_optimizer = None
+        self.critic_lr_scheduler = self.checkpoint_manager = None
+
+    @register(dispatch_mode=Dispatch.ONE_TO_ALL)
+    def init_model(self) -> None:
+        """Build the value model (backbone from ``critic.model.path`` + fresh 1-output head), optimizer, scheduler."""
+        from verl.utils.checkpoint.fsdp_checkpoint_manager import FSDPCheckpointManager
+        from verl.utils.tokenizer import hf_tokenizer
+        from verl.workers.critic.dp_critic import DataParallelPPOCritic
+
+        cfg, model_cfg = self.config, self.config.model
+        fsdp_config = model_cfg.get("fsdp_config") or {}
+        _log_offload_on_cpu(fsdp_config, "critic")
+        local_path = hf.resolve_model_path(model_cfg.get("path"), "critic.model.path")
+        tok_path = model_cfg.get("tokenizer_path") or local_path
+        if tok_path != local_path:
+            tok_path = hf.resolve_model_path(tok_path, "critic.model.tokenizer_path")
+        remote = bool(model_cfg.get("trust_remote_code", False))
+        self.tokenizer = hf_tokenizer(tok_path, trust_remote_code=remote)
+        module = hf.build_value_model(
+            local_path,
+            dtype=fsdp_config.get("model_dtype") or "fp32",
+            override_config=model_cfg.get("override_config"),
+            trust_remote_code=remote,
+            seed=int(fsdp_config.get("seed", 42) or 42),
+        )
+        if model_cfg.get("enable_gradient_checkpointing", False):
+            hf.enable_gradient_checkpointing(module)
+        self.critic_module_fsdp = _build_sharded(
+            module, cfg.get("strategy", "fsdp"), fsdp_config, self._mesh(fsdp_config)
+        )
+        self.critic_optimizer = hf.build_optimizer(self.critic_module_fsdp.parameters(), cfg.optim)
+        self.critic_lr_scheduler = hf.build_lr_scheduler(self.critic_optimizer, cfg.optim)
+        self.critic = DataParallelPPOCritic(cfg, self.critic_module_fsdp, self.critic_optimizer)
+        self.checkpoint_manager = FSDPCheckpointManager(
+            model=self.critic_module_fsdp,
+            optimizer=self.critic_optimizer,
+            lr_scheduler=self.critic_lr_scheduler,
+            processing_class=self.tokenizer,
+            checkpoint_config=cfg.get("checkpoint"),
+        )
+        self._offload = _Offload(self.critic_module_fsdp, self.critic_optimizer, fsdp_config)
+        self._offload.__exit__(None, None, None)
+
+    @register(dispatch_mode=make_nd_compute_dataproto_dispatch_fn(mesh_name="critic"))
+    def compute_values(self, data: DataProto) -> DataProto:
+        """``values`` ``(bs, R)`` for this rank's rows."""
+        data = data.to(get_device_name())
+        data.meta_info["micro_batch_size"] = self.config.get("forward_micro_batch_size_per_gpu")
+        data.meta_info["max_token_len"] = self.config.get("forward_max_token_len_per_gpu")
+        data.meta_info["use_dynamic_bsz"] = bool(self.config.get("use_dynamic_bsz", False))
+        with self._offload:
+            values = self.critic.compute_values(data)
+        return DataProto.from_dict(tensors={"values": values}).to("cpu")
+
+    @register(dispatch_mode=make_nd_compute_dataproto_dispatch_fn(mesh_name="critic"))
+    def update_critic(self, data: DataProto) -> DataProto:
+        """One value-regression update; returns ``meta_info["metrics"]`` (``critic/*``, ``perf/*``)."""
+        data = data.to(get_device_name())
+        with self._offload:
+            start = time.perf_counter()
+            metrics = dict(self.critic.update_critic(data))
+            metrics["perf/update_critic_s"] = time.perf_counter() - start
+            metrics["critic/lr"] = _current_lr(self.critic_lr_scheduler)
+            self.critic_lr_scheduler.step()
+        metrics.update(_memory_metrics())
+        return DataProto(meta_info={"metrics": metrics})
+
+    @register(dispatch_mode=Dispatch.ONE_TO_ALL)
+    def save_checkpoint(
+        self, local_path: str, hdfs_path: str | None = None, global_step: int = 0, max_ckpt_to_keep: int | None = None
+    ) -> None:
+        """Save the critic's shards, optimizer, scheduler and RNG."""
+        with self._offload:
+            self.checkpoint_manager.save_checkpoint(local_path, hdfs_path, global_step, max_ckpt_to_keep)
+
+    @register(dispatch_mode=Dispatch.ONE_TO_ALL)
+    def load_checkpoint(self, local_path: str, hdfs_path: str | None = None, del_local_after_load: bool = True):
+        """Restore the critic from ``local_path``."""
+        with self._offload:
+            self.checkpoint_manager.load_checkpoint(local_path, hdfs_path, del_local_after_load)
+
+
+# ------------------------------------------------------------------------------------------ reward model
+
+
+class RewardModelWorker(_FSDPWorkerBase):
+    """Scores finished responses with a sequence-classification reward model.
+
+    Args:
+        config: the ``reward_model`` subtree.
+    """
+
+    def __init__(self, config: Any, **kwargs: Any):
+        super().__init__()
+        private = _private_config(config)
+        _div_per_rank(private, "micro_batch_size", "micro_batch_size_per_gpu", self.world_size, "reward_model")
+        self._setup(private, ("reward",))
+        self.reward_module = None
+
+    @register(dispatch_mode=Dispatch.ONE_TO_ALL)
+    def init_model(self) -> None:
+        """Load the reward model (FSDP-sharded, inference only) and decide whether inputs must be re-tokenised."""
+        from verl.utils.tokenizer import hf_tokenizer
+
+        model_cfg = self.config.model
+        fsdp_config = model_cfg.get("fsdp_config") or {}
+        remote = bool(model_cfg.get("trust_remote_code", False))
+        local_path = hf.resolve_model_path(model_cfg.get("path"), "reward_model.model.path")
+        self.rm_tokenizer = hf_tokenizer(local_path, trust_remote_code=remote)
+        self.input_tokenizer = None
+        if model_cfg.get("input_tokenizer"):
+            in_path = hf.resolve_model_path(model_cfg.input_tokenizer, "reward_model.model.input_tokenizer")
+            input_tokenizer = hf_tokenizer(in_path, trust_remote_code=remote)
+            if not _same_tokenizer(input_tokenizer, self.rm_tokenizer):
+                self.input_tokenizer = input_tokenizer
+        module = hf.build_reward_model(
+            local_path,
+            dtype=fsdp_config.get("model_dtype") or "fp32",
+            override_config=model_cfg.get("override_config"),
+            trust_remote_code=remote,
+        )
+        module.requires_grad_(False)
+        strategy = self.config.get("strategy", "fsdp")
+        self.reward_module = _build_sharded(module, strategy, fsdp_config, self._mesh(fsdp_config))
+
+    @register(dispatch_mode=make_nd_compute_dataproto_dispatch_fn(mesh_name="reward"))
+    def compute_rm_score(self, data: DataProto) -> DataProto:
+        """``rm_scores`` ``(bs, R)``: the reward model's score at each response's last valid token, 0 elsewhere."""
+        from verl.utils.seqlen_balancing import restore_dynamic_batch
+        from verl.workers.actor.dp_actor import split_micro_batches
+
+        data = data.to(get_device_name())
+        rm_data = self._retokenize(data) if self.input_tokenizer is not None else data
+        rm_data = rm_data.select(batch_keys=["input_ids", "attention_mask", "position_ids"])
+        micro_batches, indices = split_micro_batches(
+            rm_data,
+            bool(self.config.get("use_dynamic_bsz", False)),
+            self.config.get("micro_batch_size_per_gpu"),
+            self.config.get("forward_max_token_len_per_gpu"),
+        )
+        self.reward_module.eval()
+        with torch.no_grad():
+            scores = torch.cat([self._last_token_score(mb) for mb in micro_batches])
+        if indices is not None:
+            scores = restore_dynamic_batch(scores, indices)
+        return DataProto.from_dict(tensors={"rm_scores": _place_at_last_token(scores, data)}).to("cpu")
+
+    def _last_token_score(self, micro: DataProto) -> torch.Tensor:
+        batch = micro.batch
+        token_scores = self.reward_module(
+            input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], position_ids=batch["position_ids"]
+        )  # (b, T)
+        mask = batch["attention_mask"]
+        positions = torch.arange(mask.size(-1), device=mask.device)
+        last = (mask * positions).argmax(dim=-1)  # index of the last attended token, whatever the padding side
+        return token_scores.float().gather(1, last.unsqueeze(-1)).squeeze(-1)  # (b,)
+
+    def _retokenize(self, data: DataProto) -> DataProto:
+        """Decode with the policy's tokenizer, re-apply the RM's chat template and tokenizer (right-padded)."""
+        batch = data.batch
+        response_length = batch["responses"].size(-1)
+        prompt_mask = batch["attention_mask"][:, :-response_length]
+        response_mask = batch["attention_mask"][:, -response_length:]
+        raw_prompts = (data.non_tensor_batch or {}).get("raw_prompt")
+        texts = []
+        for i in range(len(data)):
+            response_ids = batch["responses"][i][response_mask[i].bool()]
+            response = self.input_tokenizer.decode(response_ids.tolist(), skip_special_tokens=True)
+            if raw_prompts is not None:
+                chat = [dict(m) for m in list(raw_prompts[i])]
+            else:
+                prompt_ids = batch["input_ids"][i, :-response_length][prompt_mask[i].bool()]
+                chat = [
+                    {
+                        "role": "user",
+                        "content": self.input_tokenizer.decode(prompt_ids.tolist(), skip_special_tokens=True),
+                    }
+                ]
+            chat.append({"role": "assistant", "content": response})
+            if getattr(self.rm_tokenizer, "chat_template", None):
+                texts.append(self.rm_tokenizer.apply_chat_template(chat, tokenize=False))
+            else:
+                texts.append("\n".join(m["content"] for m in chat))
+        max_length = self.config.get("max_length") or batch["input_ids"].size(-1)
+        self.rm_tokenizer.padding_side = "right"
+        enc = self.rm_tokenizer(
+            texts,
+            return_tensors="pt",
+            padding=True,
+            truncation=True,
+            max_length=int(max_length),
+            add_special_tokens=False,
+        )
+        mask = enc["attention_mask"].to(batch["input_ids"].device)
+        position_ids = torch.clip(torch.cumsum(mask, dim=-1) - 1, min=0)
+        tensors = {"input_ids": enc["input_ids"].to(mask.device), "attention_mask": mask, "position_ids": position_ids}
+        return DataProto.from_dict(tensors=tensors)
+
+
+def _same_tokenizer(a: Any, b: Any) -> bool:
+    return a.get_vocab() == b.get_vocab() and getattr(a, "chat_template", None) == getattr(b, "chat_template", None)
+
+
+def _place_at_last_token(scores: torch.Tensor, data: DataProto) -> torch.Tensor:
+    """Scatter one score per row into ``(bs, R)`` at the last valid response token (row of zeros if empty)."""
+    response_length = data.batch["responses"].size(-1)
+    response_mask = data.batch["attention_mask"][:, -response_length:]
+    lengths = response_mask.sum(dim=-1)
+    out = torch.zeros(response_mask.shape, dtype=torch.float32, device=scores.device)
+    rows = torch.nonzero(lengths > 0).squeeze(-1)
+    out[rows, lengths[rows] - 1] = scores[rows].float()
+    return out
