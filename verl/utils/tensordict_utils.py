@@ -23,6 +23,7 @@ from tensordict import NonTensorData, NonTensorStack, TensorDict
 
 __all__ = [
     "TensorDictError",
+    "as_index_array",
     "assert_tensordict_eq",
     "assign_non_tensor",
     "assign_non_tensor_data",
@@ -46,9 +47,11 @@ __all__ = [
     "pad_to_divisor",
     "pop",
     "pop_keys",
+    "rows_to_object_array",
     "serialize_single_tensor",
     "serialize_tensordict",
     "union_tensor_dict",
+    "unbind_nested",
     "unpad",
     "unwrap_non_tensor_data",
 ]
@@ -139,6 +142,8 @@ def deserialize_single_tensor(encoded: tuple[str, Sequence[int], np.ndarray]) ->
     if not isinstance(dtype, torch.dtype):
         raise ValueError(f"unknown tensor dtype '{dtype_name}' in serialized data")
     raw = np.ascontiguousarray(raw, dtype=np.uint8)
+    if raw.size == 0:  # a zero-length byte view cannot be reinterpreted, so build the empty tensor directly
+        return torch.empty(tuple(shape), dtype=dtype)
     if not raw.flags.writeable:
         raw = raw.copy()
     return torch.from_numpy(raw).view(dtype).reshape(tuple(shape))
@@ -205,6 +210,42 @@ def deserialize_tensordict(encoded: tuple[Sequence[int], str | None, list[tuple[
     for key, (kind, payload) in non_tensor.items():
         (assign_non_tensor_stack if kind == "stack" else assign_non_tensor_data)(td, key, payload)
     return td
+
+
+# --------------------------------------------------------------------------------------------------------------
+# row indexing helpers shared with verl.protocol
+# --------------------------------------------------------------------------------------------------------------
+
+
+def as_index_array(idxs: Any, length: int) -> np.ndarray:
+    """An int64 row index from a list / np / torch index or boolean mask over ``length`` rows."""
+    if isinstance(idxs, torch.Tensor):
+        idxs = idxs.detach().cpu().numpy()
+    elif isinstance(idxs, (list, tuple, range)):
+        all_bool = len(idxs) > 0 and all(isinstance(i, (bool, np.bool_)) for i in idxs)
+        idxs = np.asarray(idxs, dtype=bool if all_bool else np.int64)
+    if not isinstance(idxs, np.ndarray):
+        raise TypeError(f"index must be a list, np.ndarray or torch.Tensor, got {type(idxs).__name__}")
+    if idxs.dtype == bool:
+        if idxs.shape != (length,):
+            raise IndexError(f"boolean mask of shape {idxs.shape} does not match {length} rows")
+        return np.flatnonzero(idxs)
+    if idxs.ndim != 1 or not np.issubdtype(idxs.dtype, np.integer):
+        raise IndexError(f"index must be a 1-D integer array or boolean mask, got dtype={idxs.dtype} ndim={idxs.ndim}")
+    return idxs.astype(np.int64, copy=False)
+
+
+def rows_to_object_array(values: Sequence[Any]) -> np.ndarray:
+    """An object array with one entry per value; equal-shape array rows stack into extra dims, numpy scalars
+    keep their dtype."""
+    if values and all(isinstance(v, np.ndarray) for v in values) and len({v.shape for v in values}) == 1:
+        return np.stack(values).astype(object, copy=False)
+    if values and all(isinstance(v, np.generic) for v in values):
+        return np.asarray(values)
+    out = np.empty(len(values), dtype=object)
+    for i, v in enumerate(values):
+        out[i] = v
+    return out
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -430,12 +471,10 @@ def _nested_keys(td: TensorDict) -> list[str]:
 
 
 def index_select_tensor_dict(batch: TensorDict | None, indices: torch.Tensor | Sequence[int]) -> TensorDict | None:
-    """Rows ``indices`` (1-D) of ``batch``; nested tensors are rebuilt, per-batch data is kept."""
+    """Rows ``indices`` (1-D ints or a boolean mask) of ``batch``; nested tensors are rebuilt, per-batch data kept."""
     if batch is None:
         return None
-    indices = torch.as_tensor(indices, dtype=torch.long) if not isinstance(indices, torch.Tensor) else indices
-    if indices.dim() != 1:
-        raise TensorDictError(f"indices must be 1-D, got shape {tuple(indices.shape)}")
+    indices = torch.from_numpy(as_index_array(indices, batch.batch_size[0] if batch.batch_size else 0))
     maybe_fix_3d_position_ids(batch)
     nested = _nested_keys(batch)
     out = batch.exclude(*nested)[indices] if nested else batch[indices]
