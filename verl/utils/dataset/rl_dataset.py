@@ -45,6 +45,15 @@ def _cfg(config: Any, key: str, default: Any = None) -> Any:
     return default if value is None else value
 
 
+def _to_container(value: Any) -> dict[str, Any]:
+    """A plain dict from a dict or an OmegaConf node (chat templates want plain values)."""
+    from omegaconf import DictConfig, OmegaConf
+
+    if isinstance(value, DictConfig):
+        return OmegaConf.to_container(value, resolve=True)
+    return dict(value)
+
+
 def _to_plain(value: Any) -> Any:
     """numpy arrays (as pandas returns nested parquet columns) -> lists, recursively; dicts keep their keys."""
     if isinstance(value, np.ndarray):
@@ -120,7 +129,7 @@ class RLHFDataset(Dataset):
         if self.truncation not in ("error", "left", "right", "middle"):
             raise ValueError(f"data.truncation={self.truncation!r}; use one of error, left, right, middle.")
         self.filter_overlong_prompts = bool(_cfg(config, "filter_overlong_prompts", False))
-        self.apply_chat_template_kwargs = dict(_cfg(config, "apply_chat_template_kwargs", {}))
+        self.apply_chat_template_kwargs = _to_container(_cfg(config, "apply_chat_template_kwargs", {}))
         self.return_raw_chat = bool(_cfg(config, "return_raw_chat", False))
         self.return_full_prompt = bool(_cfg(config, "return_full_prompt", False))
         self.return_raw_input_ids = bool(_cfg(config, "return_raw_input_ids", False))
