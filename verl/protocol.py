@@ -121,11 +121,6 @@ def union_numpy_dict(tensor_dict1: dict[str, np.ndarray], tensor_dict2: dict[str
     return tensor_dict1
 
 
-def _on_cpu(value: Any) -> bool:
-    device = getattr(value, "device", None)
-    return device is None or device.type == "cpu"
-
-
 def _map_rows(batch: TensorDict | None, fn: Callable[[torch.Tensor], torch.Tensor], n_rows: int) -> TensorDict | None:
     # apply() keeps nested TensorDicts; an explicit batch_size keeps it a torch.Size of ints.
     if batch is None:
@@ -191,7 +186,8 @@ class DataProto:
         batch_state = None
         if self.batch is not None:
             method = os.getenv("VERL_DATAPROTO_SERIALIZATION_METHOD", "").lower()
-            on_cpu = all(_on_cpu(t) for t in self.batch.values(include_nested=True, leaves_only=True))
+            leaves = self.batch.values(include_nested=True, leaves_only=True)
+            on_cpu = all(getattr(t, "device", None) is None or t.device.type == "cpu" for t in leaves)
             if method == "numpy" or (method != "torch" and on_cpu):
                 batch_state = ("numpy", serialize_tensordict(self.batch))
             else:
@@ -344,16 +340,12 @@ class DataProto:
         if batch is not None and batch_keys is not None:
             _require_keys(batch.keys(), batch_keys, "batch")
             batch = batch.select(*batch_keys)
-        non_tensor = self.non_tensor_batch
-        if non_tensor_batch_keys is not None:
-            _require_keys(non_tensor.keys(), non_tensor_batch_keys, "non_tensor_batch")
-            non_tensor = {key: non_tensor[key] for key in non_tensor_batch_keys}
-        else:
-            non_tensor = dict(non_tensor)
-        meta = self.meta_info
-        if meta_info_keys is not None:
-            _require_keys(meta.keys(), meta_info_keys, "meta_info")
-            meta = {key: meta[key] for key in meta_info_keys}
+        non_tensor_batch_keys = self.non_tensor_batch if non_tensor_batch_keys is None else non_tensor_batch_keys
+        _require_keys(self.non_tensor_batch, non_tensor_batch_keys, "non_tensor_batch")
+        non_tensor = {key: self.non_tensor_batch[key] for key in non_tensor_batch_keys}
+        meta_info_keys = self.meta_info if meta_info_keys is None else meta_info_keys
+        _require_keys(self.meta_info, meta_info_keys, "meta_info")
+        meta = {key: self.meta_info[key] for key in meta_info_keys}
         if deepcopy:
             batch = batch.clone() if batch is not None else None
             non_tensor, meta = copy.deepcopy(non_tensor), copy.deepcopy(meta)
@@ -543,11 +535,8 @@ class DataProto:
         return type(self)(batch=batch, non_tensor_batch=non_tensor, meta_info=self.meta_info)
 
     def unfold_column_chunks(self, n_split: int, split_keys: Sequence[str] | None = None) -> DataProto:
-        """Cut dim1 of each ``split_keys`` value into ``n_split`` rows; repeat every other key ``n_split`` times.
-
-        A value of shape (N, C, ...) in ``split_keys`` becomes (N * n_split, C / n_split, ...); the rest become
-        (N * n_split, ...) by repeat-interleave. ``split_keys=None`` repeats everything.
-        """
+        """Values in ``split_keys`` go (N, C, ...) -> (N * n_split, C / n_split, ...); every other value is
+        repeat-interleaved to (N * n_split, ...). ``split_keys=None`` repeats everything."""
         if n_split <= 0:
             raise ValueError(f"n_split must be positive, got {n_split}")
         split_keys = set(split_keys or [])
@@ -747,7 +736,7 @@ def all_gather_data_proto(data: DataProto, process_group: Any = None) -> None:
             tensor = tensor.contiguous().to(comm_device)
             parts = [torch.empty_like(tensor) for _ in range(world_size)]
             dist.all_gather(parts, tensor, group=process_group)
-            gathered[key] = torch.cat(parts, dim=0).to(home) if home is not None else torch.cat(parts, dim=0).cpu()
+            gathered[key] = torch.cat(parts, dim=0).to(home or "cpu")
         data.batch = TensorDict(gathered, batch_size=[len(data) * world_size], device=home)
     if data.non_tensor_batch:
         objects: list = [None] * world_size
