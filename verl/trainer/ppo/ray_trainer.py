@@ -238,9 +238,14 @@ class RayPPOTrainer:
 
     # ------------------------------------------------------------------ one step's pieces
     def _get_gen_batch(self, batch: DataProto) -> DataProto:
+        """Move the prompt tensors out of ``batch`` into a generation batch (the rollout returns them extended)."""
         tensor_keys = [k for k in ("input_ids", "attention_mask", "position_ids") if k in batch.batch.keys()]
-        non_tensor_keys = [k for k in _GEN_KEEP_NON_TENSOR if k in batch.non_tensor_batch]
-        return batch.select(batch_keys=tensor_keys, non_tensor_batch_keys=non_tensor_keys, deepcopy=False)
+        gen = batch.pop(batch_keys=tensor_keys)
+        for key in _GEN_KEEP_NON_TENSOR:
+            if key in batch.non_tensor_batch:
+                gen.non_tensor_batch[key] = batch.non_tensor_batch[key]
+        gen.meta_info.update(batch.meta_info)
+        return gen
 
     def _balance_batch(self, batch: DataProto, metrics: dict, logging_prefix: str = "global_seqlen") -> None:
         """Reorder rows so every data-parallel rank gets about the same number of tokens (groups stay intact)."""
