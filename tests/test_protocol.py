@@ -182,6 +182,11 @@ def test_union_merges_all_three_parts_in_place():
     assert left.meta_info == {"step": 1, "lr": 2}
     with pytest.raises(AssertionError):
         left.union(DataProto.from_dict({"obs": torch.tensor([9, 9])}))
+    with pytest.raises(ValueError, match=r"meta_info\['step'\] differs: 1 vs 2"):
+        left.union(DataProto.from_dict({"obs": torch.tensor([1, 2])}, meta_info={"step": 2}))
+    # array-valued meta_info compares by value instead of raising "truth value is ambiguous"
+    left.meta_info["mask"] = np.array([1, 0])
+    left.union(DataProto.from_dict({"obs": torch.tensor([1, 2])}, meta_info={"mask": np.array([1, 0])}))
 
 
 # ---- indexing and selection ------------------------------------------------------------------------------------
@@ -713,6 +718,26 @@ def _gather_worker(rank: int, world_size: int, init_file: str, out_dir: str) -> 
         torch.save({"obs": data.batch["obs"], "r": data.non_tensor_batch["r"].tolist()}, f"{out_dir}/{rank}.pt")
     finally:
         dist.destroy_process_group()
+
+
+@pytest.mark.ray
+def test_dataproto_travels_through_ray_and_futures_resolve(ray_cluster):
+    ray = ray_cluster
+
+    @ray.remote
+    def shift(data: DataProto, by: int) -> DataProto:
+        data.batch["obs"] += by  # tensors arriving from the object store must be writable
+        return data
+
+    data = DataProto.from_dict({"obs": torch.arange(4), "big": torch.randn(4, 256, 256)}, {"u": list("abcd")})
+    back = ray.get(ray.put(data))
+    assert torch.equal(back.batch["big"], data.batch["big"]) and _labels_of(back, "u") == list("abcd")
+    refs = [shift.remote(piece, 10 * i) for i, piece in enumerate(data.chunk(2))]
+    future = DataProtoFuture.concat(refs)
+    # chunk 0 (rows 0, 1) shifted by 0, chunk 1 (rows 2, 3) by 10: [0, 1, 12, 13]
+    assert future.get().batch["obs"].tolist() == [0, 1, 12, 13]
+    assert future.chunk(2)[1].get().batch["obs"].tolist() == [12, 13]
+    assert data.batch["obs"].tolist() == [0, 1, 2, 3]
 
 
 @pytest.mark.slow

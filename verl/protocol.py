@@ -53,7 +53,7 @@ import torch
 from tensordict import TensorDict
 
 from verl.utils import tensordict_utils as tu
-from verl.utils.py_functional import append_to_dict, union_two_dict
+from verl.utils.py_functional import append_to_dict
 from verl.utils.tensordict_utils import as_index_array, deep_equal, deserialize_tensordict, serialize_tensordict
 from verl.utils.tensordict_utils import deserialize_single_tensor as deserialize_single_tensor  # re-export
 from verl.utils.tensordict_utils import rows_to_object_array as _object_array
@@ -405,7 +405,10 @@ class DataProto:
         if self.non_tensor_batch and other.non_tensor_batch and len(self) != len(other):
             raise DataProtoError(f"cannot union DataProtos of {len(self)} and {len(other)} rows")
         self.non_tensor_batch = union_numpy_dict(self.non_tensor_batch, other.non_tensor_batch)
-        self.meta_info = union_two_dict(self.meta_info, other.meta_info)
+        for key, val in other.meta_info.items():  # deep_equal, unlike ==, is safe for arrays and tensors
+            if key in self.meta_info and not deep_equal(self.meta_info[key], val):
+                raise DataProtoError(f"meta_info['{key}'] differs: {self.meta_info[key]!r:.100} vs {val!r:.100}")
+            self.meta_info[key] = val
         self.check_consistency()
         return self
 
