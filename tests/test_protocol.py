@@ -248,6 +248,11 @@ def test_integer_index_returns_an_item_and_slice_returns_a_view():
         data["obs"]
 
 
+def test_iterating_yields_one_item_per_row_and_stops_when_empty():
+    assert [item.non_tensor_batch["labels"] for item in _abc()] == ["a", "b", "c"]
+    assert list(DataProto()) == []
+
+
 def test_select_picks_keys_and_deepcopy_detaches():
     data = DataProto.from_dict({"a": torch.zeros(2), "b": torch.ones(2)}, {"u": ["x", "y"]}, {"m": [1], "n": 2})
     sub = data.select(batch_keys=["a"], meta_info_keys=["m"])

@@ -90,11 +90,7 @@ class DataProtoConfig(metaclass=_DataProtoConfigMeta):
 
 
 def union_tensor_dict(tensor_dict1: TensorDict, tensor_dict2: TensorDict) -> TensorDict:
-    """Add the keys of ``tensor_dict2`` to ``tensor_dict1`` in place; shared keys must hold equal tensors.
-
-    Raises:
-        AssertionError: batch sizes differ, or a shared key holds different values.
-    """
+    """Add the keys of ``tensor_dict2`` to ``tensor_dict1`` in place; shared keys must hold equal tensors."""
     if tensor_dict1.batch_size != tensor_dict2.batch_size:
         sizes = f"{list(tensor_dict1.batch_size)} and {list(tensor_dict2.batch_size)}"
         raise DataProtoError(f"cannot union tensor dicts with batch sizes {sizes}")
@@ -107,10 +103,8 @@ def union_tensor_dict(tensor_dict1: TensorDict, tensor_dict2: TensorDict) -> Ten
 
 
 def union_numpy_dict(tensor_dict1: dict[str, np.ndarray], tensor_dict2: dict[str, np.ndarray]) -> dict:
-    """Add the arrays of ``tensor_dict2`` to ``tensor_dict1`` in place; shared keys must be deep-equal.
-
-    Equality treats NaN as equal to NaN in the same position and recurses into object arrays, dicts and lists.
-    """
+    """Add the arrays of ``tensor_dict2`` to ``tensor_dict1`` in place; shared keys must be deep-equal
+    (NaN equals NaN in the same position; object arrays, dicts and lists are compared recursively)."""
     for key, val in tensor_dict2.items():
         if key in tensor_dict1:
             if not isinstance(val, np.ndarray):
@@ -174,6 +168,9 @@ class DataProto:
             non_tensor = {key: val[int(item)] for key, val in self.non_tensor_batch.items()}
             return DataProtoItem(batch=batch, non_tensor_batch=non_tensor, meta_info=self.meta_info)
         raise TypeError(f"DataProto indices must be int, slice, list, np.ndarray or torch.Tensor, got {type(item)}")
+
+    def __iter__(self) -> Iterator[DataProtoItem]:
+        return (self[i] for i in range(len(self)))
 
     def __copy__(self) -> DataProto:
         # A shallow copy shares the containers' contents; the default would serialize every tensor.
