@@ -653,6 +653,7 @@ def test_serialize_single_tensor_round_trips_every_dtype():
         assert torch.equal(back.reshape(-1).view(torch.uint8), tensor.contiguous().reshape(-1).view(torch.uint8))
 
 
+@pytest.mark.filterwarnings("ignore:The PyTorch API of nested tensors:UserWarning")
 def test_serialize_tensordict_round_trips_regular_and_nested_tensors():
     jagged = torch.nested.as_nested_tensor([torch.arange(2), torch.arange(3)], layout=torch.jagged)
     strided = torch.nested.as_nested_tensor([torch.randn(2, 3), torch.randn(3, 4)])

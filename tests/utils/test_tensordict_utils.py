@@ -54,6 +54,7 @@ def test_get_tensordict_without_rows_has_no_batch_dim():
     assert len(tu.get_tensordict({"labels": ["a", "b", "c"]})) == 3
 
 
+@pytest.mark.filterwarnings("ignore:The PyTorch API of nested tensors:UserWarning")
 def test_get_tensordict_validates_its_input():
     with pytest.raises(AssertionError, match="'b' has 2 rows but 'a' has 3"):
         tu.get_tensordict({"a": torch.zeros(3), "b": ["x", "y"]})
