@@ -35,6 +35,7 @@ This module imports no Ray; the worker group hands chunks to Ray through ``Worke
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import inspect
 import sys
@@ -339,6 +340,10 @@ def resolve_dispatch_mode(dispatch_mode) -> dict[str, Callable]:
 # ------------------------------------------------------------------------------------------------- the decorator
 
 
+def _has_future(args: tuple, kwargs: dict) -> bool:
+    return any(isinstance(v, DataProtoFuture) for v in (*args, *kwargs.values()))
+
+
 def _materialize_futures(args: tuple, kwargs: dict) -> tuple[tuple, dict]:
     args = tuple(a.get() if isinstance(a, DataProtoFuture) else a for a in args)
     kwargs = {k: v.get() if isinstance(v, DataProtoFuture) else v for k, v in kwargs.items()}
@@ -371,8 +376,10 @@ def register(
 
             @functools.wraps(func)
             async def inner(*args, **kwargs):
-                if materialize_futures:
-                    args, kwargs = _materialize_futures(args, kwargs)
+                if materialize_futures and _has_future(args, kwargs):
+                    # Wait in a thread: a blocking wait on the actor's event loop would starve the very
+                    # coroutines (earlier calls on this actor) that produce the awaited data.
+                    args, kwargs = await asyncio.to_thread(_materialize_futures, args, kwargs)
                 return await func(*args, **kwargs)
 
         else:
