@@ -297,3 +297,44 @@ def test_fused_worker_roles_reachable_through_fuse(groups):
     assert wg.a.value(1) == [2, 3]
     assert wg.b.value(wg.a.value(1)) == [[2, 3, 2, 3], [2, 3, 2, 3]]  # ONE_TO_ALL sends the whole list to each
     assert wg.both(1) == [4, 6]
+
+
+def test_attach_to_existing_workers_by_name(probe_wg):
+    from verl.single_controller.ray import RayClassWithInitArgs, RayWorkerGroup
+
+    again = RayWorkerGroup.from_detached(
+        worker_names=probe_wg.worker_names, ray_cls_with_init=RayClassWithInitArgs(cls=ProbeWorker)
+    )
+    assert again.world_size == 2 and again.add_rank(1) == [1, 2]
+
+
+def test_pools_split_and_check_capacity(pool):
+    from verl.single_controller.ray import RayResourcePool, ResourcePoolManager
+    from verl.single_controller.ray.base import split_resource_pool
+
+    # One CPU is one process slot; with a GPU device a slot is one GPU plus max_colocate_count CPUs.
+    assert RayResourcePool([1]).bundle("cpu") == {"CPU": 1}
+    assert RayResourcePool([1], max_colocate_count=3).bundle("cuda") == {"CPU": 3, "GPU": 1}
+    halves = split_resource_pool(pool, 1)
+    assert [h.world_size for h in halves] == [1, 1]
+    assert [slot[1:] for slot in halves[1].slots("cpu")] == [(1, 0, 0, 1)]  # bundle 1 of pg 0, alone there
+    with pytest.raises(ValueError, match="needs 100 CPU"):
+        RayResourcePool([100], use_gpu=False).get_placement_groups(device_name="cpu")
+
+    manager = ResourcePoolManager({"global_pool": [2], "side": [1]}, mapping={"actor": "global_pool", "critic": "side"})
+    assert manager.get_n_gpus() == 3
+    manager.create_resource_pool()
+    assert manager.get_resource_pool("critic").world_size == 1
+    with pytest.raises(ValueError, match="'ref'"):
+        manager.get_resource_pool("ref")
+    with pytest.raises(ValueError, match="'huge' needs 100 CPU"):
+        ResourcePoolManager({"huge": [100]}, mapping={}).create_resource_pool()
+
+
+def test_parallel_put_keeps_order(ray_cluster):
+    from verl.utils.ray_utils import parallel_put
+
+    data = [1, "two", {"three": 3}, [4]]
+    assert ray_cluster.get(parallel_put(data, max_workers=2)) == data
+    with pytest.raises(AssertionError):
+        parallel_put([])

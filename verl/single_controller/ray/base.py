@@ -34,7 +34,12 @@ from verl.single_controller.base.worker_group import (
     strip_padding,
 )
 from verl.utils.device import get_device_name
-from verl.utils.ray_utils import parallel_put
+from verl.utils.ray_utils import (
+    check_bundles_feasible,
+    is_single_local_node,
+    parallel_put,
+    sort_placement_groups_by_node_ip,
+)
 
 __all__ = [
     "RayClassWithInitArgs",
@@ -129,7 +134,7 @@ class RayResourcePool(ResourcePool):
             return self.pgs
         device_name = device_name or get_device_name()
         spec = self.bundle(device_name)
-        _check_feasible(spec, self.world_size, f"resource pool {self.name_prefix or '(unnamed)'}")
+        check_bundles_feasible(spec, self.world_size, f"resource pool {self.name_prefix or '(unnamed)'}")
         prefix = name or self.name_prefix or f"verl_{secrets.token_hex(3)}_"
         lifetime = "detached" if self.detached else None
         pgs = [
@@ -147,7 +152,7 @@ class RayResourcePool(ResourcePool):
                 f"placement groups for {self._store} processes of {spec} were not ready after {timeout} s; "
                 f"the Ray cluster has {ray.available_resources()} available"
             )
-        self.pgs = _sort_by_node_ip(pgs)
+        self.pgs = sort_placement_groups_by_node_ip(pgs)
         return self.pgs
 
     def slots(self, device_name: str, strategy: str = "STRICT_PACK", timeout=300) -> list[tuple]:
@@ -215,35 +220,6 @@ def split_resource_pool(resource_pool: RayResourcePool, split_size: int | list[i
     return subs
 
 
-def _check_feasible(spec: dict[str, float], n_bundles: int, what: str) -> None:
-    """Fail at once, naming the shortfall, when the whole cluster could never hold the bundles."""
-    totals = ray.cluster_resources()
-    for resource, amount in spec.items():
-        need, have = amount * n_bundles, totals.get(resource, 0)
-        if need > have + 1e-6:
-            hint = " (on CPU each worker process takes one CPU slot)" if resource == "CPU" else ""
-            raise ValueError(
-                f"{what} needs {need:g} {resource} for {n_bundles} processes but the cluster has {have:g}{hint}"
-            )
-
-
-def _sort_by_node_ip(pgs: list[PlacementGroup]) -> list[PlacementGroup]:
-    if len(pgs) <= 1:
-        return pgs
-    ip_of = {n["NodeID"]: n["NodeManagerAddress"] for n in ray.nodes()}
-    table = ray.util.placement_group_table()
-
-    def node_ip(pg: PlacementGroup) -> str:
-        return ip_of.get(table[pg.id.hex()]["bundles_to_node_id"][0], "")
-
-    return sorted(pgs, key=node_ip)
-
-
-def _single_local_node() -> bool:
-    alive = [n for n in ray.nodes() if n.get("Alive")]
-    return len(alive) == 1 and alive[0]["NodeID"] == ray.get_runtime_context().get_node_id()
-
-
 # ---------------------------------------------------------------------------------------------------- classes
 
 
@@ -277,11 +253,16 @@ class RayClassWithInitArgs(ClassWithInitArgs):
         num_gpus: float = 1,
         sharing_with=None,
         device_name: str = "cuda",
+        *,
+        name: str | None = None,
+        env_vars: dict[str, str] | None = None,
+        detached: bool = False,
     ):
-        """Start one actor in the given bundle (or on ``sharing_with``'s node); returns its handle."""
-        return self._create(placement_group, placement_group_bundle_idx, use_gpu, num_gpus, sharing_with, device_name)
+        """Start one actor in the given bundle (or on ``sharing_with``'s node); returns its handle.
 
-    def _create(self, pg, bundle_idx, use_gpu, num_gpus, sharing_with, device_name, name=None, env_vars=None, detached=False):  # fmt: skip
+        ``num_gpus`` is the share of the process slot: of the GPU on GPUs, of the slot's one CPU on CPU.
+        """
+        pg, bundle_idx = placement_group, placement_group_bundle_idx
         if sharing_with is not None:
             node_id = ray.get(sharing_with.get_node_id.remote())
             options: dict[str, Any] = {"scheduling_strategy": NodeAffinitySchedulingStrategy(node_id, soft=False)}
@@ -392,8 +373,9 @@ class RayWorkerGroup(WorkerGroup):
                 "MASTER_PORT": str(self._master_port),
             }
             name = f"{self.name_prefix}{cls_name}_{pg_idx}:{local_rank}"
-            handle = self.ray_cls_with_init._create(
-                pg, bundle_idx, use_gpu, 1 / pool.max_colocate_count, None, self.device_name, name, env, detached
+            share = 1 / pool.max_colocate_count
+            handle = self.ray_cls_with_init(
+                pg, bundle_idx, use_gpu, share, device_name=self.device_name, name=name, env_vars=env, detached=detached
             )
             self._workers.append(handle)
             self._worker_names.append(name)
@@ -530,7 +512,7 @@ def _check_worker_env(worker_env: dict | None) -> dict[str, str]:
 
 def _pick_master(pg: PlacementGroup, bundle_idx: int) -> tuple[str, str]:
     """Rank 0's address and a free port there; on this machine directly, else by a task in rank 0's bundle."""
-    if _single_local_node():
+    if is_single_local_node():
         return get_available_master_addr_port()
     task = ray.remote(num_cpus=0)(get_available_master_addr_port)
     strategy = PlacementGroupSchedulingStrategy(pg, placement_group_bundle_index=bundle_idx)
