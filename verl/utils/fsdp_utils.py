@@ -382,8 +382,29 @@ def load_full_state_dict(module: nn.Module, state_dict: dict[str, torch.Tensor],
 
     if not (is_fsdp1_module(module) or is_fsdp2_module(module)):
         return module.load_state_dict(state_dict)
-    options = StateDictOptions(full_state_dict=True, broadcast_from_rank0=broadcast_from_rank0)
-    return set_model_state_dict(module, state_dict, options=options)
+    # Full state dicts list a tied weight once; FSDP1's strict load would then miss its alias (e.g. lm_head).
+    options = StateDictOptions(full_state_dict=True, broadcast_from_rank0=broadcast_from_rank0, strict=False)
+    result = set_model_state_dict(module, state_dict, options=options)
+    missing = [k for k in result.missing_keys if k not in tied_output_keys(module)]
+    if missing or result.unexpected_keys:
+        raise RuntimeError(f"full state dict mismatch: missing {missing}, unexpected {list(result.unexpected_keys)}")
+    return result
+
+
+def tied_output_keys(module: nn.Module) -> set[str]:
+    """State-dict keys that alias the input embedding (tied output embeddings of HF models)."""
+    inner = unwrap_module(module)
+    config = getattr(inner, "config", None)
+    if not getattr(config, "tie_word_embeddings", False) or not hasattr(inner, "get_output_embeddings"):
+        return set()
+    output = inner.get_output_embeddings()
+    keys = set()
+    for name, sub in inner.named_modules():
+        if sub is output:
+            clean = ".".join(part for part in name.split(".") if part != "_fsdp_wrapped_module")
+            # FSDP1 (use_orig_params=False) replaces the module's Parameters by views, so name the weight directly.
+            keys.add(f"{clean}.weight")
+    return keys
 
 
 def local_shard(tensor: Any) -> Any:

@@ -1,0 +1,280 @@
+"""FSDP helpers on 2 gloo processes: wrapping, gradient clipping, full-state-dict round trips, checkpoints.
+
+Each strategy runs once in a fresh interpreter (this file doubles as the launcher script, because pytest's
+importlib mode makes test modules unimportable from ``torch.multiprocessing`` children); every rank writes its
+observations to a file and the tests below assert on them.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+
+import pytest
+import torch
+
+# ------------------------------------------------------------------------------------------ the 2-rank program
+
+
+def _batch(vocab_size: int) -> torch.Tensor:
+    return torch.randint(0, vocab_size, (4, 16), generator=torch.Generator().manual_seed(1))
+
+
+def _loss(model, x: torch.Tensor) -> torch.Tensor:
+    return model(input_ids=x, labels=x).loss
+
+
+def _check_wrapping(model, reference, x, strategy: str) -> dict:
+    from torch.distributed.fsdp import FSDPModule
+
+    out = {}
+    if strategy == "fsdp2":
+        out["layers_sharded"] = all(isinstance(layer, FSDPModule) for layer in model.model.layers)
+        out["root_sharded"] = isinstance(model, FSDPModule)
+    with torch.no_grad():
+        out["forward_max_diff"] = (model(input_ids=x).logits - reference(input_ids=x).logits).abs().max().item()
+    return out
+
+
+def _check_clipping(model, reference, x, strategy: str) -> dict:
+    from verl.utils.fsdp_utils import fsdp2_clip_grad_norm_, local_shard
+
+    _loss(reference, x).backward()
+    ref_norm = torch.nn.utils.get_total_norm([p.grad for p in reference.parameters() if p.grad is not None]).item()
+    _loss(model, x).backward()
+    if strategy == "fsdp2":
+        norm = fsdp2_clip_grad_norm_(model.parameters(), max_norm=0.1)
+    else:
+        norm = model.clip_grad_norm_(0.1)
+    # Norm of the clipped gradient, from this rank's shards summed over ranks.
+    squares = sum(local_shard(p.grad).double().pow(2).sum() for p in model.parameters() if p.grad is not None)
+    torch.distributed.all_reduce(squares)
+    clipped = squares.sqrt().item()
+    model.zero_grad()
+    return {"grad_norm": float(norm), "ref_grad_norm": ref_norm, "clipped_norm": clipped}
+
+
+def _check_full_state_dict(model, reference) -> dict:
+    from verl.utils.fsdp_utils import get_full_state_dict, load_full_state_dict
+
+    expected = reference.state_dict()
+    rank0_only = get_full_state_dict(model, cpu_offload=True)
+    everywhere = get_full_state_dict(model, cpu_offload=False)
+    out = {
+        "offload_keys": len(rank0_only),
+        "all_keys": len(everywhere),
+        "full_matches": all(torch.equal(v, expected[k]) for k, v in everywhere.items()),
+    }
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(1.0)  # corrupt, then restore from rank 0's copy
+    load_full_state_dict(model, everywhere if torch.distributed.get_rank() == 0 else {}, broadcast_from_rank0=True)
+    restored = get_full_state_dict(model, cpu_offload=False)
+    out["restored"] = all(torch.equal(v, expected[k]) for k, v in restored.items())
+    return out
+
+
+def _check_checkpoint(model, x, ckpt_dir: str, tokenizer) -> dict:
+    from verl.utils.checkpoint.fsdp_checkpoint_manager import FSDPCheckpointManager
+    from verl.utils.hf_models import build_lr_scheduler, build_optimizer
+
+    optim_cfg = {"lr": 1e-2, "lr_warmup_steps": 3, "total_training_steps": 10}
+    optimizer = build_optimizer(model.parameters(), optim_cfg)
+    scheduler = build_lr_scheduler(optimizer, optim_cfg)
+
+    def step() -> float:
+        loss = _loss(model, x)
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad()
+        scheduler.step()
+        return loss.item()
+
+    step()  # warm-up step 0 runs at lr 0
+    step()
+    manager = FSDPCheckpointManager(
+        model, optimizer, scheduler, tokenizer, {"save_contents": ["model", "optimizer", "extra", "hf_model"]}
+    )
+    manager.save_checkpoint(ckpt_dir, global_step=1)
+    noise_after_save = torch.rand(1).item()
+    straight = [step(), step()]
+    manager.load_checkpoint(ckpt_dir)
+    noise_after_load = torch.rand(1).item()
+    resumed = [step(), step()]
+    return {
+        "straight": straight,
+        "resumed": resumed,
+        "rng_restored": noise_after_save == noise_after_load,
+        "files": sorted(os.listdir(ckpt_dir)),
+    }
+
+
+def _run_rank(rank: int, world: int, port: int, strategy: str, model_dir: str, out_dir: str) -> None:
+    import torch.distributed as dist
+
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world))
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo")
+    from transformers import AutoTokenizer
+
+    from verl.utils.fsdp_utils import create_device_mesh, wrap_model
+    from verl.utils.hf_models import build_causal_lm
+
+    reference = build_causal_lm(model_dir)
+    model = wrap_model(build_causal_lm(model_dir), strategy, {}, create_device_mesh(world))
+    x = _batch(reference.config.vocab_size)
+    results = _check_wrapping(model, reference, x, strategy)
+    results.update(_check_clipping(model, reference, x, strategy))
+    results.update(_check_full_state_dict(model, reference))
+    results.update(_check_checkpoint(model, x, os.path.join(out_dir, "ckpt"), AutoTokenizer.from_pretrained(model_dir)))
+    torch.save(results, os.path.join(out_dir, f"rank{rank}.pt"))
+    dist.barrier()
+    dist.destroy_process_group()
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+if __name__ == "__main__":
+    import torch.multiprocessing as mp
+
+    _strategy, _model_dir, _out_dir = sys.argv[1:4]
+    mp.spawn(_run_rank, args=(2, _free_port(), _strategy, _model_dir, _out_dir), nprocs=2, join=True)
+
+
+# ------------------------------------------------------------------------------------------ tests
+
+
+def _launch(strategy: str, model_dir: str, out_dir) -> list[dict]:
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    proc = subprocess.run(
+        [sys.executable, __file__, strategy, model_dir, str(out_dir)],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env=env,
+    )
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    ranks = [torch.load(out_dir / f"rank{r}.pt", weights_only=False) for r in range(2)]
+    for r in ranks:
+        r["out_dir"] = str(out_dir)
+    return ranks
+
+
+@pytest.fixture(scope="module")
+def fsdp2_ranks(tiny_model_dir, tmp_path_factory) -> list[dict]:
+    return _launch("fsdp2", tiny_model_dir, tmp_path_factory.mktemp("fsdp2"))
+
+
+@pytest.fixture(scope="module")
+def fsdp1_ranks(tiny_model_dir, tmp_path_factory) -> list[dict]:
+    return _launch("fsdp", tiny_model_dir, tmp_path_factory.mktemp("fsdp1"))
+
+
+@pytest.mark.slow
+def test_fsdp2_shards_every_decoder_layer_and_matches_the_unsharded_forward(fsdp2_ranks):
+    for r in fsdp2_ranks:
+        assert r["layers_sharded"] and r["root_sharded"]
+        assert r["forward_max_diff"] < 1e-5
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("strategy", ["fsdp2", "fsdp1"])
+def test_grad_clipping_uses_the_global_norm(strategy, request):
+    for r in request.getfixturevalue(f"{strategy}_ranks"):
+        # Both ranks see the same batch, so the averaged sharded gradient equals the single-process one.
+        assert r["grad_norm"] == pytest.approx(r["ref_grad_norm"], rel=1e-4)
+        assert r["clipped_norm"] == pytest.approx(0.1, rel=1e-4)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("strategy", ["fsdp2", "fsdp1"])
+def test_full_state_dict_round_trip(strategy, request):
+    rank0, rank1 = request.getfixturevalue(f"{strategy}_ranks")
+    assert rank0["offload_keys"] == rank0["all_keys"] > 0
+    assert rank1["offload_keys"] == 0  # cpu_offload gathers to rank 0 only
+    assert rank1["all_keys"] == rank0["all_keys"]
+    for r in (rank0, rank1):
+        assert r["full_matches"] and r["restored"]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("strategy", ["fsdp2", "fsdp1"])
+def test_checkpoint_resume_is_bit_exact(strategy, request):
+    for r in request.getfixturevalue(f"{strategy}_ranks"):
+        assert r["resumed"] == r["straight"]
+        assert r["rng_restored"]
+        for name in ("model", "optim", "extra_state"):
+            assert f"{name}_world_size_2_rank_0.pt" in r["files"] and f"{name}_world_size_2_rank_1.pt" in r["files"]
+        assert "fsdp_config.json" in r["files"] and "huggingface" in r["files"]
+        assert not [f for f in r["files"] if ".tmp" in f]
+
+
+@pytest.mark.slow
+def test_hf_export_loads_with_auto_model(fsdp2_ranks, tiny_model_dir):
+    from transformers import AutoModelForCausalLM
+
+    hf_dir = os.path.join(fsdp2_ranks[0]["out_dir"], "ckpt", "huggingface")
+    assert os.path.exists(os.path.join(hf_dir, "model.safetensors"))
+    model = AutoModelForCausalLM.from_pretrained(hf_dir, dtype=torch.float32)
+    original = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32)
+    assert model.config.vocab_size == original.config.vocab_size
+    # Two warm-up steps (lr 0, then lr/3) were taken before saving, so the exported weights moved.
+    assert not torch.equal(model.model.embed_tokens.weight, original.model.embed_tokens.weight)
+    assert torch.equal(model.lm_head.weight, model.model.embed_tokens.weight)
+
+
+def test_atomic_save_leaves_no_complete_looking_file_when_interrupted(tmp_path, monkeypatch):
+    from verl.utils.checkpoint import fsdp_checkpoint_manager as fcm
+
+    target = tmp_path / "model_world_size_1_rank_0.pt"
+
+    def partial_then_crash(obj, path):
+        with open(path, "wb") as f:
+            f.write(b"partial")
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(fcm.torch, "save", partial_then_crash)
+    with pytest.raises(KeyboardInterrupt):
+        fcm.atomic_torch_save({"a": 1}, str(target))
+    assert not target.exists()
+
+
+def test_loading_a_checkpoint_with_another_world_size_is_refused(tmp_path):
+    import json
+
+    from verl.utils.checkpoint.fsdp_checkpoint_manager import FSDPCheckpointManager
+
+    (tmp_path / "fsdp_config.json").write_text(json.dumps({"FSDP_version": 2, "world_size": 4}))
+    manager = FSDPCheckpointManager(torch.nn.Linear(2, 2), None)
+    with pytest.raises(ValueError, match="world size 4"):
+        manager.load_checkpoint(str(tmp_path))
+
+
+def test_single_process_checkpoint_round_trip_restores_model_and_optimizer(tmp_path):
+    from verl.utils.checkpoint.fsdp_checkpoint_manager import FSDPCheckpointManager
+
+    torch.manual_seed(0)
+    model = torch.nn.Linear(4, 2)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=0.1)
+    x = torch.randn(3, 4)
+
+    def step() -> float:
+        loss = model(x).pow(2).sum()
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad()
+        return loss.item()
+
+    step()
+    manager = FSDPCheckpointManager(model, optimizer)
+    manager.save_checkpoint(str(tmp_path))
+    straight = [step(), step()]
+    manager.load_checkpoint(str(tmp_path))
+    assert [step(), step()] == straight
+    assert (tmp_path / "model_world_size_1_rank_0.pt").exists()
