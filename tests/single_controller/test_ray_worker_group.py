@@ -268,6 +268,11 @@ def test_non_blocking_returns_future_that_chains(probe_wg):
     out = probe_wg.double_out(fut)
     assert out.batch["out"].tolist() == [1.0, 3.0, 205.0, 207.0]
     assert fut.get().batch["out"].tolist() == [0.5, 1.5, 102.5, 103.5]
+    # a sync method resolving a future produced by an async method of the same actors
+    assert probe_wg.tag_rows(probe_wg.tag_rows_later(_rows(2))).batch["out"].tolist() == [0.5, 101.5]
+    # a padded, still-running result chained on: its pad row is stripped before the next split (4 + 3 rows)
+    chained = probe_wg.double_out(probe_wg.tag_rows_later(_rows(7, auto_padding=True)))
+    assert chained.batch["out"].tolist() == [1.0, 3.0, 5.0, 7.0, 209.0, 211.0, 213.0]
 
 
 def test_nd_dispatch_sends_shared_chunks_and_keeps_collect_workers(probe_wg):
