@@ -15,7 +15,11 @@ import pytest
 
 pytestmark = [pytest.mark.ray, pytest.mark.e2e, pytest.mark.slow]
 
-REWARD_FILE = Path(__file__).resolve().parents[2] / "examples" / "quickstart" / "reward.py"
+# A dense reward (varies with every response) so that a few steps always produce non-zero advantages.
+DENSE_REWARD = """
+def compute_score(data_source, solution_str, ground_truth, extra_info=None):
+    return (sum(map(ord, solution_str)) % 11) / 10.0
+"""
 
 
 def _write_task(out: Path, n_train: int = 16, n_val: int = 4) -> tuple[str, str]:
@@ -37,6 +41,8 @@ def _write_task(out: Path, n_train: int = 16, n_val: int = 4) -> tuple[str, str]
 
 def _overrides(tmp_path: Path, model_dir: str, estimator: str, steps: int, extra: list[str] = ()) -> list[str]:
     train, val = _write_task(tmp_path / "data")
+    reward_file = tmp_path / "dense_reward.py"
+    reward_file.write_text(DENSE_REWARD)
     return [
         f"algorithm.adv_estimator={estimator}",
         f"data.train_files={train}",
@@ -58,7 +64,7 @@ def _overrides(tmp_path: Path, model_dir: str, estimator: str, steps: int, extra
         "actor_rollout_ref.ref.log_prob_micro_batch_size_per_gpu=4",
         "critic.ppo_micro_batch_size_per_gpu=2",
         "critic.optim.lr=1e-3",
-        f"custom_reward_function.path={REWARD_FILE}",
+        f"custom_reward_function.path={reward_file}",
         "trainer.device=cpu",
         "trainer.n_gpus_per_node=2",
         "trainer.nnodes=1",

@@ -169,8 +169,11 @@ class TaskRunner:
             train_sampler=create_rl_sampler(config.data, train_dataset),
             device_name=config.trainer.device,
         )
-        trainer.init_workers()
-        trainer.fit()
+        try:
+            trainer.init_workers()
+            trainer.fit()
+        finally:
+            trainer.shutdown()
 
 
 def create_rl_dataset(data_paths, data_config, tokenizer, processor, is_train: bool = True, max_samples: int = -1):

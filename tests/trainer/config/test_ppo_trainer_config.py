@@ -142,6 +142,14 @@ def test_typical_grpo_script_composes_unchanged():
     assert cfg.actor_rollout_ref.actor.use_remove_padding is True  # follows model.use_remove_padding
 
 
+def test_typical_grpo_script_passes_the_preflight_validation_unchanged():
+    from verl.utils.config import validate_config
+
+    cfg = compose_config(overrides=GRPO_SCRIPT)
+    # 1024 prompts x 5 samples over 8 ranks, mini-batch 256 prompts, micro-batch 40 per rank: all consistent
+    validate_config(cfg, use_reference_policy=True, use_critic=False)
+
+
 @pytest.mark.parametrize("extra", FREQUENT_EXTRAS, ids=lambda e: e[0].split("=")[0])
 def test_frequently_seen_extra_overrides_compose(extra):
     cfg = compose_config(overrides=[*GRPO_SCRIPT, *extra])

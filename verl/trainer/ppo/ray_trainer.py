@@ -236,6 +236,12 @@ class RayPPOTrainer:
         self.actor_rollout_wg = all_wg[str(Role.ActorRollout)]
         self.actor_rollout_wg.init_model()
 
+    def shutdown(self) -> None:
+        """Release the placement groups (Ray then ends the worker actors), so a later run in the same Ray session
+        can create pools with the same names."""
+        for pool in self.resource_pool_manager.resource_pool_dict.values():
+            pool.release()
+
     # ------------------------------------------------------------------ one step's pieces
     def _get_gen_batch(self, batch: DataProto) -> DataProto:
         """Move the prompt tensors out of ``batch`` into a generation batch (the rollout returns them extended)."""
