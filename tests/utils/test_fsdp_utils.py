@@ -278,3 +278,76 @@ def test_single_process_checkpoint_round_trip_restores_model_and_optimizer(tmp_p
     manager.load_checkpoint(str(tmp_path))
     assert [step(), step()] == straight
     assert (tmp_path / "model_world_size_1_rank_0.pt").exists()
+
+
+# ------------------------------------------------------------------------------------------ model/optimizer builders
+
+
+def test_value_model_head_is_seeded_identically_and_has_no_dropout(tiny_model_dir):
+    from verl.utils.hf_models import build_value_model
+
+    a, b = build_value_model(tiny_model_dir, seed=3), build_value_model(tiny_model_dir, seed=3)
+    assert torch.equal(a.score.weight, b.score.weight)  # every rank builds the same head before sharding
+    assert a.config.num_labels == 1 and a.config.classifier_dropout == 0.0
+    x = torch.randint(0, a.config.vocab_size, (2, 6))
+    a.train()
+    assert torch.equal(a(input_ids=x).logits, a(input_ids=x).logits)  # deterministic in train mode
+    assert a(input_ids=x).logits.shape == (2, 6, 1)
+
+
+def test_override_config_reaches_the_built_model(tiny_model_dir):
+    from verl.utils.hf_models import build_causal_lm
+
+    model = build_causal_lm(tiny_model_dir, override_config={"rms_norm_eps": 1e-3, "attn_implementation": "eager"})
+    assert model.config.rms_norm_eps == 1e-3
+    assert model.config._attn_implementation == "eager"
+
+
+def test_reward_wrapper_scores_every_token_like_the_sequence_classifier(tiny_model_dir):
+    from transformers import AutoModelForSequenceClassification
+
+    from verl.utils.hf_models import TokenScoreModel
+
+    torch.manual_seed(0)
+    classifier = AutoModelForSequenceClassification.from_pretrained(tiny_model_dir, num_labels=1)
+    x = torch.randint(4, classifier.config.vocab_size, (2, 7))
+    with torch.no_grad():
+        per_token = TokenScoreModel(classifier)(input_ids=x)  # (2, 7)
+        pooled = classifier(input_ids=x).logits[:, 0]  # pooled at the last (non-pad) token
+    torch.testing.assert_close(per_token[:, -1], pooled)
+
+
+def test_constant_schedule_without_warmup_starts_at_the_full_lr():
+    from verl.utils.hf_models import build_lr_scheduler, build_optimizer
+
+    optimizer = build_optimizer([torch.nn.Parameter(torch.zeros(2))], {"lr": 0.5, "betas": [0.8, 0.9]})
+    assert optimizer.param_groups[0]["betas"] == (0.8, 0.9)
+    scheduler = build_lr_scheduler(optimizer, {"lr_warmup_steps": -1, "lr_warmup_steps_ratio": 0.0})
+    assert scheduler.get_last_lr() == [0.5]
+
+
+def test_warmup_ratio_and_cosine_schedule():
+    from verl.utils.hf_models import build_lr_scheduler, build_optimizer
+
+    optimizer = build_optimizer([torch.nn.Parameter(torch.zeros(2))], {"lr": 1.0})
+    cfg = {"lr_warmup_steps_ratio": 0.5, "total_training_steps": 4, "lr_scheduler_type": "cosine", "min_lr_ratio": 0.0}
+    scheduler = build_lr_scheduler(optimizer, cfg)
+    lrs = []
+    for _ in range(4):
+        lrs.append(scheduler.get_last_lr()[0])
+        optimizer.step()
+        scheduler.step()
+    # 2 warm-up steps (0, 0.5), then cosine from 1 over the remaining 2 steps: 1, 0.5.
+    assert lrs == pytest.approx([0.0, 0.5, 1.0, 0.5])
+    with pytest.raises(ValueError, match="total_training_steps"):
+        build_lr_scheduler(optimizer, {"lr_scheduler_type": "cosine"})
+
+
+def test_mixed_precision_defaults_to_fp32_on_cpu_and_accepts_explicit_dtypes():
+    from verl.utils.fsdp_utils import mixed_precision_dtypes
+
+    assert mixed_precision_dtypes({}) == (torch.float32, torch.float32, torch.float32)
+    explicit = {"mixed_precision": {"param_dtype": "bf16", "reduce_dtype": "fp32", "buffer_dtype": "fp32"}}
+    assert mixed_precision_dtypes(explicit) == (torch.bfloat16, torch.float32, torch.float32)
+    with pytest.raises(ValueError, match="Unknown dtype"):
+        mixed_precision_dtypes({"mixed_precision": {"param_dtype": "fp8"}})

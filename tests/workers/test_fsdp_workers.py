@@ -285,12 +285,14 @@ def _check_hf_export(ckpt: str, batch: DataProto, expected_log_probs: torch.Tens
     torch.testing.assert_close(lp, expected_log_probs, atol=1e-5, rtol=0)
 
 
-def test_critic_computes_values_and_updates(ray_cluster, tiny_model_dir, prompts, vocab_size):
+def test_critic_computes_values_updates_and_saves_with_fsdp1(
+    ray_cluster, tiny_model_dir, prompts, vocab_size, tmp_path
+):
     from verl.workers.fsdp_workers import CriticWorker
 
     cfg = _actor_config(
         tiny_model_dir,
-        "critic.strategy=fsdp2",
+        "critic.strategy=fsdp",
         "critic.optim.lr=1e-2",
         "critic.ppo_micro_batch_size_per_gpu=2",
         "critic.forward_micro_batch_size_per_gpu=2",
@@ -308,8 +310,65 @@ def test_critic_computes_values_and_updates(ray_cluster, tiny_model_dir, prompts
         new_values = wg.compute_values(batch).batch["values"]
         # Regressing onto returns of 1 moves the values towards 1.
         assert (new_values - 1).abs().mean() < (values - 1).abs().mean()
+        wg.save_checkpoint(str(tmp_path / "critic"), None, 1)
+        wg.update_critic(batch)
+        wg.load_checkpoint(str(tmp_path / "critic"), del_local_after_load=False)
+        torch.testing.assert_close(wg.compute_values(batch).batch["values"], new_values, atol=0, rtol=0)
     finally:
         _kill(wg)
+
+
+def _reward_model_dir(tiny_model_dir: str, out) -> str:
+    """A 1-label sequence classifier on the tiny backbone, with its own (different) chat template."""
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    torch.manual_seed(0)
+    AutoModelForSequenceClassification.from_pretrained(tiny_model_dir, num_labels=1).save_pretrained(out)
+    tok = AutoTokenizer.from_pretrained(tiny_model_dir)
+    tok.chat_template = "{% for m in messages %}### {{ m['role'] }}: {{ m['content'] }}\n{% endfor %}"
+    tok.save_pretrained(out)
+    return str(out)
+
+
+def test_reward_model_scores_the_last_response_token_with_its_own_chat_template(
+    ray_cluster, tiny_model_dir, prompts, vocab_size, tmp_path
+):
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    from verl.workers.fsdp_workers import RewardModelWorker
+
+    rm_dir = _reward_model_dir(tiny_model_dir, tmp_path / "rm")
+    cfg = _actor_config(
+        tiny_model_dir,
+        f"reward_model.model.path={rm_dir}",
+        "reward_model.strategy=fsdp2",
+        "reward_model.micro_batch_size_per_gpu=1",
+    )
+    batch = _training_batch(prompts, vocab_size)
+    lengths = torch.tensor([8, 5, 3, 1])
+    response_mask = (torch.arange(RESPONSE_LENGTH) < lengths[:, None]).long()
+    batch.batch["attention_mask"][:, -RESPONSE_LENGTH:] = response_mask
+    questions = ["What is 3 + 4?", "say yes", "count one two three", "the cat is red or blue?"]
+    raw = np.empty(4, dtype=object)
+    raw[:] = [[{"role": "user", "content": q}] for q in questions]
+    batch.non_tensor_batch["raw_prompt"] = raw
+
+    wg = _worker_group(RewardModelWorker, 2, config=cfg.reward_model)
+    try:
+        scores = wg.compute_rm_score(batch).batch["rm_scores"]
+    finally:
+        _kill(wg)
+
+    in_tok, rm_tok = AutoTokenizer.from_pretrained(tiny_model_dir), AutoTokenizer.from_pretrained(rm_dir)
+    rm = AutoModelForSequenceClassification.from_pretrained(rm_dir, dtype=torch.float32)
+    for i in range(4):
+        response = in_tok.decode(batch.batch["responses"][i, : lengths[i]].tolist(), skip_special_tokens=True)
+        chat = [*raw[i], {"role": "assistant", "content": response}]
+        ids = rm_tok(rm_tok.apply_chat_template(chat, tokenize=False), return_tensors="pt", add_special_tokens=False)
+        with torch.no_grad():
+            expected = rm(input_ids=ids["input_ids"]).logits[0, 0]
+        assert scores[i, lengths[i] - 1].item() == pytest.approx(expected.item(), abs=1e-5)
+        assert scores[i].count_nonzero() <= 1
 
 
 def test_a_bad_mini_batch_size_raises_naming_the_key(tiny_model_dir, monkeypatch):

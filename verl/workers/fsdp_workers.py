@@ -131,7 +131,7 @@ def _init_distributed(worker: Worker, timeout_s: int = 600) -> None:
         rank=worker.rank,
         world_size=worker.world_size,
         timeout=timedelta(seconds=timeout_s),
-        init_method=f"tcp://{worker._master_addr}:{worker._master_port}",
+        init_method="tcp://{}:{}".format(*worker.get_master_addr_port()),
     )
 
 
@@ -307,6 +307,8 @@ class ActorRolloutRefWorker(_FSDPWorkerBase):
         """An unsharded inference copy for the hf rollout engine (made before FSDP takes over the original)."""
         rollout_module = copy.deepcopy(module).eval()
         rollout_module.requires_grad_(False)
+        if get_device_name() != "cpu":
+            rollout_module.to(get_device_name())
         return rollout_module
 
     def _build_ref(self, local_path: str) -> None:
@@ -676,14 +678,14 @@ class RewardModelWorker(_FSDPWorkerBase):
                 texts.append(self.rm_tokenizer.apply_chat_template(chat, tokenize=False))
             else:
                 texts.append("\n".join(m["content"] for m in chat))
-        max_length = self.config.get("max_length") or batch["input_ids"].size(-1)
+        max_length = self.config.get("max_length")  # None: keep the whole conversation
         self.rm_tokenizer.padding_side = "right"
         enc = self.rm_tokenizer(
             texts,
             return_tensors="pt",
             padding=True,
-            truncation=True,
-            max_length=int(max_length),
+            truncation=max_length is not None,
+            max_length=int(max_length) if max_length is not None else None,
             add_special_tokens=False,
         )
         mask = enc["attention_mask"].to(batch["input_ids"].device)
