@@ -135,6 +135,16 @@ def _init_distributed(worker: Worker, timeout_s: int = 600) -> None:
     )
 
 
+def _seed_process(seed: int) -> None:
+    import random
+
+    import numpy as np
+
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
 def _memory_metrics() -> dict[str, float]:
     import psutil
 
@@ -189,9 +199,12 @@ class _Offload:
 class _FSDPWorkerBase(Worker):
     """Shared set-up: private config, process group, device mesh and dispatch registration."""
 
-    def _setup(self, private_config: DictConfig, meshes: tuple[str, ...], timeout_s: int = 600) -> None:
+    def _setup(self, private_config: DictConfig, meshes: tuple[str, ...], seed: int, timeout_s: int = 600) -> None:
         self.config = private_config
         _init_distributed(self, timeout_s)
+        # Fresh processes start from random seeds; a fixed per-rank seed makes sampling reproducible run to run
+        # (checkpoints then carry the generator state forward).
+        _seed_process(seed + self.rank)
         for mesh_name in meshes:
             # No sequence/tensor parallelism: every rank is its own dp rank and returns its own piece.
             self._register_dispatch_collect_info(mesh_name, dp_rank=self.rank, is_collect=True)
@@ -227,7 +240,8 @@ class ActorRolloutRefWorker(_FSDPWorkerBase):
         self._is_ref = role in ("ref", "actor_rollout_ref")
         private = _private_config(config)
         normalize_actor_batch_sizes(private, role, self.world_size)  # fail before any process-group work
-        self._setup(private, ("actor", "rollout"), int(private.get("nccl_timeout", 600) or 600))
+        seed = int((private.get("actor") or {}).get("fsdp_config", {}).get("seed", 42) or 42)
+        self._setup(private, ("actor", "rollout"), seed, int(private.get("nccl_timeout", 600) or 600))
         self.actor = self.ref_policy = self.rollout = None
         self.actor_module_fsdp = self.ref_module_fsdp = self.rollout_module = None
         self.actor_optimizer = self.actor_lr_scheduler = self.checkpoint_manager = None
@@ -347,6 +361,9 @@ class ActorRolloutRefWorker(_FSDPWorkerBase):
             self._build_ref(local_path)
         if self._is_rollout:
             self._build_rollout(local_path)
+        # Sampling draws from the process-global RNGs: seed them per rank so a run is reproducible (and a resumed
+        # run matches an uninterrupted one once the checkpoint restores them), while ranks still sample differently.
+        _seed_everything(int(self.config.actor.fsdp_config.get("seed", 42) or 42) + self.rank)
 
     # ---------------------------------------------------------------- compute
 
@@ -455,6 +472,16 @@ class ActorRolloutRefWorker(_FSDPWorkerBase):
         self._rollout_dirty = True
 
 
+def _seed_everything(seed: int) -> None:
+    import random
+
+    import numpy as np
+
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
 def _gather_timing(elapsed: float) -> dict[str, float]:
     """Generation timing identical on every rank (max/min over ranks), so collected meta_info agrees."""
     values = torch.tensor([elapsed, -elapsed], dtype=torch.float64)
@@ -493,7 +520,7 @@ class CriticWorker(_FSDPWorkerBase):
         super().__init__()
         private = _private_config(config)
         normalize_critic_batch_sizes(private, self.world_size)
-        self._setup(private, ("critic",))
+        self._setup(private, ("critic",), int(private.model.get("fsdp_config", {}).get("seed", 42) or 42))
         self.critic = self.critic_module_fsdp = self.critic_optimizer = None
         self.critic_lr_scheduler = self.checkpoint_manager = None
 
@@ -591,7 +618,7 @@ class RewardModelWorker(_FSDPWorkerBase):
         super().__init__()
         private = _private_config(config)
         _div_per_rank(private, "micro_batch_size", "micro_batch_size_per_gpu", self.world_size, "reward_model")
-        self._setup(private, ("reward",))
+        self._setup(private, ("reward",), int(private.model.get("fsdp_config", {}).get("seed", 42) or 42))
         self.reward_module = None
 
     @register(dispatch_mode=Dispatch.ONE_TO_ALL)
