@@ -67,8 +67,6 @@ class Worker:
     their data-parallel position per mesh with :meth:`_register_dispatch_collect_info`.
     """
 
-    fused_worker_attr_name = "fused_worker_dict"
-
     def __init__(self, cuda_visible_devices: str | None = None) -> None:
         missing = [key for key in _REQUIRED_ENV if key not in os.environ]
         if missing:

@@ -13,6 +13,7 @@
 
 from __future__ import annotations
 
+import inspect
 import secrets
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -23,7 +24,7 @@ from ray.util.placement_group import PlacementGroup, placement_group, remove_pla
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy, PlacementGroupSchedulingStrategy
 from tensordict import TensorDict
 
-from verl.protocol import DataProto, _padding_size_key
+from verl.protocol import DataProto, DataProtoFuture, _padding_size_key
 from verl.single_controller.base.worker import Worker, get_available_master_addr_port
 from verl.single_controller.base.worker_group import (
     ClassWithInitArgs,
@@ -70,6 +71,8 @@ def func_generator(wg: WorkerGroup, method_name: str, dispatch_fn, collect_fn, e
     """The driver-side method: dispatch, run on the workers, wait (if blocking), collect, strip padding."""
 
     def method(*args: Any, **kwargs: Any) -> Any:
+        if not _runs_as_coroutine(wg, method_name):
+            _wait_for_future_inputs(args, kwargs)
         args, kwargs = dispatch_fn(wg, *args, **kwargs)
         pad_size = kwargs.pop(_padding_size_key, 0)
         output = execute_fn(method_name, *args, **kwargs)
@@ -79,6 +82,23 @@ def func_generator(wg: WorkerGroup, method_name: str, dispatch_fn, collect_fn, e
 
     method.__name__ = method_name
     return method
+
+
+def _runs_as_coroutine(wg: WorkerGroup, method_name: str) -> bool:
+    if wg._fused_prefix is not None:  # reached through the synchronous _fuw_execute
+        return False
+    return inspect.iscoroutinefunction(getattr(wg.ray_cls_with_init.user_cls, method_name, None))
+
+
+def _wait_for_future_inputs(args: tuple, kwargs: dict) -> None:
+    """Block until the tasks behind DataProtoFuture arguments finished (the data stays where it is).
+
+    A synchronous method of an asyncio actor runs on the actor's event loop; resolving a future there would
+    block the loop, and with it the coroutine on the same actor that is still producing the data.
+    """
+    refs = [ref for v in (*args, *kwargs.values()) if isinstance(v, DataProtoFuture) for ref in v.futures]
+    if refs:
+        ray.wait(refs, num_returns=len(refs), fetch_local=False)
 
 
 # --------------------------------------------------------------------------------------------------- resources
@@ -187,6 +207,9 @@ class SubRayResourcePool(RayResourcePool):
     @property
     def world_size(self) -> int:
         return self.subgroup_world_size
+
+    def release(self) -> None:
+        """Nothing to do: the parent pool owns the placement groups."""
 
     def slots(self, device_name: str, strategy: str = "STRICT_PACK", timeout=300) -> list[tuple]:
         flat = [(pg, b, i) for i, pg in enumerate(self.pgs) for b in range(pg.bundle_count)]
@@ -358,6 +381,10 @@ class RayWorkerGroup(WorkerGroup):
             self._master_addr, self._master_port = _pick_master(slots[0][0], slots[0][1])
         use_gpu = pool.use_gpu if use_gpu is None else use_gpu
         defaults = {} if _accelerator(use_gpu, self.device_name) else dict(CPU_WORKER_ENV_DEFAULTS)
+        # Defaults yield to env vars the user already chose for the job or for this class.
+        for runtime_env in (ray.get_runtime_context().runtime_env, self.ray_cls_with_init._options.get("runtime_env")):
+            for key in (runtime_env or {}).get("env_vars", {}):
+                defaults.pop(key, None)
         cls_name = self.ray_cls_with_init.user_cls.__name__
         for rank, (pg, bundle_idx, pg_idx, local_rank, local_world_size) in enumerate(slots):
             env = {
