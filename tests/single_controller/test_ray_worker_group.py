@@ -330,6 +330,11 @@ def test_pools_split_and_check_capacity(pool):
     assert manager.get_n_gpus() == 3
     manager.create_resource_pool()
     assert manager.get_resource_pool("critic").world_size == 1
+    # two live pools with the same name (e.g. two trainers in one Ray session) do not collide
+    twins = [RayResourcePool([1], use_gpu=False, name_prefix="twin") for _ in range(2)]
+    assert all(len(p.get_placement_groups(device_name="cpu")) == 1 for p in twins)
+    for p in twins:
+        p.release()
     with pytest.raises(ValueError, match="'ref'"):
         manager.get_resource_pool("ref")
     with pytest.raises(ValueError, match="'huge' needs 100 CPU"):

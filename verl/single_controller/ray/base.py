@@ -155,7 +155,9 @@ class RayResourcePool(ResourcePool):
         device_name = device_name or get_device_name()
         spec = self.bundle(device_name)
         check_bundles_feasible(spec, self.world_size, f"resource pool {self.name_prefix or '(unnamed)'}")
-        prefix = name or self.name_prefix or f"verl_{secrets.token_hex(3)}_"
+        prefix = name or self.name_prefix or "verl_"
+        # Placement-group names are unique per Ray namespace; only detached pools need names others can find.
+        prefix = prefix if self.detached else f"{prefix}{secrets.token_hex(3)}_"
         lifetime = "detached" if self.detached else None
         pgs = [
             placement_group(
