@@ -42,6 +42,9 @@ def _actor_config(model_dir: str, *extra: str):
     return compose_config("ppo_trainer", overrides=overrides)
 
 
+_POOLS: dict[int, object] = {}  # id(worker group) -> its resource pool, released by _kill
+
+
 def _worker_group(cls, n_ranks: int, **init_kwargs):
     import ray
 
@@ -49,15 +52,14 @@ def _worker_group(cls, n_ranks: int, **init_kwargs):
 
     pool = RayResourcePool(process_on_nodes=[n_ranks], use_gpu=False)
     wg = RayWorkerGroup(pool, RayClassWithInitArgs(ray.remote(cls), **init_kwargs), device_name="cpu")
+    _POOLS[id(wg)] = pool
     wg.init_model()
     return wg
 
 
 def _kill(wg) -> None:
-    import ray
-
-    for worker in wg.workers:
-        ray.kill(worker)
+    """End the workers and give their placement-group CPUs back to the shared test cluster."""
+    _POOLS.pop(id(wg)).release()
 
 
 def _prompts(model_dir: str, n: int = 4) -> DataProto:
