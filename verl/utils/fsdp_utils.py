@@ -198,7 +198,9 @@ def wrap_model(
     # FSDP2 has no buffer dtype knob: buffers keep the dtype the model was loaded with.
     param_dtype, reduce_dtype, buffer_dtype = mixed_precision_dtypes(fsdp_config)
     on_cpu = get_device_name() == "cpu"
-    offload = bool(_cfg_get(fsdp_config, "param_offload", False) or _cfg_get(fsdp_config, "offload_policy", False))
+    # Only FSDP2's offload_policy is handed to torch; param_offload is done by the workers between calls
+    # (offload_fsdp_model_to_cpu / load_fsdp_model_to_gpu), for FSDP1 and FSDP2 alike.
+    offload = bool(_cfg_get(fsdp_config, "offload_policy", False))
     if strategy == "fsdp2":
         from torch.distributed.fsdp import CPUOffloadPolicy, MixedPrecisionPolicy
 
@@ -213,12 +215,12 @@ def wrap_model(
         return apply_fsdp2(module, kwargs, fsdp_config)
     if strategy != "fsdp":
         raise ValueError(f"strategy must be 'fsdp' or 'fsdp2' for FSDP workers, got {strategy!r}")
-    return _wrap_fsdp1(module, fsdp_config, mesh, (param_dtype, reduce_dtype, buffer_dtype), offload, on_cpu)
+    return _wrap_fsdp1(module, fsdp_config, mesh, (param_dtype, reduce_dtype, buffer_dtype), on_cpu)
 
 
-def _wrap_fsdp1(module: nn.Module, fsdp_config: Any, mesh, dtypes, offload: bool, on_cpu: bool) -> nn.Module:
-    from torch.distributed.fsdp import CPUOffload, MixedPrecision, ShardingStrategy
+def _wrap_fsdp1(module: nn.Module, fsdp_config: Any, mesh, dtypes, on_cpu: bool) -> nn.Module:
     from torch.distributed.fsdp import FullyShardedDataParallel as FSDP
+    from torch.distributed.fsdp import MixedPrecision, ShardingStrategy
 
     param_dtype, reduce_dtype, buffer_dtype = dtypes
     hybrid = mesh.ndim == 2
@@ -231,7 +233,6 @@ def _wrap_fsdp1(module: nn.Module, fsdp_config: Any, mesh, dtypes, offload: bool
         mixed_precision=MixedPrecision(param_dtype=param_dtype, reduce_dtype=reduce_dtype, buffer_dtype=buffer_dtype),
         # Every rank loads identical weights from disk, and on CPU torch refuses sync_module_states=True.
         sync_module_states=False,
-        cpu_offload=CPUOffload(offload_params=True) if (offload and not on_cpu) else None,
         use_orig_params=bool(_cfg_get(fsdp_config, "use_orig_params", False)),
         forward_prefetch=bool(_cfg_get(fsdp_config, "forward_prefetch", False)),
         device_mesh=mesh,

@@ -169,6 +169,11 @@ def _build_sharded(module: torch.nn.Module, strategy: str, fsdp_config: Any, mes
     return fsdp_utils.wrap_model(module, strategy, fsdp_config, mesh)
 
 
+def _seed_of(fsdp_config: Any) -> int:
+    seed = (fsdp_config or {}).get("seed")
+    return 42 if seed is None else int(seed)
+
+
 def _current_lr(scheduler: Any) -> float:
     lr = scheduler.get_last_lr()[0]
     return float(lr.item() if torch.is_tensor(lr) else lr)
@@ -179,7 +184,9 @@ class _Offload:
 
     def __init__(self, module, optimizer, fsdp_config):
         self.module, self.optimizer = module, optimizer
-        self.params = bool(fsdp_config.get("param_offload", False))
+        # With FSDP2's offload_policy torch moves parameters itself.
+        policy = bool(fsdp_config.get("offload_policy", False)) and fsdp_utils.is_fsdp2_module(module)
+        self.params = bool(fsdp_config.get("param_offload", False)) and not policy
         self.optim = bool(fsdp_config.get("optimizer_offload", False))
 
     def __enter__(self):
@@ -201,13 +208,20 @@ class _FSDPWorkerBase(Worker):
 
     def _setup(self, private_config: DictConfig, meshes: tuple[str, ...], seed: int, timeout_s: int = 600) -> None:
         self.config = private_config
+        self._seed = seed
         _init_distributed(self, timeout_s)
-        # Fresh processes start from random seeds; a fixed per-rank seed makes sampling reproducible run to run
-        # (checkpoints then carry the generator state forward).
-        _seed_process(seed + self.rank)
         for mesh_name in meshes:
             # No sequence/tensor parallelism: every rank is its own dp rank and returns its own piece.
             self._register_dispatch_collect_info(mesh_name, dp_rank=self.rank, is_collect=True)
+
+    def _seed_rngs(self) -> None:
+        """Seed the process-global RNGs with ``seed + rank``; called last in ``init_model``.
+
+        Fresh processes start from random seeds, and sampling draws from these generators: a fixed per-rank seed
+        makes runs reproducible (ranks still sample differently) and checkpoints carry the state forward, so a
+        resumed run matches an uninterrupted one.
+        """
+        _seed_process(self._seed + self.rank)
 
     def _mesh(self, fsdp_config: Any):
         return fsdp_utils.create_device_mesh(self.world_size, int(fsdp_config.get("fsdp_size", -1) or -1))
@@ -240,7 +254,7 @@ class ActorRolloutRefWorker(_FSDPWorkerBase):
         self._is_ref = role in ("ref", "actor_rollout_ref")
         private = _private_config(config)
         normalize_actor_batch_sizes(private, role, self.world_size)  # fail before any process-group work
-        seed = int((private.get("actor") or {}).get("fsdp_config", {}).get("seed", 42) or 42)
+        seed = _seed_of((private.get("actor") or {}).get("fsdp_config"))
         self._setup(private, ("actor", "rollout"), seed, int(private.get("nccl_timeout", 600) or 600))
         self.actor = self.ref_policy = self.rollout = None
         self.actor_module_fsdp = self.ref_module_fsdp = self.rollout_module = None
@@ -279,7 +293,7 @@ class ActorRolloutRefWorker(_FSDPWorkerBase):
                 "workers yet; set actor_rollout_ref.model.lora_rank=0"
             )
         with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(int(fsdp_config.get("seed", 42) or 42))
+            torch.manual_seed(_seed_of(fsdp_config))
             return hf.build_causal_lm(
                 local_path,
                 dtype=fsdp_config.get("model_dtype") or "fp32",
@@ -361,9 +375,7 @@ class ActorRolloutRefWorker(_FSDPWorkerBase):
             self._build_ref(local_path)
         if self._is_rollout:
             self._build_rollout(local_path)
-        # Sampling draws from the process-global RNGs: seed them per rank so a run is reproducible (and a resumed
-        # run matches an uninterrupted one once the checkpoint restores them), while ranks still sample differently.
-        _seed_everything(int(self.config.actor.fsdp_config.get("seed", 42) or 42) + self.rank)
+        self._seed_rngs()
 
     # ---------------------------------------------------------------- compute
 
@@ -472,16 +484,6 @@ class ActorRolloutRefWorker(_FSDPWorkerBase):
         self._rollout_dirty = True
 
 
-def _seed_everything(seed: int) -> None:
-    import random
-
-    import numpy as np
-
-    random.seed(seed)
-    np.random.seed(seed % 2**32)
-    torch.manual_seed(seed)
-
-
 def _gather_timing(elapsed: float) -> dict[str, float]:
     """Generation timing identical on every rank (max/min over ranks), so collected meta_info agrees."""
     values = torch.tensor([elapsed, -elapsed], dtype=torch.float64)
@@ -520,7 +522,7 @@ class CriticWorker(_FSDPWorkerBase):
         super().__init__()
         private = _private_config(config)
         normalize_critic_batch_sizes(private, self.world_size)
-        self._setup(private, ("critic",), int(private.model.get("fsdp_config", {}).get("seed", 42) or 42))
+        self._setup(private, ("critic",), _seed_of(private.model.get("fsdp_config")))
         self.critic = self.critic_module_fsdp = self.critic_optimizer = None
         self.critic_lr_scheduler = self.checkpoint_manager = None
 
@@ -545,7 +547,7 @@ class CriticWorker(_FSDPWorkerBase):
             dtype=fsdp_config.get("model_dtype") or "fp32",
             override_config=model_cfg.get("override_config"),
             trust_remote_code=remote,
-            seed=int(fsdp_config.get("seed", 42) or 42),
+            seed=_seed_of(fsdp_config),
         )
         if model_cfg.get("enable_gradient_checkpointing", False):
             hf.enable_gradient_checkpointing(module)
@@ -564,6 +566,7 @@ class CriticWorker(_FSDPWorkerBase):
         )
         self._offload = _Offload(self.critic_module_fsdp, self.critic_optimizer, fsdp_config)
         self._offload.__exit__(None, None, None)
+        self._seed_rngs()
 
     @register(dispatch_mode=make_nd_compute_dataproto_dispatch_fn(mesh_name="critic"))
     def compute_values(self, data: DataProto) -> DataProto:
@@ -618,7 +621,7 @@ class RewardModelWorker(_FSDPWorkerBase):
         super().__init__()
         private = _private_config(config)
         _div_per_rank(private, "micro_batch_size", "micro_batch_size_per_gpu", self.world_size, "reward_model")
-        self._setup(private, ("reward",), int(private.model.get("fsdp_config", {}).get("seed", 42) or 42))
+        self._setup(private, ("reward",), _seed_of(private.model.get("fsdp_config")))
         self.reward_module = None
 
     @register(dispatch_mode=Dispatch.ONE_TO_ALL)
@@ -646,6 +649,7 @@ class RewardModelWorker(_FSDPWorkerBase):
         module.requires_grad_(False)
         strategy = self.config.get("strategy", "fsdp")
         self.reward_module = _build_sharded(module, strategy, fsdp_config, self._mesh(fsdp_config))
+        self._seed_rngs()
 
     @register(dispatch_mode=make_nd_compute_dataproto_dispatch_fn(mesh_name="reward"))
     def compute_rm_score(self, data: DataProto) -> DataProto:
