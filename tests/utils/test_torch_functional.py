@@ -236,6 +236,11 @@ def _opt():
     return torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
 
 
+def test_constant_schedule_without_warmup_starts_at_the_base_lr():
+    # 0 warm-up steps: multiplier 1 from the very first step (not 0/1 = 0, which would waste step 0)
+    assert _lrs(verl_F.get_constant_schedule_with_warmup(_opt(), 0), 3) == [1.0, 1.0, 1.0]
+
+
 def test_constant_schedule_with_warmup_literal():
     # warmup 2: 0/2, 1/2, then 1.
     assert _lrs(verl_F.get_constant_schedule_with_warmup(_opt(), 2), 4) == [0.0, 0.5, 1.0, 1.0]

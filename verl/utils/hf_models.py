@@ -273,9 +273,6 @@ def build_lr_scheduler(optimizer: torch.optim.Optimizer, optim_config: Any) -> t
         warmup = int(float(_get(optim_config, "lr_warmup_steps_ratio", 0.0)) * max(total, 0))
     style = _get(optim_config, "warmup_style", None) or _get(optim_config, "lr_scheduler_type", "constant")
     if style == "constant":
-        if warmup <= 0:
-            # A zero-step warm-up must start at the full lr (multiplier 1 from step 0).
-            return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda _step: 1.0)
         return get_constant_schedule_with_warmup(optimizer, num_warmup_steps=warmup)
     if style == "cosine":
         if total <= 0:

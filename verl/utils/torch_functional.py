@@ -422,7 +422,10 @@ def get_constant_schedule_with_warmup(optimizer: Any, num_warmup_steps: int, las
     """Linear warmup from 0 to the base lr over ``num_warmup_steps``, constant afterwards."""
 
     def lr_lambda(step: int) -> float:
-        return min(1.0, float(step) / float(max(1, num_warmup_steps)))
+        # without warm-up the first step already runs at the base lr (step / 1 would make it 0)
+        if num_warmup_steps <= 0:
+            return 1.0
+        return min(1.0, float(step) / float(num_warmup_steps))
 
     return LambdaLR(optimizer, lr_lambda, last_epoch)
 
