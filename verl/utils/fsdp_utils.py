@@ -23,6 +23,7 @@ import torch.distributed as dist
 from torch import nn
 
 from verl.utils.device import get_device_name, get_torch_device
+from verl.utils.py_functional import cfg_get
 
 logger = logging.getLogger(__name__)
 
@@ -50,28 +51,18 @@ def to_torch_dtype(dtype: str | torch.dtype | None, default: torch.dtype = torch
     return _DTYPES[key]
 
 
-def _cfg_get(config: Any, key: str, default: Any = None) -> Any:
-    if config is None:
-        return default
-    if hasattr(config, "get"):
-        value = config.get(key, default)
-    else:
-        value = getattr(config, key, default)
-    return default if value is None else value
-
-
 def mixed_precision_dtypes(fsdp_config: Any) -> tuple[torch.dtype, torch.dtype, torch.dtype]:
     """``(param_dtype, reduce_dtype, buffer_dtype)`` from ``fsdp_config.mixed_precision``.
 
     Defaults are fp32 everywhere on CPU (bf16 matmuls are ~3x slower than fp32 on AVX2 CPUs); on an accelerator
     params default to ``fsdp_config.dtype`` (bf16) with fp32 reductions and buffers, as upstream does.
     """
-    mp = _cfg_get(fsdp_config, "mixed_precision", None)
+    mp = cfg_get(fsdp_config, "mixed_precision", None)
     on_cpu = get_device_name() == "cpu"
-    gpu_default = to_torch_dtype(_cfg_get(fsdp_config, "dtype", "bf16"))
-    param = to_torch_dtype(_cfg_get(mp, "param_dtype"), torch.float32 if on_cpu else gpu_default)
-    reduce = to_torch_dtype(_cfg_get(mp, "reduce_dtype"), torch.float32)
-    buffer = to_torch_dtype(_cfg_get(mp, "buffer_dtype"), torch.float32)
+    gpu_default = to_torch_dtype(cfg_get(fsdp_config, "dtype", "bf16"))
+    param = to_torch_dtype(cfg_get(mp, "param_dtype"), torch.float32 if on_cpu else gpu_default)
+    reduce = to_torch_dtype(cfg_get(mp, "reduce_dtype"), torch.float32)
+    buffer = to_torch_dtype(cfg_get(mp, "buffer_dtype"), torch.float32)
     return param, reduce, buffer
 
 
@@ -121,12 +112,12 @@ def get_fsdp_wrap_policy(module: nn.Module, config: Any = None, is_lora: bool = 
         transformer_auto_wrap_policy,
     )
 
-    if _cfg_get(config, "disable", False):
+    if cfg_get(config, "disable", False):
         return None
-    min_num_params = int(_cfg_get(config, "min_num_params", 0))
+    min_num_params = int(cfg_get(config, "min_num_params", 0))
     if min_num_params > 0:
         return functools.partial(size_based_auto_wrap_policy, min_num_params=min_num_params)
-    layer_classes = get_layer_classes(module, _cfg_get(config, "transformer_layer_cls_to_wrap", None))
+    layer_classes = get_layer_classes(module, cfg_get(config, "transformer_layer_cls_to_wrap", None))
     if not layer_classes:
         return None
     policy = functools.partial(transformer_auto_wrap_policy, transformer_layer_cls=layer_classes)
@@ -168,7 +159,7 @@ def apply_fsdp2(model: nn.Module, fsdp_kwargs: dict, config: Any = None) -> nn.M
     """
     from torch.distributed.fsdp import fully_shard
 
-    names = _cfg_get(_cfg_get(config, "wrap_policy", None), "transformer_layer_cls_to_wrap", None)
+    names = cfg_get(cfg_get(config, "wrap_policy", None), "transformer_layer_cls_to_wrap", None)
     layer_classes = tuple(get_layer_classes(model, names))
     blocks = [m for m in model.modules() if layer_classes and isinstance(m, layer_classes)]
     for block in blocks:
@@ -200,7 +191,7 @@ def wrap_model(
     on_cpu = get_device_name() == "cpu"
     # Only FSDP2's offload_policy is handed to torch; param_offload is done by the workers between calls
     # (offload_fsdp_model_to_cpu / load_fsdp_model_to_gpu), for FSDP1 and FSDP2 alike.
-    offload = bool(_cfg_get(fsdp_config, "offload_policy", False))
+    offload = bool(cfg_get(fsdp_config, "offload_policy", False))
     if strategy == "fsdp2":
         from torch.distributed.fsdp import CPUOffloadPolicy, MixedPrecisionPolicy
 
@@ -208,7 +199,7 @@ def wrap_model(
         kwargs = {
             "mesh": mesh,
             "mp_policy": mp,
-            "reshard_after_forward": bool(_cfg_get(fsdp_config, "reshard_after_forward", True)),
+            "reshard_after_forward": bool(cfg_get(fsdp_config, "reshard_after_forward", True)),
         }
         if offload and not on_cpu:
             kwargs["offload_policy"] = CPUOffloadPolicy(pin_memory=True)
@@ -227,14 +218,14 @@ def _wrap_fsdp1(module: nn.Module, fsdp_config: Any, mesh, dtypes, on_cpu: bool)
     device_id = torch.device("cpu") if on_cpu else get_torch_device().current_device()
     return FSDP(
         module,
-        auto_wrap_policy=get_fsdp_wrap_policy(module, _cfg_get(fsdp_config, "wrap_policy", None)),
+        auto_wrap_policy=get_fsdp_wrap_policy(module, cfg_get(fsdp_config, "wrap_policy", None)),
         device_id=device_id,
         sharding_strategy=ShardingStrategy.HYBRID_SHARD if hybrid else ShardingStrategy.FULL_SHARD,
         mixed_precision=MixedPrecision(param_dtype=param_dtype, reduce_dtype=reduce_dtype, buffer_dtype=buffer_dtype),
         # Every rank loads identical weights from disk, and on CPU torch refuses sync_module_states=True.
         sync_module_states=False,
-        use_orig_params=bool(_cfg_get(fsdp_config, "use_orig_params", False)),
-        forward_prefetch=bool(_cfg_get(fsdp_config, "forward_prefetch", False)),
+        use_orig_params=bool(cfg_get(fsdp_config, "use_orig_params", False)),
+        forward_prefetch=bool(cfg_get(fsdp_config, "forward_prefetch", False)),
         device_mesh=mesh,
     )
 

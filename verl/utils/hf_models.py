@@ -22,6 +22,7 @@ import torch
 from torch import nn
 
 from verl.utils.fsdp_utils import to_torch_dtype
+from verl.utils.py_functional import cfg_get
 
 logger = logging.getLogger(__name__)
 
@@ -37,13 +38,6 @@ __all__ = [
     "load_hf_config",
     "resolve_model_path",
 ]
-
-
-def _get(config: Any, key: str, default: Any = None) -> Any:
-    if config is None:
-        return default
-    value = config.get(key, default) if hasattr(config, "get") else getattr(config, key, default)
-    return default if value is None else value
 
 
 def _plain(obj: Any) -> Any:
@@ -105,7 +99,7 @@ def load_hf_config(path: str, override_config: Any = None, trust_remote_code: bo
 
 
 def _attn_kwargs(override_config: Any) -> dict[str, Any]:
-    attn = _get(override_config, "attn_implementation")
+    attn = cfg_get(override_config, "attn_implementation")
     return {"attn_implementation": attn} if attn else {}
 
 
@@ -244,18 +238,18 @@ def build_optimizer(params, optim_config: Any) -> torch.optim.Optimizer:
 
     ``lr``, ``betas``, ``weight_decay`` and ``override_optimizer_config`` (extra kwargs) are passed through.
     """
-    impl = _get(optim_config, "optimizer_impl", "torch.optim")
-    name = _get(optim_config, "optimizer", "AdamW")
+    impl = cfg_get(optim_config, "optimizer_impl", "torch.optim")
+    name = cfg_get(optim_config, "optimizer", "AdamW")
     try:
         optimizer_cls = getattr(importlib.import_module(impl), name)
     except (ImportError, AttributeError) as exc:
         raise ValueError(f"optim.optimizer={name!r} not found in optim.optimizer_impl={impl!r}") from exc
-    kwargs: dict[str, Any] = {"lr": float(_get(optim_config, "lr", 1e-6))}
-    kwargs["weight_decay"] = float(_get(optim_config, "weight_decay", 0.01))
-    betas = _plain(_get(optim_config, "betas", None))
+    kwargs: dict[str, Any] = {"lr": float(cfg_get(optim_config, "lr", 1e-6))}
+    kwargs["weight_decay"] = float(cfg_get(optim_config, "weight_decay", 0.01))
+    betas = _plain(cfg_get(optim_config, "betas", None))
     if betas is not None and "Adam" in name:
         kwargs["betas"] = tuple(float(b) for b in betas)
-    kwargs.update(_plain(_get(optim_config, "override_optimizer_config", None)) or {})
+    kwargs.update(_plain(cfg_get(optim_config, "override_optimizer_config", None)) or {})
     return optimizer_cls(params, **kwargs)
 
 
@@ -267,11 +261,11 @@ def build_lr_scheduler(optimizer: torch.optim.Optimizer, optim_config: Any) -> t
     """
     from verl.utils.torch_functional import get_constant_schedule_with_warmup, get_cosine_schedule_with_warmup
 
-    total = int(_get(optim_config, "total_training_steps", -1))
-    warmup = int(_get(optim_config, "lr_warmup_steps", -1))
+    total = int(cfg_get(optim_config, "total_training_steps", -1))
+    warmup = int(cfg_get(optim_config, "lr_warmup_steps", -1))
     if warmup <= 0:
-        warmup = int(float(_get(optim_config, "lr_warmup_steps_ratio", 0.0)) * max(total, 0))
-    style = _get(optim_config, "warmup_style", None) or _get(optim_config, "lr_scheduler_type", "constant")
+        warmup = int(float(cfg_get(optim_config, "lr_warmup_steps_ratio", 0.0)) * max(total, 0))
+    style = cfg_get(optim_config, "warmup_style", None) or cfg_get(optim_config, "lr_scheduler_type", "constant")
     if style == "constant":
         return get_constant_schedule_with_warmup(optimizer, num_warmup_steps=warmup)
     if style == "cosine":
@@ -281,7 +275,7 @@ def build_lr_scheduler(optimizer: torch.optim.Optimizer, optim_config: Any) -> t
             optimizer,
             num_warmup_steps=warmup,
             num_training_steps=total,
-            min_lr_ratio=float(_get(optim_config, "min_lr_ratio", 0.0)),
-            num_cycles=float(_get(optim_config, "num_cycles", 0.5)),
+            min_lr_ratio=float(cfg_get(optim_config, "min_lr_ratio", 0.0)),
+            num_cycles=float(cfg_get(optim_config, "num_cycles", 0.5)),
         )
     raise ValueError(f"optim.lr_scheduler_type={style!r} is not supported; use 'constant' or 'cosine'")

@@ -111,3 +111,16 @@ class DynamicEnum(metaclass=_DynamicEnumMeta):
     @classmethod
     def names(cls) -> list[str]:
         return list(cls._members)
+
+
+def cfg_get(config: Any, key: str, default: Any = None) -> Any:
+    """Read ``key`` from a DictConfig, a dict, a dataclass config or ``None``.
+
+    A missing key, a ``None`` config and an explicit ``null`` value all give ``default``, so callers can write one
+    line whatever shape of config they were handed.
+    """
+    if config is None:
+        return default
+    getter = getattr(config, "get", None)
+    value = getter(key, default) if callable(getter) else getattr(config, key, default)
+    return default if value is None else value

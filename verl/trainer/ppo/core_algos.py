@@ -29,6 +29,7 @@ import torch
 
 from verl.utils import torch_functional as verl_F
 from verl.utils.groupwise import as_torch_index, group_mean_std
+from verl.utils.py_functional import cfg_get
 
 PolicyLossFn = Callable[..., tuple[torch.Tensor, dict[str, float]]]
 
@@ -37,27 +38,14 @@ PolicyLossFn = Callable[..., tuple[torch.Tensor, dict[str, float]]]
 # ---------------------------------------------------------------------------------------------------------------------
 
 
-def _cfg_get(config: Any, key: str, default: Any = None) -> Any:
-    """Read ``key`` from a dict-like or attribute config; ``default`` when the config or the key is missing.
-
-    ``None`` values are returned as ``None`` (callers decide what an explicit null means).
-    """
-    if config is None:
-        return default
-    getter = getattr(config, "get", None)
-    if callable(getter):
-        return getter(key, default)
-    return getattr(config, key, default)
-
-
 def _clip_ratios(config: Any) -> tuple[float, float, float]:
     """``(clip_low, clip_high, clip_ratio_c)`` from an actor config; low/high fall back to ``clip_ratio``."""
-    clip_ratio = _cfg_get(config, "clip_ratio", 0.2)
-    clip_low = _cfg_get(config, "clip_ratio_low", None)
-    clip_high = _cfg_get(config, "clip_ratio_high", None)
+    clip_ratio = cfg_get(config, "clip_ratio", 0.2)
+    clip_low = cfg_get(config, "clip_ratio_low", None)
+    clip_high = cfg_get(config, "clip_ratio_high", None)
     clip_low = clip_ratio if clip_low is None else clip_low
     clip_high = clip_ratio if clip_high is None else clip_high
-    return float(clip_low), float(clip_high), float(_cfg_get(config, "clip_ratio_c", 3.0))
+    return float(clip_low), float(clip_high), float(cfg_get(config, "clip_ratio_c", 3.0))
 
 
 class AdvantageEstimator(str, Enum):
@@ -173,16 +161,14 @@ class FixedKLController:
 
 def get_kl_controller(kl_ctrl: Any) -> AdaptiveKLController | FixedKLController:
     """Build the controller described by ``algorithm.kl_ctrl`` (``type``: fixed | adaptive)."""
-    kind = _cfg_get(kl_ctrl, "type", "fixed")
-    kl_coef = _cfg_get(kl_ctrl, "kl_coef", 0.001)
+    kind = cfg_get(kl_ctrl, "type", "fixed")
+    kl_coef = cfg_get(kl_ctrl, "kl_coef", 0.001)
     if kind == "fixed":
         return FixedKLController(kl_coef=kl_coef)
     if kind == "adaptive":
-        horizon = _cfg_get(kl_ctrl, "horizon", 10000)
+        horizon = cfg_get(kl_ctrl, "horizon", 10000)
         assert horizon > 0, f"algorithm.kl_ctrl.horizon must be > 0 for the adaptive controller, got {horizon}"
-        return AdaptiveKLController(
-            init_kl_coef=kl_coef, target_kl=_cfg_get(kl_ctrl, "target_kl", 0.1), horizon=horizon
-        )
+        return AdaptiveKLController(init_kl_coef=kl_coef, target_kl=cfg_get(kl_ctrl, "target_kl", 0.1), horizon=horizon)
     raise NotImplementedError(f"algorithm.kl_ctrl.type={kind!r} is not supported; use 'fixed' or 'adaptive'.")
 
 
@@ -229,8 +215,8 @@ def compute_gae_advantage_return(
         ``advantages`` (whitened over the mask) and ``returns = A + V`` (not whitened), both
         ``(bs, response_length)``.
     """
-    gamma = _cfg_get(config, "gamma", 1.0) if gamma is None else gamma
-    lam = _cfg_get(config, "lam", 1.0) if lam is None else lam
+    gamma = cfg_get(config, "gamma", 1.0) if gamma is None else gamma
+    lam = cfg_get(config, "lam", 1.0) if lam is None else lam
     mask = response_mask.to(values.dtype)
     next_value = torch.zeros_like(values[:, 0])
     next_adv = torch.zeros_like(values[:, 0])
@@ -273,7 +259,7 @@ def compute_grpo_outcome_advantage(
     Returns:
         ``(advantages, returns)``, the same ``(bs, response_length)`` tensor: ``A_i`` broadcast over the mask.
     """
-    norm_by_std = _cfg_get(config, "norm_adv_by_std_in_grpo", norm_adv_by_std_in_grpo)
+    norm_by_std = cfg_get(config, "norm_adv_by_std_in_grpo", norm_adv_by_std_in_grpo)
     scores = token_level_rewards.sum(dim=-1)
     out = scores.clone()
     for rows in _group_rows(index).values():
@@ -298,7 +284,7 @@ def compute_grpo_vectorized_outcome_advantage(
     **kwargs: Any,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Same maths as :func:`compute_grpo_outcome_advantage`, with scatter reductions instead of a loop."""
-    norm_by_std = _cfg_get(config, "norm_adv_by_std_in_grpo", norm_adv_by_std_in_grpo)
+    norm_by_std = cfg_get(config, "norm_adv_by_std_in_grpo", norm_adv_by_std_in_grpo)
     scores = token_level_rewards.sum(dim=-1)
     gidx = as_torch_index(index, device=scores.device)
     mean_g, std_g, _ = group_mean_std(scores, gidx)
@@ -323,7 +309,7 @@ def compute_grpo_passk_outcome_advantage(
     Raises:
         ValueError: a group holds fewer than 2 responses.
     """
-    norm_by_std = _cfg_get(config, "norm_adv_by_std_in_grpo", norm_adv_by_std_in_grpo)
+    norm_by_std = cfg_get(config, "norm_adv_by_std_in_grpo", norm_adv_by_std_in_grpo)
     scores = token_level_rewards.sum(dim=-1)
     out = torch.zeros_like(scores)
     for key, rows in _group_rows(index).items():
@@ -462,7 +448,7 @@ def compute_reinforce_plus_plus_outcome_advantage(
     Returns:
         ``advantages`` (whitened returns times the mask) and the raw ``returns``, both ``(bs, response_length)``.
     """
-    gamma = _cfg_get(config, "gamma", 1.0) if gamma is None else gamma
+    gamma = cfg_get(config, "gamma", 1.0) if gamma is None else gamma
     returns = torch.zeros_like(token_level_rewards)
     running = torch.zeros_like(token_level_rewards[:, 0])
     for t in reversed(range(token_level_rewards.shape[-1])):
@@ -569,9 +555,9 @@ def _safe_denominator(denom: int | float | torch.Tensor, like: torch.Tensor) -> 
 
 def _agg_kwargs(config: Any) -> dict[str, Any]:
     """Global-batch information an actor may attach to its config (``global_batch_info`` / ``loss_scale_factor``)."""
-    info = dict(_cfg_get(config, "global_batch_info", None) or {})
-    if _cfg_get(config, "loss_scale_factor", None) is not None:
-        info.setdefault("loss_scale_factor", _cfg_get(config, "loss_scale_factor"))
+    info = dict(cfg_get(config, "global_batch_info", None) or {})
+    if cfg_get(config, "loss_scale_factor", None) is not None:
+        info.setdefault("loss_scale_factor", cfg_get(config, "loss_scale_factor"))
     keep = ("dp_size", "batch_num_tokens", "global_batch_size", "loss_scale_factor")
     return {k: v for k, v in info.items() if k in keep}
 
@@ -747,10 +733,10 @@ def compute_policy_loss_clip_cov(
     up to ``max(int(clip_cov_ratio * #valid), 1)`` are chosen at random. Reads ``policy_loss.{clip_cov_ratio,
     clip_cov_lb, clip_cov_ub}`` and the clip ratios. ``actor/pg_clipfrac`` is the fraction of zeroed tokens.
     """
-    policy_cfg = _cfg_get(config, "policy_loss", None)
-    cov_ratio = _cfg_get(policy_cfg, "clip_cov_ratio", 0.0002)
-    cov_lb = _cfg_get(policy_cfg, "clip_cov_lb", 1.0)
-    cov_ub = _cfg_get(policy_cfg, "clip_cov_ub", 5.0)
+    policy_cfg = cfg_get(config, "policy_loss", None)
+    cov_ratio = cfg_get(policy_cfg, "clip_cov_ratio", 0.0002)
+    cov_lb = cfg_get(policy_cfg, "clip_cov_lb", 1.0)
+    cov_ub = cfg_get(policy_cfg, "clip_cov_ub", 5.0)
     assert cov_ratio > 0, f"policy_loss.clip_cov_ratio must be > 0, got {cov_ratio}"
     clip_low, clip_high, _ = _clip_ratios(config)
     valid = response_mask.bool()
@@ -789,9 +775,9 @@ def compute_policy_loss_kl_cov(
     ``-A r + coef |log r|``; the others ``-A r``. Reads ``policy_loss.{kl_cov_ratio, ppo_kl_coef}``;
     ``actor/ppo_kl`` reports the masked mean of ``|log r|``.
     """
-    policy_cfg = _cfg_get(config, "policy_loss", None)
-    kl_cov_ratio = _cfg_get(policy_cfg, "kl_cov_ratio", 0.0002)
-    kl_coef = _cfg_get(policy_cfg, "ppo_kl_coef", 0.1)
+    policy_cfg = cfg_get(config, "policy_loss", None)
+    kl_cov_ratio = cfg_get(policy_cfg, "kl_cov_ratio", 0.0002)
+    kl_coef = cfg_get(policy_cfg, "ppo_kl_coef", 0.1)
     assert kl_cov_ratio > 0, f"policy_loss.kl_cov_ratio must be > 0, got {kl_cov_ratio}"
     log_ratio = torch.clamp(log_prob - old_log_prob, min=-20.0, max=20.0)
     base = -advantages * torch.exp(log_ratio)

@@ -28,7 +28,7 @@ from torch import nn
 
 from verl.protocol import DataProto
 from verl.trainer.ppo.core_algos import agg_loss, get_policy_loss_fn, kl_penalty
-from verl.utils.py_functional import append_to_dict
+from verl.utils.py_functional import append_to_dict, cfg_get
 from verl.utils.seqlen_balancing import prepare_dynamic_batch, restore_dynamic_batch
 from verl.utils.torch_functional import entropy_from_logits, entropy_from_logits_with_chunking, logprobs_from_logits
 from verl.workers.actor.base import BasePPOActor
@@ -43,17 +43,6 @@ __all__ = [
     "micro_batch_weight",
     "clip_grad_and_step",
 ]
-
-
-def cfg_get(config: Any, key: str, default: Any = None) -> Any:
-    """Read ``key`` from a DictConfig, a dataclass config, a dict or ``None`` (then ``default``)."""
-    if config is None:
-        return default
-    if hasattr(config, "get"):
-        value = config.get(key, default)
-    else:
-        value = getattr(config, key, default)
-    return default if value is None else value
 
 
 def _require_meta(data: DataProto, key: str, hint: str) -> Any:
