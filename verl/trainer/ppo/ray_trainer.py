@@ -385,11 +385,11 @@ class RayPPOTrainer:
         self.global_steps = 0
         self._load_checkpoint()
         last_metrics: dict[str, float] = {}
-        if self.val_reward_fn is not None and cfg.trainer.get("val_before_train", True) and self.global_steps == 0:
+        if self.val_reward_fn is not None and cfg.trainer.get("val_before_train", True):
             val_metrics = self._validate()
             logger.log(data=val_metrics, step=self.global_steps)
             if cfg.trainer.get("val_only", False):
-                logger.finish() if hasattr(logger, "finish") else None
+                logger.finish()
                 return val_metrics
         progress = _progress_bar(self.total_training_steps, self.global_steps, cfg.trainer.get("progress_bar", True))
         self.global_steps += 1
@@ -425,8 +425,7 @@ class RayPPOTrainer:
         return last_metrics
 
     def _finish(self, logger) -> None:
-        if hasattr(logger, "finish"):
-            logger.finish()
+        logger.finish()
         self._plot_reward_curve()
 
     def _plot_reward_curve(self) -> None:
