@@ -99,16 +99,25 @@ def _finite(rows: list[dict], key: str) -> list[float]:
 
 
 def test_grpo_with_kl_loss_and_reference_policy_trains(tmp_path, tiny_model_dir, ray_cluster, monkeypatch):
-    extra = ["actor_rollout_ref.actor.use_kl_loss=True", "actor_rollout_ref.actor.kl_loss_coef=0.01"]
+    extra = [
+        "actor_rollout_ref.actor.use_kl_loss=True",
+        "actor_rollout_ref.actor.kl_loss_coef=0.01",
+        "trainer.val_before_train=True",
+        "trainer.test_freq=3",
+    ]
     rows = _run(_overrides(tmp_path, tiny_model_dir, "grpo", 3, extra), tmp_path / "m.jsonl", monkeypatch)
-    assert [r["step"] for r in rows] == [1, 2, 3]
-    pg = _finite(rows, "actor/pg_loss")
-    kl = _finite(rows, "actor/kl_loss")
+    assert [r["step"] for r in rows] == [0, 1, 2, 3]  # step 0 is the validation before training
+    val_key = "val-core/quickstart/repeat_digit/reward/mean@1"
+    assert val_key in rows[0]["data"] and val_key in rows[3]["data"]
+    assert 0.0 <= rows[3]["data"][val_key] <= 1.0
+    train = rows[1:]
+    pg = _finite(train, "actor/pg_loss")
+    kl = _finite(train, "actor/kl_loss")
     assert len(set(pg)) > 1, "policy loss did not change across steps"
     # the actor starts equal to the frozen reference and drifts away from it as it is updated
     assert 0 <= kl[0] < kl[-1]
     for key in ("critic/score/mean", "response_length/mean", "timing_s/gen", "timing_s/ref", "perf/throughput"):
-        _finite(rows, key)
+        _finite(train, key)
 
 
 def test_ppo_with_gae_critic_trains(tmp_path, tiny_model_dir, ray_cluster, monkeypatch):
