@@ -29,7 +29,8 @@ if "$PY" -c "import torch" 2>/dev/null; then
 else
   TORCH_VER="2.13.0"
   echo "[install] installing torch==$TORCH_VER (CPU build where no CUDA wheel is wanted)"
-  "$PY" -m pip install -q "torch==$TORCH_VER"
+  "$PY" -m pip install -q "torch==$TORCH_VER" 2>&1 | grep -v "is ignored: it is neither a file nor a directory" || true
+  "$PY" -c "import torch" || { echo "[install] torch==$TORCH_VER failed to install" >&2; exit 1; }
 fi
 printf 'torch==%s\ntransformers<5.20\n' "$TORCH_VER" > "$CONSTRAINTS"
 
