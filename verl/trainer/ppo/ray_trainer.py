@@ -522,30 +522,16 @@ class RayPPOTrainer:
         step_dir = root / f"global_step_{self.global_steps}"
         if step_dir.exists():  # a leftover from a save that was killed before its tracker update
             shutil.rmtree(step_dir)
-        trainer_cfg = self.config.trainer
-        self.actor_rollout_wg.save_checkpoint(
-            str(step_dir / "actor"), None, self.global_steps, max_ckpt_to_keep=trainer_cfg.get("max_actor_ckpt_to_keep")
-        )
+        # The trainer owns the global_step_N layout and rotates whole step directories itself, so the workers are
+        # not asked to rotate their own sub-directories as well (max_ckpt_to_keep=None).
+        self.actor_rollout_wg.save_checkpoint(str(step_dir / "actor"), None, self.global_steps, max_ckpt_to_keep=None)
         if self.use_critic:
-            self.critic_wg.save_checkpoint(
-                str(step_dir / "critic"),
-                None,
-                self.global_steps,
-                max_ckpt_to_keep=trainer_cfg.get("max_critic_ckpt_to_keep"),
-            )
+            self.critic_wg.save_checkpoint(str(step_dir / "critic"), None, self.global_steps, max_ckpt_to_keep=None)
         torch.save(self.train_dataloader.state_dict(), step_dir / "data.pt")
         atomic_write_text(root / "latest_checkpointed_iteration.txt", str(self.global_steps))
-        self._rotate_checkpoints(root)
-
-    def _rotate_checkpoints(self, root: Path) -> None:
-        keep = self.config.trainer.get("max_actor_ckpt_to_keep")
-        if not keep or keep <= 0:
-            return
-        steps = sorted(
-            int(p.name.split("_")[-1]) for p in root.glob("global_step_*") if p.name.split("_")[-1].isdigit()
-        )
-        for step in steps[:-keep]:
-            shutil.rmtree(root / f"global_step_{step}", ignore_errors=True)
+        trainer_cfg = self.config.trainer
+        keep = [k for k in (trainer_cfg.get("max_actor_ckpt_to_keep"), trainer_cfg.get("max_critic_ckpt_to_keep")) if k]
+        rotate_checkpoints(root, max(keep) if keep else None)
 
     def _load_checkpoint(self) -> int:
         mode = self.config.trainer.resume_mode
@@ -579,6 +565,16 @@ class RayPPOTrainer:
         if data_state.exists():
             self.train_dataloader.load_state_dict(torch.load(data_state, weights_only=False))
         return self.global_steps
+
+
+def rotate_checkpoints(root: Path, keep: int | None) -> list[int]:
+    """Delete all but the newest ``keep`` ``global_step_N`` directories under ``root``; returns the deleted steps."""
+    if not keep or keep <= 0:
+        return []
+    steps = sorted(int(p.name[len("global_step_") :]) for p in root.glob("global_step_*") if p.name[12:].isdigit())
+    for step in steps[:-keep]:
+        shutil.rmtree(root / f"global_step_{step}", ignore_errors=True)
+    return steps[:-keep]
 
 
 def _file_logger_path(config) -> Path | None:
