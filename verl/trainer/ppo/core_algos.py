@@ -930,3 +930,7 @@ def kl_penalty(logprob: torch.Tensor, ref_logprob: torch.Tensor, kl_penalty: str
         return value
     k2 = 0.5 * (logprob - ref_logprob).square()
     return k2 - k2.detach() + value.detach()
+
+
+# Losses defined beside the maths they need register themselves on import (kept last: they import this module).
+from verl.trainer.ppo import rollout_corr_helper as _rollout_corr_helper  # noqa: E402, F401

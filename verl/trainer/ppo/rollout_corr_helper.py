@@ -1,0 +1,3 @@
+"""Rollout correction: importance weights and rejection sampling between the rollout and training policies."""
+
+from __future__ import annotations
