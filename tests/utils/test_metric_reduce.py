@@ -21,6 +21,25 @@ def test_reduce_metrics_uses_max_min_or_mean_by_name():
     assert out == {"actor/pg_loss": 3.0, "perf/max_memory_allocated_gb": 5.0, "global_seqlen/min": 2.0}
 
 
+def test_reduce_metrics_name_rule_checks_max_before_min_and_is_substring_based():
+    out = reduce_metrics(
+        {
+            "rollout_corr/log_ppl_diff_max": [-1.0, 0.5, 0.25],  # max -> 0.5
+            "rollout_corr/log_ppl_diff_min": [-1.0, 0.5, 0.25],  # min -> -1
+            "x/min_to_max_gap": [3.0, 7.0],  # both substrings: "max" wins -> 7
+            "x/maximum": [3.0, 7.0],  # substring, not a suffix -> 7
+            "actor/clipfrac": [0.0, 0.5, 0.25, 0.25],  # mean: 1 / 4
+        }
+    )
+    assert out == {
+        "rollout_corr/log_ppl_diff_max": 0.5,
+        "rollout_corr/log_ppl_diff_min": -1.0,
+        "x/min_to_max_gap": 7.0,
+        "x/maximum": 7.0,
+        "actor/clipfrac": 0.25,
+    }
+
+
 def test_reduce_metrics_empty_list_is_nan_and_tensors_are_accepted():
     out = reduce_metrics({"empty": [], "t": [torch.tensor(1.0), torch.tensor(2.0)], "whole": torch.tensor([1.0, 4.0])})
     assert math.isnan(out["empty"])

@@ -25,6 +25,8 @@ from typing import Any, TypeVar
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import MissingMandatoryValue
 
+from verl.utils.batch_sizes import check_log_prob_batch, check_mini_fits_train_batch, check_training_batch
+
 __all__ = [
     "KNOWN_ADV_ESTIMATORS",
     "GROUP_ADV_ESTIMATORS",
@@ -269,10 +271,12 @@ def validate_config(
         ValueError: naming the offending key(s), their values and how to fix them.
     """
     from verl.trainer.config import AlgoConfig
+    from verl.utils.config_audit import check_refused_keys
     from verl.workers.config import FSDPActorConfig, FSDPCriticConfig, HFModelConfig, RolloutConfig
     from verl.workers.config.actor import McoreActorConfig
     from verl.workers.config.critic import McoreCriticConfig
 
+    check_refused_keys(config)  # keys we do not implement come first, each with its fix (config_audit.py)
     rollout_node = config.actor_rollout_ref.rollout
     _check_choices(config)
     n_ranks = _resolve_ranks(config, n_ranks)
@@ -325,13 +329,7 @@ def _check_choices(config: DictConfig) -> None:
 
 def _check_log_prob_micro(prefix: str, node: DictConfig) -> None:
     """A log-prob pass (rollout recompute or reference) has exactly one micro-batch size, unless dynamic."""
-    if not node.get("log_prob_use_dynamic_bsz", False):
-        _require_one_micro(
-            prefix,
-            "log_prob_micro_batch_size",
-            node.get("log_prob_micro_batch_size"),
-            node.get("log_prob_micro_batch_size_per_gpu"),
-        )
+    check_log_prob_batch(prefix, node, dp=1)
 
 
 def _typed(node: DictConfig, default_type: type) -> Any:
@@ -376,61 +374,8 @@ def _data_parallel_size(worker: Any, n_ranks: int, prefix: str) -> int:
 
 def _check_mini_batch(prefix: str, worker: Any, train_bsz: int, n: int, dp: int) -> None:
     """ppo_mini_batch_size (prompts) fits the train batch, splits over dp ranks and over micro batches."""
-    mini = worker.ppo_mini_batch_size
-    if mini > train_bsz:
-        raise ValueError(
-            f"{prefix}.ppo_mini_batch_size={mini} exceeds data.train_batch_size={train_bsz} (both count prompts); "
-            f"set {prefix}.ppo_mini_batch_size <= {train_bsz}"
-        )
-    if train_bsz % mini:
-        raise ValueError(
-            f"data.train_batch_size={train_bsz} is not a multiple of {prefix}.ppo_mini_batch_size={mini}; "
-            f"choose a mini batch that divides {train_bsz} so every update sees the same number of prompts"
-        )
-    sequences = mini * n
-    if sequences % dp:
-        raise ValueError(
-            f"{prefix}.ppo_mini_batch_size * actor_rollout_ref.rollout.n = {mini} * {n} = {sequences} sequences "
-            f"cannot be split evenly over {dp} data-parallel ranks; choose a mini batch whose product with n is a "
-            f"multiple of {dp}"
-        )
-    if worker.use_dynamic_bsz:
-        return
-    micro = _require_one_micro(
-        prefix, "ppo_micro_batch_size", worker.ppo_micro_batch_size, worker.ppo_micro_batch_size_per_gpu
-    )
-    if worker.ppo_micro_batch_size_per_gpu is None:  # deprecated global value: divided over the dp ranks
-        if micro < dp:
-            raise ValueError(
-                f"{prefix}.ppo_micro_batch_size={micro} is smaller than the {dp} data-parallel ranks; use "
-                f"{prefix}.ppo_micro_batch_size_per_gpu instead"
-            )
-        micro //= dp
-    per_rank = sequences // dp
-    if per_rank % micro:
-        raise ValueError(
-            f"each rank's mini batch ({prefix}.ppo_mini_batch_size * rollout.n / ranks = {mini} * {n} / {dp} = "
-            f"{per_rank} sequences) is not a multiple of the micro batch {micro} "
-            f"({prefix}.ppo_micro_batch_size_per_gpu); choose a micro batch that divides {per_rank}"
-        )
-
-
-def _require_one_micro(prefix: str, name: str, micro: int | None, micro_per_gpu: int | None) -> int:
-    """Exactly one of ``<name>`` / ``<name>_per_gpu`` is set (without dynamic batch sizes); return it."""
-    if micro is not None and micro_per_gpu is not None:
-        raise ValueError(
-            f"{prefix}.{name}={micro} and {prefix}.{name}_per_gpu={micro_per_gpu} are both set; keep only "
-            f"{prefix}.{name}_per_gpu (the global {name} is deprecated)"
-        )
-    if micro is None and micro_per_gpu is None:
-        raise ValueError(
-            f"neither {prefix}.{name}_per_gpu nor {prefix}.{name} is set; set {prefix}.{name}_per_gpu=<sequences "
-            f"per rank> (or enable dynamic batch sizes)"
-        )
-    value = micro_per_gpu if micro_per_gpu is not None else micro
-    if value < 1:
-        raise ValueError(f"{prefix}.{name}(_per_gpu)={value} must be >= 1")
-    return value
+    check_mini_fits_train_batch(prefix, worker.ppo_mini_batch_size, train_bsz)
+    check_training_batch(prefix, worker, n, dp)
 
 
 def _check_adv_estimator(name: str, n: int) -> None:

@@ -246,6 +246,15 @@ def get_response_mask(
     return eos_before.eq(0).to(dtype)
 
 
+def response_mask_of(batch: Any) -> torch.Tensor:
+    """``(bs, R)`` response part of ``batch["attention_mask"]``, with ``R = batch["responses"].size(-1)``.
+
+    ``batch`` is anything indexable by key (a TensorDict, ``DataProto.batch``, a dict of tensors). This is the
+    mask of every token the rollout returned; multi-turn rollouts carry their own ``response_mask`` instead.
+    """
+    return batch["attention_mask"][:, -batch["responses"].size(-1) :]
+
+
 def compute_grad_norm(model: torch.nn.Module) -> float:
     """Global L2 norm of all parameter gradients of ``model`` (parameters without a grad are skipped)."""
     total = 0.0

@@ -34,7 +34,11 @@ from verl.single_controller.base import Worker
 from verl.single_controller.base.decorator import Dispatch, make_nd_compute_dataproto_dispatch_fn, register
 from verl.utils import fsdp_utils
 from verl.utils import hf_models as hf
+from verl.utils.batch_sizes import normalize_actor_batch_sizes, normalize_critic_batch_sizes, per_rank_micro_batch
+from verl.utils.config import omega_conf_to_dataclass
 from verl.utils.device import get_device_name, get_dist_backend
+from verl.utils.torch_functional import response_mask_of
+from verl.workers.config import FSDPActorConfig
 
 logger = logging.getLogger(__name__)
 
@@ -60,61 +64,6 @@ def _private_config(config: Any) -> DictConfig:
     else:
         container = copy.deepcopy(dict(config))
     return OmegaConf.create(container)
-
-
-def _div_per_rank(node: DictConfig, key: str, per_gpu_key: str, dp: int, prefix: str) -> None:
-    """Turn a deprecated global micro-batch size into a per-rank one (``key // dp`` into ``per_gpu_key``)."""
-    value = node.get(key)
-    if value is None:
-        return
-    if value % dp != 0:
-        raise ValueError(f"{prefix}.{key}={value} must be divisible by the data-parallel size {dp}")
-    with open_dict(node):
-        node[per_gpu_key] = value // dp
-
-
-def _normalize_mini_batch(node: DictConfig, n: int, dp: int, prefix: str, n_key: str) -> None:
-    """``ppo_mini_batch_size`` (prompts, global) -> responses per rank, validating divisibility."""
-    mini = int(node.ppo_mini_batch_size)
-    total = mini * n
-    if total % dp != 0 or total // dp == 0:
-        raise ValueError(
-            f"{prefix}.ppo_mini_batch_size={mini} times {n_key}={n} (= {total} responses) must be a positive "
-            f"multiple of the data-parallel size {dp}; change {prefix}.ppo_mini_batch_size or the number of ranks"
-        )
-    with open_dict(node):
-        node.ppo_mini_batch_size = total // dp
-    _div_per_rank(node, "ppo_micro_batch_size", "ppo_micro_batch_size_per_gpu", dp, prefix)
-    micro = node.get("ppo_micro_batch_size_per_gpu")
-    if micro is not None and not node.get("use_dynamic_bsz", False) and node.ppo_mini_batch_size % micro != 0:
-        raise ValueError(
-            f"per-rank {prefix}.ppo_mini_batch_size={node.ppo_mini_batch_size} (= {mini} x {n_key}={n} / {dp} ranks) "
-            f"is not divisible by {prefix}.ppo_micro_batch_size_per_gpu={micro}"
-        )
-
-
-def normalize_actor_batch_sizes(config: DictConfig, role: str, dp: int) -> None:
-    """Rewrite the ``actor_rollout_ref`` batch sizes of a worker's private config to per-rank values.
-
-    Raises:
-        ValueError: naming the keys and values when a mini-batch does not split evenly over ``dp`` ranks.
-    """
-    n = int(config.rollout.get("n", 1)) if "rollout" in config else 1
-    if role in ("actor", "actor_rollout", "actor_rollout_ref"):
-        _normalize_mini_batch(config.actor, n, dp, "actor_rollout_ref.actor", "actor_rollout_ref.rollout.n")
-    if "rollout" in config:
-        prefix = "actor_rollout_ref.rollout"
-        _div_per_rank(config.rollout, "log_prob_micro_batch_size", "log_prob_micro_batch_size_per_gpu", dp, prefix)
-    if "ref" in config:
-        prefix = "actor_rollout_ref.ref"
-        _div_per_rank(config.ref, "log_prob_micro_batch_size", "log_prob_micro_batch_size_per_gpu", dp, prefix)
-
-
-def normalize_critic_batch_sizes(config: DictConfig, dp: int) -> None:
-    """Per-rank critic batch sizes (same rules as the actor, with ``critic.rollout_n``)."""
-    n = int(config.get("rollout_n", 1) or 1)
-    _normalize_mini_batch(config, n, dp, "critic", "critic.rollout_n")
-    _div_per_rank(config, "forward_micro_batch_size", "forward_micro_batch_size_per_gpu", dp, "critic")
 
 
 # ------------------------------------------------------------------------------------------ process helpers
@@ -317,7 +266,9 @@ class ActorRolloutRefWorker(_FSDPWorkerBase):
         self.actor_module_fsdp = _build_sharded(module, actor_cfg.strategy, fsdp_config, self._mesh(fsdp_config))
         self.actor_optimizer = hf.build_optimizer(self.actor_module_fsdp.parameters(), actor_cfg.optim)
         self.actor_lr_scheduler = hf.build_lr_scheduler(self.actor_optimizer, actor_cfg.optim)
-        self.actor = DataParallelPPOActor(actor_cfg, self.actor_module_fsdp, self.actor_optimizer)
+        self.actor = DataParallelPPOActor(
+            omega_conf_to_dataclass(actor_cfg), self.actor_module_fsdp, self.actor_optimizer
+        )
         self.checkpoint_manager = FSDPCheckpointManager(
             model=self.actor_module_fsdp,
             optimizer=self.actor_optimizer,
@@ -348,7 +299,11 @@ class ActorRolloutRefWorker(_FSDPWorkerBase):
         module.requires_grad_(False)
         strategy = ref_cfg.get("strategy") or self.config.actor.strategy
         self.ref_module_fsdp = _build_sharded(module, strategy, fsdp_config, self._mesh(fsdp_config))
-        self.ref_policy = DataParallelPPOActor(ref_cfg, self.ref_module_fsdp, None)
+        # The reference policy only scores: its typed view carries the forward's settings, no PPO knobs.
+        typed_ref = FSDPActorConfig(
+            strategy=strategy, ulysses_sequence_parallel_size=int(ref_cfg.get("ulysses_sequence_parallel_size") or 1)
+        )
+        self.ref_policy = DataParallelPPOActor(typed_ref, self.ref_module_fsdp, None)
 
     def _build_rollout(self, local_path: str) -> None:
         from verl.workers.rollout.base import get_rollout_class
@@ -362,7 +317,7 @@ class ActorRolloutRefWorker(_FSDPWorkerBase):
                 f"actor_rollout_ref.rollout.name={name!r}: the FSDP hybrid worker drives only the 'hf' engine "
                 "in-process; server engines (vllm, sglang) run through RolloutReplica / the agent loop"
             )
-        self.rollout = get_rollout_class(name, mode)(self.rollout_module, rollout_cfg)
+        self.rollout = get_rollout_class(name, mode)(self.rollout_module, omega_conf_to_dataclass(rollout_cfg))
 
     @register(dispatch_mode=Dispatch.ONE_TO_ALL)
     def init_model(self) -> None:
@@ -556,7 +511,9 @@ class CriticWorker(_FSDPWorkerBase):
         )
         self.critic_optimizer = hf.build_optimizer(self.critic_module_fsdp.parameters(), cfg.optim)
         self.critic_lr_scheduler = hf.build_lr_scheduler(self.critic_optimizer, cfg.optim)
-        self.critic = DataParallelPPOCritic(cfg, self.critic_module_fsdp, self.critic_optimizer)
+        self.critic = DataParallelPPOCritic(
+            omega_conf_to_dataclass(cfg), self.critic_module_fsdp, self.critic_optimizer
+        )
         self.checkpoint_manager = FSDPCheckpointManager(
             model=self.critic_module_fsdp,
             optimizer=self.critic_optimizer,
@@ -620,7 +577,16 @@ class RewardModelWorker(_FSDPWorkerBase):
     def __init__(self, config: Any, **kwargs: Any):
         super().__init__()
         private = _private_config(config)
-        _div_per_rank(private, "micro_batch_size", "micro_batch_size_per_gpu", self.world_size, "reward_model")
+        micro = per_rank_micro_batch(
+            "reward_model",
+            "micro_batch_size",
+            private.get("micro_batch_size"),
+            private.get("micro_batch_size_per_gpu"),
+            self.world_size,
+            required=False,
+        )
+        with open_dict(private):
+            private.micro_batch_size, private.micro_batch_size_per_gpu = None, micro
         self._setup(private, ("reward",), _seed_of(private.model.get("fsdp_config")))
         self.reward_module = None
 
@@ -688,7 +654,7 @@ class RewardModelWorker(_FSDPWorkerBase):
         batch = data.batch
         response_length = batch["responses"].size(-1)
         prompt_mask = batch["attention_mask"][:, :-response_length]
-        response_mask = batch["attention_mask"][:, -response_length:]
+        response_mask = response_mask_of(batch)
         raw_prompts = (data.non_tensor_batch or {}).get("raw_prompt")
         texts = []
         for i in range(len(data)):
@@ -731,8 +697,7 @@ def _same_tokenizer(a: Any, b: Any) -> bool:
 
 def _place_at_last_token(scores: torch.Tensor, data: DataProto) -> torch.Tensor:
     """Scatter one score per row into ``(bs, R)`` at the last valid response token (row of zeros if empty)."""
-    response_length = data.batch["responses"].size(-1)
-    response_mask = data.batch["attention_mask"][:, -response_length:]
+    response_mask = response_mask_of(data.batch)
     lengths = response_mask.sum(dim=-1)
     out = torch.zeros(response_mask.shape, dtype=torch.float32, device=scores.device)
     rows = torch.nonzero(lengths > 0).squeeze(-1)

@@ -84,15 +84,57 @@ def test_compute_data_metrics_falls_back_to_attention_mask_and_reads_tensordict(
     assert m["critic/advantages/mean"] == 3.0
 
 
-def test_empty_response_counts_as_aborted():
+def _three_sample_tensors_with_an_aborted_row() -> dict[str, torch.Tensor]:
+    # P = 1, R = 3. Response lengths from attention_mask: 2, 0 (aborted), 3.
+    # The aborted row's score sits at column -1, where an empty response's score lands.
+    return {
+        "responses": torch.zeros(3, 3, dtype=torch.long),
+        "attention_mask": torch.tensor([[1, 1, 1, 0], [1, 0, 0, 0], [1, 1, 1, 1]]),
+        "token_level_scores": torch.tensor([[0.0, 1.0, 0.0], [0.0, 0.0, 5.0], [0.0, 0.0, 0.0]]),
+        "token_level_rewards": torch.tensor([[0.0, 0.5, 0.0], [0.0, 0.0, -3.0], [0.0, 0.0, 0.25]]),
+        "advantages": torch.tensor([[1.0, 3.0, 0.0], [9.0, 9.0, 9.0], [2.0, 2.0, 2.0]]),
+        "returns": torch.tensor([[1.0, 1.0, 0.0], [9.0, 9.0, 9.0], [1.0, 1.0, 1.0]]),
+    }
+
+
+def test_aborted_row_is_excluded_from_scores_but_counted_in_response_length():
+    m = compute_data_metrics(_batch(_three_sample_tensors_with_an_aborted_row()), use_critic=False)
+    # score row sums 1, (5 aborted), 0 -> over the two kept rows: mean 0.5, max 1, min 0 (with row 1: mean 2, max 5)
+    assert (m["critic/score/mean"], m["critic/score/max"], m["critic/score/min"]) == (0.5, 1.0, 0.0)
+    # reward row sums 0.5, (-3 aborted), 0.25 -> mean 0.375, max 0.5, min 0.25
+    assert m["critic/rewards/mean"] == pytest.approx(0.375)
+    assert (m["critic/rewards/max"], m["critic/rewards/min"]) == (0.5, 0.25)
+    # no response_mask in the batch -> attention response part: tokens 1,3 | none | 2,2,2 -> mean 10/5 = 2
+    assert m["critic/advantages/mean"] == pytest.approx(2.0) and m["critic/advantages/max"] == 3.0
+    # lengths 2, 0, 3 include the aborted zero: mean 5/3, min 0; one of three at R = 3
+    assert m["response_length/mean"] == pytest.approx(5 / 3)
+    assert (m["response_length/max"], m["response_length/min"]) == (3.0, 0.0)
+    assert m["response_length/clip_ratio"] == pytest.approx(1 / 3)
+    # non-aborted lengths 2, 3: mean 2.5, min 2, one of two at R
+    assert (m["response_length_non_aborted/mean"], m["response_length_non_aborted/min"]) == (2.5, 2.0)
+    assert m["response_length_non_aborted/clip_ratio"] == 0.5
+    assert m["response/aborted_ratio"] == pytest.approx(1 / 3)
+
+
+def test_all_aborted_batch_raises_a_clear_error():
     tensors = _two_sample_tensors()
-    tensors["response_mask"] = torch.tensor([[0, 0, 0], [1, 1, 1]])
+    tensors["attention_mask"] = torch.tensor([[0, 1, 0, 0, 0], [1, 1, 0, 0, 0]])  # no response token anywhere
+    with pytest.raises(ValueError, match="all 2 responses .*empty/aborted"):
+        compute_data_metrics(_batch(tensors), use_critic=False)
+
+
+def test_response_length_comes_from_attention_mask_and_token_stats_from_response_mask():
+    tensors = _two_sample_tensors()
+    # rejection sampling masked out row 1 entirely; attention_mask still says lengths 2 and 3
+    tensors["response_mask"] = torch.tensor([[1, 1, 0], [0, 0, 0]])
     m = compute_data_metrics(_batch(tensors), use_critic=False)
-    # lengths 0, 3: aborted ratio 1/2; non-aborted stats see only the length-3 sample
-    assert m["response/aborted_ratio"] == 0.5
-    assert m["response_length/mean"] == 1.5
-    assert m["response_length_non_aborted/mean"] == 3.0
-    assert m["response_length_non_aborted/clip_ratio"] == 1.0
+    assert m["response_length/mean"] == 2.5  # (2 + 3) / 2, unchanged
+    assert m["response/aborted_ratio"] == 0.0
+    assert m["critic/score/mean"] == pytest.approx(0.75)  # row 1 is not aborted: (1 + 0.5) / 2
+    # advantages of row 0 only: 1, 2 -> mean 1.5 (row 1's 3, 4, 5 excluded)
+    assert (m["critic/advantages/mean"], m["critic/advantages/max"]) == (1.5, 2.0)
+    # returns of row 0 only: 1, 1
+    assert m["critic/returns/mean"] == 1.0
 
 
 def test_multi_turn_counters_are_reported():

@@ -137,6 +137,19 @@ def test_reward_kwargs_and_reward_fn_key_reach_the_manager():
     assert load_reward_manager(cfg, None, 0, max_resp_len=32).max_resp_len == 32
 
 
+@pytest.mark.parametrize("prefix", ["reward_model.reward_kwargs", "reward.reward_kwargs"])
+def test_dapo_buffer_kwargs_from_either_location_are_validated(prefix):
+    base = ["reward_model.reward_manager=dapo", f"+{prefix}.overlong_buffer_cfg.enable=true"]
+    ok = load_reward_manager(
+        config(*base, f"+{prefix}.overlong_buffer_cfg.len=4", f"+{prefix}.max_resp_len=16"), tokenizer=None
+    )
+    assert ok.max_resp_len == 16 and ok.overlong_buffer_cfg["len"] == 4
+    # buffer longer than the response: the error names the kwargs key
+    bad = config(*base, f"+{prefix}.overlong_buffer_cfg.len=32", f"+{prefix}.max_resp_len=16")
+    with pytest.raises(ValueError, match=r"max_resp_len=16 must be >= .*overlong_buffer_cfg\.len=32"):
+        load_reward_manager(bad, tokenizer=None)
+
+
 def test_custom_function_reaches_the_manager(reward_file):
     manager = load_reward_manager(config(f"custom_reward_function.path={reward_file}"), tokenizer=None)
     assert manager.compute_score(data_source="x", solution_str="a", ground_truth="a") == 1.0

@@ -67,12 +67,67 @@ def test_compute_score_sees_decoded_valid_prompt_and_response(tokenizer):
         calls.append((data_source, solution_str, ground_truth, extra_info))
         return 0.5
 
-    data = build_batch(tokenizer, [("what is 3 + 4", "#### 7", "7")], num_turns=np.array([2], dtype=object))
+    data = build_batch(tokenizer, [("what is 3 + 4", "#### 7", "7")])
     manager = NaiveRewardManager(tokenizer, num_examine=0, compute_score=spy)
     rewards = manager(data)
-    assert calls == [("openai/gsm8k", "#### 7", "7", {"index": 0, "num_turns": 2})]
+    # no __num_turns__ column -> no num_turns; no reward_scores column -> rollout_reward_scores defaults to {}
+    assert calls == [("openai/gsm8k", "#### 7", "7", {"index": 0, "rollout_reward_scores": {}})]
     assert data.non_tensor_batch["extra_info"][0] == {"index": 0}  # the batch is not mutated
     assert rewards[0, valid_response_lengths(data)[0] - 1] == 0.5
+
+
+def multi_turn_batch(tokenizer) -> DataProto:
+    rows = [("what is 3 + 4", "#### 7", "7"), ("what is 1 + 1", "#### 3", "2")]
+    return build_batch(
+        tokenizer,
+        rows,
+        __num_turns__=np.array([2, 4], dtype=np.int32),
+        reward_scores=np.array([{"judge": 0.5}, {}], dtype=object),
+    )
+
+
+def test_num_turns_and_rollout_reward_scores_reach_the_scorer(tokenizer):
+    seen = []
+
+    def spy(data_source, solution_str, ground_truth, extra_info=None):
+        seen.append(extra_info)
+        return 0.0
+
+    NaiveRewardManager(tokenizer, num_examine=0, compute_score=spy)(multi_turn_batch(tokenizer))
+    # __num_turns__ -> extra_info["num_turns"], reward_scores -> extra_info["rollout_reward_scores"]
+    assert seen == [
+        {"index": 0, "num_turns": 2, "rollout_reward_scores": {"judge": 0.5}},
+        {"index": 1, "num_turns": 4, "rollout_reward_scores": {}},
+    ]
+
+
+def test_batch_manager_extra_infos_carry_num_turns_and_rollout_reward_scores(tokenizer):
+    seen = []
+
+    def batched(data_sources, solution_strs, ground_truths, extra_infos):
+        seen.extend(extra_infos)
+        return [0.0] * len(data_sources)
+
+    BatchRewardManager(tokenizer, num_examine=0, compute_score=batched)(multi_turn_batch(tokenizer))
+    assert [(e["num_turns"], e["rollout_reward_scores"]) for e in seen] == [(2, {"judge": 0.5}), (4, {})]
+
+
+def test_naive_plain_number_score_adds_no_extra_columns(tokenizer):
+    data = build_batch(tokenizer, [("what is 3 + 4", "#### 7", "7")])
+    out = NaiveRewardManager(tokenizer, num_examine=0, compute_score=lambda **kw: 1)(data, return_dict=True)
+    # an int result is the score; unlike DAPO, naive logs no "acc" for it
+    assert out["reward_extra_info"] == {}
+    assert out["reward_tensor"].sum().item() == 1.0
+
+
+def test_empty_response_score_lands_on_the_last_column(tokenizer):
+    data = build_batch(tokenizer, [("what is 3 + 4", "", "7"), ("what is 1 + 1", "#### 2", "2")])
+    assert valid_response_lengths(data)[0] == 0
+    rewards = NaiveRewardManager(tokenizer, num_examine=0, compute_score=lambda **kw: 2.0)(data)
+    # L = 0 -> column L - 1 = -1, i.e. column 5 of 6 (a masked position), not column 0
+    expected_row0 = torch.tensor([0.0, 0.0, 0.0, 0.0, 0.0, 2.0])
+    assert torch.equal(rewards[0], expected_row0)
+    assert rewards[1, valid_response_lengths(data)[1] - 1] == 2.0
 
 
 def test_dict_scores_fill_reward_extra_info(tokenizer):

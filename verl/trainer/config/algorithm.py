@@ -83,34 +83,48 @@ class FilterGroupsConfig(BaseConfig):
 
 @dataclass
 class RolloutCorrectionConfig(BaseConfig):
-    """``algorithm.rollout_correction``: importance weights / rejection for rollout-vs-training mismatch."""
+    """``algorithm.rollout_correction``: importance weights / rejection for rollout-vs-training mismatch.
 
-    rollout_is: str | None = None
+    Used by :mod:`verl.trainer.ppo.rollout_corr_helper`. The YAML node defaults ``rollout_is`` to null (off); the
+    dataclass default ``"sequence"`` applies where no node is given (e.g. ``actor.policy_loss.rollout_correction``).
+    """
+
+    rollout_is: str | None = "sequence"
     """Importance-sampling level: null (off), token or sequence."""
     rollout_is_threshold: float = 2.0
-    """Upper truncation of the importance weights."""
+    """Upper truncation of the importance weights (> 0)."""
     rollout_rs: str | None = None
-    """Rejection-sampling level: null (off), token, sequence or geometric."""
-    rollout_rs_threshold: float | None = None
-    """Upper ratio bound for rejection sampling."""
-    rollout_rs_threshold_lower: float | None = None
-    """Lower ratio bound for rejection sampling (default: reciprocal of the upper bound)."""
-    rollout_token_veto_threshold: float | None = None
-    """Reject a whole sequence when any token ratio falls below this."""
+    """Rejection options, comma-separated and combined with AND: token_k1|k2|k3, seq_sum_k1|k2|k3,
+    seq_mean_k1|k2|k3, seq_max_k2|k3 (0.6 names token, sequence, geometric mean token_k1, seq_sum_k1, seq_mean_k1)."""
+    rollout_rs_threshold: str | float | None = None
+    """One bound for all options or one per option (comma-separated); k1: "lo_up" or u (lo = 1/u); k2/k3: upper."""
     bypass_mode: bool = False
-    """Use rollout log-probs as the old policy (skips the old_log_prob recomputation)."""
+    """Use rollout log-probs as the old policy (skips the old_log_prob pass; actor loss_mode bypass_mode)."""
+    loss_type: str = "ppo_clip"
+    """Bypass-mode loss: ppo_clip (PPO with pi_old = pi_rollout) or reinforce (-A * log_prob * IS weight)."""
+    rollout_is_batch_normalize: bool = False
+    """Rescale the truncated IS weights to mean 1 over the batch (over all ranks inside workers)."""
+    rollout_rs_threshold_lower: float | None = None
+    """Deprecated (verl 0.6): lower bound of k1 options given a single threshold (default 1/threshold)."""
+    rollout_token_veto_threshold: float | None = None
+    """Deprecated (verl 0.6): reject a whole row when any valid token's ratio pi_train/pi_rollout is below this."""
     use_policy_gradient: bool = False
-    """In bypass mode, use a plain policy-gradient loss instead of the PPO clip."""
+    """Deprecated (verl 0.6): true means loss_type=reinforce."""
 
     def __post_init__(self) -> None:
-        check_choice("algorithm.rollout_correction.rollout_is", self.rollout_is, (None, "token", "sequence"))
-        check_choice(
-            "algorithm.rollout_correction.rollout_rs", self.rollout_rs, (None, "token", "sequence", "geometric")
-        )
-        if self.rollout_is_threshold is not None and self.rollout_is_threshold <= 0:
-            raise ValueError(
-                f"algorithm.rollout_correction.rollout_is_threshold={self.rollout_is_threshold} must be > 0"
-            )
+        key = "algorithm.rollout_correction"
+        check_choice(f"{key}.rollout_is", self.rollout_is, (None, "token", "sequence"))
+        check_choice(f"{key}.loss_type", self.loss_type, ("ppo_clip", "reinforce"))
+        if self.use_policy_gradient:
+            self._set("loss_type", "reinforce")
+        for name in ("rollout_is_threshold", "rollout_rs_threshold_lower", "rollout_token_veto_threshold"):
+            value = getattr(self, name)
+            if value is not None and (isinstance(value, bool) or value <= 0):
+                raise ValueError(f"{key}.{name}={value!r} must be a positive number")
+        # Imported here: the helper imports this module (and torch) at its top.
+        from verl.trainer.ppo.rollout_corr_helper import parse_rollout_rs
+
+        parse_rollout_rs(self.rollout_rs, self.rollout_rs_threshold, self.rollout_rs_threshold_lower)
 
 
 @dataclass

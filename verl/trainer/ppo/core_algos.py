@@ -1,4 +1,4 @@
-"""The PPO-family maths: advantage estimators, policy losses, loss aggregation, value loss, KL penalties.
+"""The PPO-family maths: registries, loss aggregation, value loss, KL penalties, PF-PPO resampling.
 
 Everything here is pure: tensors and scalars in, tensors (and a metrics dict of floats) out. There is no
 ``DataProto``, no ``torch.distributed`` and no config schema in the maths. Two registries are the plug-in points:
@@ -8,9 +8,17 @@ Everything here is pure: tensors and scalars in, tensors (and a metrics dict of 
 * ``POLICY_LOSS_REGISTRY`` (``register_policy_loss`` / ``get_policy_loss_fn``), keyed by
   ``actor.policy_loss.loss_mode``. Losses return ``(pg_loss, metrics)``.
 
+The built-in entries live in two sibling modules, imported at the end of this one so that the registries are full
+once ``core_algos`` is imported; their names (``compute_grpo_outcome_advantage``, ``compute_policy_loss_gspo``, ...)
+are re-exported here:
+
+* ``advantage_estimators.py``: gae, grpo (+ vectorized, passk), rloo (+ vectorized), opo, gpg, reinforce++ (+
+  baseline), remax, gdpo, optimal_token_baseline, tir_optimal_token_baseline.
+* ``policy_losses.py``: vanilla, gspo, sapo, dppo_tv, dppo_kl, gpg, clip_cov, kl_cov, geo_mean, cispo.
+
 Registered functions accept an optional ``config`` (an OmegaConf ``DictConfig``, a plain dict, or a dataclass);
-they unpack it into scalars on their first lines with :func:`_cfg_get`, which understands both ``.get()`` and
-attribute access, so the same function serves Hydra configs, typed configs and tests passing dicts.
+they unpack it into scalars on their first lines with ``cfg_get``, which understands both ``.get()`` and attribute
+access, so the same function serves Hydra configs, typed configs and tests passing dicts.
 
 Conventions: ``response_mask`` is 1 on tokens the policy generated (up to and including EOS) and 0 on padding
 and on tool/observation tokens of multi-turn rollouts; ``index`` holds one group id (the prompt ``uid``) per row.
@@ -18,8 +26,8 @@ and on tool/observation tokens of multi-turn rollouts; ``index`` holds one group
 
 from __future__ import annotations
 
+import sys
 import warnings
-from collections import defaultdict
 from collections.abc import Callable
 from enum import Enum
 from typing import Any
@@ -28,24 +36,13 @@ import numpy as np
 import torch
 
 from verl.utils import torch_functional as verl_F
-from verl.utils.groupwise import as_torch_index, group_mean_std
 from verl.utils.py_functional import cfg_get
 
 PolicyLossFn = Callable[..., tuple[torch.Tensor, dict[str, float]]]
 
 # ---------------------------------------------------------------------------------------------------------------------
-# config access and registries
+# registries
 # ---------------------------------------------------------------------------------------------------------------------
-
-
-def _clip_ratios(config: Any) -> tuple[float, float, float]:
-    """``(clip_low, clip_high, clip_ratio_c)`` from an actor config; low/high fall back to ``clip_ratio``."""
-    clip_ratio = cfg_get(config, "clip_ratio", 0.2)
-    clip_low = cfg_get(config, "clip_ratio_low", None)
-    clip_high = cfg_get(config, "clip_ratio_high", None)
-    clip_low = clip_ratio if clip_low is None else clip_low
-    clip_high = clip_ratio if clip_high is None else clip_high
-    return float(clip_low), float(clip_high), float(cfg_get(config, "clip_ratio_c", 3.0))
 
 
 class AdvantageEstimator(str, Enum):
@@ -172,317 +169,6 @@ def get_kl_controller(kl_ctrl: Any) -> AdaptiveKLController | FixedKLController:
     raise NotImplementedError(f"algorithm.kl_ctrl.type={kind!r} is not supported; use 'fixed' or 'adaptive'.")
 
 
-# ---------------------------------------------------------------------------------------------------------------------
-# advantage estimators
-# ---------------------------------------------------------------------------------------------------------------------
-
-
-def _group_rows(index: Any) -> dict[Any, list[int]]:
-    """Row numbers of each group id, in first-seen order (ids may be strings, ints or tensor elements)."""
-    keys = index.tolist() if isinstance(index, (np.ndarray, torch.Tensor)) else list(index)
-    rows: dict[Any, list[int]] = defaultdict(list)
-    for row, key in enumerate(keys):
-        rows[key].append(row)
-    return rows
-
-
-@register_adv_est(AdvantageEstimator.GAE)
-@torch.no_grad()
-def compute_gae_advantage_return(
-    token_level_rewards: torch.Tensor,
-    values: torch.Tensor,
-    response_mask: torch.Tensor,
-    gamma: float | torch.Tensor | None = None,
-    lam: float | torch.Tensor | None = None,
-    config: Any = None,
-    **kwargs: Any,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Generalised advantage estimation (Schulman et al., 2016) with multi-turn masking.
-
-    Backwards over t: ``delta_t = r_t + gamma * V_next - V_t``; ``A_t = delta_t + gamma * lam * A_next``.
-    ``V_next`` and ``A_next`` only advance on positions with mask 1: masked (observation) tokens carry the
-    previous values through, so neither their values nor their rewards influence any advantage.
-
-    Args:
-        token_level_rewards: ``(bs, response_length)``.
-        values: ``(bs, response_length)`` critic values.
-        response_mask: ``(bs, response_length)``.
-        gamma: discount; read from ``config.gamma`` (default 1.0) when ``None``.
-        lam: GAE lambda; read from ``config.lam`` (default 1.0) when ``None``.
-        config: optional algorithm config.
-
-    Returns:
-        ``advantages`` (whitened over the mask) and ``returns = A + V`` (not whitened), both
-        ``(bs, response_length)``.
-    """
-    gamma = cfg_get(config, "gamma", 1.0) if gamma is None else gamma
-    lam = cfg_get(config, "lam", 1.0) if lam is None else lam
-    mask = response_mask.to(values.dtype)
-    next_value = torch.zeros_like(values[:, 0])
-    next_adv = torch.zeros_like(values[:, 0])
-    reversed_adv = []
-    for t in reversed(range(token_level_rewards.shape[-1])):
-        delta = token_level_rewards[:, t] + gamma * next_value - values[:, t]
-        adv_t = delta + gamma * lam * next_adv
-        next_value = values[:, t] * mask[:, t] + (1 - mask[:, t]) * next_value
-        next_adv = adv_t * mask[:, t] + (1 - mask[:, t]) * next_adv
-        reversed_adv.append(next_adv)
-    advantages = torch.stack(reversed_adv[::-1], dim=1)
-    returns = advantages + values
-    return verl_F.masked_whiten(advantages, response_mask), returns
-
-
-@register_adv_est(AdvantageEstimator.GRPO)
-@torch.no_grad()
-def compute_grpo_outcome_advantage(
-    token_level_rewards: torch.Tensor,
-    response_mask: torch.Tensor,
-    index: Any,
-    epsilon: float = 1e-6,
-    norm_adv_by_std_in_grpo: bool = True,
-    config: Any = None,
-    **kwargs: Any,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """GRPO outcome advantage (Shao et al., 2024): each score normalised within its prompt group.
-
-    ``A_i = (s_i - mean_g) / (std_g + epsilon)`` with the unbiased std, or ``s_i - mean_g`` when
-    ``norm_adv_by_std_in_grpo`` is False (Dr. GRPO). A group of one uses mean 0 and std 1.
-
-    Args:
-        token_level_rewards: ``(bs, response_length)``; a response's score ``s_i`` is its row sum.
-        response_mask: ``(bs, response_length)``.
-        index: ``(bs,)`` group ids.
-        epsilon: added to the std.
-        norm_adv_by_std_in_grpo: divide by the std; ``config.norm_adv_by_std_in_grpo`` wins when present.
-        config: optional algorithm config.
-
-    Returns:
-        ``(advantages, returns)``, the same ``(bs, response_length)`` tensor: ``A_i`` broadcast over the mask.
-    """
-    norm_by_std = cfg_get(config, "norm_adv_by_std_in_grpo", norm_adv_by_std_in_grpo)
-    scores = token_level_rewards.sum(dim=-1)
-    out = scores.clone()
-    for rows in _group_rows(index).values():
-        group = scores[rows]
-        mean, std = (group.mean(), group.std()) if len(rows) > 1 else (0.0, 1.0)
-        out[rows] = (group - mean) / (std + epsilon) if norm_by_std else group - mean
-    return _broadcast(out, response_mask)
-
-
-# The estimators below share the arguments and return convention of compute_grpo_outcome_advantage.
-
-
-@register_adv_est(AdvantageEstimator.GRPO_VECTORIZED)
-@torch.no_grad()
-def compute_grpo_vectorized_outcome_advantage(
-    token_level_rewards: torch.Tensor,
-    response_mask: torch.Tensor,
-    index: Any,
-    epsilon: float = 1e-6,
-    norm_adv_by_std_in_grpo: bool = True,
-    config: Any = None,
-    **kwargs: Any,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Same maths as :func:`compute_grpo_outcome_advantage`, with scatter reductions instead of a loop."""
-    norm_by_std = cfg_get(config, "norm_adv_by_std_in_grpo", norm_adv_by_std_in_grpo)
-    scores = token_level_rewards.sum(dim=-1)
-    gidx = as_torch_index(index, device=scores.device)
-    mean_g, std_g, _ = group_mean_std(scores, gidx)
-    centered = scores - mean_g[gidx].to(scores.dtype)
-    out = centered / (std_g[gidx].to(scores.dtype) + epsilon) if norm_by_std else centered
-    return _broadcast(out, response_mask)
-
-
-@register_adv_est(AdvantageEstimator.GRPO_PASSK)
-@torch.no_grad()
-def compute_grpo_passk_outcome_advantage(
-    token_level_rewards: torch.Tensor,
-    response_mask: torch.Tensor,
-    index: Any,
-    epsilon: float = 1e-6,
-    norm_adv_by_std_in_grpo: bool = True,
-    config: Any = None,
-    **kwargs: Any,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Pass@k GRPO: only the best response of each group gets ``r_max - r_second`` (÷ ``std_g + eps``); others 0.
-
-    Raises:
-        ValueError: a group holds fewer than 2 responses.
-    """
-    norm_by_std = cfg_get(config, "norm_adv_by_std_in_grpo", norm_adv_by_std_in_grpo)
-    scores = token_level_rewards.sum(dim=-1)
-    out = torch.zeros_like(scores)
-    for key, rows in _group_rows(index).items():
-        if len(rows) < 2:
-            raise ValueError(f"grpo_passk needs at least 2 responses per group; group {key!r} has {len(rows)}.")
-        group = scores[rows]
-        top2 = torch.topk(group, 2)
-        gain = top2.values[0] - top2.values[1]
-        out[rows[int(top2.indices[0])]] = gain / (group.std() + epsilon) if norm_by_std else gain
-    return _broadcast(out, response_mask)
-
-
-@register_adv_est(AdvantageEstimator.REINFORCE_PLUS_PLUS_BASELINE)
-@torch.no_grad()
-def compute_reinforce_plus_plus_baseline_outcome_advantage(
-    token_level_rewards: torch.Tensor,
-    response_mask: torch.Tensor,
-    index: Any,
-    epsilon: float = 1e-6,
-    config: Any = None,
-    **kwargs: Any,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """REINFORCE++ with a group-mean baseline (0 for a group of one), then whitened over the batch's tokens."""
-    scores = token_level_rewards.sum(dim=-1)
-    out = scores.clone()
-    for rows in _group_rows(index).values():
-        if len(rows) > 1:
-            out[rows] = scores[rows] - scores[rows].mean()
-    advantages = verl_F.masked_whiten(out.unsqueeze(-1) * response_mask, response_mask) * response_mask
-    return advantages, advantages
-
-
-@register_adv_est(AdvantageEstimator.RLOO)
-@torch.no_grad()
-def compute_rloo_outcome_advantage(
-    token_level_rewards: torch.Tensor,
-    response_mask: torch.Tensor,
-    index: Any,
-    epsilon: float = 1e-6,
-    config: Any = None,
-    **kwargs: Any,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """REINFORCE leave-one-out (Ahmadian et al., 2024): score minus the mean of the *other* group members.
-
-    For a group of ``n > 1``: ``A_i = s_i * n/(n-1) - mean_g * n/(n-1)``; a group of one keeps its raw score.
-    """
-    scores = token_level_rewards.sum(dim=-1)
-    out = scores.clone()
-    for rows in _group_rows(index).values():
-        n = len(rows)
-        if n > 1:
-            out[rows] = scores[rows] * n / (n - 1) - scores[rows].mean() * n / (n - 1)
-    return _broadcast(out, response_mask)
-
-
-@register_adv_est(AdvantageEstimator.RLOO_VECTORIZED)
-@torch.no_grad()
-def compute_rloo_vectorized_outcome_advantage(
-    token_level_rewards: torch.Tensor,
-    response_mask: torch.Tensor,
-    index: Any,
-    epsilon: float = 1e-6,
-    config: Any = None,
-    **kwargs: Any,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Same maths as :func:`compute_rloo_outcome_advantage`: ``s_i - (sum_g - s_i) / (n_g - 1)``, vectorised."""
-    scores = token_level_rewards.sum(dim=-1)
-    gidx = as_torch_index(index, device=scores.device)
-    count = torch.bincount(gidx).to(scores.dtype)[gidx]
-    group_sum = torch.zeros(int(gidx.max()) + 1, dtype=scores.dtype, device=scores.device)
-    group_sum = group_sum.scatter_add_(0, gidx, scores)[gidx]
-    leave_one_out = (group_sum - scores) / (count - 1).clamp(min=1)
-    return _broadcast(torch.where(count > 1, scores - leave_one_out, scores), response_mask)
-
-
-@register_adv_est(AdvantageEstimator.OPO)
-@torch.no_grad()
-def compute_opo_outcome_advantage(
-    token_level_rewards: torch.Tensor,
-    response_mask: torch.Tensor,
-    index: Any,
-    epsilon: float = 1e-6,
-    config: Any = None,
-    **kwargs: Any,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """OPO: the baseline is the length-weighted group score ``sum(len_j s_j) / sum(len_j)`` (0 for a group of 1)."""
-    scores = token_level_rewards.sum(dim=-1)
-    lengths = response_mask.sum(dim=-1).to(scores.dtype)
-    out = scores.clone()
-    for rows in _group_rows(index).values():
-        if len(rows) > 1:
-            out[rows] = scores[rows] - (lengths[rows] * scores[rows]).sum() / lengths[rows].sum()
-    return _broadcast(out, response_mask)
-
-
-@register_adv_est(AdvantageEstimator.GPG)
-@torch.no_grad()
-def compute_gpg_outcome_advantage(
-    token_level_rewards: torch.Tensor,
-    response_mask: torch.Tensor,
-    index: Any,
-    epsilon: float = 1e-6,
-    f_norm: float = 1.0,
-    alpha: float = 1.0,
-    config: Any = None,
-    **kwargs: Any,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Group Policy Gradient (Chu et al., 2025): ``A_i = alpha * (s_i - mean_g) / f_norm``.
-
-    ``alpha = bs / max(#non-zero scores, 1)`` rescales for the fraction of informative samples (the ``alpha``
-    argument is accepted for signature compatibility and overridden). A group of one uses mean 0.
-    """
-    scores = token_level_rewards.sum(dim=-1)
-    alpha = scores.shape[0] / max(int(torch.count_nonzero(scores)), 1)
-    out = scores.clone()
-    for rows in _group_rows(index).values():
-        mean = scores[rows].mean() if len(rows) > 1 else 0.0
-        out[rows] = alpha * (scores[rows] - mean) / f_norm
-    return _broadcast(out, response_mask)
-
-
-@register_adv_est(AdvantageEstimator.REINFORCE_PLUS_PLUS)
-@torch.no_grad()
-def compute_reinforce_plus_plus_outcome_advantage(
-    token_level_rewards: torch.Tensor,
-    response_mask: torch.Tensor,
-    config: Any = None,
-    gamma: float | None = None,
-    **kwargs: Any,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """REINFORCE++ (Hu, 2025): discounted token returns, whitened over the batch.
-
-    ``G_t = r_t + gamma * G_{t+1}`` (``gamma`` argument, else ``config.gamma``, else 1), with the running return
-    reset to 0 after each masked position so that separate turns do not leak into each other.
-
-    Returns:
-        ``advantages`` (whitened returns times the mask) and the raw ``returns``, both ``(bs, response_length)``.
-    """
-    gamma = cfg_get(config, "gamma", 1.0) if gamma is None else gamma
-    returns = torch.zeros_like(token_level_rewards)
-    running = torch.zeros_like(token_level_rewards[:, 0])
-    for t in reversed(range(token_level_rewards.shape[-1])):
-        running = token_level_rewards[:, t] + gamma * running
-        returns[:, t] = running
-        running = running * response_mask[:, t]
-    return verl_F.masked_whiten(returns, response_mask) * response_mask, returns
-
-
-@register_adv_est(AdvantageEstimator.REMAX)
-@torch.no_grad()
-def compute_remax_outcome_advantage(
-    token_level_rewards: torch.Tensor,
-    reward_baselines: torch.Tensor,
-    response_mask: torch.Tensor,
-    config: Any = None,
-    **kwargs: Any,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """ReMax (Li et al., 2023): reward-to-go minus the score of a greedy rollout, ``reward_baselines (bs,)``.
-
-    Returns:
-        ``advantages = returns - baseline * mask`` and ``returns`` (reverse cumsum of masked rewards), both
-        ``(bs, response_length)``.
-    """
-    returns = (token_level_rewards * response_mask).flip(dims=[-1]).cumsum(dim=-1).flip(dims=[-1])
-    return returns - reward_baselines.unsqueeze(-1) * response_mask, returns
-
-
-def _broadcast(scores: torch.Tensor, response_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    # Outcome estimators give one number per response; every counted token receives it, and returns == advantages.
-    advantages = scores.unsqueeze(-1) * response_mask
-    return advantages, advantages
-
-
 def compute_rewards(
     token_level_scores: torch.Tensor, old_log_prob: torch.Tensor, ref_log_prob: torch.Tensor, kl_ratio: float
 ) -> torch.Tensor:
@@ -555,20 +241,30 @@ def _safe_denominator(denom: int | float | torch.Tensor, like: torch.Tensor) -> 
 
 def _agg_kwargs(config: Any) -> dict[str, Any]:
     """Global-batch information an actor may attach to its config (``global_batch_info`` / ``loss_scale_factor``)."""
+    # As upstream: only the engine path fills global_batch_info (loss_scale_factor included); on the legacy path it
+    # is empty, so every aggregation is micro-batch local and actor.loss_scale_factor is not used.
     info = dict(cfg_get(config, "global_batch_info", None) or {})
-    if cfg_get(config, "loss_scale_factor", None) is not None:
-        info.setdefault("loss_scale_factor", cfg_get(config, "loss_scale_factor"))
     keep = ("dp_size", "batch_num_tokens", "global_batch_size", "loss_scale_factor")
-    return {k: v for k, v in info.items() if k in keep}
+    return {k: v for k, v in info.items() if k in keep and v is not None}
 
 
 # ---------------------------------------------------------------------------------------------------------------------
-# policy losses
+# policy-loss helpers and the default loss (vanilla PPO); the other losses live in policy_losses.py
 #
 # Every registered loss has the signature of compute_policy_loss_vanilla and returns (pg_loss, metrics) with the
-# metric keys of _METRIC_KEYS (floats). Log-ratios are clamped to [-20, 20] before exp() so that a stale
-# old_log_prob cannot overflow the ratio.
+# metric keys of _METRIC_KEYS (floats).
 # ---------------------------------------------------------------------------------------------------------------------
+
+
+def _clip_ratios(config: Any) -> tuple[float, float, float]:
+    """``(clip_low, clip_high, clip_ratio_c)`` from an actor config; low/high fall back to ``clip_ratio``."""
+    clip_ratio = cfg_get(config, "clip_ratio", 0.2)
+    clip_low = cfg_get(config, "clip_ratio_low", None)
+    clip_high = cfg_get(config, "clip_ratio_high", None)
+    clip_low = clip_ratio if clip_low is None else clip_low
+    clip_high = clip_ratio if clip_high is None else clip_high
+    return float(clip_low), float(clip_high), float(cfg_get(config, "clip_ratio_c", 3.0))
+
 
 _METRIC_KEYS = ("actor/pg_clipfrac", "actor/ppo_kl", "actor/pg_clipfrac_lower")
 
@@ -668,194 +364,52 @@ def compute_policy_loss(
     return agg_loss(pg_losses, response_mask, loss_agg_mode), clipfrac, ppo_kl, lower
 
 
-@register_policy_loss("gspo")
-def compute_policy_loss_gspo(
-    old_log_prob: torch.Tensor,
-    log_prob: torch.Tensor,
-    advantages: torch.Tensor,
-    response_mask: torch.Tensor,
-    loss_agg_mode: str = "seq-mean-token-mean",
-    config: Any = None,
-    rollout_is_weights: torch.Tensor | None = None,
-) -> tuple[torch.Tensor, dict[str, float]]:
-    """GSPO (Zheng et al., 2025): a clipped surrogate on the sequence-level ratio.
+# ---------------------------------------------------------------------------------------------------------------------
+# PF-PPO: resample the batch towards high-|reward| responses
+# ---------------------------------------------------------------------------------------------------------------------
 
-    ``s_i = exp(mean_t(logp - old))``; token-wise ``s_{i,t} = exp(sg[log s_i] + logp_t - sg[logp_t])`` has the
-    value of ``s_i`` and the gradient ``s_i * d logp_t``. Always aggregated with ``seq-mean-token-mean``
-    (``loss_agg_mode`` is ignored, as upstream does).
+PF_PPO_REWEIGHT_METHODS = ("pow", "max_min", "max_random")
+
+
+def pf_ppo_resample_indices(
+    scores: torch.Tensor, reweight_method: str, weight_pow: float, generator: torch.Generator | None = None
+) -> torch.Tensor:
+    """Row indices for policy-filtration PPO: draw ``bs`` rows with replacement, weighted by their score.
+
+    Weights: ``pow``: ``|s|^weight_pow``; ``max_min``: 1 for rows holding the batch's max or min score, else 0;
+    ``max_random``: 0.4 for rows holding the max, else 0.1. Then ``w = max(w + 1e-8, 1e-8)`` so every row keeps a
+    (tiny) chance, and ``torch.multinomial(w, bs, replacement=True)``.
+
+    Args:
+        scores: ``(bs,)`` per-response scores (the trainer uses the row sums of ``token_level_scores``).
+        reweight_method: one of ``PF_PPO_REWEIGHT_METHODS`` (``algorithm.pf_ppo.reweight_method``).
+        weight_pow: exponent of the ``pow`` method (``algorithm.pf_ppo.weight_pow``).
+        generator: optional ``torch.Generator`` for reproducible draws.
+
+    Returns:
+        ``(bs,)`` LongTensor of row indices; rows may repeat, the batch size is unchanged.
+
+    Raises:
+        ValueError: unknown ``reweight_method``.
     """
-    clip_low, clip_high, _ = _clip_ratios(config)
-    log_ratio = log_prob - old_log_prob
-    seq_len = response_mask.sum(dim=-1).clamp(min=1)
-    seq_log_ratio = verl_F.masked_sum(log_ratio, response_mask, axis=-1) / seq_len  # (bs,)
-    token_log_ratio = seq_log_ratio.detach().unsqueeze(-1) + log_prob - log_prob.detach()
-    ratio = torch.exp(torch.clamp(token_log_ratio, max=10.0))
-    unclipped = -advantages * ratio
-    clipped = -advantages * torch.clamp(ratio, 1 - clip_low, 1 + clip_high)
-    pg_losses = _apply_is_weights(torch.maximum(unclipped, clipped), rollout_is_weights)
-    agg = {k: v for k, v in _agg_kwargs(config).items() if k != "batch_num_tokens"}
-    pg_loss = agg_loss(pg_losses, response_mask, "seq-mean-token-mean", **agg)
-    is_clipped = torch.gt(clipped, unclipped)
-    clipfrac = verl_F.masked_mean(is_clipped.float(), response_mask)
-    lower = verl_F.masked_mean((is_clipped & (advantages < 0)).float(), response_mask)
-    return pg_loss, _metrics(clipfrac, verl_F.masked_mean(-log_ratio, response_mask), lower)
-
-
-@register_policy_loss("gpg")
-def compute_policy_loss_gpg(
-    old_log_prob: torch.Tensor,
-    log_prob: torch.Tensor,
-    advantages: torch.Tensor,
-    response_mask: torch.Tensor,
-    loss_agg_mode: str = "token-mean",
-    config: Any = None,
-    rollout_is_weights: torch.Tensor | None = None,
-) -> tuple[torch.Tensor, dict[str, float]]:
-    """GPG: plain policy gradient ``-logp * A``, no ratio and no clipping (clip fractions report 0)."""
-    pg_losses = _apply_is_weights(-log_prob * advantages, rollout_is_weights)
-    pg_loss = agg_loss(pg_losses, response_mask, loss_agg_mode, **_agg_kwargs(config))
-    return pg_loss, _metrics(0.0, verl_F.masked_mean(old_log_prob - log_prob, response_mask), 0.0)
-
-
-@register_policy_loss("clip_cov")
-def compute_policy_loss_clip_cov(
-    old_log_prob: torch.Tensor,
-    log_prob: torch.Tensor,
-    advantages: torch.Tensor,
-    response_mask: torch.Tensor,
-    loss_agg_mode: str = "token-mean",
-    config: Any = None,
-    rollout_is_weights: torch.Tensor | None = None,
-) -> tuple[torch.Tensor, dict[str, float]]:
-    """Clip-Cov (Cui et al., 2025): zero the loss of a few tokens with high covariance of A and logp.
-
-    Among valid tokens not already clipped by PPO whose centred covariance lies in ``(clip_cov_lb, clip_cov_ub)``,
-    up to ``max(int(clip_cov_ratio * #valid), 1)`` are chosen at random. Reads ``policy_loss.{clip_cov_ratio,
-    clip_cov_lb, clip_cov_ub}`` and the clip ratios. ``actor/pg_clipfrac`` is the fraction of zeroed tokens.
-    """
-    policy_cfg = cfg_get(config, "policy_loss", None)
-    cov_ratio = cfg_get(policy_cfg, "clip_cov_ratio", 0.0002)
-    cov_lb = cfg_get(policy_cfg, "clip_cov_lb", 1.0)
-    cov_ub = cfg_get(policy_cfg, "clip_cov_ub", 5.0)
-    assert cov_ratio > 0, f"policy_loss.clip_cov_ratio must be > 0, got {cov_ratio}"
-    clip_low, clip_high, _ = _clip_ratios(config)
-    valid = response_mask.bool()
-    log_ratio = torch.clamp(log_prob - old_log_prob, min=-20.0, max=20.0)
-    ratio = torch.exp(log_ratio)
-    unclipped = -advantages * ratio
-    clipped = -advantages * torch.clamp(ratio, 1 - clip_low, 1 + clip_high)
-    logp = log_prob.detach()
-    cov = (advantages - verl_F.masked_mean(advantages, response_mask)) * (
-        logp - verl_F.masked_mean(logp, response_mask)
-    )
-    candidates = torch.nonzero(valid & ~torch.gt(clipped, unclipped) & (cov > cov_lb) & (cov < cov_ub))  # (n, 2)
-    budget = max(int(cov_ratio * int(valid.sum())), 1)
-    chosen = candidates[torch.randperm(len(candidates), device=candidates.device)[:budget]]
-    keep = torch.ones_like(advantages)
-    keep[chosen[:, 0], chosen[:, 1]] = 0.0
-    pg_losses = _apply_is_weights(torch.maximum(unclipped, clipped) * keep, rollout_is_weights)
-    pg_loss = agg_loss(pg_losses, response_mask, loss_agg_mode, **_agg_kwargs(config))
-    clipfrac = verl_F.masked_mean((keep == 0).float(), response_mask)
-    return pg_loss, _metrics(clipfrac, verl_F.masked_mean(-log_ratio, response_mask), 0.0)
-
-
-@register_policy_loss("kl_cov")
-def compute_policy_loss_kl_cov(
-    old_log_prob: torch.Tensor,
-    log_prob: torch.Tensor,
-    advantages: torch.Tensor,
-    response_mask: torch.Tensor,
-    loss_agg_mode: str = "token-mean",
-    config: Any = None,
-    rollout_is_weights: torch.Tensor | None = None,
-) -> tuple[torch.Tensor, dict[str, float]]:
-    """KL-Cov (Cui et al., 2025): add ``ppo_kl_coef * |log r|`` on the top-covariance tokens, no clipping.
-
-    The ``max(1, int(kl_cov_ratio * #valid))`` valid tokens with the largest centred covariance of A and logp get
-    ``-A r + coef |log r|``; the others ``-A r``. Reads ``policy_loss.{kl_cov_ratio, ppo_kl_coef}``;
-    ``actor/ppo_kl`` reports the masked mean of ``|log r|``.
-    """
-    policy_cfg = cfg_get(config, "policy_loss", None)
-    kl_cov_ratio = cfg_get(policy_cfg, "kl_cov_ratio", 0.0002)
-    kl_coef = cfg_get(policy_cfg, "ppo_kl_coef", 0.1)
-    assert kl_cov_ratio > 0, f"policy_loss.kl_cov_ratio must be > 0, got {kl_cov_ratio}"
-    log_ratio = torch.clamp(log_prob - old_log_prob, min=-20.0, max=20.0)
-    base = -advantages * torch.exp(log_ratio)
-    valid_flat = torch.nonzero(response_mask.reshape(-1) > 0, as_tuple=True)[0]
-    select = torch.zeros(advantages.numel(), dtype=torch.bool, device=advantages.device)
-    if valid_flat.numel() > 0:
-        adv = advantages.reshape(-1)[valid_flat].detach()
-        logp = log_prob.reshape(-1)[valid_flat].detach()
-        cov = (adv - adv.mean()) * (logp - logp.mean())
-        select[valid_flat[torch.topk(cov, max(1, int(valid_flat.numel() * kl_cov_ratio))).indices]] = True
-    pg_losses = torch.where(select.reshape(advantages.shape), base + kl_coef * log_ratio.abs(), base)
-    pg_losses = _apply_is_weights(pg_losses, rollout_is_weights)
-    pg_loss = agg_loss(pg_losses, response_mask, loss_agg_mode, **_agg_kwargs(config))
-    return pg_loss, _metrics(0.0, verl_F.masked_mean(log_ratio.abs(), response_mask), 0.0)
-
-
-@register_policy_loss("geo_mean")
-def compute_policy_loss_geo_mean(
-    old_log_prob: torch.Tensor,
-    log_prob: torch.Tensor,
-    advantages: torch.Tensor,
-    response_mask: torch.Tensor,
-    loss_agg_mode: str = "token-mean",
-    config: Any = None,
-    rollout_is_weights: torch.Tensor | None = None,
-) -> tuple[torch.Tensor, dict[str, float]]:
-    """GMPO (Zhao et al., 2025): maximise the geometric mean of token ratios, clipped in log space.
-
-    Token log-ratios are clipped sign-aware: ``sgn(A) * min(sgn(A) l, sgn(A) clamp(l, -low, high))``. The
-    sequence ratio is ``exp(mean_t clipped l)``, the sequence advantage ``mean_t A``, and the loss
-    ``mean_i(-A_i * ratio_i)`` over the batch (``loss_agg_mode`` is not used; advantages are assumed to be
-    sequence-level). Importance weights, if given, are averaged per sequence.
-    """
-    clip_low, clip_high, _ = _clip_ratios(config)
-    log_ratio = log_prob - old_log_prob
-    sign = torch.sign(advantages)
-    log_ratio_clamped = torch.clamp(log_ratio, -clip_low, clip_high)
-    log_ratio_clipped = sign * torch.minimum(sign * log_ratio, sign * log_ratio_clamped)
-    lengths = response_mask.sum(dim=-1) + 1e-8
-    seq_ratio = torch.exp(verl_F.masked_sum(log_ratio_clipped, response_mask, axis=-1) / lengths)
-    pg_losses = -(verl_F.masked_sum(advantages, response_mask, axis=-1) / lengths) * seq_ratio  # (bs,)
-    if rollout_is_weights is not None:
-        pg_losses = pg_losses * (verl_F.masked_sum(rollout_is_weights.detach(), response_mask, axis=-1) / lengths)
-    is_clipped = torch.ne(log_ratio, log_ratio_clamped)
-    clipfrac = verl_F.masked_mean((is_clipped & (advantages > 0)).float(), response_mask)
-    lower = verl_F.masked_mean((is_clipped & (advantages < 0)).float(), response_mask)
-    return pg_losses.mean(), _metrics(clipfrac, verl_F.masked_mean(-log_ratio, response_mask), lower)
-
-
-@register_policy_loss("cispo")
-def compute_policy_loss_cispo(
-    old_log_prob: torch.Tensor,
-    log_prob: torch.Tensor,
-    advantages: torch.Tensor,
-    response_mask: torch.Tensor,
-    loss_agg_mode: str = "token-mean",
-    config: Any = None,
-    rollout_is_weights: torch.Tensor | None = None,
-) -> tuple[torch.Tensor, dict[str, float]]:
-    """CISPO (MiniMax, 2025): clip the importance weight, not the update; every token keeps its gradient.
-
-    ``loss_t = -sg(clamp(r_t, 1 - low, 1 + high)) * A_t * logp_t``. ``actor/pg_clipfrac`` counts tokens whose
-    weight was clipped on either side, ``actor/pg_clipfrac_lower`` those clipped from below.
-    """
-    clip_low, clip_high, _ = _clip_ratios(config)
-    log_ratio = torch.clamp(log_prob - old_log_prob, min=-20.0, max=20.0)
-    ratio = torch.exp(log_ratio)
-    weight = torch.clamp(ratio, 1 - clip_low, 1 + clip_high).detach()
-    pg_losses = _apply_is_weights(-weight * advantages * log_prob, rollout_is_weights)
-    pg_loss = agg_loss(pg_losses, response_mask, loss_agg_mode, **_agg_kwargs(config))
-    below = ratio < 1 - clip_low
-    clipfrac = verl_F.masked_mean((below | (ratio > 1 + clip_high)).float(), response_mask)
-    lower = verl_F.masked_mean(below.float(), response_mask)
-    return pg_loss, _metrics(clipfrac, verl_F.masked_mean(-log_ratio, response_mask), lower)
+    scores = scores.detach().to(torch.float64)
+    if reweight_method == "pow":
+        weights = scores.abs().pow(weight_pow)
+    elif reweight_method == "max_min":
+        weights = ((scores == scores.max()) | (scores == scores.min())).to(scores.dtype)
+    elif reweight_method == "max_random":
+        weights = torch.where(scores == scores.max(), 0.4, 0.1).to(scores.dtype)
+    else:
+        raise ValueError(
+            f"algorithm.pf_ppo.reweight_method={reweight_method!r} is not supported; use one of "
+            f"{list(PF_PPO_REWEIGHT_METHODS)}."
+        )
+    weights = torch.clamp(weights + 1e-8, min=1e-8)
+    return torch.multinomial(weights, scores.shape[0], replacement=True, generator=generator)
 
 
 # ---------------------------------------------------------------------------------------------------------------------
-# entropy, value loss, KL penalties
+# entropy, value loss, KL penalties, logit statistics
 # ---------------------------------------------------------------------------------------------------------------------
 
 
@@ -931,6 +485,44 @@ def kl_penalty(logprob: torch.Tensor, ref_logprob: torch.Tensor, kl_penalty: str
     k2 = 0.5 * (logprob - ref_logprob).square()
     return k2 - k2.detach() + value.detach()
 
+
+@torch.no_grad()
+def compute_sum_pi_squared_from_logits(logits: torch.Tensor) -> torch.Tensor:
+    """``sum_v pi_v^2`` per position, the collision probability of the softmax, for the optimal token baseline.
+
+    Computed in log space as ``exp(LSE(2 z) - 2 LSE(z))`` (``sum_v e^{2 z_v} / (sum_v e^{z_v})^2``) in float32,
+    so large logits neither overflow nor lose the small terms. No gradient flows through it.
+
+    Args:
+        logits: ``(bs, response_length, vocab)`` (any leading shape; the last dim is the vocabulary).
+
+    Returns:
+        ``(bs, response_length)`` float32 values in ``[1/vocab, 1]``.
+    """
+    logits = logits.float()
+    return torch.exp(torch.logsumexp(2.0 * logits, dim=-1) - 2.0 * torch.logsumexp(logits, dim=-1))
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# built-in estimators and losses (sibling modules; they import this module for the registries)
+# ---------------------------------------------------------------------------------------------------------------------
+
+_SPLIT_MODULES = ("verl.trainer.ppo.advantage_estimators", "verl.trainer.ppo.policy_losses")
+
+
+def __getattr__(name: str) -> Any:
+    # Re-export of the sibling modules' names (PEP 562). Resolved on access rather than copied at import, because
+    # either sibling may be imported first, in which case it is still half-initialised when this module finishes.
+    if not name.startswith("__"):
+        for module_name in _SPLIT_MODULES:
+            module = sys.modules.get(module_name)
+            if module is not None and name in vars(module):
+                return vars(module)[name]
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+from verl.trainer.ppo import advantage_estimators as _advantage_estimators  # noqa: E402, F401
+from verl.trainer.ppo import policy_losses as _policy_losses  # noqa: E402, F401
 
 # Losses defined beside the maths they need register themselves on import (kept last: they import this module).
 from verl.trainer.ppo import rollout_corr_helper as _rollout_corr_helper  # noqa: E402, F401

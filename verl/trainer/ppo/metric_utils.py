@@ -36,20 +36,20 @@ _ALL_TOKEN_STAGES = ("ref", "values", "adv", "update_critic", "update_actor")
 
 
 def _compute_response_info(batch: Any) -> dict[str, torch.Tensor]:
-    """Prompt/response lengths of every sample.
+    """Prompt/response lengths of every sample, read from ``attention_mask`` (as verl does).
+
+    The batch's ``response_mask`` is deliberately not used here: after multi-turn masking or rejection sampling
+    it can differ from what was generated, and lengths describe what was generated.
 
     Returns:
-        ``response_mask`` (bs, R), ``prompt_length`` (bs,) and ``response_length`` (bs,), lengths as floats.
-        ``response_mask`` is the batch's own when present, else the last R columns of ``attention_mask``.
+        ``response_mask`` (bs, R) = the last R columns of ``attention_mask``, ``prompt_length`` (bs,) and
+        ``response_length`` (bs,), lengths as floats.
     """
     tensors = batch.batch
     response_width = tensors["responses"].shape[-1]
     attention_mask = tensors["attention_mask"]
     prompt_mask = attention_mask[:, :-response_width]  # (bs, P)
-    if "response_mask" in tensors.keys():
-        response_mask = tensors["response_mask"]
-    else:
-        response_mask = attention_mask[:, -response_width:]  # (bs, R)
+    response_mask = attention_mask[:, -response_width:]  # (bs, R)
     return {
         "response_mask": response_mask,
         "prompt_length": prompt_mask.sum(-1).float(),
@@ -101,29 +101,47 @@ def _multi_turn_metrics(batch: Any) -> dict[str, float]:
 def compute_data_metrics(batch: Any, use_critic: bool = True) -> dict[str, float]:
     """Statistics of scores, rewards, advantages, returns, values and lengths in a trained batch.
 
+    A sample is *aborted* when the response part of its ``attention_mask`` is all zeros (an empty response).
+
     Args:
         batch: a DataProto (or anything with ``.batch``) holding ``responses`` (bs, R), ``attention_mask``
             (bs, P+R), ``token_level_scores``/``token_level_rewards``/``advantages``/``returns`` (bs, R),
-            optionally ``response_mask`` (bs, R) and, with a critic, ``values`` (bs, R).
+            optionally ``response_mask`` (bs, R; defaults to the response part of ``attention_mask``) and, with
+            a critic, ``values`` (bs, R).
         use_critic: add ``critic/values/*`` and ``critic/vf_explained_var``.
 
     Returns:
-        ``critic/{score,rewards}/{mean,max,min}`` over per-sequence sums; ``critic/{advantages,returns,values}/*``
-        over valid response tokens; ``response_length/*``, ``prompt_length/*`` with ``clip_ratio`` = share of
-        samples at the maximum length; ``response_length_non_aborted/*`` and ``response/aborted_ratio``, where
-        an aborted sample has an empty response (its non-aborted stats are 0.0 when every sample aborted);
-        ``num_turns/*`` and ``tool_call_counts/*`` when the non-tensor batch carries them.
+        ``critic/{score,rewards}/{mean,max,min}`` over the per-sequence sums of the non-aborted samples;
+        ``critic/{advantages,returns,values}/*`` over ``response_mask`` tokens; ``response_length/*`` (from
+        ``attention_mask``, aborted samples counted as 0) and ``prompt_length/*`` with ``clip_ratio`` = share of
+        samples at the maximum length; ``response_length_non_aborted/*`` and ``response/aborted_ratio``;
+        ``num_turns/*`` and ``tool_call_counts/*`` when the non-tensor batch carries ``__num_turns__`` /
+        ``tool_call_counts``.
+
+    Raises:
+        ValueError: every sample is aborted (no statistic of scores or lengths would be meaningful).
     """
     tensors = batch.batch
     info = _compute_response_info(batch)
-    response_mask = info["response_mask"].bool()  # (bs, R)
-    prompt_length, response_length = info["prompt_length"], info["response_length"]
+    prompt_length, response_length = info["prompt_length"], info["response_length"]  # (bs,), from attention_mask
+    if "response_mask" in tensors.keys():
+        response_mask = tensors["response_mask"].bool()  # (bs, R)
+    else:
+        response_mask = info["response_mask"].bool()
     max_response_length = tensors["responses"].shape[-1]
     max_prompt_length = tensors["attention_mask"].shape[-1] - max_response_length
 
+    aborted = response_length == 0  # (bs,)
+    if bool(aborted.all()):
+        raise ValueError(
+            f"compute_data_metrics: all {aborted.numel()} responses in the batch are empty/aborted "
+            "(the response part of attention_mask is all zeros); check the rollout."
+        )
+    non_aborted = ~aborted
+
     metrics: dict[str, float] = {}
-    metrics.update(_mean_max_min("critic/score", tensors["token_level_scores"].sum(-1)))
-    metrics.update(_mean_max_min("critic/rewards", tensors["token_level_rewards"].sum(-1)))
+    metrics.update(_mean_max_min("critic/score", tensors["token_level_scores"].sum(-1)[non_aborted]))
+    metrics.update(_mean_max_min("critic/rewards", tensors["token_level_rewards"].sum(-1)[non_aborted]))
     valid_returns = torch.masked_select(tensors["returns"], response_mask)
     metrics.update(_mean_max_min("critic/advantages", torch.masked_select(tensors["advantages"], response_mask)))
     metrics.update(_mean_max_min("critic/returns", valid_returns))
@@ -133,12 +151,7 @@ def compute_data_metrics(batch: Any, use_critic: bool = True) -> dict[str, float
         metrics["critic/vf_explained_var"] = _explained_variance(valid_returns.float(), valid_values.float())
 
     metrics.update(_length_metrics("response_length", response_length, max_response_length))
-    aborted = response_length == 0
-    non_aborted = response_length[~aborted]
-    if non_aborted.numel():
-        metrics.update(_length_metrics("response_length_non_aborted", non_aborted, max_response_length))
-    else:
-        metrics.update({f"response_length_non_aborted/{s}": 0.0 for s in ("mean", "max", "min", "clip_ratio")})
+    metrics.update(_length_metrics("response_length_non_aborted", response_length[non_aborted], max_response_length))
     metrics["response/aborted_ratio"] = aborted.float().mean().item()
     metrics.update(_length_metrics("prompt_length", prompt_length, max_prompt_length))
     metrics.update(_multi_turn_metrics(batch))
@@ -149,7 +162,7 @@ def compute_timing_metrics(batch: Any, timing_raw: Mapping[str, float]) -> dict[
     """Seconds per stage and milliseconds per token.
 
     Args:
-        batch: the step's batch (``responses``, ``attention_mask``, optional ``response_mask``).
+        batch: the step's batch (``responses``, ``attention_mask``; token counts come from the mask).
         timing_raw: ``{stage: seconds}`` filled by :func:`verl.utils.profiler.marked_timer`.
 
     Returns:
@@ -251,7 +264,8 @@ def calc_maj_val(data: Sequence[Mapping[str, Any]], vote_key: str, val_key: str)
     Ties go to the answer seen first.
 
     Example:
-        >>> calc_maj_val([{"pred": "A", "val": 1.0}, {"pred": "B", "val": 0.0}, {"pred": "A", "val": 0.5}], "pred", "val")
+        >>> votes = [{"pred": "A", "val": 1.0}, {"pred": "B", "val": 0.0}, {"pred": "A", "val": 0.5}]
+        >>> calc_maj_val(votes, "pred", "val")
         1.0
     """
     groups: dict[Any, list[Any]] = {}

@@ -43,7 +43,7 @@ from verl.trainer.ppo.utils import Role, WorkerType, need_critic, need_reference
 from verl.utils.checkpoint.checkpoint_manager import atomic_write_text, find_latest_ckpt_path
 from verl.utils.metric import reduce_metrics
 from verl.utils.profiler import marked_timer
-from verl.utils.torch_functional import masked_mean
+from verl.utils.torch_functional import masked_mean, response_mask_of
 
 __all__ = [
     "RayPPOTrainer",
@@ -61,8 +61,7 @@ _GEN_KEEP_NON_TENSOR = ("raw_prompt", "raw_prompt_ids", "multi_modal_data", "too
 
 def compute_response_mask(data: DataProto) -> torch.Tensor:
     """``response_mask (bs, R)``: the response part of the attention mask."""
-    response_length = data.batch["responses"].size(1)
-    return data.batch["attention_mask"][:, -response_length:]
+    return response_mask_of(data.batch)
 
 
 def apply_kl_penalty(data: DataProto, kl_ctrl, kl_penalty: str = "kl") -> tuple[DataProto, dict[str, float]]:
@@ -499,7 +498,7 @@ class RayPPOTrainer:
 
     def _decode_samples(self, batch: DataProto, scores: list[float]) -> list[dict]:
         responses = batch.batch["responses"]
-        mask = batch.batch["attention_mask"][:, -responses.size(1) :]
+        mask = response_mask_of(batch.batch)
         texts = [self.tokenizer.decode(r[m.bool()], skip_special_tokens=True) for r, m in zip(responses, mask)]
         return [{"output": t, "score": s} for t, s in zip(texts, scores)]
 

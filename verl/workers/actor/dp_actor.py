@@ -10,12 +10,16 @@
 Batch sizes here are per rank: the caller (the FSDP worker) has already multiplied ``ppo_mini_batch_size`` by
 ``rollout.n`` and divided it by the data-parallel size.
 
-Deviations from upstream, on purpose:
+Loss scaling is verl's (reference/verl_parity_facts.md section 1), on both of its paths:
 
-* Only the padded forward exists. ``use_remove_padding`` is accepted and ignored (same numbers, more FLOPs); there
-  is no Ulysses sequence parallelism and no fused kernels.
-* Micro-batch losses are weighted by their share of the mini-batch (tokens for ``token-mean``, rows for the
-  ``seq-*`` modes), so the accumulated gradient equals the mini-batch loss's gradient whatever the micro-batch size.
+* legacy workers (the default, ``trainer.use_legacy_worker_impl`` auto/enable): each micro-batch loss is a local
+  mean, scaled by ``1 / gradient_accumulation`` (or rows / mini-batch rows with dynamic batch sizes);
+* engine path (``use_legacy_worker_impl=disable``; the trainer tags the batch with ``global_batch_size``): the
+  losses divide by the mini-batch's token count summed over ranks (or by ``global_batch_size`` sequences for the
+  ``seq-*`` modes) and micro-batches are summed unscaled, so the gradient is the global mean whatever the split.
+
+Only the padded forward exists: ``use_remove_padding`` gives the same numbers with more FLOPs; there is no Ulysses
+sequence parallelism and no fused kernels.
 """
 
 from __future__ import annotations
@@ -26,23 +30,40 @@ from typing import Any
 import torch
 from torch import nn
 
+from verl.base_config import BaseConfig
 from verl.protocol import DataProto
-from verl.trainer.ppo.core_algos import agg_loss, get_policy_loss_fn, kl_penalty
-from verl.utils.py_functional import append_to_dict, cfg_get
+from verl.trainer.ppo import core_algos, rollout_corr_helper
+from verl.utils.py_functional import append_to_dict
 from verl.utils.seqlen_balancing import prepare_dynamic_batch, restore_dynamic_batch
-from verl.utils.torch_functional import entropy_from_logits, entropy_from_logits_with_chunking, logprobs_from_logits
+from verl.utils.torch_functional import (
+    entropy_from_logits,
+    entropy_from_logits_with_chunking,
+    logprobs_from_logits,
+    response_mask_of,
+)
 from verl.workers.actor.base import BasePPOActor
+from verl.workers.config import FSDPActorConfig
 
 logger = logging.getLogger(__name__)
 
 __all__ = [
     "DataParallelPPOActor",
-    "cfg_get",
-    "forward_logits",
-    "split_micro_batches",
-    "micro_batch_weight",
+    "as_actor_config",
     "clip_grad_and_step",
+    "forward_logits",
+    "global_batch_info",
+    "micro_batch_scales",
+    "split_micro_batches",
 ]
+
+
+def as_actor_config(config: Any) -> BaseConfig:
+    """The typed actor config: a ``BaseConfig`` is used as is, a DictConfig or dict becomes ``FSDPActorConfig``."""
+    if isinstance(config, BaseConfig):
+        return config
+    from verl.utils.config import omega_conf_to_dataclass
+
+    return omega_conf_to_dataclass(config, FSDPActorConfig)
 
 
 def _require_meta(data: DataProto, key: str, hint: str) -> Any:
@@ -100,17 +121,43 @@ def split_micro_batches(
     return data.split(int(micro_batch_size or len(data))), None
 
 
-def micro_batch_weight(micro_mask: torch.Tensor, mini_mask: torch.Tensor, loss_agg_mode: str) -> float:
-    """Share of a micro-batch in its mini-batch loss: valid tokens for ``token-mean``, non-empty rows otherwise.
+def micro_batch_scales(micro_rows: list[int], mini_rows: int, use_dynamic_bsz: bool, global_norm: bool) -> list[float]:
+    """What each micro-batch loss is multiplied by before ``backward`` (verl's two paths).
 
-    Example: token-mean, micro-batch with 3 response tokens of a 12-token mini-batch -> 0.25; summing
-    ``0.25 * mean_over_micro`` over micro-batches gives the mean over the whole mini-batch. The ``seq-*`` modes
-    average over sequences with at least one valid token, so those are what is counted there.
+    * Legacy workers (``trainer.use_legacy_worker_impl`` auto/enable, the default): a micro-batch's loss is a
+      local mean and is scaled by ``1 / gradient_accumulation``, or by ``rows / mini-batch rows`` with dynamic batch
+      sizes (its micro-batches differ in size).
+    * Engine path (``use_legacy_worker_impl=disable``, ``global_norm``): the loss already divides by the global
+      token (or sequence) count of the mini-batch, so micro-batches are summed unscaled.
+
+    Example: 4 rows in micro-batches of 1 -> ``[0.25] * 4``; dynamic micro-batches of 3 and 1 rows -> ``[0.75, 0.25]``.
     """
-    if loss_agg_mode == "token-mean":
-        return float(micro_mask.sum()) / max(float(mini_mask.sum()), 1.0)
-    micro_rows = float((micro_mask.sum(dim=-1) > 0).sum())
-    return micro_rows / max(float((mini_mask.sum(dim=-1) > 0).sum()), 1.0)
+    if global_norm:
+        return [1.0] * len(micro_rows)
+    if use_dynamic_bsz:
+        return [rows / mini_rows for rows in micro_rows]
+    return [1.0 / len(micro_rows)] * len(micro_rows)
+
+
+def global_batch_info(response_mask: torch.Tensor, global_batch_size: int, loss_scale_factor: float | None) -> dict:
+    """``global_batch_info`` of one mini-batch on the engine path, as the policy losses read it.
+
+    The valid-token count is summed over the data-parallel ranks (every rank calls this once per mini-batch, so the
+    collective lines up); ``global_batch_size`` counts the mini-batch's sequences over all ranks.
+    """
+    tokens = response_mask.sum().detach().to(torch.float64)
+    dp_size = 1
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        dp_size = torch.distributed.get_world_size()
+        device = "cpu" if torch.distributed.get_backend() == "gloo" else response_mask.device
+        tokens = tokens.to(device)
+        torch.distributed.all_reduce(tokens)
+    return {
+        "dp_size": dp_size,
+        "batch_num_tokens": int(tokens.item()),
+        "global_batch_size": int(global_batch_size),
+        "loss_scale_factor": loss_scale_factor,
+    }
 
 
 def clip_grad_and_step(
@@ -141,49 +188,47 @@ class DataParallelPPOActor(BasePPOActor):
     """PPO actor on one rank; the same class with ``actor_optimizer=None`` is the reference policy.
 
     Args:
-        config: ``actor_rollout_ref.actor`` (or ``.ref``) subtree. Keys read: ``ppo_mini_batch_size`` (per rank,
-            already x n), ``ppo_micro_batch_size_per_gpu``, ``use_dynamic_bsz``, ``ppo_max_token_len_per_gpu``,
-            ``ppo_epochs``, ``clip_ratio*``, ``policy_loss.loss_mode``, ``loss_agg_mode``, ``entropy_coeff``,
-            ``calculate_entropy``, ``use_kl_loss``, ``kl_loss_coef``, ``kl_loss_type``, ``grad_clip``,
-            ``entropy_from_logits_with_chunking``, ``entropy_checkpointing``.
+        config: typed ``actor_rollout_ref.actor`` config (``FSDPActorConfig``; a DictConfig or dict is converted),
+            with per-rank batch sizes (the worker has already multiplied ``ppo_mini_batch_size`` by ``rollout.n``
+            and divided it by the data-parallel size).
         actor_module: the causal LM (plain, FSDP1 or FSDP2).
         actor_optimizer: its optimizer; None for a reference policy (``update_policy`` then refuses to run).
     """
 
     def __init__(self, config: Any, actor_module: nn.Module, actor_optimizer: torch.optim.Optimizer | None = None):
-        super().__init__(config)
+        super().__init__(as_actor_config(config))
         self.actor_module = actor_module
         self.actor_optimizer = actor_optimizer
-        if int(cfg_get(config, "ulysses_sequence_parallel_size", 1)) > 1:
+        if self.config.ulysses_sequence_parallel_size > 1:
             raise ValueError("ulysses_sequence_parallel_size > 1 is not supported; set it to 1")
-        if cfg_get(config, "use_remove_padding", False):
-            logger.info("use_remove_padding is ignored: this actor always runs the padded forward (same results)")
         self.skipped_steps = 0  # optimizer steps skipped because the gradient norm was not finite
 
     def _entropy(self, logits: torch.Tensor) -> torch.Tensor:
-        fn = entropy_from_logits_with_chunking if cfg_get(self.config, "entropy_from_logits_with_chunking") else None
-        fn = fn or entropy_from_logits
-        if cfg_get(self.config, "entropy_checkpointing") and torch.is_grad_enabled():
+        fn = entropy_from_logits_with_chunking if self.config.entropy_from_logits_with_chunking else entropy_from_logits
+        if self.config.entropy_checkpointing and torch.is_grad_enabled():
             # Recompute the (b, R, V) softmax in backward instead of keeping it alive.
             return torch.utils.checkpoint.checkpoint(fn, logits, use_reentrant=False)
         return fn(logits)
 
     def _forward_micro_batch(
-        self, micro_batch: DataProto, temperature: float, calculate_entropy: bool = False
-    ) -> tuple[torch.Tensor | None, torch.Tensor]:
-        """Log-probs (and entropy) of the response tokens of one micro-batch.
+        self, micro_batch: DataProto, temperature: float, calculate_entropy: bool = False, sum_pi_squared: bool = False
+    ) -> dict[str, torch.Tensor]:
+        """Log-probs (and entropy, and sum of squared probabilities) of the response tokens of one micro-batch.
 
         Returns:
-            ``(entropy, log_probs)``, each ``(b, R)``; entropy is None unless asked for.
+            ``{"log_probs": (b, R)}`` plus ``"entropys"`` / ``"sum_pi_squared"`` ``(b, R)`` when asked for.
         """
         responses = micro_batch.batch["responses"]
         response_length = responses.size(-1)
         logits = forward_logits(self.actor_module, micro_batch)  # (b, T, V)
         # Position t predicts token t+1, so the response tokens are scored by the R positions before them.
         logits = logits[:, -response_length - 1 : -1, :].div(temperature)  # (b, R, V)
-        log_probs = logprobs_from_logits(logits, responses)
-        entropy = self._entropy(logits) if calculate_entropy else None
-        return entropy, log_probs
+        out = {"log_probs": logprobs_from_logits(logits, responses)}
+        if calculate_entropy:
+            out["entropys"] = self._entropy(logits)
+        if sum_pi_squared:
+            out["sum_pi_squared"] = core_algos.compute_sum_pi_squared_from_logits(logits.detach())
+        return out
 
     def compute_log_prob(self, data: DataProto, calculate_entropy: bool = False) -> dict[str, torch.Tensor | None]:
         """Recompute log p(response) under the current weights, without gradients.
@@ -195,7 +240,8 @@ class DataParallelPPOActor(BasePPOActor):
             calculate_entropy: also return the per-token entropy.
 
         Returns:
-            ``{"log_probs": (bs, R) float32, "entropys": (bs, R) float32 or None}`` in the input row order.
+            ``{"log_probs": (bs, R), "entropys": (bs, R) or None, "sum_pi_squared": (bs, R) or None}`` (float32,
+            input row order); ``sum_pi_squared`` when ``calculate_sum_pi_squared`` is set (optimal-token baseline).
         """
         temperature = _require_meta(data, "temperature", "set it to rollout.temperature before computing log-probs")
         meta = data.meta_info
@@ -205,30 +251,29 @@ class DataParallelPPOActor(BasePPOActor):
         micro_batches, indices = split_micro_batches(
             data, bool(meta.get("use_dynamic_bsz", False)), meta.get("micro_batch_size"), meta.get("max_token_len")
         )
+        want_pi2 = bool(getattr(self.config, "calculate_sum_pi_squared", False))
         was_training = self.actor_module.training
         self.actor_module.eval()
-        log_probs, entropys = [], []
+        parts: dict[str, list[torch.Tensor]] = {}
         try:
             with torch.no_grad():
                 for micro in micro_batches:
-                    entropy, lp = self._forward_micro_batch(micro, temperature, calculate_entropy)
-                    log_probs.append(lp.float())
-                    if calculate_entropy:
-                        entropys.append(entropy.float())
+                    out = self._forward_micro_batch(micro, temperature, calculate_entropy, want_pi2)
+                    for key, value in out.items():
+                        parts.setdefault(key, []).append(value.float())
         finally:
             self.actor_module.train(was_training)
-        log_probs_t = torch.cat(log_probs, dim=0)
-        entropys_t = torch.cat(entropys, dim=0) if calculate_entropy else None
-        if indices is not None:
-            log_probs_t = restore_dynamic_batch(log_probs_t, indices)
-            entropys_t = restore_dynamic_batch(entropys_t, indices) if entropys_t is not None else None
-        return {"log_probs": log_probs_t, "entropys": entropys_t}
+        result: dict[str, torch.Tensor | None] = {"log_probs": None, "entropys": None, "sum_pi_squared": None}
+        for key, values in parts.items():
+            merged = torch.cat(values, dim=0)
+            result[key] = restore_dynamic_batch(merged, indices) if indices is not None else merged
+        return result
 
     def _select_update_keys(self, data: DataProto) -> DataProto:
         keys = ["responses", "input_ids", "attention_mask", "position_ids", "old_log_probs", "advantages"]
         if "response_mask" in data.batch.keys():
             keys.append("response_mask")
-        if cfg_get(self.config, "use_kl_loss", False):
+        if self.config.use_kl_loss:
             if "ref_log_prob" not in data.batch.keys():
                 raise ValueError("use_kl_loss=True needs batch['ref_log_prob'] (enable the reference policy)")
             keys.append("ref_log_prob")
@@ -238,55 +283,62 @@ class DataParallelPPOActor(BasePPOActor):
         nt_keys = ["multi_modal_inputs"] if "multi_modal_inputs" in (data.non_tensor_batch or {}) else []
         data = data.select(batch_keys=keys, non_tensor_batch_keys=nt_keys)
         if "response_mask" not in data.batch.keys():
-            response_length = data.batch["responses"].size(-1)
-            data.batch["response_mask"] = data.batch["attention_mask"][:, -response_length:]
+            data.batch["response_mask"] = response_mask_of(data.batch)
         return data
 
     def _micro_batch_loss(
         self, micro: DataProto, temperature: float, on_policy: bool
-    ) -> tuple[torch.Tensor, dict[str, float], float, float]:
+    ) -> tuple[torch.Tensor, dict[str, float], dict[str, float]]:
         """Policy loss (+ KL loss, - entropy bonus) of one micro-batch.
 
+        The losses read ``config.global_batch_info`` (empty on the legacy path: micro-batch-local means; filled per
+        mini-batch on the engine path: global normalisation).
+
         Returns:
-            ``(loss, metrics, pg_loss, kl_loss)``: the differentiable total, per-micro metrics, and the two scalar
-            loss parts (for accumulation into per-mini-batch values).
+            ``(loss, metrics, parts)``: the differentiable total, per-micro metrics, and the scalar loss parts
+            ``pg``, ``kl``, ``entropy`` (for the per-mini-batch sums verl reports).
         """
         cfg = self.config
         batch = micro.batch
         response_mask = batch["response_mask"]
-        loss_agg_mode = cfg_get(cfg, "loss_agg_mode", "token-mean")
-        entropy_coeff = float(cfg_get(cfg, "entropy_coeff", 0.0))
-        calculate_entropy = entropy_coeff != 0 or bool(cfg_get(cfg, "calculate_entropy", False))
-        entropy, log_prob = self._forward_micro_batch(micro, temperature, calculate_entropy)
-        # On-policy (one mini-batch, one epoch): the current policy IS the old one; detaching avoids recompute drift.
+        agg_kwargs = {k: v for k, v in cfg.global_batch_info.items() if v is not None}
+        calculate_entropy = cfg.entropy_coeff != 0 or cfg.calculate_entropy
+        out = self._forward_micro_batch(micro, temperature, calculate_entropy)
+        log_prob, entropy = out["log_probs"], out.get("entropys")
+        # verl's legacy on-policy shortcut: with one mini-batch and one epoch the policy has not moved since the
+        # rollout, so the old log-prob is the current one (detached) and the ratio is exactly 1.
         old_log_prob = log_prob.detach() if on_policy else batch["old_log_probs"]
-        loss_mode = cfg_get(cfg_get(cfg, "policy_loss"), "loss_mode", "vanilla")
-        pg_loss, pg_metrics = get_policy_loss_fn(loss_mode)(
+        pg_loss, pg_metrics = core_algos.get_policy_loss_fn(cfg.policy_loss.loss_mode)(
             old_log_prob=old_log_prob,
             log_prob=log_prob,
             advantages=batch["advantages"],
             response_mask=response_mask,
-            loss_agg_mode=loss_agg_mode,
+            loss_agg_mode=cfg.loss_agg_mode,
             config=cfg,
             rollout_is_weights=batch.get("rollout_is_weights", None),
         )
         metrics = {k: float(v) for k, v in (pg_metrics or {}).items()}
+        if "rollout_log_probs" in batch.keys() and cfg.policy_loss.loss_mode != "bypass_mode":
+            metrics.update(
+                rollout_corr_helper.compute_rollout_corr_metrics_from_logprobs(
+                    log_prob.detach(), batch["rollout_log_probs"], response_mask
+                )
+            )
         loss = pg_loss
+        parts = {"pg": pg_loss.item(), "kl": 0.0, "entropy": 0.0}
         if entropy is not None:
-            entropy_agg = agg_loss(loss_mat=entropy, loss_mask=response_mask, loss_agg_mode=loss_agg_mode)
+            entropy_agg = core_algos.agg_loss(entropy, response_mask, cfg.loss_agg_mode, **agg_kwargs)
             metrics["actor/entropy"] = entropy_agg.item()
-            if entropy_coeff != 0:
-                loss = loss - entropy_coeff * entropy_agg
-        kl_value = 0.0
-        if cfg_get(cfg, "use_kl_loss", False):
-            kl_type = cfg_get(cfg, "kl_loss_type", "low_var_kl")
-            kld = kl_penalty(logprob=log_prob, ref_logprob=batch["ref_log_prob"], kl_penalty=kl_type)
-            kl_loss = agg_loss(loss_mat=kld, loss_mask=response_mask, loss_agg_mode=loss_agg_mode)
-            kl_coef = float(cfg_get(cfg, "kl_loss_coef", 0.001))
-            loss = loss + kl_coef * kl_loss
-            kl_value = kl_loss.item()
-            metrics["actor/kl_coef"] = kl_coef
-        return loss, metrics, pg_loss.item(), kl_value
+            parts["entropy"] = entropy_agg.item()
+            if cfg.entropy_coeff != 0:
+                loss = loss - cfg.entropy_coeff * entropy_agg
+        if cfg.use_kl_loss:
+            kld = core_algos.kl_penalty(log_prob, batch["ref_log_prob"], cfg.kl_loss_type)
+            kl_loss = core_algos.agg_loss(kld, response_mask, cfg.loss_agg_mode, **agg_kwargs)
+            loss = loss + cfg.kl_loss_coef * kl_loss
+            parts["kl"] = kl_loss.item()
+            metrics["actor/kl_coef"] = cfg.kl_loss_coef
+        return loss, metrics, parts
 
     def update_policy(self, data: DataProto) -> dict[str, list[float]]:
         """PPO update: ``ppo_epochs`` x mini-batches x micro-batches, one optimizer step per mini-batch.
@@ -294,52 +346,65 @@ class DataParallelPPOActor(BasePPOActor):
         Args:
             data: batch with ``responses``, ``input_ids``, ``attention_mask``, ``position_ids``, ``old_log_probs``,
                 ``advantages`` (``(bs, R)`` float), optional ``response_mask``, ``ref_log_prob`` (needed with
-                ``use_kl_loss``), ``rollout_is_weights``; meta ``temperature`` (required).
+                ``use_kl_loss``), ``rollout_is_weights``, ``rollout_log_probs``; meta ``temperature`` (required) and,
+                on the engine path, ``global_batch_size`` (sequences per mini-batch over all ranks).
 
         Returns:
             Metrics as lists: per micro-batch ``actor/pg_clipfrac``, ``actor/ppo_kl``, ``actor/pg_clipfrac_lower``,
-            ``actor/entropy``, ``actor/kl_coef``; per mini-batch ``actor/pg_loss``, ``actor/kl_loss`` (the
-            mini-batch loss, accumulated over its micro-batches) and ``actor/grad_norm``.
+            ``actor/entropy``, ``actor/kl_coef``; ``actor/grad_norm`` per mini-batch. ``actor/pg_loss`` and
+            ``actor/kl_loss`` as verl reports them: legacy, one value per rank summed over epochs, mini-batches and
+            scaled micro-batches (``kl_loss`` 0 when off); engine path, one per mini-batch summed over its
+            micro-batches (the global mini-batch loss once averaged over ranks), ``kl_loss`` only when on and
+            ``actor/entropy_loss`` when ``entropy_coeff`` is not 0.
         """
         if self.actor_optimizer is None:
             raise RuntimeError("this actor has no optimizer (reference policy); update_policy cannot run")
         temperature = _require_meta(data, "temperature", "set it to rollout.temperature before update_actor")
         cfg = self.config
+        global_batch_size = data.meta_info.get("global_batch_size")
+        engine = global_batch_size is not None  # the trainer tags batches so when use_legacy_worker_impl=disable
         data = self._select_update_keys(data)
-        mini_batches = data.split(int(cfg_get(cfg, "ppo_mini_batch_size", len(data))))
-        ppo_epochs = int(cfg_get(cfg, "ppo_epochs", 1))
-        on_policy = len(mini_batches) == 1 and ppo_epochs == 1
-        use_dynamic_bsz = bool(cfg_get(cfg, "use_dynamic_bsz", False))
-        loss_agg_mode = cfg_get(cfg, "loss_agg_mode", "token-mean")
+        mini_batches = data.split(cfg.ppo_mini_batch_size)
+        on_policy = not engine and len(mini_batches) == 1 and cfg.ppo_epochs == 1
         metrics: dict[str, list[float]] = {}
+        totals = {"pg": 0.0, "kl": 0.0}
         self.actor_module.train()
-        for _ in range(ppo_epochs):
+        for _ in range(cfg.ppo_epochs):
             for mini in mini_batches:
                 micro_batches, _ = split_micro_batches(
-                    mini,
-                    use_dynamic_bsz,
-                    cfg_get(cfg, "ppo_micro_batch_size_per_gpu"),
-                    cfg_get(cfg, "ppo_max_token_len_per_gpu"),
+                    mini, cfg.use_dynamic_bsz, cfg.ppo_micro_batch_size_per_gpu, cfg.ppo_max_token_len_per_gpu
                 )
+                info = {}
+                if engine:
+                    info = global_batch_info(mini.batch["response_mask"], global_batch_size, cfg.loss_scale_factor)
+                cfg.global_batch_info.clear()
+                cfg.global_batch_info.update(info)
+                scales = micro_batch_scales([len(m) for m in micro_batches], len(mini), cfg.use_dynamic_bsz, engine)
                 self.actor_optimizer.zero_grad()
-                pg_total, kl_total = 0.0, 0.0
-                for micro in micro_batches:
-                    loss, micro_metrics, pg_value, kl_value = self._micro_batch_loss(micro, temperature, on_policy)
-                    weight = micro_batch_weight(
-                        micro.batch["response_mask"], mini.batch["response_mask"], loss_agg_mode
-                    )
-                    (loss * weight).backward()
-                    pg_total += pg_value * weight
-                    kl_total += kl_value * weight
+                mini_sums = {"pg": 0.0, "kl": 0.0, "entropy": 0.0, "loss": 0.0}
+                for micro, scale in zip(micro_batches, scales):
+                    loss, micro_metrics, parts = self._micro_batch_loss(micro, temperature, on_policy)
+                    (loss * scale).backward()
+                    for key in ("pg", "kl", "entropy"):
+                        mini_sums[key] += parts[key] * scale
+                    mini_sums["loss"] += loss.item() * scale
                     append_to_dict(metrics, micro_metrics)
-                grad_norm, stepped = clip_grad_and_step(
-                    self.actor_module, self.actor_optimizer, cfg_get(cfg, "grad_clip")
-                )
+                cfg.global_batch_info.clear()
+                grad_norm, stepped = clip_grad_and_step(self.actor_module, self.actor_optimizer, cfg.grad_clip)
                 if not stepped:
                     self.skipped_steps += 1
                     logger.warning("actor grad norm is %s; optimizer step skipped", grad_norm.item())
-                append_to_dict(metrics, {"actor/pg_loss": pg_total, "actor/grad_norm": grad_norm.item()})
-                if cfg_get(cfg, "use_kl_loss", False):
-                    append_to_dict(metrics, {"actor/kl_loss": kl_total})
+                append_to_dict(metrics, {"actor/grad_norm": grad_norm.item()})
+                if engine:
+                    append_to_dict(metrics, {"actor/pg_loss": mini_sums["pg"], "actor/loss": mini_sums["loss"]})
+                    if cfg.use_kl_loss:
+                        append_to_dict(metrics, {"actor/kl_loss": mini_sums["kl"]})
+                    if cfg.entropy_coeff != 0:
+                        append_to_dict(metrics, {"actor/entropy_loss": mini_sums["entropy"]})
+                else:
+                    totals["pg"] += mini_sums["pg"]
+                    totals["kl"] += mini_sums["kl"]
+        if not engine:
+            append_to_dict(metrics, {"actor/pg_loss": totals["pg"], "actor/kl_loss": totals["kl"]})
         self.actor_optimizer.zero_grad()
         return metrics

@@ -99,6 +99,8 @@ class ActorConfig(BaseConfig):
     """Weight of the entropy bonus."""
     calculate_entropy: bool = False
     """Compute entropy during the update even when entropy_coeff is 0 (for metrics)."""
+    calculate_sum_pi_squared: bool = False
+    """Also return sum_v pi(v)^2 per token from the log-prob pass (the optimal-token-baseline estimators need it)."""
     use_kl_loss: bool = False
     """Add a KL(actor || ref) term to the loss (GRPO style); creates the reference policy."""
     kl_loss_coef: float = 0.001
@@ -127,6 +129,10 @@ class ActorConfig(BaseConfig):
     """Mirrors actor_rollout_ref.model.use_fused_kernels."""
     profiler: dict[str, Any] = field(default_factory=dict)
     """Per-role profiler settings (see global_profiler)."""
+    global_batch_info: dict[str, Any] = field(default_factory=dict)
+    """Run-time, not a YAML key: the current mini-batch's global counts on the engine path (``dp_size``,
+    ``batch_num_tokens``, ``global_batch_size``, ``loss_scale_factor``), read by the policy losses; empty on the
+    legacy path."""
 
     def __post_init__(self) -> None:
         p = "actor_rollout_ref.actor"

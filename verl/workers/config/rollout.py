@@ -289,8 +289,8 @@ class RolloutConfig(BaseConfig):
                 f"(zero advantage for GRPO); set {_P}.temperature > 0 or {_P}.n=1"
             )
         for key in ("prompt_length", "response_length", "tensor_model_parallel_size"):
-            if getattr(self, key) < 1:
-                raise ValueError(f"{_P}.{key}={getattr(self, key)} must be >= 1")
+            if getattr(self, key) is None or getattr(self, key) < 1:
+                raise ValueError(f"{_P}.{key}={getattr(self, key)} must be set to an integer >= 1")
         if not 0.0 < self.gpu_memory_utilization <= 1.0:
             raise ValueError(f"{_P}.gpu_memory_utilization={self.gpu_memory_utilization} must lie in (0, 1]")
         check_choice(

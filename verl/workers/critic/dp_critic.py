@@ -14,48 +14,50 @@ from typing import Any
 import torch
 from torch import nn
 
+from verl.base_config import BaseConfig
 from verl.protocol import DataProto
 from verl.trainer.ppo.core_algos import compute_value_loss
 from verl.utils.py_functional import append_to_dict
 from verl.utils.seqlen_balancing import restore_dynamic_batch
-from verl.utils.torch_functional import masked_mean
-from verl.workers.actor.dp_actor import (
-    cfg_get,
-    clip_grad_and_step,
-    forward_logits,
-    micro_batch_weight,
-    split_micro_batches,
-)
+from verl.utils.torch_functional import masked_mean, response_mask_of
+from verl.workers.actor.dp_actor import clip_grad_and_step, forward_logits, micro_batch_scales, split_micro_batches
+from verl.workers.config import FSDPCriticConfig
 from verl.workers.critic.base import BasePPOCritic
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["DataParallelPPOCritic"]
+__all__ = ["DataParallelPPOCritic", "as_critic_config"]
+
+
+def as_critic_config(config: Any) -> BaseConfig:
+    """The typed critic config: a ``BaseConfig`` is used as is, a DictConfig or dict becomes ``FSDPCriticConfig``."""
+    if isinstance(config, BaseConfig):
+        return config
+    from verl.utils.config import omega_conf_to_dataclass
+
+    return omega_conf_to_dataclass(config, FSDPCriticConfig)
 
 
 def _response_mask(batch) -> torch.Tensor:
-    if "response_mask" in batch.keys():
-        return batch["response_mask"]
-    return batch["attention_mask"][:, -batch["responses"].size(-1) :]
+    return batch["response_mask"] if "response_mask" in batch.keys() else response_mask_of(batch)
 
 
 class DataParallelPPOCritic(BasePPOCritic):
     """Value model on one rank.
 
     Args:
-        config: ``critic`` subtree. Keys read: ``ppo_mini_batch_size`` (per rank, already x n),
-            ``ppo_micro_batch_size_per_gpu``, ``use_dynamic_bsz``, ``ppo_max_token_len_per_gpu``, ``ppo_epochs``,
-            ``cliprange_value``, ``loss_agg_mode``, ``grad_clip``.
+        config: typed ``critic`` config (``FSDPCriticConfig``; a DictConfig or dict is converted), with per-rank
+            batch sizes (already x n and divided by the data-parallel size).
         critic_module: model whose forward returns ``(b, T, 1)`` values (as ``.logits`` or a tensor), e.g. a
             token-classification model with ``num_labels=1``.
         critic_optimizer: its optimizer.
     """
 
     def __init__(self, config: Any, critic_module: nn.Module, critic_optimizer: torch.optim.Optimizer | None):
-        super().__init__(config)
+        super().__init__(as_critic_config(config))
         self.critic_module = critic_module
         self.critic_optimizer = critic_optimizer
-        if int(cfg_get(config, "ulysses_sequence_parallel_size", 1)) > 1:
+        if self.config.ulysses_sequence_parallel_size > 1:
             raise ValueError("ulysses_sequence_parallel_size > 1 is not supported; set it to 1")
         self.skipped_steps = 0
 
@@ -103,17 +105,23 @@ class DataParallelPPOCritic(BasePPOCritic):
     def update_critic(self, data: DataProto) -> dict[str, list[float]]:
         """Clipped value-loss regression onto ``returns``; one optimizer step per mini-batch.
 
+        Micro-batch losses are local means scaled as the actor's (``micro_batch_scales``): by 1/gradient
+        accumulation on the legacy path; unscaled on the engine path (meta ``global_batch_size`` present), where,
+        as upstream's engine critic does, the gradient is the sum of the micro-batch means.
+
         Args:
             data: batch with ``responses``, ``input_ids``, ``attention_mask``, ``position_ids``, ``values`` (old
                 predictions) and ``returns`` ``(bs, R)``, optional ``response_mask``.
 
         Returns:
             Metrics as lists: per micro-batch ``critic/vf_clipfrac``, ``critic/vpred_mean``; per mini-batch
-            ``critic/vf_loss`` (accumulated over micro-batches) and ``critic/grad_norm``.
+            ``critic/grad_norm``; ``critic/vf_loss`` as verl reports it (legacy: one value per rank, the scaled sum
+            over epochs, mini- and micro-batches; engine path: one value per micro-batch).
         """
         if self.critic_optimizer is None:
             raise RuntimeError("this critic has no optimizer; update_critic cannot run")
         cfg = self.config
+        engine = data.meta_info.get("global_batch_size") is not None
         keys = ["responses", "input_ids", "attention_mask", "position_ids", "values", "returns"]
         if "response_mask" in data.batch.keys():
             keys.append("response_mask")
@@ -121,21 +129,17 @@ class DataParallelPPOCritic(BasePPOCritic):
         data = data.select(batch_keys=keys, non_tensor_batch_keys=nt_keys)
         if "response_mask" not in data.batch.keys():
             data.batch["response_mask"] = _response_mask(data.batch)
-        loss_agg_mode = cfg_get(cfg, "loss_agg_mode", "token-mean")
-        cliprange_value = float(cfg_get(cfg, "cliprange_value", 0.5))
         metrics: dict[str, list[float]] = {}
+        vf_total = 0.0
         self.critic_module.train()
-        for _ in range(int(cfg_get(cfg, "ppo_epochs", 1))):
-            for mini in data.split(int(cfg_get(cfg, "ppo_mini_batch_size", len(data)))):
+        for _ in range(cfg.ppo_epochs):
+            for mini in data.split(cfg.ppo_mini_batch_size):
                 micro_batches, _ = split_micro_batches(
-                    mini,
-                    bool(cfg_get(cfg, "use_dynamic_bsz", False)),
-                    cfg_get(cfg, "ppo_micro_batch_size_per_gpu"),
-                    cfg_get(cfg, "ppo_max_token_len_per_gpu"),
+                    mini, cfg.use_dynamic_bsz, cfg.ppo_micro_batch_size_per_gpu, cfg.ppo_max_token_len_per_gpu
                 )
+                scales = micro_batch_scales([len(m) for m in micro_batches], len(mini), cfg.use_dynamic_bsz, engine)
                 self.critic_optimizer.zero_grad()
-                vf_total = 0.0
-                for micro in micro_batches:
+                for micro, scale in zip(micro_batches, scales):
                     batch = micro.batch
                     mask = batch["response_mask"]
                     vpreds = self._forward_micro_batch(micro)
@@ -144,25 +148,24 @@ class DataParallelPPOCritic(BasePPOCritic):
                         returns=batch["returns"],
                         values=batch["values"],
                         response_mask=mask,
-                        cliprange_value=cliprange_value,
-                        loss_agg_mode=loss_agg_mode,
+                        cliprange_value=cfg.cliprange_value,
+                        loss_agg_mode=cfg.loss_agg_mode,
                     )
-                    weight = micro_batch_weight(mask, mini.batch["response_mask"], loss_agg_mode)
-                    (vf_loss * weight).backward()
-                    vf_total += vf_loss.item() * weight
-                    append_to_dict(
-                        metrics,
-                        {
-                            "critic/vf_clipfrac": float(vf_clipfrac),
-                            "critic/vpred_mean": masked_mean(vpreds.detach(), mask).item(),
-                        },
-                    )
-                grad_norm, stepped = clip_grad_and_step(
-                    self.critic_module, self.critic_optimizer, cfg_get(cfg, "grad_clip")
-                )
+                    (vf_loss * scale).backward()
+                    vf_total += vf_loss.item() * scale
+                    micro_metrics = {
+                        "critic/vf_clipfrac": float(vf_clipfrac),
+                        "critic/vpred_mean": masked_mean(vpreds.detach(), mask).item(),
+                    }
+                    if engine:
+                        micro_metrics["critic/vf_loss"] = vf_loss.item()
+                    append_to_dict(metrics, micro_metrics)
+                grad_norm, stepped = clip_grad_and_step(self.critic_module, self.critic_optimizer, cfg.grad_clip)
                 if not stepped:
                     self.skipped_steps += 1
                     logger.warning("critic grad norm is %s; optimizer step skipped", grad_norm.item())
-                append_to_dict(metrics, {"critic/vf_loss": vf_total, "critic/grad_norm": grad_norm.item()})
+                append_to_dict(metrics, {"critic/grad_norm": grad_norm.item()})
+        if not engine:
+            append_to_dict(metrics, {"critic/vf_loss": vf_total})
         self.critic_optimizer.zero_grad()
         return metrics

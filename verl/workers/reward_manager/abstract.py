@@ -68,7 +68,8 @@ def decode_samples(tokenizer: Any, data: DataProto, reward_fn_key: str = "data_s
 
     The valid prompt is the masked-in part of the left-padded prompt; the valid response is its first
     ``attention_mask[P:].sum()`` tokens. ``extra_info`` is copied (never mutated in the batch) and gets
-    ``num_turns`` / ``rollout_reward_scores`` when the batch carries those columns.
+    ``num_turns`` from the agent loop's ``__num_turns__`` column when present, and ``rollout_reward_scores`` from
+    the ``reward_scores`` column (``{}`` when the batch has no such column).
     """
     prompts, responses = data.batch["prompts"], data.batch["responses"]
     prompt_len = prompts.shape[-1]
@@ -82,9 +83,10 @@ def decode_samples(tokenizer: Any, data: DataProto, reward_fn_key: str = "data_s
     for i in range(len(data)):
         length = int(response_lengths[i])
         extra = dict(extra_infos[i] or {}) if extra_infos is not None else {}
-        for key in ("num_turns", "rollout_reward_scores"):
-            if key in data.non_tensor_batch:
-                extra[key] = data.non_tensor_batch[key][i]
+        if "__num_turns__" in data.non_tensor_batch:
+            extra["num_turns"] = data.non_tensor_batch["__num_turns__"][i]
+        rollout_scores = data.non_tensor_batch.get("reward_scores")
+        extra["rollout_reward_scores"] = rollout_scores[i] if rollout_scores is not None else {}
         samples.append(
             RewardSample(
                 index=i,
@@ -153,11 +155,13 @@ def print_examples(
 def place_rewards(samples: list[RewardSample], scores: list[float], like: torch.Tensor) -> torch.Tensor:
     """A float32 tensor shaped like ``responses`` with each score on its row's last valid response token.
 
-    An empty response (no valid tokens) gets its score on position 0.
+    The column is ``L - 1`` for ``L`` valid tokens, so an empty response (``L = 0``) puts its score on column
+    ``-1``, the last (masked) position, as verl does: GRPO-type estimators sum rows without a mask, so the score
+    still counts in group statistics while the row's own advantage is zeroed by the mask.
     """
-    reward_tensor = torch.zeros(like.shape, dtype=torch.float32)
+    reward_tensor = torch.zeros(like.shape, dtype=torch.float32)  # (bs, R)
     for sample, score in zip(samples, scores):
-        reward_tensor[sample.index, max(sample.response_length - 1, 0)] = score
+        reward_tensor[sample.index, sample.response_length - 1] = score
     return reward_tensor
 
 

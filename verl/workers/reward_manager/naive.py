@@ -44,21 +44,28 @@ class NaiveRewardManager(AbstractRewardManager):
     ) -> None:
         super().__init__(tokenizer, num_examine, compute_score, reward_fn_key, **kwargs)
 
-    def score_sample(self, sample: RewardSample) -> tuple[float, dict[str, Any]]:
-        """Score one row; subclasses adjust the score here (see ``DAPORewardManager``)."""
-        result = self.compute_score(
+    def call_scorer(self, sample: RewardSample) -> Any:
+        """The reward function's raw result for one row (a number or a dict with ``"score"``)."""
+        return self.compute_score(
             data_source=sample.data_source,
             solution_str=sample.response_str,
             ground_truth=sample.ground_truth,
             extra_info=sample.extra_info,
         )
-        return split_score(result)
+
+    def score_sample(self, sample: RewardSample) -> tuple[float, dict[str, Any]]:
+        """Score one row: a number is the score (no extra columns); a dict gives ``score`` and all its keys."""
+        return split_score(self.call_scorer(sample))
+
+    def decode(self, data: DataProto) -> list[RewardSample]:
+        """Decoded rows of ``data``; subclasses post-process the strings here (see ``DAPORewardManager``)."""
+        return decode_samples(self.tokenizer, data, self.reward_fn_key)
 
     def __call__(self, data: DataProto, return_dict: bool = False) -> torch.Tensor | dict[str, Any]:
         passthrough = rm_scores_output(data, return_dict)
         if passthrough is not None:
             return passthrough
-        samples = decode_samples(self.tokenizer, data, self.reward_fn_key)
+        samples = self.decode(data)
         scored = [self.score_sample(sample) for sample in samples]
         scores = [score for score, _ in scored]
         extras = [extra for _, extra in scored]

@@ -36,39 +36,55 @@ from transformers import GenerationConfig
 
 from verl.protocol import DataProto
 from verl.utils.torch_functional import get_response_mask, logprobs_from_logits, pad_sequence_to_length
+from verl.workers.config import RolloutConfig
 from verl.workers.rollout.base import BaseRollout
 
 __all__ = ["HFRollout"]
 
 
-def _cfg(config: Any, key: str, default: Any = None) -> Any:
-    if config is None:
-        return default
-    value = config.get(key, default) if hasattr(config, "get") else getattr(config, key, default)
-    return default if value is None else value
+def as_rollout_config(config: Any) -> tuple[RolloutConfig, int | None]:
+    """``(typed RolloutConfig, micro_batch_size)`` from a typed config, a DictConfig or a dict.
+
+    ``micro_batch_size`` (prompts per ``generate`` call) is not a key of verl's rollout config; older callers put it
+    there, so a mapping's ``micro_batch_size`` is taken out before the rest is typed.
+    """
+    if isinstance(config, RolloutConfig):
+        return config, None
+    from omegaconf import OmegaConf
+
+    from verl.utils.config import omega_conf_to_dataclass
+
+    plain = OmegaConf.to_container(config, resolve=True) if OmegaConf.is_config(config) else dict(config)
+    micro = plain.pop("micro_batch_size", None)
+    plain.pop("_target_", None)
+    return omega_conf_to_dataclass(plain, RolloutConfig), micro
 
 
 class HFRollout(BaseRollout):
-    """Generate with ``module.generate`` in micro-batches of ``config.micro_batch_size`` prompts.
+    """Generate with ``module.generate`` in micro-batches of ``micro_batch_size`` prompts (default: all at once).
 
     Args:
         module: a Hugging Face causal LM (unsharded, or a wrapper whose ``generate`` works).
-        config: ``actor_rollout_ref.rollout`` subtree; reads ``temperature``, ``top_p``, ``top_k``, ``do_sample``,
-            ``response_length``, ``val_kwargs``, ``micro_batch_size``, ``calculate_log_probs``.
+        config: typed ``actor_rollout_ref.rollout`` config (a DictConfig or dict is converted); reads
+            ``temperature``, ``top_p``, ``top_k``, ``do_sample``, ``response_length``, ``val_kwargs``,
+            ``calculate_log_probs``.
+        micro_batch_size: prompts per ``generate`` call.
 
     Meta keys of the prompts override the config: ``do_sample``, ``temperature``, ``top_p``, ``top_k`` (-1 or 0
     disables), ``response_length``, ``eos_token_id`` (int or list), ``pad_token_id``, ``calculate_log_probs``,
     ``seed``; ``validate=True`` switches to ``config.val_kwargs`` (temperature 0 or do_sample False = greedy).
     """
 
-    def __init__(self, module: nn.Module, config: Any):
-        super().__init__(config)
+    def __init__(self, module: nn.Module, config: Any, micro_batch_size: int | None = None):
+        typed, legacy_micro = as_rollout_config(config)
+        super().__init__(typed)
         self.module = module
+        self.micro_batch_size = micro_batch_size or legacy_micro
 
     def generate_sequences(self, prompts: DataProto) -> DataProto:
         """Generate responses for ``prompts`` (``input_ids``, ``attention_mask``, ``position_ids``); see module doc."""
         start = time.perf_counter()
-        micro_batch_size = int(_cfg(self.config, "micro_batch_size", 0) or len(prompts))
+        micro_batch_size = int(self.micro_batch_size or len(prompts))
         outputs = [self._generate_micro_batch(chunk, i) for i, chunk in enumerate(prompts.split(micro_batch_size))]
         output = DataProto.concat(outputs)
         output.meta_info["timing"] = {"generate_sequences": time.perf_counter() - start}
@@ -77,15 +93,8 @@ class HFRollout(BaseRollout):
     def _sampling_params(self, meta: dict) -> dict[str, Any]:
         """do_sample / temperature / top_p / top_k for this call; greedy when temperature <= 0."""
         cfg = self.config
-        params = {
-            "do_sample": meta.get("do_sample", _cfg(cfg, "do_sample", True)),
-            "temperature": meta.get("temperature", _cfg(cfg, "temperature", 1.0)),
-            "top_p": meta.get("top_p", _cfg(cfg, "top_p", 1.0)),
-            "top_k": meta.get("top_k", _cfg(cfg, "top_k", -1)),
-        }
-        if meta.get("validate", False):
-            val_kwargs = _cfg(cfg, "val_kwargs")
-            params = {key: _cfg(val_kwargs, key, value) for key, value in params.items()}
+        source = cfg.val_kwargs if meta.get("validate", False) else cfg
+        params = {key: meta.get(key, getattr(source, key)) for key in ("do_sample", "temperature", "top_p", "top_k")}
         if float(params["temperature"]) <= 0:
             params["do_sample"] = False
         return params
@@ -202,10 +211,10 @@ class HFRollout(BaseRollout):
         idx, attention_mask, position_ids = batch["input_ids"], batch["attention_mask"], batch["position_ids"]
         params = self._sampling_params(meta)
         eos, pad = self._special_ids(meta)
-        response_length = int(meta.get("response_length", _cfg(self.config, "response_length", 0)))
+        response_length = int(meta.get("response_length", self.config.response_length))
         if response_length <= 0:
             raise ValueError("response_length must be set (rollout.response_length or meta_info['response_length'])")
-        want_log_probs = bool(meta.get("calculate_log_probs", _cfg(self.config, "calculate_log_probs", False)))
+        want_log_probs = bool(meta.get("calculate_log_probs", self.config.calculate_log_probs))
         gen_config = self._generation_config(params, response_length, eos, pad, need_logits=want_log_probs)
         seed = meta.get("seed")
         new_tokens, raw_logits = self._generate_with_logits(
