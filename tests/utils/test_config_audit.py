@@ -234,30 +234,47 @@ def test_every_offending_key_is_reported_together():
     assert "actor_rollout_ref.model.lora_rank=8" in str(info.value)
 
 
-def test_main_ppo_refuses_before_ray_starts(tmp_path):
-    """The real entry point: non-zero exit in under 10 s, the key in the message, Ray never initialised."""
+def _run_main_ppo(command: list[str], *overrides: str) -> tuple[subprocess.CompletedProcess, float]:
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "RAY_USAGE_STATS_ENABLED": "0", "HYDRA_FULL_ERROR": "1"}
+    env.pop("RAY_ADDRESS", None)  # never attach to a cluster that happens to be running
+    start = time.monotonic()
+    result = subprocess.run([*command, *overrides], cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
+    return result, time.monotonic() - start
+
+
+MAIN_PPO = [sys.executable, "-m", "verl.trainer.main_ppo"]
+ISSUE_REFUSALS = [  # the refusals issue 9 names, plus one of the ignored keys it lists
+    ("actor_rollout_ref.model.lora_rank", "8"),
+    ("algorithm.kl_penalty", "full"),
+    ("actor_rollout_ref.actor.kl_loss_type", "full"),
+    ("actor_rollout_ref.model.use_liger", "true"),
+]
+
+
+@pytest.mark.parametrize(("key", "value"), ISSUE_REFUSALS)
+def test_main_ppo_refuses_the_key_before_ray_starts(key, value):
+    """The real entry point: non-zero exit in under 10 s with the key in stderr, and no Ray instance."""
+    result, elapsed = _run_main_ppo(MAIN_PPO, *VALID, "trainer.device=cpu", f"{key}={value}")
+    output = result.stdout + result.stderr
+    assert result.returncode != 0, output[-2000:]
+    assert key in result.stderr, output[-2000:]
+    assert "Started a local Ray instance" not in output
+    assert elapsed < 10, f"took {elapsed:.1f} s"
+
+
+def test_main_ppo_refuses_before_ray_or_torch_is_imported():
     probe = (
         "import runpy, sys\n"
         "sys.argv = ['main_ppo', *sys.argv[1:]]\n"
         "try:\n"
         "    runpy.run_module('verl.trainer.main_ppo', run_name='__main__')\n"
         "finally:\n"
-        "    ray = sys.modules.get('ray')\n"
-        "    print('RAY_STARTED', bool(ray is not None and ray.is_initialized()), file=sys.stderr)\n"
+        "    print('IMPORTED', 'ray' in sys.modules, 'torch' in sys.modules, file=sys.stderr)\n"
     )
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "RAY_USAGE_STATS_ENABLED": "0", "HYDRA_FULL_ERROR": "1"}
-    env.pop("RAY_ADDRESS", None)
-    overrides = [*VALID, "trainer.device=cpu", "actor_rollout_ref.model.use_liger=true"]
-    for command in ([sys.executable, "-m", "verl.trainer.main_ppo"], [sys.executable, "-c", probe]):
-        start = time.monotonic()
-        result = subprocess.run([*command, *overrides], cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
-        elapsed = time.monotonic() - start
-        output = result.stdout + result.stderr
-        assert result.returncode != 0, output[-2000:]
-        assert "actor_rollout_ref.model.use_liger" in result.stderr, output[-2000:]
-        assert "Started a local Ray instance" not in output
-        assert elapsed < 10, f"took {elapsed:.1f} s"
-    assert "RAY_STARTED False" in result.stderr, result.stderr[-2000:]
+    result, _ = _run_main_ppo([sys.executable, "-c", probe], *VALID, "actor_rollout_ref.model.lora_rank=8")
+    assert result.returncode != 0
+    assert "actor_rollout_ref.model.lora_rank" in result.stderr
+    assert "IMPORTED False False" in result.stderr, result.stderr[-2000:]
 
 
 # ---- multi-modal rows ----------------------------------------------------------------------------------------------
@@ -288,3 +305,30 @@ def test_empty_multi_modal_columns_are_fine(tmp_path):
     pd.DataFrame(rows).to_parquet(path)
     config = OmegaConf.create({"prompt_key": "prompt", "max_prompt_length": 16})
     assert len(RLHFDataset(str(path), tokenizer=None, config=config)) == 1
+
+
+def test_main_ppo_refuses_multi_modal_rows_before_ray_starts(tiny_model_dir, tmp_path):
+    import pandas as pd
+
+    rows = [
+        {
+            "data_source": "openai/gsm8k",
+            "prompt": [{"role": "user", "content": f"What is {i} + 1?"}],
+            "videos": [{"video": "clip.mp4"}] if i == 3 else [],
+            "reward_model": {"style": "rule", "ground_truth": str(i + 1)},
+        }
+        for i in range(8)
+    ]
+    pd.DataFrame(rows).to_parquet(tmp_path / "video.parquet")
+    overrides = [
+        *VALID,
+        "trainer.device=cpu",
+        f"actor_rollout_ref.model.path={tiny_model_dir}",
+        f"data.train_files={tmp_path}/video.parquet",
+        f"data.val_files={tmp_path}/video.parquet",
+    ]
+    result, _ = _run_main_ppo(MAIN_PPO, *overrides)
+    output = result.stdout + result.stderr
+    assert result.returncode != 0, output[-2000:]
+    assert "'videos'" in result.stderr and "video.parquet" in result.stderr, output[-2000:]
+    assert "Started a local Ray instance" not in output

@@ -136,7 +136,7 @@ def test_mini_batch_times_n_must_split_over_data_parallel_ranks():
         "algorithm.adv_estimator=gae", "actor_rollout_ref.rollout.n=1", "actor_rollout_ref.actor.ppo_mini_batch_size=1"
     )
     msg = _error(cfg, use_critic=False)
-    assert "ppo_mini_batch_size * actor_rollout_ref.rollout.n = 1 * 1" in msg
+    assert "ppo_mini_batch_size=1 times actor_rollout_ref.rollout.n=1 = 1 sequences" in msg and "over 2" in msg
 
 
 def test_per_rank_mini_batch_must_be_a_multiple_of_the_micro_batch():

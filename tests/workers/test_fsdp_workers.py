@@ -82,11 +82,13 @@ def _prompts(model_dir: str, n: int = 4) -> DataProto:
 
 
 def _training_batch(prompts: DataProto, vocab_size: int, seed: int = 0) -> DataProto:
-    """Prompts + random full-length responses (equal token counts per rank) + fixed advantages."""
+    """Prompts + random responses of 8, 6, 3, 1, ... tokens (so the two ranks hold 14 and 4) + fixed advantages."""
     gen = torch.Generator().manual_seed(seed)
     bs = len(prompts)
     responses = torch.randint(0, vocab_size, (bs, RESPONSE_LENGTH), generator=gen)
-    response_mask = torch.ones(bs, RESPONSE_LENGTH, dtype=prompts.batch["attention_mask"].dtype)
+    lengths = torch.tensor([8, 6, 3, 1] * (bs // 4 + 1))[:bs]
+    response_mask = (torch.arange(RESPONSE_LENGTH) < lengths[:, None]).to(prompts.batch["attention_mask"].dtype)
+    responses = responses.masked_fill(response_mask == 0, 0)
     position_ids = prompts.batch["position_ids"]
     response_pos = position_ids[:, -1:] + torch.arange(1, RESPONSE_LENGTH + 1)
     tensors = {
@@ -147,10 +149,15 @@ def greedy_before_update(actor_wg, prompts) -> DataProto:
 
 @pytest.fixture(scope="module")
 def first_update(ray_cluster, tiny_model_dir, actor_wg, prompts, vocab_size, greedy_before_update):
-    """The same batch through one update on the dp=2 group and on a fresh dp=1 group."""
+    """The same batch through one engine-path update on the dp=2 group and on a fresh dp=1 group.
+
+    The ranks hold unequal token counts (14 and 4), so only a global normalisation (tokens summed over ranks, as
+    upstream's engine path does with trainer.use_legacy_worker_impl=disable) makes dp=1 and dp=2 agree.
+    """
     from verl.workers.fsdp_workers import ActorRolloutRefWorker
 
     batch = _training_batch(prompts, vocab_size)
+    batch.meta_info["global_batch_size"] = len(batch)  # one mini-batch of 4 sequences
     batch = batch.union(actor_wg.compute_log_prob(batch).select(batch_keys=["old_log_probs"]))
     out2 = actor_wg.update_actor(batch)
     after2 = actor_wg.compute_log_prob(batch).batch["old_log_probs"]

@@ -14,11 +14,14 @@ import hydra
 from omegaconf import OmegaConf
 
 from verl.trainer.ppo.utils import Role, need_critic, need_reference_policy, need_reward_model
-from verl.utils.device import auto_set_device
 
 
 @hydra.main(config_path="config", config_name="ppo_trainer", version_base=None)
 def main(config) -> None:
+    from verl.utils.config_audit import check_refused_keys
+    from verl.utils.device import auto_set_device  # imports torch
+
+    check_refused_keys(config)  # before torch and Ray are even imported: a refused key costs a second
     auto_set_device(config)
     run_ppo(config)
 

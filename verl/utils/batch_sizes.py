@@ -87,7 +87,7 @@ def per_rank_mini_batch(prefix: str, mini: int, n: int, dp: int, n_key: str = "a
     sequences = mini * n
     if sequences % dp:
         raise ValueError(
-            f"{prefix}.ppo_mini_batch_size * {n_key} = {mini} * {n} = {sequences} sequences cannot be split evenly "
+            f"{prefix}.ppo_mini_batch_size={mini} times {n_key}={n} = {sequences} sequences cannot be split evenly "
             f"over {dp} data-parallel ranks; choose a mini batch whose product with n is a multiple of {dp}"
         )
     return sequences // dp

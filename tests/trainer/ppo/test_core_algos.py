@@ -8,6 +8,7 @@ Policy losses live in test_policy_losses.py, KL estimators in test_kl_penalty.py
 from __future__ import annotations
 
 import dataclasses
+import math
 
 import numpy as np
 import pytest
@@ -50,10 +51,8 @@ def _outcome(scores: list[float], lengths: list[int], width: int = 4) -> tuple[t
 
 
 def test_every_implemented_estimator_is_registered_under_its_enum_value():
-    not_implemented = {"optimal_token_baseline", "tir_optimal_token_baseline", "gdpo"}
     for member in AdvantageEstimator:
-        if member.value not in not_implemented:
-            assert get_adv_estimator_fn(member) is get_adv_estimator_fn(member.value)
+        assert get_adv_estimator_fn(member) is get_adv_estimator_fn(member.value)
     assert get_adv_estimator_fn("grpo") is compute_grpo_outcome_advantage
     assert AdvantageEstimator("grpo") == "grpo"
 
@@ -63,8 +62,8 @@ def test_get_adv_estimator_fn_unknown_name_message():
         get_adv_estimator_fn("not_an_estimator")
     with pytest.raises(ValueError, match="Unknown advantage estimator simply: GRPO"):
         get_adv_estimator_fn("GRPO")  # lookup is case-sensitive
-    with pytest.raises(ValueError, match="Unknown advantage estimator simply: gdpo"):
-        get_adv_estimator_fn(AdvantageEstimator.GDPO)
+    with pytest.raises(ValueError, match="Registered: .*'gdpo'"):
+        get_adv_estimator_fn("nope")
 
 
 def test_registry_is_looked_up_through_the_module_global(monkeypatch):
@@ -420,3 +419,64 @@ def test_get_kl_controller_errors():
         core_algos.get_kl_controller(_KLCtrl(horizon=0))
     with pytest.raises(NotImplementedError, match="pid"):
         core_algos.get_kl_controller({"type": "pid", "kl_coef": 0.1})
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# PF-PPO resampling and the sum of squared probabilities
+# ---------------------------------------------------------------------------------------------------------------------
+
+
+def _draw_frequencies(scores: list[float], method: str, weight_pow: float = 2.0, tiles: int = 2000) -> torch.Tensor:
+    """Fraction of draws landing on each of ``scores``' positions, from one call on the scores tiled ``tiles`` times."""
+    tiled = torch.tensor(scores).repeat(tiles)
+    idx = core_algos.pf_ppo_resample_indices(tiled, method, weight_pow, generator=torch.Generator().manual_seed(0))
+    assert idx.dtype == torch.long and idx.shape == tiled.shape
+    return torch.bincount(idx % len(scores), minlength=len(scores)).double() / len(idx)
+
+
+def test_pf_ppo_pow_draws_in_proportion_to_abs_score_to_the_power():
+    # |s|^2 = [0, 1, 4, 9] (+1e-8) -> probabilities [0, 1/14, 4/14, 9/14] = [0, 0.0714, 0.2857, 0.6429]
+    freq = _draw_frequencies([0.0, 1.0, -2.0, 3.0], "pow")
+    assert freq[0] == 0.0
+    torch.testing.assert_close(freq[1:], torch.tensor([1 / 14, 4 / 14, 9 / 14], dtype=torch.double), atol=0.015, rtol=0)
+
+
+def test_pf_ppo_max_min_keeps_only_the_extreme_rows():
+    # max 5 (rows 1, 3) and min 1 (rows 0, 4) have weight 1 each; rows 2, 5 only 1e-8 -> 1/4 each, never the others.
+    freq = _draw_frequencies([1.0, 5.0, 3.0, 5.0, 1.0, 2.0], "max_min", tiles=1000)
+    assert freq[2] == 0.0 and freq[5] == 0.0
+    torch.testing.assert_close(freq[[0, 1, 3, 4]], torch.full((4,), 0.25, dtype=torch.double), atol=0.015, rtol=0)
+
+
+def test_pf_ppo_max_random_favours_the_max_four_to_one():
+    # weights [0.1, 0.4, 0.1, 0.1] -> the max row gets 0.4 / 0.7 = 0.5714, each other 0.1429
+    freq = _draw_frequencies([1.0, 5.0, 3.0, 2.0], "max_random")
+    expected = torch.tensor([1 / 7, 4 / 7, 1 / 7, 1 / 7], dtype=torch.double)
+    torch.testing.assert_close(freq, expected, atol=0.015, rtol=0)
+
+
+def test_pf_ppo_is_reproducible_with_a_seeded_generator_and_rejects_unknown_methods():
+    scores = torch.tensor([0.5, -1.0, 2.0, 0.0, 1.5])
+    draw = [
+        core_algos.pf_ppo_resample_indices(scores, "pow", 1.0, generator=torch.Generator().manual_seed(7))
+        for _ in range(2)
+    ]
+    assert torch.equal(draw[0], draw[1]) and draw[0].shape == (5,)
+    with pytest.raises(ValueError, match="algorithm.pf_ppo.reweight_method"):
+        core_algos.pf_ppo_resample_indices(scores, "softmax", 1.0)
+
+
+def test_sum_pi_squared_literal_and_stable_for_huge_logits():
+    # uniform over 3 -> 3 * (1/3)^2 = 0.333333; logits [0, ln 2, 0] -> pi = [1/4, 1/2, 1/4] -> 1/16 + 1/4 + 1/16 = 0.375
+    # [1000, 1000, 0] -> pi ~ [1/2, 1/2, 0] -> 0.5 (a naive softmax in float32 would overflow e^1000)
+    logits = torch.tensor([[[0.0, 0.0, 0.0], [0.0, math.log(2.0), 0.0], [1000.0, 1000.0, 0.0]]])  # (1, 3, 3)
+    out = core_algos.compute_sum_pi_squared_from_logits(logits)
+    assert out.shape == (1, 3)
+    torch.testing.assert_close(out, torch.tensor([[1 / 3, 0.375, 0.5]]))
+
+
+def test_sum_pi_squared_matches_softmax_formulation():
+    torch.manual_seed(4)
+    logits = torch.randn(2, 5, 11) * 3
+    expected = torch.softmax(logits, dim=-1).square().sum(dim=-1)
+    torch.testing.assert_close(core_algos.compute_sum_pi_squared_from_logits(logits), expected)

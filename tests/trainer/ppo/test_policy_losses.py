@@ -146,6 +146,8 @@ class _ActorCfg:
     clip_ratio_low: float | None = None
     clip_ratio_high: float | None = None
     clip_ratio_c: float = 3.0
+    tau_pos: float = 1.0
+    tau_neg: float = 1.05
     policy_loss: _PolicyLossCfg = dataclasses.field(default_factory=_PolicyLossCfg)
 
 
@@ -303,7 +305,185 @@ def test_cispo_literal_and_gradient_through_every_token():
     assert metrics["actor/pg_clipfrac"] == 1.0 and metrics["actor/pg_clipfrac_lower"] == 0.5
 
 
-@pytest.mark.parametrize("mode", ["vanilla", "gspo", "gpg", "clip_cov", "kl_cov", "geo_mean", "cispo"])
+# ---------------------------------------------------------------------------------------------------------------------
+# SAPO and DPPO
+# ---------------------------------------------------------------------------------------------------------------------
+
+
+def test_sapo_literal_value_and_gradient():
+    # One row, log r = [ln 2, 0] -> r = [2, 1]; A = [+1, -1].
+    # token 0 (A > 0, tau_pos 1):    f = sigmoid(1 * (2 - 1)) * 4 / 1 = 0.731059 * 4 = 2.924234 -> loss -2.924234
+    # token 1 (A < 0, tau_neg 1.05): f = sigmoid(0) * 4 / 1.05 = 1.904762                 -> loss +1.904762
+    # seq-mean-token-mean = (-2.924234 + 1.904762) / 2 = -0.509736
+    # d loss / d logp = -A * 4 s (1 - s) * r / 2: token 0: -4 * 0.731059 * 0.268941 * 2 / 2 = -0.786448;
+    # token 1: +4 * 0.25 * 1 / 2 = +0.5 (at r = 1 the gate's slope is 1: a plain policy gradient)
+    log_prob = torch.tensor([[math.log(2.0), 0.0]], requires_grad=True)
+    adv = torch.tensor([[1.0, -1.0]])
+    loss, metrics = get_policy_loss_fn("sapo")(torch.zeros(1, 2), log_prob, adv, torch.ones(1, 2))
+    assert loss.item() == pytest.approx(-0.509736, abs=1e-5)
+    loss.backward()
+    torch.testing.assert_close(log_prob.grad, torch.tensor([[-0.786448, 0.5]]), atol=1e-5, rtol=0)
+    assert metrics["actor/pg_clipfrac"] == 0.0 and metrics["actor/pg_clipfrac_lower"] == 0.0
+    assert metrics["actor/ppo_kl"] == pytest.approx(-math.log(2.0) / 2, abs=1e-6)
+
+
+def test_sapo_reads_tau_from_dict_dataclass_and_omegaconf():
+    from omegaconf import OmegaConf
+
+    # tau_pos 2: f = sigmoid(2) * 4 / 2 = 0.880797 * 2 = 1.761594 -> -1.761594
+    # tau_neg 0.5: f = 0.5 * 4 / 0.5 = 4 -> +4;  mean (-1.761594 + 4) / 2 = 1.119203
+    log_prob = torch.tensor([[math.log(2.0), 0.0]])
+    adv = torch.tensor([[1.0, -1.0]])
+    configs = [
+        {"tau_pos": 2.0, "tau_neg": 0.5},
+        _ActorCfg(tau_pos=2.0, tau_neg=0.5),
+        OmegaConf.structured(_ActorCfg(tau_pos=2.0, tau_neg=0.5)),
+    ]
+    for cfg in configs:
+        loss, _ = get_policy_loss_fn("sapo")(torch.zeros(1, 2), log_prob, adv, torch.ones(1, 2), config=cfg)
+        assert loss.item() == pytest.approx(1.119203, abs=1e-5), cfg
+
+
+def test_sapo_forces_seq_mean_token_mean():
+    # Rows of 1 and 3 tokens with r = 1 and A = -1: token loss f = 0.5 * 4 / 1.05 = 1.904762 everywhere, so
+    # seq-mean-token-mean is 1.904762 whatever mode is asked for; seq-mean-token-sum would give (1 + 3) / 2 * f.
+    mask = torch.tensor([[1.0, 0.0, 0.0], [1.0, 1.0, 1.0]])
+    for mode in ("token-mean", "seq-mean-token-sum"):
+        loss, _ = get_policy_loss_fn("sapo")(torch.zeros(2, 3), torch.zeros(2, 3), -torch.ones(2, 3), mask, mode)
+        assert loss.item() == pytest.approx(1.904762, abs=1e-5), mode
+
+
+# Four tokens (p_old -> p, A), clip 0.2, clip_ratio_c 3:
+#   a: 0.5 -> 0.6, A=+1: r = 1.2
+#   b: 0.3 -> 0.6, A=+1: r = 2
+#   c: 0.5 -> 0.2, A=-1: r = 0.4
+#   d: 0.1 -> 0.4, A=-1: r = 4, capped weight 3
+DPPO_OLD = torch.log(torch.tensor([[0.5, 0.3, 0.5, 0.1]]))
+DPPO_NEW = torch.log(torch.tensor([[0.6, 0.6, 0.2, 0.4]]))
+DPPO_ADV = torch.tensor([[1.0, 1.0, -1.0, -1.0]])
+
+
+def test_dppo_tv_literal_value_metrics_and_gradient():
+    # TV validity: a: +0.1 <= 0.2 valid; b: +0.3 > 0.2 invalid; c: -0.3 < -0.2 invalid; d: +0.3 >= -0.2 valid.
+    # loss_a = -1 * 1.2 * ln 0.6 = 0.612991; loss_d = +1 * 3 * ln 0.4 = -2.748872
+    # token-mean = (0.612991 + 0 + 0 - 2.748872) / 4 = -0.533970
+    # clipfrac = 2/4 (b, c); lower = [r > 3 and valid] = d -> 1/4; ppo_kl = -(ln 1.2 + ln 2 + ln 0.4 + ln 4) / 4
+    # grad = -A * sg(weight) * valid / 4 = [-0.3, 0, 0, 0.75]: pushes a up and d down, nothing through b and c
+    log_prob = DPPO_NEW.clone().requires_grad_(True)
+    loss, metrics = get_policy_loss_fn("dppo_tv")(DPPO_OLD, log_prob, DPPO_ADV, MASK4)
+    assert loss.item() == pytest.approx(-0.533970, abs=1e-5)
+    assert metrics["actor/pg_clipfrac"] == pytest.approx(0.5)
+    assert metrics["actor/pg_clipfrac_lower"] == pytest.approx(0.25)
+    assert metrics["actor/ppo_kl"] == pytest.approx(-0.336368, abs=1e-5)
+    loss.backward()
+    torch.testing.assert_close(log_prob.grad, torch.tensor([[-0.3, 0.0, 0.0, 0.75]]), atol=1e-6, rtol=0)
+
+
+def test_dppo_kl_literal_value_and_gradient():
+    # binary KL b = p_old ln(p_old / p) + (1 - p_old) ln((1 - p_old) / (1 - p)):
+    #   a: 0.5 ln(0.5/0.6) + 0.5 ln(0.5/0.4) = 0.020411 <= 0.2 -> valid
+    #   b: 0.3 ln(0.3/0.6) + 0.7 ln(0.7/0.4) = 0.183787 <= 0.2 -> valid (TV rejected it)
+    #   c: 0.5 ln(0.5/0.2) + 0.5 ln(0.5/0.8) = 0.223144 > 0.2 and p < p_old -> invalid
+    #   d: p >= p_old with A < 0 -> valid
+    # loss = (0.612991 + (-1 * 2 * ln 0.6 = 1.021651) + 0 - 2.748872) / 4 = -0.278558
+    # grad = [-1.2, -2, 0, 3] / 4 = [-0.3, -0.5, 0, 0.75]
+    log_prob = DPPO_NEW.clone().requires_grad_(True)
+    loss, metrics = get_policy_loss_fn("dppo_kl")(DPPO_OLD, log_prob, DPPO_ADV, MASK4)
+    assert loss.item() == pytest.approx(-0.278558, abs=1e-5)
+    assert metrics["actor/pg_clipfrac"] == pytest.approx(0.25)
+    assert metrics["actor/pg_clipfrac_lower"] == pytest.approx(0.25)
+    loss.backward()
+    torch.testing.assert_close(log_prob.grad, torch.tensor([[-0.3, -0.5, 0.0, 0.75]]), atol=1e-6, rtol=0)
+
+
+@pytest.mark.parametrize("mode", ["dppo_tv", "dppo_kl"])
+def test_dppo_respects_clip_ratio_c_and_loss_agg_mode(mode):
+    # clip_ratio_c 5 leaves d's weight at 4: loss_d = 4 ln 0.4 = -3.665163, and nothing exceeds the cap.
+    fn = get_policy_loss_fn(mode)
+    capped, _ = fn(DPPO_OLD, DPPO_NEW, DPPO_ADV, MASK4)
+    loose, metrics = fn(DPPO_OLD, DPPO_NEW, DPPO_ADV, MASK4, config={"clip_ratio_c": 5.0})
+    assert (loose - capped).item() == pytest.approx((-3.665163 + 2.748872) / 4, abs=1e-5)
+    assert metrics["actor/pg_clipfrac_lower"] == 0.0
+    # one row of 4 tokens: seq-mean-token-sum = 4 x token-mean
+    summed, _ = fn(DPPO_OLD, DPPO_NEW, DPPO_ADV, MASK4, "seq-mean-token-sum")
+    assert summed.item() == pytest.approx(4 * capped.item(), abs=1e-5)
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# geo_mean and gspo with global batch info: micro-batch invariance
+# ---------------------------------------------------------------------------------------------------------------------
+
+
+def _four_rows(seed: int = 5) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(old, logp, sequence-level A, ragged mask) for 4 rows of width 5."""
+    torch.manual_seed(seed)
+    old = -torch.rand(4, 5) * 2
+    logp = old + 0.3 * torch.randn(4, 5)
+    adv = torch.randn(4, 1).expand(4, 5).contiguous()
+    mask = (torch.arange(5)[None, :] < torch.tensor([[5], [2], [4], [1]])).float()
+    return old, logp, adv, mask
+
+
+def _accumulated(mode: str, splits: list[slice], config: dict | None) -> tuple[float, torch.Tensor]:
+    """Sum of the micro-batch losses and the accumulated gradient w.r.t. logp (like backward per micro-batch)."""
+    old, logp, adv, mask = _four_rows()
+    logp = logp.requires_grad_(True)
+    total = 0.0
+    for s in splits:
+        loss, _ = get_policy_loss_fn(mode)(old[s], logp[s], adv[s], mask[s], "token-mean", config)
+        loss.backward()
+        total += loss.item()
+    return total, logp.grad
+
+
+GLOBAL_INFO = {"global_batch_info": {"global_batch_size": 4, "dp_size": 1}}
+
+
+@pytest.mark.parametrize("mode", ["geo_mean", "gspo", "sapo"])
+@pytest.mark.parametrize("splits", [[slice(0, 2), slice(2, 4)], [slice(0, 1), slice(1, 4)]])
+def test_sequence_losses_with_global_info_sum_over_micro_batches_to_the_full_batch(mode, splits):
+    full_loss, full_grad = _accumulated(mode, [slice(0, 4)], GLOBAL_INFO)
+    legacy_full, _ = _accumulated(mode, [slice(0, 4)], None)
+    micro_loss, micro_grad = _accumulated(mode, splits, GLOBAL_INFO)
+    # one micro-batch holding the whole batch: the global form equals the plain mean over rows
+    assert full_loss == pytest.approx(legacy_full, abs=1e-6)
+    assert micro_loss == pytest.approx(full_loss, abs=1e-6)
+    torch.testing.assert_close(micro_grad, full_grad)
+
+
+@pytest.mark.parametrize("mode", ["geo_mean", "gspo"])
+def test_sequence_losses_without_global_info_depend_on_the_split(mode):
+    # Legacy path (upstream behaviour): each micro-batch takes its own mean over rows, so a 1 + 3 split does not sum
+    # to the full-batch value; the trainer's GA scaling handles that on the legacy path.
+    full_loss, _ = _accumulated(mode, [slice(0, 4)], None)
+    micro_loss, _ = _accumulated(mode, [slice(0, 1), slice(1, 4)], None)
+    assert micro_loss != pytest.approx(full_loss, abs=1e-3)
+
+
+def test_geo_mean_global_info_scales_by_dp_size():
+    # dp_size 2, global 4 rows, 2 local rows: loss = 2 * (L_0 + L_1) / 4 = the local mean, as agg_loss does.
+    old, logp, adv, mask = _four_rows()
+    cfg = {"global_batch_info": {"global_batch_size": 4, "dp_size": 2}}
+    local, _ = get_policy_loss_fn("geo_mean")(old[:2], logp[:2], adv[:2], mask[:2], config=cfg)
+    plain, _ = get_policy_loss_fn("geo_mean")(old[:2], logp[:2], adv[:2], mask[:2])
+    assert local.item() == pytest.approx(plain.item(), abs=1e-6)
+
+
+def test_geo_mean_rollout_is_weights_use_the_row_geometric_mean():
+    # r = 1, A = +1 on both tokens; weights [4, 1] -> geometric mean 2 (arithmetic would be 2.5) -> loss -2
+    loss, _ = get_policy_loss_fn("geo_mean")(
+        torch.zeros(1, 2),
+        torch.zeros(1, 2),
+        torch.ones(1, 2),
+        torch.ones(1, 2),
+        rollout_is_weights=torch.tensor([[4.0, 1.0]]),
+    )
+    assert loss.item() == pytest.approx(-2.0, abs=1e-6)
+
+
+@pytest.mark.parametrize(
+    "mode", ["vanilla", "gspo", "sapo", "dppo_tv", "dppo_kl", "gpg", "clip_cov", "kl_cov", "geo_mean", "cispo"]
+)
 def test_every_policy_loss_returns_scalar_and_float_metrics_with_the_standard_keys(mode):
     torch.manual_seed(0)
     old, adv, mask = torch.randn(3, 5) - 2, torch.randn(3, 5), torch.ones(3, 5)

@@ -94,12 +94,11 @@ def test_unknown_rollout_key_raises_value_error_listing_registered_keys():
 
 
 def test_unimportable_backend_raises_import_error_naming_the_extra(monkeypatch):
-    register_rollout("sglang", "async", "verl_no_such_module_for_test.adapter.ServerAdapter")
-    try:
-        with pytest.raises(ImportError, match=r"pip install verl\[sglang\]"):
-            get_rollout_class("sglang", "async")
-    finally:
-        register_rollout("sglang", "async", "verl.workers.rollout.sglang_rollout.sglang_rollout.ServerAdapter")
+    monkeypatch.setattr("verl.workers.rollout.base._ROLLOUT_REGISTRY", dict(_ROLLOUT_REGISTRY))
+    register_rollout("sglang", "async", "verl_no_such_module_for_test.adapter.ServerAdapter")  # re-registration wins
+    with pytest.raises(ImportError, match=r"pip install verl\[sglang\]") as err:
+        get_rollout_class("sglang", "async")
+    assert "verl_no_such_module_for_test.adapter" in str(err.value)
 
 
 def test_importing_the_rollout_package_does_not_import_engines(tmp_path):

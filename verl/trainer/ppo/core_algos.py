@@ -499,8 +499,10 @@ def compute_sum_pi_squared_from_logits(logits: torch.Tensor) -> torch.Tensor:
     Returns:
         ``(bs, response_length)`` float32 values in ``[1/vocab, 1]``.
     """
+    # Shift by the max first: the two LSE terms then stay near 0 instead of near 2 max(z), where float32 loses digits.
     logits = logits.float()
-    return torch.exp(torch.logsumexp(2.0 * logits, dim=-1) - 2.0 * torch.logsumexp(logits, dim=-1))
+    shifted = logits - logits.amax(dim=-1, keepdim=True)  # (bs, T, V)
+    return torch.exp(torch.logsumexp(2.0 * shifted, dim=-1) - 2.0 * torch.logsumexp(shifted, dim=-1))
 
 
 # ---------------------------------------------------------------------------------------------------------------------

@@ -190,11 +190,6 @@ class RayPPOTrainer:
         if self.config.trainer.get("total_training_steps") is not None:
             steps = int(self.config.trainer.total_training_steps)
         self.total_training_steps = steps
-        # the LR schedulers in the workers need the horizon; the config is not read-only here on purpose
-        with _writable(self.config):
-            self.config.actor_rollout_ref.actor.optim.total_training_steps = steps
-            if "critic" in self.config:
-                self.config.critic.optim.total_training_steps = steps
 
     def init_workers(self) -> None:
         """Create the resource pools, then one colocated worker group per pool, and initialise the models."""
@@ -206,11 +201,12 @@ class RayPPOTrainer:
             pool = self.resource_pool_manager.get_resource_pool(role)
             pool_to_cls[pool][str(role)] = RayClassWithInitArgs(cls=self.role_worker_mapping[role], **cls_kwargs)
 
-        add(Role.ActorRollout, {"config": cfg.actor_rollout_ref, "role": "actor_rollout"})
+        actor_rollout_ref = self._worker_config("actor_rollout_ref", "actor")
+        add(Role.ActorRollout, {"config": actor_rollout_ref, "role": "actor_rollout"})
         if self.use_critic:
-            add(Role.Critic, {"config": cfg.critic})
+            add(Role.Critic, {"config": self._worker_config("critic", None)})
         if self.use_reference_policy and not self.ref_in_actor:
-            add(Role.RefPolicy, {"config": cfg.actor_rollout_ref, "role": "ref"})
+            add(Role.RefPolicy, {"config": actor_rollout_ref, "role": "ref"})
         if self.use_rm:
             add(Role.RewardModel, {"config": cfg.reward_model})
 
@@ -234,6 +230,25 @@ class RayPPOTrainer:
         # the actor goes last so that the other models' memory is already accounted for
         self.actor_rollout_wg = all_wg[str(Role.ActorRollout)]
         self.actor_rollout_wg.init_model()
+
+    def _worker_config(self, node: str, trained: str | None):
+        """A worker's config: the user's node plus what the controller derives (a new tree, never written back).
+
+        The LR schedule needs the run's length (``optim.total_training_steps``); with bypass-mode rollout correction
+        the actor's policy loss becomes ``bypass_mode`` and carries ``algorithm.rollout_correction``.
+        """
+        node_cfg = self.config[node]
+        derived: dict = {"optim": {"total_training_steps": self.total_training_steps}}
+        rollout_corr = self.config.algorithm.get("rollout_correction")
+        if trained == "actor" and rollout_corr is not None and rollout_corr.get("bypass_mode", False):
+            derived["policy_loss"] = {
+                "loss_mode": "bypass_mode",
+                "rollout_correction": OmegaConf.to_container(rollout_corr, resolve=True),
+            }
+        plain = OmegaConf.create(OmegaConf.to_container(node_cfg, resolve=True))
+        target = plain[trained] if trained else plain
+        target.merge_with(derived)
+        return plain
 
     def shutdown(self) -> None:
         """Release the placement groups (Ray then ends the worker actors), so a later run in the same Ray session
@@ -310,6 +325,14 @@ class RayPPOTrainer:
             config=algo,
         )
 
+    def _tag_global_batch_size(self, batch: DataProto, sequences_per_mini_batch: int) -> None:
+        """Engine path (``trainer.use_legacy_worker_impl=disable``): tell the workers the global mini-batch size, so
+        the losses normalise by global counts; the legacy path (default) leaves the batch untagged."""
+        if self.config.trainer.get("use_legacy_worker_impl", "auto") == "disable":
+            batch.meta_info["global_batch_size"] = int(sequences_per_mini_batch)
+        else:
+            batch.meta_info.pop("global_batch_size", None)
+
     def _generate(self, batch: DataProto, timing_raw: dict) -> tuple[DataProto, DataProto]:
         """Repeat each prompt ``rollout.n`` times and generate; returns (repeated batch, generation output)."""
         n = self.config.actor_rollout_ref.rollout.n
@@ -355,14 +378,17 @@ class RayPPOTrainer:
                 batch = batch.union(self.critic_wg.compute_values(batch))
         with marked_timer("adv", timing_raw):
             batch = self._compute_advantage(batch, reward_tensor, reward_extra, metrics)
+        n = self.config.actor_rollout_ref.rollout.n
         if self.use_critic:
             with marked_timer("update_critic", timing_raw):
+                self._tag_global_batch_size(batch, self.config.critic.ppo_mini_batch_size * n)
                 out = self.critic_wg.update_critic(batch)
             metrics.update(reduce_metrics(out.meta_info["metrics"]))
         if self.config.trainer.critic_warmup <= self.global_steps:
             with marked_timer("update_actor", timing_raw):
                 batch.meta_info["multi_turn"] = self.config.actor_rollout_ref.rollout.multi_turn.enable
                 batch.meta_info["temperature"] = self.config.actor_rollout_ref.rollout.temperature
+                self._tag_global_batch_size(batch, self.config.actor_rollout_ref.actor.ppo_mini_batch_size * n)
                 out = self.actor_rollout_wg.update_actor(batch)
             metrics.update(reduce_metrics(out.meta_info["metrics"]))
         if self.config.trainer.get("rollout_data_dir"):
@@ -594,17 +620,3 @@ def _progress_bar(total: int, initial: int, enabled: bool):
     from tqdm.auto import tqdm
 
     return tqdm(total=total, initial=initial, desc="Training Progress", disable=not enabled, dynamic_ncols=True)
-
-
-class _writable:
-    """Temporarily lift OmegaConf's read-only flag (struct mode stays on, so no new keys can appear)."""
-
-    def __init__(self, cfg):
-        self.cfg = cfg
-
-    def __enter__(self):
-        self.was_readonly = OmegaConf.is_readonly(self.cfg)
-        OmegaConf.set_readonly(self.cfg, False)
-
-    def __exit__(self, *exc):
-        OmegaConf.set_readonly(self.cfg, self.was_readonly)

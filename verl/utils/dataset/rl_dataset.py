@@ -93,6 +93,22 @@ def read_parquet_rows(path: str, prompt_key: str) -> list[dict[str, Any]]:
     return table.select(columns).to_pylist()
 
 
+def _refuse_multi_modal(rows: list[dict[str, Any]], path: str, columns: Sequence[str]) -> None:
+    """Stop at load time (before Ray starts) on a row with images or videos: multi-modal prompts are not supported.
+
+    Raises:
+        ValueError: naming the column (data.image_key / data.video_key), the first such row and the file.
+    """
+    for column in columns:
+        for index, row in enumerate(rows):
+            value = row.get(column)
+            if value is not None and (not hasattr(value, "__len__") or len(value) > 0):
+                raise ValueError(
+                    f"Row {index} of {path!r} has a non-empty {column!r} column (data.image_key / data.video_key): "
+                    "multi-modal prompts are not supported. Drop the column or empty it for text-only training."
+                )
+
+
 class RLHFDataset(Dataset):
     """Chat prompts from parquet files, tokenized and left padded to ``data.max_prompt_length``.
 
@@ -144,6 +160,7 @@ class RLHFDataset(Dataset):
         rows, sources = [], []
         for path in self.data_files:
             file_rows = read_parquet_rows(path, self.prompt_key)
+            _refuse_multi_modal(file_rows, path, (self.image_key, self.video_key))
             rows.extend(file_rows)
             sources.extend([path] * len(file_rows))
         if 0 < self.max_samples < len(rows):

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from verl.base_config import BaseConfig, check_choice
-from verl.trainer.config.algorithm import CheckpointConfig, check_kl_penalty
+from verl.trainer.config.algorithm import CheckpointConfig, RolloutCorrectionConfig, check_kl_penalty
 from verl.workers.config.engine import FSDPEngineConfig, McoreEngineConfig
 from verl.workers.config.optimizer import FSDPOptimizerConfig, OptimizerConfig
 
@@ -50,6 +50,8 @@ class PolicyLossConfig(BaseConfig):
     """kl_cov: fraction of tokens that get the KL penalty."""
     ppo_kl_coef: float = 0.1
     """kl_cov: coefficient of that penalty."""
+    rollout_correction: RolloutCorrectionConfig | None = None
+    """bypass_mode: ``algorithm.rollout_correction``, put here by the trainer when ``bypass_mode`` is on."""
 
     def __post_init__(self) -> None:
         if not self.loss_mode:
