@@ -145,3 +145,32 @@ def test_resume_reproduces_uninterrupted_run(tmp_path, tiny_model_dir, ray_clust
         want = [r["data"][key] for r in straight if r["step"] in (3, 4)]
         got = [r["data"][key] for r in resumed]
         assert got == pytest.approx(want, abs=1e-4), key
+
+
+# ------------------------------------------------------------------------------------------ golden trajectory
+# The first steps' losses of a fixed tiny GRPO run (seeded model, data, sampling and ranks), on both of verl's
+# loss-scaling paths. Any change to the numerics shows up here as a diff that someone must explain: regenerate with
+#     VERL_WRITE_GOLDEN=1 python -m pytest tests/trainer/test_main_ppo_e2e.py -k golden
+# and say why in the commit. Tolerance: 1e-4 relative (plus 1e-6 absolute), far below any real change of the maths
+# and above the float noise of a different CPU's BLAS.
+GOLDEN = Path(__file__).parent / "golden" / "grpo_tiny_cpu.json"
+GOLDEN_KEYS = ("actor/pg_loss", "actor/kl_loss", "actor/grad_norm", "critic/score/mean")
+GOLDEN_STEPS = 4
+
+
+@pytest.mark.parametrize("path", ["legacy", "engine"])
+def test_golden_trajectory(path, tmp_path, tiny_model_dir, ray_cluster, monkeypatch):
+    import os
+
+    extra = ["actor_rollout_ref.actor.use_kl_loss=True", "actor_rollout_ref.actor.kl_loss_coef=0.01"]
+    if path == "engine":
+        extra.append("trainer.use_legacy_worker_impl=disable")
+    rows = _run(_overrides(tmp_path, tiny_model_dir, "grpo", GOLDEN_STEPS, extra), tmp_path / "m.jsonl", monkeypatch)
+    got = {key: [r["data"][key] for r in rows] for key in GOLDEN_KEYS}
+    if os.environ.get("VERL_WRITE_GOLDEN"):
+        stored = json.loads(GOLDEN.read_text()) if GOLDEN.exists() else {}
+        stored[path] = got
+        GOLDEN.write_text(json.dumps(stored, indent=1, sort_keys=True) + "\n")
+    want = json.loads(GOLDEN.read_text())[path]
+    for key in GOLDEN_KEYS:
+        assert got[key] == pytest.approx(want[key], rel=1e-4, abs=1e-6), key

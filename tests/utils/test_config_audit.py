@@ -262,6 +262,17 @@ def test_main_ppo_refuses_the_key_before_ray_starts(key, value):
     assert elapsed < 10, f"took {elapsed:.1f} s"
 
 
+def test_main_ppo_names_every_refused_key_at_once():
+    bad = [_override(key, rule.bad_example) for key, rule in config_audit.REFUSED_KEYS.items()]
+    extra = sorted({o for rule in config_audit.REFUSED_KEYS.values() for o in rule.example_extra})
+    result, elapsed = _run_main_ppo(MAIN_PPO, *VALID, "trainer.device=cpu", *bad, *extra)
+    assert result.returncode != 0
+    missing = [key for key in config_audit.REFUSED_KEYS if f"{key}=" not in result.stderr]
+    assert not missing, f"not named: {missing}\n{result.stderr[-3000:]}"
+    assert "Started a local Ray instance" not in result.stdout + result.stderr
+    assert elapsed < 10, f"took {elapsed:.1f} s"
+
+
 def test_main_ppo_refuses_before_ray_or_torch_is_imported():
     probe = (
         "import runpy, sys\n"
@@ -332,3 +343,9 @@ def test_main_ppo_refuses_multi_modal_rows_before_ray_starts(tiny_model_dir, tmp
     assert result.returncode != 0, output[-2000:]
     assert "'videos'" in result.stderr and "video.parquet" in result.stderr, output[-2000:]
     assert "Started a local Ray instance" not in output
+
+
+def test_compat_md_lists_every_refused_and_engine_key():
+    text = (REPO / "docs" / "compat.md").read_text()
+    missing = [key for key in [*config_audit.REFUSED_KEYS, *config_audit.ENGINE_KEYS] if f"`{key}`" not in text]
+    assert not missing, f"docs/compat.md does not list: {missing}"

@@ -166,11 +166,52 @@ def test_both_actor_micro_batch_keys_set_is_rejected():
     assert "actor_rollout_ref.actor.ppo_micro_batch_size=4" in msg and "both set" in msg
 
 
-def test_deprecated_global_micro_batch_is_divided_over_ranks():
+def _worker_view(cfg, role: str, dp: int):
+    """What an ActorRolloutRefWorker on ``dp`` ranks trains with: its resolved, per-rank ``actor_rollout_ref``."""
+    from verl.workers.fsdp_workers import normalize_actor_batch_sizes
+
+    private = OmegaConf.create(OmegaConf.to_container(cfg.actor_rollout_ref, resolve=True))
+    normalize_actor_batch_sizes(private, role, dp)
+    return private
+
+
+GLOBAL_MICRO = [
+    "actor_rollout_ref.actor.ppo_micro_batch_size_per_gpu=null",
+    "actor_rollout_ref.rollout.log_prob_micro_batch_size_per_gpu=null",
+    "actor_rollout_ref.ref.log_prob_micro_batch_size_per_gpu=null",
+]
+
+
+@pytest.mark.parametrize(
+    "ranks, mini, micro, rollout_micro, ref_micro",
+    [
+        (2, 4, 2, 4, 2),  # mini 4 prompts x n=2 = 8 sequences / 2 ranks = 4; micro 4/2; log-prob micro 8/2, 4/2
+        (4, 2, 1, 2, 1),  # the same over 4 ranks: 8/4 = 2; 4/4; 8/4, 4/4
+    ],
+)
+def test_deprecated_global_micro_batch_is_divided_over_ranks(ranks, mini, micro, rollout_micro, ref_micro):
     cfg = _cfg(
-        "actor_rollout_ref.actor.ppo_micro_batch_size_per_gpu=null", "actor_rollout_ref.actor.ppo_micro_batch_size=4"
+        *GLOBAL_MICRO,
+        f"trainer.n_gpus_per_node={ranks}",
+        "actor_rollout_ref.actor.ppo_micro_batch_size=4",
+        "actor_rollout_ref.rollout.log_prob_micro_batch_size=8",
+        "actor_rollout_ref.ref.log_prob_micro_batch_size=4",
     )
     validate_config(cfg, use_reference_policy=True, use_critic=True)
+    worker = _worker_view(cfg, "actor_rollout_ref", ranks)
+    assert worker.actor.ppo_mini_batch_size == mini
+    assert worker.actor.ppo_micro_batch_size_per_gpu == micro
+    assert worker.rollout.log_prob_micro_batch_size_per_gpu == rollout_micro
+    assert worker.ref.log_prob_micro_batch_size_per_gpu == ref_micro
+    assert cfg.actor_rollout_ref.actor.ppo_mini_batch_size == 4  # the caller's tree keeps the global values
+
+
+def test_global_micro_batch_that_does_not_divide_over_ranks_fails_naming_the_key():
+    # 3 sequences cannot be shared by 2 ranks: pre-flight and the worker both refuse, naming the key and value.
+    cfg = _cfg(*GLOBAL_MICRO[:1], "actor_rollout_ref.actor.ppo_micro_batch_size=3")
+    assert "actor_rollout_ref.actor.ppo_micro_batch_size=3" in _error(cfg)
+    with pytest.raises(ValueError, match=r"actor_rollout_ref\.actor\.ppo_micro_batch_size=3"):
+        _worker_view(cfg, "actor", 2)
 
 
 def test_missing_rollout_log_prob_micro_batch_is_rejected():

@@ -19,9 +19,10 @@ from verl.trainer.ppo.utils import Role, need_critic, need_reference_policy, nee
 @hydra.main(config_path="config", config_name="ppo_trainer", version_base=None)
 def main(config) -> None:
     from verl.utils.config_audit import check_refused_keys
-    from verl.utils.device import auto_set_device  # imports torch
 
     check_refused_keys(config)  # before torch and Ray are even imported: a refused key costs a second
+    from verl.utils.device import auto_set_device
+
     auto_set_device(config)
     run_ppo(config)
 
@@ -133,6 +134,7 @@ class TaskRunner:
         from verl.utils.config import validate_config
         from verl.utils.dataset.rl_dataset import collate_fn
         from verl.utils.fs import copy_to_local
+        from verl.utils.import_utils import import_external_libs
         from verl.utils.tokenizer import hf_processor, hf_tokenizer
 
         print(f"TaskRunner on {socket.gethostname()} (pid {os.getpid()})")
@@ -141,6 +143,8 @@ class TaskRunner:
         use_ref = need_reference_policy(config)
         # 1. cheap checks first: a bad config or path must fail before Ray starts
         validate_config(config, use_reference_policy=use_ref, use_critic=use_critic)
+        # A model registered by an external library must be importable here too: fail now, not inside a worker.
+        import_external_libs(config.actor_rollout_ref.model.get("external_lib"), "actor_rollout_ref.model.external_lib")
         model_cfg = config.actor_rollout_ref.model
         local_path = copy_to_local(model_cfg.path, use_shm=model_cfg.get("use_shm", False))
         trust = config.data.get("trust_remote_code", False) or model_cfg.get("trust_remote_code", False)

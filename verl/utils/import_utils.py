@@ -57,14 +57,21 @@ def load_extern_object(module_path: str, object_name: str) -> Any:
     return getattr(module, object_name)
 
 
-def import_external_libs(external_libs: str | list[str] | None = None) -> None:
-    """Import each named module for its side effects (typically registering models or reward managers)."""
-    if external_libs is None:
+def import_external_libs(external_libs: str | list[str] | None = None, key: str = "model.external_lib") -> None:
+    """Import each named module for its side effects (typically registering models with transformers' Auto classes).
+
+    Raises:
+        ValueError: naming ``key`` and the module when one cannot be imported.
+    """
+    if not external_libs:
         return
     if isinstance(external_libs, str):
         external_libs = [external_libs]
     for lib in external_libs:
-        importlib.import_module(lib)
+        try:
+            importlib.import_module(lib)
+        except ImportError as exc:
+            raise ValueError(f"{key}={lib!r} cannot be imported ({exc}); check the module name and PYTHONPATH") from exc
 
 
 def deprecated(replacement: str = "") -> Callable[[Callable], Callable]:

@@ -37,6 +37,7 @@ from verl.utils import hf_models as hf
 from verl.utils.batch_sizes import normalize_actor_batch_sizes, normalize_critic_batch_sizes, per_rank_micro_batch
 from verl.utils.config import omega_conf_to_dataclass
 from verl.utils.device import get_device_name, get_dist_backend
+from verl.utils.import_utils import import_external_libs
 from verl.utils.torch_functional import response_mask_of
 from verl.workers.config import FSDPActorConfig
 
@@ -322,6 +323,7 @@ class ActorRolloutRefWorker(_FSDPWorkerBase):
     @register(dispatch_mode=Dispatch.ONE_TO_ALL)
     def init_model(self) -> None:
         """Load the tokenizer and build the models this role needs."""
+        import_external_libs(self.config.model.get("external_lib"), "actor_rollout_ref.model.external_lib")
         local_path = hf.resolve_model_path(self.config.model.get("path"), "actor_rollout_ref.model.path")
         self._load_tokenizer(local_path)
         if self._is_actor:
@@ -367,6 +369,8 @@ class ActorRolloutRefWorker(_FSDPWorkerBase):
         with _Offload(self.actor_module_fsdp, None, self.config.actor.fsdp_config):
             out = self.actor.compute_log_prob(data, calculate_entropy=True)
         tensors = {"old_log_probs": out["log_probs"], "entropys": out["entropys"]}
+        if out.get("sum_pi_squared") is not None:  # actor.calculate_sum_pi_squared (optimal-token baselines)
+            tensors["sum_pi_squared"] = out["sum_pi_squared"]
         return DataProto.from_dict(tensors=tensors, meta_info={"temperature": data.meta_info["temperature"]}).to("cpu")
 
     @register(dispatch_mode=make_nd_compute_dataproto_dispatch_fn(mesh_name="actor"))
@@ -489,6 +493,7 @@ class CriticWorker(_FSDPWorkerBase):
         from verl.workers.critic.dp_critic import DataParallelPPOCritic
 
         cfg, model_cfg = self.config, self.config.model
+        import_external_libs(model_cfg.get("external_lib"), "critic.model.external_lib")
         fsdp_config = model_cfg.get("fsdp_config") or {}
         _log_offload_on_cpu(fsdp_config, "critic")
         local_path = hf.resolve_model_path(model_cfg.get("path"), "critic.model.path")

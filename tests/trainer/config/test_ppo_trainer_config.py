@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.errors import ConfigCompositionException
 from omegaconf import OmegaConf
 
@@ -154,9 +155,13 @@ def test_typical_grpo_script_passes_the_preflight_validation_unchanged():
 def test_frequently_seen_extra_overrides_compose(extra):
     cfg = compose_config(overrides=[*GRPO_SCRIPT, *extra])
     OmegaConf.to_container(cfg, resolve=True, throw_on_missing=True)
-    for item in extra:
-        key, value = item.lstrip("+").split("=", 1)
-        assert OmegaConf.select(cfg, key) is not None, key
+    # Each override lands on its key with the value Hydra parsed from the command line (not a default, not None).
+    for override in OverridesParser.create().parse_overrides(extra):
+        expected = override.value()
+        actual = OmegaConf.select(cfg, override.key_or_group)
+        if isinstance(expected, list):
+            actual = OmegaConf.to_container(actual)
+        assert actual == expected and type(actual) is type(expected), (override.input_line, actual)
 
 
 def test_legacy_and_new_reward_keys_coexist_with_null_meaning_fall_back():

@@ -19,9 +19,9 @@ from verl.trainer.config import RolloutCorrectionConfig
 from verl.trainer.ppo import core_algos
 from verl.trainer.ppo.rollout_corr_helper import (
     apply_bypass_mode,
+    compute_rollout_corr_metrics_from_logprobs,
     compute_rollout_correction_and_add_to_batch,
     compute_rollout_correction_and_rejection_mask,
-    compute_rollout_corr_metrics_from_logprobs,
     compute_rollout_is_weights,
     compute_rollout_rejection_mask,
     parse_rollout_rs,
@@ -360,7 +360,9 @@ def test_bypass_ppo_clip_drops_rejected_rows_from_the_loss():
     current = torch.tensor([[0.0, 0.0], [LN(5.0), 0.0]], requires_grad=True)
     advantages = torch.tensor([[1.0, 1.0], [1.0, 1.0]])
     config = _actor_config({"rollout_is": None, "rollout_rs": "seq_sum_k1", "rollout_rs_threshold": 2.0})
-    loss, _ = core_algos.get_policy_loss_fn("bypass_mode")(rollout, current, advantages, torch.ones(2, 2), config=config)
+    loss, _ = core_algos.get_policy_loss_fn("bypass_mode")(
+        rollout, current, advantages, torch.ones(2, 2), config=config
+    )
     loss.backward()
     # row 1 (r = 5) is rejected; row 0 has r = 1 -> token loss -A * 1 = -1, token-mean over 2 kept tokens
     assert loss.item() == pytest.approx(-1.0)
@@ -388,7 +390,9 @@ def test_bypass_reinforce_passes_the_global_batch_info_and_maps_use_policy_gradi
     advantages = torch.tensor([[1.0, -2.0, 0.5]])
     rc = {"rollout_is": "token", "rollout_is_threshold": 3.0, "use_policy_gradient": True}
     config = _actor_config(rc, global_batch_info={"dp_size": 2, "batch_num_tokens": 12})
-    loss, _ = core_algos.get_policy_loss_fn("bypass_mode")(rollout, current, advantages, torch.ones(1, 3), config=config)
+    loss, _ = core_algos.get_policy_loss_fn("bypass_mode")(
+        rollout, current, advantages, torch.ones(1, 3), config=config
+    )
     loss.backward()
     # token-mean with dp_size 2 over 12 global tokens: -(A w) * 2 / 12
     torch.testing.assert_close(current.grad, torch.tensor([[-1 / 3, 1 / 3, -0.25]]))
@@ -478,3 +482,27 @@ if __name__ == "__main__":
     import torch.multiprocessing as mp
 
     mp.spawn(_normalise_on_rank, args=(int(sys.argv[1]),), nprocs=2, join=True)
+
+
+@pytest.mark.parametrize("option", ["seq_sum_k1", "seq_mean_k2", "seq_max_k3", "token_k3"])
+def test_vectorised_rejection_matches_a_per_row_loop(option):
+    gen = torch.Generator().manual_seed(1)
+    log_ratio = 0.6 * torch.randn(6, 5, generator=gen)
+    mask = (torch.rand(6, 5, generator=gen) > 0.3).float()
+    new_mask, _ = compute_rollout_rejection_mask(log_ratio, mask, option, "0.5_1.5" if option.endswith("k1") else "0.2")
+    ((name, lower, upper),) = parse_rollout_rs(option, "0.5_1.5" if option.endswith("k1") else "0.2")
+    for i in range(6):
+        lam = [log_ratio[i, t].item() for t in range(5) if mask[i, t] > 0]
+        k = {"k1": [-x for x in lam], "k2": [x * x / 2 for x in lam], "k3": [math.exp(x) - 1 - x for x in lam]}
+        stats = k[name[-2:]]
+        ok = (lambda v: LN(lower) <= v <= LN(upper)) if lower is not None else (lambda v: v <= upper)
+        if name.startswith("token"):
+            expected = [float(ok(v)) for v in stats]
+        else:
+            agg = {
+                "seq_sum": sum,
+                "seq_mean": lambda v: sum(v) / max(len(v), 1),
+                "seq_max": lambda v: max(v, default=0),
+            }
+            expected = [float(ok(agg[name.rsplit("_", 1)[0]](stats)))] * len(stats)
+        assert new_mask[i][mask[i] > 0].tolist() == expected, i

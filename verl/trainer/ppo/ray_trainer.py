@@ -29,6 +29,7 @@ from verl.single_controller.ray import (
     create_colocated_worker_cls,
 )
 from verl.trainer.ppo import core_algos
+from verl.trainer.ppo.batch_selection import GroupFilter, compute_pf_ppo_reweight_data
 from verl.trainer.ppo.core_algos import AdvantageEstimator, agg_loss
 from verl.trainer.ppo.dataloader import ResumableDataLoader
 from verl.trainer.ppo.metric_utils import (
@@ -39,6 +40,7 @@ from verl.trainer.ppo.metric_utils import (
     process_validation_metrics,
 )
 from verl.trainer.ppo.reward import compute_reward
+from verl.trainer.ppo.rollout_corr_helper import apply_bypass_mode, compute_rollout_correction_and_add_to_batch
 from verl.trainer.ppo.utils import Role, WorkerType, need_critic, need_reference_policy, need_reward_model
 from verl.utils.checkpoint.checkpoint_manager import atomic_write_text, find_latest_ckpt_path
 from verl.utils.metric import reduce_metrics
@@ -99,11 +101,18 @@ def compute_advantage(
         )
     else:
         fn = core_algos.get_adv_estimator_fn(name)
-        kwargs = {"token_level_rewards": rewards, "response_mask": mask, "config": config}
+        kwargs = {
+            "token_level_rewards": rewards,
+            "response_mask": mask,
+            "config": config,
+            "non_tensor_batch": data.non_tensor_batch,
+            "attention_mask": data.batch["attention_mask"],
+        }
         if "uid" in data.non_tensor_batch:
             kwargs["index"] = data.non_tensor_batch["uid"]
-        if "reward_baselines" in data.batch.keys():
-            kwargs["reward_baselines"] = data.batch["reward_baselines"]
+        for key in ("reward_baselines", "old_log_probs", "sum_pi_squared", "rollout_is_weights"):
+            if key in data.batch.keys():
+                kwargs[key] = data.batch[key]
         adv, ret = _call_with_supported_kwargs(fn, kwargs)
     data.batch["advantages"] = adv
     data.batch["returns"] = ret
@@ -155,6 +164,15 @@ class RayPPOTrainer:
         if config.algorithm.use_kl_in_reward:
             self.kl_ctrl_in_reward = core_algos.get_kl_controller(config.algorithm.kl_ctrl)
         self.global_steps = 0
+        filter_groups = config.algorithm.get("filter_groups")
+        self.group_filter = None
+        if filter_groups is not None and filter_groups.get("enable", False):
+            self.group_filter = GroupFilter(
+                filter_groups.metric,
+                config.data.train_batch_size,
+                config.actor_rollout_ref.rollout.n,
+                int(filter_groups.get("max_num_gen_batches") or 0),
+            )
         self._create_dataloader(train_dataset, val_dataset, collate_fn, train_sampler)
 
     # ------------------------------------------------------------------ set-up
@@ -288,8 +306,11 @@ class RayPPOTrainer:
         out = self.actor_rollout_wg.compute_log_prob(batch)
         if "entropys" in out.batch.keys():
             entropys = out.batch.pop("entropys")
-            mode = self.config.actor_rollout_ref.actor.loss_agg_mode
-            metrics["actor/entropy"] = agg_loss(entropys, batch.batch["response_mask"], mode).item()
+            actor = self.config.actor_rollout_ref.actor
+            scale = actor.get("loss_scale_factor")
+            metrics["actor/entropy"] = agg_loss(
+                entropys, batch.batch["response_mask"], actor.loss_agg_mode, loss_scale_factor=scale
+            ).item()
         out.meta_info.pop("metrics", None)
         return batch.union(out)
 
@@ -304,18 +325,20 @@ class RayPPOTrainer:
         out.meta_info.pop("metrics", None)
         return batch.union(out)
 
-    def _compute_advantage(self, batch: DataProto, reward_tensor, reward_extra: dict, metrics: dict) -> DataProto:
+    def _advantage_stage(self, batch: DataProto, metrics: dict) -> DataProto:
+        """KL-in-reward -> rollout correction -> advantages (+ gdpo metrics) -> PF-PPO resampling."""
         algo = self.config.algorithm
-        batch.batch["token_level_scores"] = reward_tensor
-        for key, values in (reward_extra or {}).items():
-            if len(values) == len(batch):
-                batch.non_tensor_batch[key] = np.array(values, dtype=object)
         if algo.use_kl_in_reward:
             batch, kl_metrics = apply_kl_penalty(batch, self.kl_ctrl_in_reward, kl_penalty=algo.kl_penalty)
             metrics.update(kl_metrics)
         else:
             batch.batch["token_level_rewards"] = batch.batch["token_level_scores"]
-        return compute_advantage(
+        rollout_corr = algo.get("rollout_correction")
+        if rollout_corr is not None and not rollout_corr.get("bypass_mode") and "rollout_log_probs" in batch.batch:
+            # Decoupled mode: IS weights and the rejection-sampled response_mask, seen by advantages and updates.
+            batch, corr_metrics = compute_rollout_correction_and_add_to_batch(batch, rollout_corr)
+            metrics.update(corr_metrics)
+        batch = compute_advantage(
             batch,
             adv_estimator=algo.adv_estimator,
             gamma=algo.gamma,
@@ -324,6 +347,15 @@ class RayPPOTrainer:
             norm_adv_by_std_in_grpo=algo.get("norm_adv_by_std_in_grpo", True),
             config=algo,
         )
+        if algo.adv_estimator == AdvantageEstimator.GDPO.value:
+            for key in algo.get("gdpo_reward_keys") or []:
+                values = np.asarray(batch.non_tensor_batch[key], dtype=np.float64)
+                for stat, fn in (("mean", np.mean), ("std", np.std), ("max", np.max), ("min", np.min)):
+                    metrics[f"gdpo/{key}/{stat}"] = float(fn(values))
+        if algo.get("use_pf_ppo", False) and algo.adv_estimator == AdvantageEstimator.GAE.value:
+            pf = algo.pf_ppo
+            batch = compute_pf_ppo_reweight_data(batch, pf.reweight_method, pf.weight_pow)
+        return batch
 
     def _tag_global_batch_size(self, batch: DataProto, sequences_per_mini_batch: int) -> None:
         """Engine path (``trainer.use_legacy_worker_impl=disable``): tell the workers the global mini-batch size, so
@@ -356,20 +388,33 @@ class RayPPOTrainer:
             gen_out.non_tensor_batch.pop(key, None)
         return batch.repeat(repeat_times=n, interleave=True), gen_out
 
-    def _train_step(self, batch: DataProto, metrics: dict, timing_raw: dict) -> DataProto:
+    def _rollout(self, batch: DataProto, timing_raw: dict) -> DataProto:
+        """gen -> reward: the repeated batch with responses, ``token_level_scores`` and the reward's extra columns."""
         batch, gen_out = self._generate(batch, timing_raw)
         batch = batch.union(gen_out)
         if "response_mask" not in batch.batch.keys():
             batch.batch["response_mask"] = compute_response_mask(batch)
-        if self.config.trainer.get("balance_batch", True):
-            self._balance_batch(batch, metrics)
-        batch.meta_info["global_token_num"] = torch.sum(batch.batch["attention_mask"], dim=-1).tolist()
         with marked_timer("reward", timing_raw):
             if self.use_rm:
                 batch = batch.union(self.rm_wg.compute_rm_score(batch))
             reward_tensor, reward_extra = compute_reward(batch, self.reward_fn)
-        with marked_timer("old_log_prob", timing_raw):
-            batch = self._compute_old_log_prob(batch, metrics)
+        batch.batch["token_level_scores"] = reward_tensor
+        for key, values in (reward_extra or {}).items():
+            if len(values) == len(batch):
+                batch.non_tensor_batch[key] = np.array(values, dtype=object)
+        return batch
+
+    def _train_step(self, batch: DataProto, metrics: dict, timing_raw: dict) -> DataProto:
+        """old_log_prob -> ref -> values -> adv -> update_critic -> update_actor on a scored batch."""
+        if self.config.trainer.get("balance_batch", True):
+            self._balance_batch(batch, metrics)
+        batch.meta_info["global_token_num"] = torch.sum(batch.batch["attention_mask"], dim=-1).tolist()
+        rollout_corr = self.config.algorithm.get("rollout_correction")
+        if rollout_corr is not None and rollout_corr.get("bypass_mode", False):
+            batch = apply_bypass_mode(batch, rollout_corr)  # old_log_probs := rollout_log_probs, no recompute
+        else:
+            with marked_timer("old_log_prob", timing_raw):
+                batch = self._compute_old_log_prob(batch, metrics)
         if self.use_reference_policy:
             with marked_timer(str(Role.RefPolicy), timing_raw):
                 batch = self._compute_ref_log_prob(batch)
@@ -377,7 +422,7 @@ class RayPPOTrainer:
             with marked_timer("values", timing_raw):
                 batch = batch.union(self.critic_wg.compute_values(batch))
         with marked_timer("adv", timing_raw):
-            batch = self._compute_advantage(batch, reward_tensor, reward_extra, metrics)
+            batch = self._advantage_stage(batch, metrics)
         n = self.config.actor_rollout_ref.rollout.n
         if self.use_critic:
             with marked_timer("update_critic", timing_raw):
@@ -423,7 +468,14 @@ class RayPPOTrainer:
                 metrics, timing_raw = {}, {}
                 is_last_step = self.global_steps >= self.total_training_steps
                 with marked_timer("step", timing_raw):
-                    batch = self._train_step(DataProto.from_single_dict(batch_dict), metrics, timing_raw)
+                    batch = self._rollout(DataProto.from_single_dict(batch_dict), timing_raw)
+                    if self.group_filter is not None:  # DAPO dynamic sampling: may need more generation batches
+                        batch = self.group_filter.add(batch)
+                        if batch is None:
+                            continue
+                        metrics["train/num_gen_batches"] = self.group_filter.num_gen_batches
+                        self.group_filter.reset()
+                    batch = self._train_step(batch, metrics, timing_raw)
                     metrics.update(self._maybe_validate(is_last_step, timing_raw))
                     if self._should_save(is_last_step):
                         with marked_timer("save_checkpoint", timing_raw):

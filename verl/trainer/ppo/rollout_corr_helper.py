@@ -27,16 +27,18 @@ averages over; ``rollout_is_batch_norm_factor`` is the mean that was divided out
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.distributed as dist
 
-from verl.protocol import DataProto
 from verl.trainer.config.algorithm import RolloutCorrectionConfig
 from verl.trainer.ppo.core_algos import _agg_kwargs, agg_loss, compute_policy_loss_vanilla, register_policy_loss
 from verl.utils import torch_functional as verl_F
 from verl.utils.py_functional import cfg_get
+
+if TYPE_CHECKING:  # verl.protocol pulls in tensordict, which core_algos (importing this module) must not
+    from verl.protocol import DataProto
 
 __all__ = [
     "ROLLOUT_RS_OPTIONS",
@@ -53,19 +55,12 @@ __all__ = [
 SAFETY_BOUND = 20.0
 """Log-ratios (and sequence log-ratio sums) are clamped to +-20 before exp() so a stale policy cannot overflow."""
 
+# fmt: off
 ROLLOUT_RS_OPTIONS = (
-    "token_k1",
-    "token_k2",
-    "token_k3",
-    "seq_sum_k1",
-    "seq_sum_k2",
-    "seq_sum_k3",
-    "seq_mean_k1",
-    "seq_mean_k2",
-    "seq_mean_k3",
-    "seq_max_k2",
-    "seq_max_k3",
+    "token_k1", "token_k2", "token_k3", "seq_sum_k1", "seq_sum_k2", "seq_sum_k3",
+    "seq_mean_k1", "seq_mean_k2", "seq_mean_k3", "seq_max_k2", "seq_max_k3",
 )
+# fmt: on
 # verl 0.6 spelled the rejection level token / sequence / geometric (a ratio bound on the token, the product or the
 # geometric mean); those are the k1 options on the same statistic.
 _LEGACY_RS = {"token": "token_k1", "sequence": "seq_sum_k1", "geometric": "seq_mean_k1"}
@@ -107,10 +102,6 @@ def _global_mean(values: torch.Tensor) -> torch.Tensor:
     return total[0] / total[1].clamp(min=1.0)
 
 
-def _clamped_log_ratio(old_log_prob: torch.Tensor, rollout_log_prob: torch.Tensor) -> torch.Tensor:
-    return torch.clamp(old_log_prob - rollout_log_prob, -SAFETY_BOUND, SAFETY_BOUND)
-
-
 # ---------------------------------------------------------------------------------------------------------------------
 # importance sampling
 # ---------------------------------------------------------------------------------------------------------------------
@@ -145,7 +136,7 @@ def compute_rollout_is_weights(
     if rollout_is not in ("token", "sequence"):
         raise ValueError(f"algorithm.rollout_correction.rollout_is={rollout_is!r} is not valid; use token or sequence")
     mask = response_mask.bool()
-    log_ratio = log_ratio.detach()
+    log_ratio = log_ratio.detach().float()  # fp32 weights even from bf16 log-probs (exact batch counts too)
     thr = float(rollout_is_threshold)
     if rollout_is == "token":
         log_w = torch.clamp(log_ratio, -SAFETY_BOUND, SAFETY_BOUND)
@@ -450,7 +441,7 @@ def compute_rollout_corr_metrics_from_logprobs(
     train_log_ppl = -verl_F.masked_mean(log_prob, mask, axis=-1)[nonempty]  # (n_nonempty,)
     roll_log_ppl = -verl_F.masked_mean(rollout_log_prob, mask, axis=-1)[nonempty]
     diff = train_log_ppl - roll_log_ppl
-    log_ratio = _clamped_log_ratio(log_prob, rollout_log_prob)
+    log_ratio = torch.clamp(log_prob - rollout_log_prob, -SAFETY_BOUND, SAFETY_BOUND)
     rho = torch.exp(log_ratio)
     seq_log = torch.clamp(verl_F.masked_sum(log_prob - rollout_log_prob, mask, axis=-1), -SAFETY_BOUND, SAFETY_BOUND)
     row_mean = (lambda x: x.mean()) if diff.numel() else (lambda x: diff.new_zeros(()))
