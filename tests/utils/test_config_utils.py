@@ -293,3 +293,40 @@ def test_megatron_data_parallel_size_accounts_for_tensor_parallelism():
     # dp = 4 / 2 = 2, so a mini batch of 4 prompts x 2 = 4 sequences per rank; a micro batch of 3 does not divide it
     cfg = compose_config("ppo_megatron_trainer", [*base, "actor_rollout_ref.actor.ppo_micro_batch_size_per_gpu=3"])
     assert "/ 2 = 4 sequences" in _error(cfg, use_critic=False)
+
+
+# ---- features that need inputs the run would not otherwise produce ------------------------------------------------
+@pytest.mark.parametrize(
+    "overrides, named",
+    [
+        (["algorithm.rollout_correction.rollout_is=token"], "actor_rollout_ref.rollout.calculate_log_probs"),
+        (["algorithm.rollout_correction.bypass_mode=True"], "actor_rollout_ref.rollout.calculate_log_probs"),
+        (["algorithm.adv_estimator=optimal_token_baseline"], "actor_rollout_ref.actor.calculate_sum_pi_squared"),
+        (["algorithm.adv_estimator=gdpo"], "algorithm.gdpo_reward_keys"),
+        (["algorithm.adv_estimator=grpo", "algorithm.use_pf_ppo=True"], "algorithm.use_pf_ppo"),
+        (["algorithm.filter_groups.enable=True"], "algorithm.filter_groups.metric"),
+        (
+            [
+                "algorithm.filter_groups.enable=True",
+                "algorithm.filter_groups.metric=seq_final_reward",
+                "algorithm.use_kl_in_reward=True",
+            ],
+            "seq_final_reward",
+        ),
+    ],
+)
+def test_features_missing_their_inputs_are_refused_naming_the_key(overrides, named):
+    assert named in _error(_cfg(*overrides))
+
+
+def test_features_with_their_inputs_pass():
+    validate_config(
+        _cfg(
+            "algorithm.rollout_correction.rollout_is=token",
+            "actor_rollout_ref.rollout.calculate_log_probs=True",
+            "algorithm.filter_groups.enable=True",
+            "algorithm.filter_groups.metric=acc",
+        ),
+        use_reference_policy=True,
+        use_critic=True,
+    )

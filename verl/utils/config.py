@@ -313,6 +313,53 @@ def validate_config(
             "both algorithm.use_kl_in_reward and actor_rollout_ref.actor.use_kl_loss are on: the KL to the reference "
             "policy is penalised twice (in the reward and in the loss)"
         )
+    _check_algorithm_inputs(config)
+
+
+def _check_algorithm_inputs(config: DictConfig) -> None:
+    """Features that need an input the run would otherwise not produce: refuse now instead of silently skipping."""
+    algo, actor = config.algorithm, config.actor_rollout_ref.actor
+    rollout = config.actor_rollout_ref.rollout
+    corr = algo.get("rollout_correction") or {}
+    wants_corr = corr.get("bypass_mode") or corr.get("rollout_is") or corr.get("rollout_rs")
+    if wants_corr and not rollout.get("calculate_log_probs", False):
+        raise ValueError(
+            "algorithm.rollout_correction (rollout_is / rollout_rs / bypass_mode) compares the rollout's log-probs "
+            "with the trainer's, but actor_rollout_ref.rollout.calculate_log_probs=False; set it to True"
+        )
+    if algo.adv_estimator in ("optimal_token_baseline", "tir_optimal_token_baseline"):
+        if not actor.get("calculate_sum_pi_squared", False):
+            raise ValueError(
+                f"algorithm.adv_estimator={algo.adv_estimator} needs sum_v pi(v)^2 from the old-log-prob pass; set "
+                "actor_rollout_ref.actor.calculate_sum_pi_squared=True"
+            )
+        if corr.get("bypass_mode"):
+            raise ValueError(
+                f"algorithm.adv_estimator={algo.adv_estimator} needs the old-log-prob pass, which "
+                "algorithm.rollout_correction.bypass_mode=True skips; turn one of them off"
+            )
+    if algo.adv_estimator == "gdpo" and not algo.get("gdpo_reward_keys"):
+        raise ValueError(
+            "algorithm.adv_estimator=gdpo needs algorithm.gdpo_reward_keys (the reward function's per-sample score "
+            "names, e.g. [accuracy, format])"
+        )
+    if algo.get("use_pf_ppo", False) and algo.adv_estimator != "gae":
+        raise ValueError(
+            f"algorithm.use_pf_ppo=True resamples only in the GAE branch (as in verl), but adv_estimator="
+            f"{algo.adv_estimator}; use adv_estimator=gae or set algorithm.use_pf_ppo=False"
+        )
+    groups = algo.get("filter_groups") or {}
+    if groups.get("enable", False):
+        if not groups.get("metric"):
+            raise ValueError(
+                "algorithm.filter_groups.enable=True needs algorithm.filter_groups.metric (seq_reward, "
+                "seq_final_reward, or a column the reward function returns such as acc)"
+            )
+        if groups.metric == "seq_final_reward" and algo.use_kl_in_reward:
+            raise ValueError(
+                "algorithm.filter_groups.metric=seq_final_reward with algorithm.use_kl_in_reward=True is not supported "
+                "(groups are filtered before the KL penalty is computed); use metric=seq_reward"
+            )
 
 
 def _check_choices(config: DictConfig) -> None:

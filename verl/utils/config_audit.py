@@ -76,11 +76,15 @@ def _kl_type_ok(value: Any) -> bool:
     return not (isinstance(value, str) and value.rstrip("+") == "full")
 
 
+def _never(value: Any) -> bool:  # for rules whose ``applies`` alone decides
+    return False
+
+
 def _engine_path(config: Any) -> bool:
     return _select(config, "trainer.use_legacy_worker_impl") == "disable"
 
 
-_OWNERS = {"actor": "actor_rollout_ref.actor", "critic": "critic"}
+_OPTIM_OWNERS = ("actor_rollout_ref.actor", "critic")
 _FSDP_OWNERS = ("actor_rollout_ref.actor", "actor_rollout_ref.ref", "critic.model", "reward_model.model")
 _PROFILED = ("actor_rollout_ref.actor", "actor_rollout_ref.ref", "actor_rollout_ref.rollout", "critic", "reward_model")
 _M = "actor_rollout_ref.model"
@@ -247,7 +251,7 @@ def _build_refused() -> dict[str, Refused]:
             True,
         ),
         f"{_R}.over_sample_rate": Refused(
-            _is(0, 0.0, None),
+            _is(0, None),
             "0",
             "over-sampling with early abort is not implemented; set 0",
             "launches extra requests and aborts the slowest ones once enough finished",
@@ -289,7 +293,7 @@ def _build_refused() -> dict[str, Refused]:
             True,
         ),
         "trainer.esi_redundant_time": Refused(
-            _is(0, 0.0, None),
+            _is(0, None),
             "0",
             "saving before an expiring allocation (ESI) is not implemented; set 0 and use trainer.save_freq",
             "saves a checkpoint when the cluster allocation is about to expire",
@@ -372,9 +376,9 @@ def _build_refused() -> dict[str, Refused]:
             "profiles this role's workers with global_profiler.tool",
             True,
         )
-    for owner in _OWNERS.values():
+    for owner in _OPTIM_OWNERS:
         table[f"{owner}.optim.clip_grad"] = Refused(
-            lambda value: False,
+            _never,
             f"equal to {owner}.grad_clip when trainer.use_legacy_worker_impl=disable",
             f"both paths clip with {owner}.grad_clip here; set {owner}.optim.clip_grad to the same value",
             "the engine path (use_legacy_worker_impl=disable) clips with optim.clip_grad; the legacy path with grad_clip",

@@ -240,6 +240,24 @@ def test_position_aligned_otb_differs_from_tir_on_masks_with_holes():
     assert adv[0, 0].item() == pytest.approx(-0.6)
 
 
+def test_tir_otb_drops_empty_rows_from_their_group():
+    # uid "a" holds row 0 (2 valid tokens, reward 1 at the end) and row 1 (empty). Without the zero tail:
+    # TIR drops row 1, so row 0 is alone: B = 0 and A = G = [1, 1]. Position-aligned OTB keeps a group of two, whose
+    # baseline is row 0's own return (B = G W / (W + 1e-8)), so A ~ 0.
+    example = {
+        "token_level_rewards": torch.tensor([[0.0, 1.0], [0.0, 0.0]]),
+        "response_mask": torch.tensor([[1.0, 1.0], [0.0, 0.0]]),
+        "index": np.array(["a", "a"], dtype=object),
+        "old_log_probs": torch.log(torch.full((2, 2), 0.5)),
+        "sum_pi_squared": torch.full((2, 2), 0.5),
+        "handle_zero_tail": False,
+    }
+    tir, _ = compute_tir_optimal_token_baseline_advantage(**example)
+    torch.testing.assert_close(tir, torch.tensor([[1.0, 1.0], [0.0, 0.0]]))
+    otb, _ = compute_optimal_token_baseline_advantage(**example)
+    assert otb.abs().max().item() < 1e-6
+
+
 def test_otb_and_tir_agree_when_masks_have_no_holes():
     torch.manual_seed(1)
     lengths = [5, 3, 4, 5, 2, 1]

@@ -397,6 +397,19 @@ def test_dppo_kl_literal_value_and_gradient():
 
 
 @pytest.mark.parametrize("mode", ["dppo_tv", "dppo_kl"])
+def test_dppo_keeps_moves_against_the_advantage_whatever_the_distance(mode):
+    # e: A=+1, p 0.5 -> 0.1 (r = 0.2); f: A=-1, p 0.5 -> 0.9 (r = 1.8). Both are far from p_old (TV 0.4; binary KL
+    # 0.5 ln 5 + 0.5 ln(0.5/0.9) = 0.510826 > 0.2) but moved against the advantage, so both stay valid.
+    # loss = (-0.2 * ln 0.1 + 1.8 * ln 0.9) / 2 = (0.460517 - 0.189649) / 2 = 0.135434; grad = [-0.2, 1.8] / 2
+    old = torch.log(torch.tensor([[0.5, 0.5]]))
+    log_prob = torch.log(torch.tensor([[0.1, 0.9]])).requires_grad_(True)
+    loss, metrics = get_policy_loss_fn(mode)(old, log_prob, torch.tensor([[1.0, -1.0]]), torch.ones(1, 2))
+    assert loss.item() == pytest.approx(0.135434, abs=1e-5) and metrics["actor/pg_clipfrac"] == 0.0
+    loss.backward()
+    torch.testing.assert_close(log_prob.grad, torch.tensor([[-0.1, 0.9]]), atol=1e-6, rtol=0)
+
+
+@pytest.mark.parametrize("mode", ["dppo_tv", "dppo_kl"])
 def test_dppo_respects_clip_ratio_c_and_loss_agg_mode(mode):
     # clip_ratio_c 5 leaves d's weight at 4: loss_d = 4 ln 0.4 = -3.665163, and nothing exceeds the cap.
     fn = get_policy_loss_fn(mode)

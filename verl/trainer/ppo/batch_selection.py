@@ -55,8 +55,9 @@ class GroupFilter:
         self.num_gen_batches = 0
 
     def _values(self, batch: DataProto) -> np.ndarray:
-        if self.metric == "seq_final_reward":
-            return batch.batch["token_level_rewards"].sum(-1).numpy()
+        if self.metric == "seq_final_reward":  # groups are filtered before any KL penalty, so rewards == scores
+            key = "token_level_rewards" if "token_level_rewards" in batch.batch.keys() else "token_level_scores"
+            return batch.batch[key].sum(-1).numpy()
         if self.metric == "seq_reward":
             return batch.batch["token_level_scores"].sum(-1).numpy()
         if self.metric not in batch.non_tensor_batch:
@@ -75,7 +76,10 @@ class GroupFilter:
         self.num_gen_batches += 1
         rows, groups = varied_group_indices(batch.non_tensor_batch["uid"], self._values(batch))
         if rows:
-            self._kept.append(batch.select_idxs(rows))
+            kept = batch.select_idxs(rows)
+            # per-row meta lists describe the unfiltered batch; the trainer recomputes them for the final batch
+            kept.meta_info = {k: v for k, v in batch.meta_info.items() if not _per_row(v, len(batch))}
+            self._kept.append(kept)
         self._prompts += groups
         if self._prompts < self.train_batch_size:
             if self.max_num_gen_batches <= 0 or self.num_gen_batches < self.max_num_gen_batches:
@@ -106,6 +110,10 @@ def compute_pf_ppo_reweight_data(data: DataProto, reweight_method: str = "pow", 
     out.meta_info = dict(data.meta_info)
     order = idx.tolist()
     for key, value in data.meta_info.items():
-        if isinstance(value, list) and len(value) == len(data):
+        if _per_row(value, len(data)):
             out.meta_info[key] = [value[i] for i in order]
     return out
+
+
+def _per_row(value: object, rows: int) -> bool:
+    return isinstance(value, list) and len(value) == rows

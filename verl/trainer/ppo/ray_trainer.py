@@ -538,6 +538,7 @@ class RayPPOTrainer:
         val_kwargs = cfg.actor_rollout_ref.rollout.val_kwargs
         data_sources, uids, scores, extra = [], [], [], defaultdict(list)
         samples = []
+        dump_dir = cfg.trainer.get("validation_data_dir")  # every validation generation, as JSONL per step
         for batch_dict in self.val_dataloader:
             batch = DataProto.from_single_dict(batch_dict)
             batch.non_tensor_batch["uid"] = np.array([str(uuid.uuid4()) for _ in range(len(batch))], dtype=object)
@@ -566,11 +567,12 @@ class RayPPOTrainer:
                 extra[key].extend(values)
             data_sources.extend(batch.non_tensor_batch.get("data_source", ["unknown"] * len(batch)).tolist())
             uids.extend(batch.non_tensor_batch["uid"].tolist())
-            if len(samples) < cfg.trainer.get("log_val_generations", 0):
+            if dump_dir or len(samples) < cfg.trainer.get("log_val_generations", 0):
                 samples.extend(self._decode_samples(batch, seq_scores))
-        if samples:
-            for s in samples[: cfg.trainer.log_val_generations]:
-                print(f"[val sample] score={s['score']:.3f} | {s['output'][:200]!r}")
+        for s in samples[: cfg.trainer.get("log_val_generations", 0)]:
+            print(f"[val sample] score={s['score']:.3f} | {s['output'][:200]!r}")
+        if dump_dir:
+            _write_jsonl(Path(dump_dir) / f"{self.global_steps}.jsonl", samples, self.global_steps)
         infos = {"reward": scores, **{k: v for k, v in extra.items() if len(v) == len(scores)}}
         return flatten_validation_metrics(process_validation_metrics(data_sources, uids, infos))
 
@@ -581,12 +583,10 @@ class RayPPOTrainer:
         return [{"output": t, "score": s} for t, s in zip(texts, scores)]
 
     def _dump_generations(self, batch: DataProto, out_dir: str) -> None:
-        os.makedirs(out_dir, exist_ok=True)
         scores = batch.batch["token_level_scores"].sum(-1).tolist()
-        path = Path(out_dir) / f"{self.global_steps}.jsonl"
-        with open(path, "w") as f:
-            for sample in self._decode_samples(batch, scores):
-                f.write(json.dumps({**sample, "step": self.global_steps}) + "\n")
+        _write_jsonl(
+            Path(out_dir) / f"{self.global_steps}.jsonl", self._decode_samples(batch, scores), self.global_steps
+        )
 
     # ------------------------------------------------------------------ checkpoints
     def _save_checkpoint(self) -> None:
@@ -642,6 +642,13 @@ class RayPPOTrainer:
         if data_state.exists():
             self.train_dataloader.load_state_dict(torch.load(data_state, weights_only=False))
         return self.global_steps
+
+
+def _write_jsonl(path: Path, samples: list[dict], step: int) -> None:
+    os.makedirs(path.parent, exist_ok=True)
+    with open(path, "w") as f:
+        for sample in samples:
+            f.write(json.dumps({**sample, "step": step}) + "\n")
 
 
 def rotate_checkpoints(root: Path, keep: int | None) -> list[int]:
