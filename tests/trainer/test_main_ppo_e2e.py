@@ -147,6 +147,43 @@ def test_resume_reproduces_uninterrupted_run(tmp_path, tiny_model_dir, ray_clust
         assert got == pytest.approx(want, abs=1e-4), key
 
 
+def test_rollout_correction_and_dynamic_sampling_run_through_the_trainer(
+    tmp_path, tiny_model_dir, ray_cluster, monkeypatch
+):
+    extra = [
+        "actor_rollout_ref.rollout.calculate_log_probs=True",
+        "algorithm.rollout_correction.rollout_is=token",
+        "algorithm.rollout_correction.rollout_rs=seq_mean_k3",
+        "algorithm.rollout_correction.rollout_rs_threshold=0.5",
+        "algorithm.filter_groups.enable=True",
+        "algorithm.filter_groups.metric=seq_reward",
+        "trainer.use_legacy_worker_impl=disable",
+        f"trainer.validation_data_dir={tmp_path / 'val_dump'}",
+        "trainer.val_before_train=True",
+    ]
+    rows = _run(_overrides(tmp_path, tiny_model_dir, "grpo", 2, extra), tmp_path / "m.jsonl", monkeypatch)
+    train = [r for r in rows if r["step"] > 0]
+    assert [r["step"] for r in train] == [1, 2]
+    for key in ("rollout_corr/rollout_is_mean", "rollout_corr/kl", "rollout_corr/rollout_rs_masked_fraction"):
+        _finite(train, key)
+    # the rollout engine and the trainer share weights at generation time: the IS weights are ~1
+    assert all(abs(v - 1.0) < 1e-3 for v in _finite(train, "rollout_corr/rollout_is_mean"))
+    assert all(n >= 1 for n in _finite(train, "train/num_gen_batches"))
+    assert (tmp_path / "val_dump" / "0.jsonl").exists()  # validation generations dumped before training
+
+
+def test_bypass_mode_trains_on_rollout_log_probs(tmp_path, tiny_model_dir, ray_cluster, monkeypatch):
+    extra = [
+        "actor_rollout_ref.rollout.calculate_log_probs=True",
+        "algorithm.rollout_correction.bypass_mode=True",
+        "algorithm.rollout_correction.loss_type=reinforce",
+    ]
+    rows = _run(_overrides(tmp_path, tiny_model_dir, "grpo", 2, extra), tmp_path / "m.jsonl", monkeypatch)
+    assert all("timing_s/old_log_prob" not in r["data"] for r in rows)  # no recompute in bypass mode
+    _finite(rows, "actor/pg_loss")
+    _finite(rows, "actor/ppo_kl")
+
+
 # ------------------------------------------------------------------------------------------ golden trajectory
 # The first steps' losses of a fixed tiny GRPO run (seeded model, data, sampling and ranks), on both of verl's
 # loss-scaling paths. Any change to the numerics shows up here as a diff that someone must explain: regenerate with
