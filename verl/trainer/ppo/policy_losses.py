@@ -1,4 +1,4 @@
-"""Policy losses beyond vanilla PPO, registered in ``core_algos.POLICY_LOSS_REGISTRY`` by ``actor.policy_loss.loss_mode``.
+"""Policy losses beyond vanilla PPO, registered in ``core_algos.POLICY_LOSS_REGISTRY`` by ``policy_loss.loss_mode``.
 
 Every registered loss has the signature of :func:`verl.trainer.ppo.core_algos.compute_policy_loss_vanilla` (the
 default loss, which stays in core_algos beside the shared clip/metric helpers) and returns ``(pg_loss, metrics)``:
@@ -116,7 +116,7 @@ def _dppo_loss(
     clip_low, clip_high, clip_ratio_c = _clip_ratios(config)
     log_ratio = torch.clamp(log_prob - old_log_prob, min=-20.0, max=20.0)
     ratio = torch.exp(log_ratio)
-    prob, old_prob = torch.exp(log_prob.detach()), torch.exp(old_log_prob)
+    prob, old_prob = torch.exp(log_prob.detach()), torch.exp(old_log_prob.detach())
     positive = advantages > 0
     if divergence == "tv":
         valid = torch.where(positive, prob - old_prob <= clip_high, prob - old_prob >= -clip_low)
@@ -149,9 +149,10 @@ def compute_policy_loss_dppo_tv(
     """DPPO with a total-variation trust region: mask the tokens whose probability moved too far.
 
     With ``p = exp(logp)``, ``p_old = exp(old)`` (detached) a token is valid when ``p - p_old <= high`` (A > 0) or
-    ``p - p_old >= -low`` (A <= 0), i.e. only moves *out of* the region are stopped, in probability space. Token
-    loss ``-A * sg(min(r, clip_ratio_c)) * logp * valid``: an importance-weighted policy gradient with the weight
-    capped at ``clip_ratio_c`` (default 3). Respects ``loss_agg_mode``.
+    ``p - p_old >= -low`` (A <= 0): a token whose probability already left the region in the direction its advantage
+    pushes gets no more gradient; moves the other way are never stopped. Token loss
+    ``-A * sg(min(r, clip_ratio_c)) * logp * valid``: an importance-weighted policy gradient with the weight capped
+    at ``clip_ratio_c`` (default 3). Respects ``loss_agg_mode``.
 
     Args: as :func:`verl.trainer.ppo.core_algos.compute_policy_loss_vanilla`.
 
