@@ -330,3 +330,11 @@ def test_features_with_their_inputs_pass():
         use_reference_policy=True,
         use_critic=True,
     )
+
+
+def test_global_log_prob_micro_batch_must_divide_over_ranks_before_ray():
+    # 3 sequences (global, deprecated key) cannot be split over the 2 ranks of VALID: refused by pre-flight
+    cfg = _cfg("actor_rollout_ref.rollout.log_prob_micro_batch_size=3")
+    cfg.actor_rollout_ref.rollout.log_prob_micro_batch_size_per_gpu = None  # only the global value is set
+    msg = _error(cfg)
+    assert "actor_rollout_ref.rollout.log_prob_micro_batch_size=3" in msg and "2 data-parallel ranks" in msg

@@ -300,9 +300,9 @@ def validate_config(
             f"multiple of {step_ranks}"
         )
     _check_mini_batch("actor_rollout_ref.actor", actor, train_bsz, rollout.n, dp)
-    _check_log_prob_micro("actor_rollout_ref.rollout", rollout_node)
+    _check_log_prob_micro("actor_rollout_ref.rollout", rollout_node, dp)
     if use_reference_policy:
-        _check_log_prob_micro("actor_rollout_ref.ref", config.actor_rollout_ref.ref)
+        _check_log_prob_micro("actor_rollout_ref.ref", config.actor_rollout_ref.ref, dp)
     if use_critic:
         critic_megatron = config.critic.strategy == "megatron"
         critic = _typed(config.critic, McoreCriticConfig if critic_megatron else FSDPCriticConfig)
@@ -374,9 +374,9 @@ def _check_choices(config: DictConfig) -> None:
             raise ValueError(f"{key}={value!r} is not valid; choose one of {', '.join(allowed)}")
 
 
-def _check_log_prob_micro(prefix: str, node: DictConfig) -> None:
+def _check_log_prob_micro(prefix: str, node: DictConfig, dp: int) -> None:
     """A log-prob pass (rollout recompute or reference) has exactly one micro-batch size, unless dynamic."""
-    check_log_prob_batch(prefix, node, dp=1)
+    check_log_prob_batch(prefix, node, dp)
 
 
 def _typed(node: DictConfig, default_type: type) -> Any:

@@ -7,9 +7,10 @@ parsed and then ignored would be a silent lie. Each key the code does not read i
   :func:`check_refused_keys`, the first line of ``verl.utils.config.validate_config``.
 * :data:`ENGINE_KEYS`: tuning knobs of the server engines (vLLM, SGLang). The ``hf`` rollout has nothing they could
   tune, so any value is accepted there; the engine rollouts (a later issue) read them.
-* :data:`NOT_READ_BY_CODE`: keys with no effect of their own: copied into another key by interpolation, only
-  meaningful when a refused feature is on, or a speed/memory knob whose results verl itself does not change.
-* :data:`IMPLEMENTED_ELSEWHERE_PENDING`: keys being implemented right now; an entry goes when its code lands.
+* :data:`NOT_READ_BY_CODE`: keys with no effect of their own: copied into another key by interpolation or by
+  their typed config (a deprecated alias), only meaningful when a refused feature is on, or a speed/memory knob
+  whose results verl itself does not change.
+* :data:`IMPLEMENTED_ELSEWHERE_PENDING`: keys being implemented elsewhere; an entry goes when its code lands.
 * :data:`READ_THROUGH_NODE`: keys with a generic leaf name (``enable``, ``seed``...) that code reads from a node it
   was handed, so the name of the parent never appears next to it; each names the file that reads it.
 
@@ -357,17 +358,6 @@ def _build_refused() -> dict[str, Refused]:
             "turns on torch.use_deterministic_algorithms and deterministic NCCL/cuBLAS settings",
             True,
         )
-    for owner in _FSDP_OWNERS:
-        table[f"{owner}.fsdp_config.dtype"] = Refused(
-            _is("bfloat16", "bf16"),
-            "bfloat16 when trainer.use_legacy_worker_impl=disable",
-            f"set the compute dtype with {owner}.fsdp_config.mixed_precision.param_dtype instead",
-            "the engine path (use_legacy_worker_impl=disable) computes in this dtype; the legacy path uses "
-            "fsdp_config.mixed_precision",
-            "float16",
-            applies=_engine_path,
-            example_extra=("trainer.use_legacy_worker_impl=disable",),
-        )
     for owner in _PROFILED:
         table[f"{owner}.profiler.enable"] = Refused(
             _falsy,
@@ -454,6 +444,8 @@ NOT_READ_BY_CODE: dict[str, str] = {
     f"{_R}.n_gpus_per_node": "only used with rollout.nnodes > 0 (a standalone rollout pool), which is refused",
     f"{_R}.agent.custom_async_server.name": "only used with custom_async_server.path set, which is refused",
     "reward.num_workers": "parallelism of verl's reward loop; the same rewards are computed in the driver",
+    "algorithm.rollout_correction.use_policy_gradient": "deprecated 0.6 alias, translated by "
+    "RolloutCorrectionConfig.__post_init__ into loss_type=reinforce",
     f"{_M}.use_remove_padding": "speed only: packing without pad tokens gives the same logits; we always run the "
     "padded forward (actor, ref and critic follow their own copies of this key)",
     "actor_rollout_ref.actor.use_remove_padding": "speed only, as model.use_remove_padding",
@@ -461,24 +453,11 @@ NOT_READ_BY_CODE: dict[str, str] = {
     "reward_model.model.use_remove_padding": "speed only, as actor_rollout_ref.model.use_remove_padding",
 }
 
-# In progress (issue 9, item 2): the lead removes an entry when its implementation lands.
+# In progress (issue 9 and later issues): an entry goes when its implementation lands and the walk sees it read.
 IMPLEMENTED_ELSEWHERE_PENDING: dict[str, str] = {
-    "algorithm.rollout_correction.*": "rollout correction (verl/trainer/ppo/rollout_corr_helper.py)",
-    "algorithm.use_pf_ppo": "PF-PPO resampling",
-    "algorithm.pf_ppo.*": "PF-PPO resampling",
-    "algorithm.filter_groups.*": "DAPO dynamic sampling",
-    "algorithm.gdpo_*": "gdpo estimator",
-    f"{_M}.external_lib": "model.external_lib import before the model is built",
-    "critic.model.external_lib": "model.external_lib import before the model is built",
-    "reward_model.model.external_lib": "model.external_lib import before the model is built",
-    "trainer.use_legacy_worker_impl": "engine-path loss scaling (use_legacy_worker_impl=disable)",
-    "actor_rollout_ref.actor.policy_loss.*": "policy losses sapo, dppo_tv, dppo_kl, bypass_mode",
-    "actor_rollout_ref.actor.tau_pos": "SAPO gate temperature (policy loss sapo)",
-    "actor_rollout_ref.actor.tau_neg": "SAPO gate temperature (policy loss sapo)",
     f"{_R}.multi_turn.*": "multi-turn rollouts",
     "data.tool_config_path": "copied from rollout.multi_turn.tool_config_path (multi-turn rollouts)",
     f"{_R}.logit_capture.*": "logit capture",
-    "trainer.validation_data_dir": "lead: dump validation generations as JSONL like rollout_data_dir (ray_trainer.py)",
 }
 
 # Generic leaf names read from a node handed to the reader, so the parent's name is not next to the leaf.
