@@ -48,16 +48,26 @@ from functools import partial
 from typing import Any
 
 import numpy as np
-import tensordict
 import torch
-from tensordict import TensorDict
 
-from verl.utils import tensordict_utils as tu
-from verl.utils.py_functional import append_to_dict
-from verl.utils.tensordict_utils import as_index_array, deep_equal, deserialize_tensordict, serialize_tensordict
-from verl.utils.tensordict_utils import deserialize_single_tensor as deserialize_single_tensor  # re-export
-from verl.utils.tensordict_utils import rows_to_object_array as _object_array
-from verl.utils.tensordict_utils import serialize_single_tensor as serialize_single_tensor  # re-export
+# tensordict (>= 0.15) imports torch._dynamo, which writes TORCHINDUCTOR_CACHE_DIR into os.environ. Importing the
+# protocol must leave the user's environment as it was, so the variable is restored (its value is inductor's
+# default anyway).
+_INDUCTOR_CACHE_DIR = os.environ.get("TORCHINDUCTOR_CACHE_DIR")
+import tensordict  # noqa: E402
+from tensordict import TensorDict  # noqa: E402
+
+from verl.utils import tensordict_utils as tu  # noqa: E402
+from verl.utils.py_functional import append_to_dict  # noqa: E402
+from verl.utils.tensordict_utils import as_index_array, deep_equal, deserialize_tensordict, serialize_tensordict  # noqa: E402
+from verl.utils.tensordict_utils import deserialize_single_tensor as deserialize_single_tensor  # noqa: E402  (re-export)
+from verl.utils.tensordict_utils import rows_to_object_array as _object_array  # noqa: E402
+from verl.utils.tensordict_utils import serialize_single_tensor as serialize_single_tensor  # noqa: E402  (re-export)
+
+if _INDUCTOR_CACHE_DIR is None:
+    os.environ.pop("TORCHINDUCTOR_CACHE_DIR", None)
+else:
+    os.environ["TORCHINDUCTOR_CACHE_DIR"] = _INDUCTOR_CACHE_DIR
 
 __all__ = ["DataProto", "union_tensor_dict"]
 
