@@ -97,8 +97,8 @@ def _check_micro_divides(prefix: str, per_rank: int, micro: int, mini: int, n: i
     if per_rank % micro:
         raise ValueError(
             f"each rank's mini batch ({prefix}.ppo_mini_batch_size * rollout.n / ranks = {mini} * {n} / {dp} = "
-            f"{per_rank} sequences) is not a multiple of the micro batch {micro} "
-            f"({prefix}.ppo_micro_batch_size_per_gpu); choose a micro batch that divides {per_rank}"
+            f"{per_rank} sequences) is not a multiple of the micro batch {prefix}.ppo_micro_batch_size_per_gpu={micro} "
+            f"(per rank); choose a micro batch that divides {per_rank}"
         )
 
 
