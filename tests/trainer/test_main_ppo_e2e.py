@@ -172,6 +172,12 @@ def test_rollout_correction_and_dynamic_sampling_run_through_the_trainer(
     assert (tmp_path / "val_dump" / "0.jsonl").exists()  # validation generations dumped before training
 
 
+def test_full_determinism_runs_with_deterministic_kernels(tmp_path, tiny_model_dir, ray_cluster, monkeypatch):
+    extra = ["actor_rollout_ref.actor.fsdp_config.full_determinism=True"]
+    rows = _run(_overrides(tmp_path, tiny_model_dir, "grpo", 1, extra), tmp_path / "m.jsonl", monkeypatch)
+    _finite(rows, "actor/pg_loss")
+
+
 def test_bypass_mode_trains_on_rollout_log_probs(tmp_path, tiny_model_dir, ray_cluster, monkeypatch):
     extra = [
         "actor_rollout_ref.rollout.calculate_log_probs=True",

@@ -429,3 +429,16 @@ def test_unreachable_model_path_names_the_config_key():
 
     with pytest.raises(FileNotFoundError, match=r"actor_rollout_ref\.model\.path='/no/such/model'"):
         resolve_model_path("/no/such/model", "actor_rollout_ref.model.path")
+
+
+def test_full_determinism_is_found_anywhere_in_a_worker_config():
+    from omegaconf import OmegaConf
+
+    from verl.workers.fsdp_workers import _wants_full_determinism
+
+    off = OmegaConf.create({"actor": {"fsdp_config": {"full_determinism": False}}, "ref": {"fsdp_config": {}}})
+    on = OmegaConf.create(
+        {"actor": {"fsdp_config": {"full_determinism": False}}, "ref": {"fsdp_config": {"full_determinism": True}}}
+    )
+    assert not _wants_full_determinism(off)
+    assert _wants_full_determinism(on)

@@ -77,28 +77,9 @@ def _kl_type_ok(value: Any) -> bool:
     return not (isinstance(value, str) and value.rstrip("+") == "full")
 
 
-def _never(value: Any) -> bool:  # for rules whose ``applies`` alone decides
-    return False
-
-
-def _engine_path(config: Any) -> bool:
-    return _select(config, "trainer.use_legacy_worker_impl") == "disable"
-
-
-_OPTIM_OWNERS = ("actor_rollout_ref.actor", "critic")
-_FSDP_OWNERS = ("actor_rollout_ref.actor", "actor_rollout_ref.ref", "critic.model", "reward_model.model")
 _PROFILED = ("actor_rollout_ref.actor", "actor_rollout_ref.ref", "actor_rollout_ref.rollout", "critic", "reward_model")
 _M = "actor_rollout_ref.model"
 _R = "actor_rollout_ref.rollout"
-
-
-def _clip_grad_differs(owner: str) -> Callable[[Any], bool]:
-    def applies(config: Any) -> bool:
-        return _engine_path(config) and _select(config, f"{owner}.optim.clip_grad") != _select(
-            config, f"{owner}.grad_clip"
-        )
-
-    return applies
 
 
 def _build_refused() -> dict[str, Refused]:
@@ -350,14 +331,6 @@ def _build_refused() -> dict[str, Refused]:
             "/models/rm",
         ),
     }
-    for owner in _FSDP_OWNERS:
-        table[f"{owner}.fsdp_config.full_determinism"] = Refused(
-            _falsy,
-            "false",
-            "deterministic kernels are not switched on; set false",
-            "turns on torch.use_deterministic_algorithms and deterministic NCCL/cuBLAS settings",
-            True,
-        )
     for owner in _PROFILED:
         table[f"{owner}.profiler.enable"] = Refused(
             _falsy,
@@ -365,16 +338,6 @@ def _build_refused() -> dict[str, Refused]:
             "per-role profiling is not wired in; set false (timing_s/* metrics are always logged)",
             "profiles this role's workers with global_profiler.tool",
             True,
-        )
-    for owner in _OPTIM_OWNERS:
-        table[f"{owner}.optim.clip_grad"] = Refused(
-            _never,
-            f"equal to {owner}.grad_clip when trainer.use_legacy_worker_impl=disable",
-            f"both paths clip with {owner}.grad_clip here; set {owner}.optim.clip_grad to the same value",
-            "the engine path (use_legacy_worker_impl=disable) clips with optim.clip_grad; the legacy path with grad_clip",
-            0.5,
-            applies=_clip_grad_differs(owner),
-            example_extra=("trainer.use_legacy_worker_impl=disable",),
         )
     return table
 

@@ -95,6 +95,16 @@ def _seed_process(seed: int) -> None:
     torch.manual_seed(seed)
 
 
+def _wants_full_determinism(config: Any) -> bool:
+    """Whether any ``fsdp_config.full_determinism`` in this worker's config subtree is true."""
+    if isinstance(config, DictConfig) or isinstance(config, dict):
+        items = config.items()
+        return any(
+            (key == "full_determinism" and bool(value)) or _wants_full_determinism(value) for key, value in items
+        )
+    return False
+
+
 def _memory_metrics() -> dict[str, float]:
     import psutil
 
@@ -172,6 +182,10 @@ class _FSDPWorkerBase(Worker):
         resumed run matches an uninterrupted one.
         """
         _seed_process(self._seed + self.rank)
+        if _wants_full_determinism(self.config):
+            # fsdp_config.full_determinism: deterministic kernels only (an op without one raises instead of running)
+            os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+            torch.use_deterministic_algorithms(True)
 
     def _mesh(self, fsdp_config: Any):
         return fsdp_utils.create_device_mesh(self.world_size, int(fsdp_config.get("fsdp_size", -1) or -1))

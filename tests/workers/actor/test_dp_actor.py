@@ -148,7 +148,9 @@ def _param_delta_after_one_sgd_step(base_model, data: DataProto, **cfg) -> dict[
     model = copy.deepcopy(base_model)
     before = {n: p.detach().clone() for n, p in model.named_parameters()}
     actor = DataParallelPPOActor(
-        _actor_config(grad_clip=1e9, **cfg), model, torch.optim.SGD(model.parameters(), lr=1.0)
+        _actor_config(**{"grad_clip": 1e9, "optim": {"clip_grad": 1e9}, **cfg}),
+        model,
+        torch.optim.SGD(model.parameters(), lr=1.0),
     )
     actor.update_policy(data)
     return {n: p.detach() - before[n] for n, p in model.named_parameters()}
@@ -245,3 +247,19 @@ def test_rollout_log_probs_equal_actor_recompute(base_model, tiny_model_dir):
     recomputed = DataParallelPPOActor(_actor_config(), base_model).compute_log_prob(out)["log_probs"]
     mask = out.batch["response_mask"]
     torch.testing.assert_close(recomputed * mask, out.batch["rollout_log_probs"], atol=1e-4, rtol=0)
+
+
+def test_engine_path_clips_with_optim_clip_grad_and_legacy_with_grad_clip(base_model):
+    # SGD with lr 1 moves the weights by the clipped gradient, so the step's global norm is the clip value.
+    actor = DataParallelPPOActor(_actor_config(), base_model)
+    data = _with_old_log_probs(actor, _make_batch(base_model.config.vocab_size, seed=2))
+    clips = {"grad_clip": 1e-3, "optim": {"clip_grad": 2e-3}}
+    legacy = _param_delta_after_one_sgd_step(base_model, data, **clips)
+    data.meta_info["global_batch_size"] = 4
+    engine = _param_delta_after_one_sgd_step(base_model, data, **clips)
+
+    def norm(delta):
+        return torch.sqrt(sum((d.double() ** 2).sum() for d in delta.values())).item()
+
+    assert norm(legacy) == pytest.approx(1e-3, rel=1e-3)
+    assert norm(engine) == pytest.approx(2e-3, rel=1e-3)

@@ -390,7 +390,9 @@ class DataParallelPPOActor(BasePPOActor):
                     mini_sums["loss"] += loss.item() * scale
                     append_to_dict(metrics, micro_metrics)
                 cfg.global_batch_info.clear()
-                grad_norm, stepped = clip_grad_and_step(self.actor_module, self.actor_optimizer, cfg.grad_clip)
+                # verl's legacy workers clip with actor.grad_clip, its engine path with actor.optim.clip_grad
+                clip = cfg.optim.clip_grad if engine else cfg.grad_clip
+                grad_norm, stepped = clip_grad_and_step(self.actor_module, self.actor_optimizer, clip)
                 if not stepped:
                     self.skipped_steps += 1
                     logger.warning("actor grad norm is %s; optimizer step skipped", grad_norm.item())

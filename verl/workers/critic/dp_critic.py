@@ -160,7 +160,8 @@ class DataParallelPPOCritic(BasePPOCritic):
                     if engine:
                         micro_metrics["critic/vf_loss"] = vf_loss.item()
                     append_to_dict(metrics, micro_metrics)
-                grad_norm, stepped = clip_grad_and_step(self.critic_module, self.critic_optimizer, cfg.grad_clip)
+                clip = cfg.optim.clip_grad if engine else cfg.grad_clip  # as the actor: engine path reads optim
+                grad_norm, stepped = clip_grad_and_step(self.critic_module, self.critic_optimizer, clip)
                 if not stepped:
                     self.skipped_steps += 1
                     logger.warning("critic grad norm is %s; optimizer step skipped", grad_norm.item())
