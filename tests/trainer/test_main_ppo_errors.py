@@ -99,3 +99,81 @@ def test_mini_batch_that_does_not_divide_the_batch_is_named(tiny_model_dir, good
 def test_unreachable_model_path_is_named(tiny_model_dir, good_data, tmp_path):
     overrides = _base(tiny_model_dir, good_data) + [f"actor_rollout_ref.model.path={tmp_path}/no_such_model"]
     _assert_fails_naming(_main_ppo(*overrides), "no_such_model")
+
+
+# ---- rollout set-up (engines, interactions, logit capture): refused before Ray ------------------------------------
+def _multi_turn_data(out: Path, name: str) -> str:
+    rows = [
+        {
+            "data_source": "dialog",
+            "prompt": [{"role": "user", "content": f"Is paper {i} by author A?"}],
+            "reward_model": {"style": "rule", "ground_truth": "yes"},
+            "extra_info": {"index": i, "interaction_kwargs": {"name": name, "label": "yes"}},
+        }
+        for i in range(8)
+    ]
+    pd.DataFrame(rows).to_parquet(out / f"mt_{name}.parquet")
+    return str(out / f"mt_{name}.parquet")
+
+
+def _interaction_yaml(out: Path) -> str:
+    path = out / "interactions.yaml"
+    path.write_text(
+        "interaction:\n"
+        "  - name: dialog\n"
+        "    class_name: verl.interactions.multiturn_dialog_interaction.MultiTurnDialogInteraction\n"
+        "    config: {}\n"
+    )
+    return str(path)
+
+
+def test_uninstalled_engine_is_named_before_ray(tiny_model_dir, good_data):
+    try:
+        import sglang  # noqa: F401
+
+        pytest.skip("sglang is installed here")
+    except ImportError:
+        pass
+    result = _main_ppo(*_base(tiny_model_dir, good_data), "actor_rollout_ref.rollout.name=sglang")
+    _assert_fails_naming(result, "actor_rollout_ref.rollout.name=sglang", "verl[sglang]")
+
+
+def test_misspelt_logit_capture_mode_is_named(tiny_model_dir, good_data):
+    result = _main_ppo(
+        *_base(tiny_model_dir, good_data),
+        "actor_rollout_ref.rollout.logit_capture.enable=True",
+        "actor_rollout_ref.rollout.logit_capture.mode=topkk",
+    )
+    _assert_fails_naming(result, "actor_rollout_ref.rollout.logit_capture.mode='topkk'")
+
+
+def test_full_logit_capture_over_budget_is_refused_with_the_estimate(tiny_model_dir, good_data):
+    result = _main_ppo(
+        *_base(tiny_model_dir, good_data),
+        "actor_rollout_ref.rollout.logit_capture.enable=True",
+        "actor_rollout_ref.rollout.logit_capture.mode=full",
+        "actor_rollout_ref.rollout.logit_capture.max_bytes=1000",
+    )
+    _assert_fails_naming(result, "actor_rollout_ref.rollout.logit_capture.max_bytes", "bytes")
+
+
+def test_missing_interaction_yaml_is_named(tiny_model_dir, good_data, tmp_path):
+    result = _main_ppo(
+        *_base(tiny_model_dir, good_data),
+        "actor_rollout_ref.rollout.multi_turn.enable=True",
+        f"actor_rollout_ref.rollout.multi_turn.interaction_config_path={tmp_path / 'nope.yaml'}",
+    )
+    _assert_fails_naming(result, "interaction_config_path", "nope.yaml")
+
+
+def test_unknown_interaction_name_in_the_data_is_named(tiny_model_dir, tmp_path):
+    data = _multi_turn_data(tmp_path, "dialgo")
+    base = [o for o in _base(tiny_model_dir, str(tmp_path)) if not o.startswith(("data.train_files", "data.val_files"))]
+    result = _main_ppo(
+        *base,
+        f"data.train_files={data}",
+        f"data.val_files={data}",
+        "actor_rollout_ref.rollout.multi_turn.enable=True",
+        f"actor_rollout_ref.rollout.multi_turn.interaction_config_path={_interaction_yaml(tmp_path)}",
+    )
+    _assert_fails_naming(result, "'dialgo'", "dialog")

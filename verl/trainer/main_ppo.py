@@ -131,6 +131,7 @@ class TaskRunner:
     def run(self, config) -> None:
         from verl.trainer.ppo.ray_trainer import RayPPOTrainer
         from verl.trainer.ppo.reward import load_reward_manager
+        from verl.trainer.ppo.rollout_preflight import check_rollout_setup
         from verl.utils.config import validate_config
         from verl.utils.dataset.rl_dataset import collate_fn
         from verl.utils.fs import copy_to_local
@@ -154,6 +155,7 @@ class TaskRunner:
         val_dataset = create_rl_dataset(config.data.val_files, config.data, tokenizer, processor, is_train=False)
         reward_fn = load_reward_manager(config, tokenizer, num_examine=0)
         val_reward_fn = load_reward_manager(config, tokenizer, num_examine=1)
+        check_rollout_setup(config, train_dataset, _vocab_size_if_needed(config, local_path, trust))
         # 2. workers and Ray
         actor_cls, wg_cls = self.add_actor_rollout_worker(config)
         if use_critic:
@@ -181,6 +183,16 @@ class TaskRunner:
             trainer.fit()
         finally:
             trainer.shutdown()
+
+
+def _vocab_size_if_needed(config, local_path: str, trust_remote_code: bool) -> int | None:
+    """The policy's vocabulary size, read only when full-logit capture must check its memory budget."""
+    capture = config.actor_rollout_ref.rollout.get("logit_capture") or {}
+    if not (capture.get("enable", False) and capture.get("mode") == "full"):
+        return None
+    from transformers import AutoConfig
+
+    return int(AutoConfig.from_pretrained(local_path, trust_remote_code=trust_remote_code).vocab_size)
 
 
 def create_rl_dataset(data_paths, data_config, tokenizer, processor, is_train: bool = True, max_samples: int = -1):

@@ -1,0 +1,82 @@
+"""Rollout checks that need more than the config (the engine's package, the interaction YAML, the data, the model's
+vocabulary), run by ``main_ppo`` after the datasets are built and before Ray starts.
+
+Each one turns what would otherwise fail minutes later, inside a worker and after the first generation, into a
+``ValueError`` that names the key or file and says what to do.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+__all__ = ["check_rollout_setup"]
+
+
+def check_rollout_setup(config: Any, train_dataset: Any = None, vocab_size: int | None = None) -> None:
+    """Engine importable, interactions loadable and named by the data, full-logit capture within its budget.
+
+    Args:
+        config: the whole trainer config.
+        train_dataset: the training dataset (its rows' ``interaction_kwargs.name`` are checked), or None.
+        vocab_size: the policy's vocabulary size (for the full-logit budget), or None to skip that check.
+
+    Raises:
+        ValueError: naming the key, file or data row at fault.
+    """
+    rollout = config.actor_rollout_ref.rollout
+    _check_engine(rollout)
+    multi_turn = rollout.get("multi_turn") or {}
+    if multi_turn.get("enable", False):
+        _check_interactions(multi_turn, train_dataset)
+    capture = rollout.get("logit_capture") or {}
+    if capture.get("enable", False) and vocab_size is not None:
+        _check_capture_budget(config, capture, vocab_size)
+
+
+def _check_engine(rollout: Any) -> None:
+    from verl.workers.rollout.base import get_rollout_class
+
+    name, mode = rollout.name, rollout.get("mode") or "sync"
+    try:
+        get_rollout_class(name, mode)
+    except ImportError as exc:
+        raise ValueError(f"actor_rollout_ref.rollout.name={name} (mode {mode}) cannot be used here: {exc}") from exc
+
+
+def _check_interactions(multi_turn: Any, train_dataset: Any) -> None:
+    from pathlib import Path
+
+    from verl.utils.interaction_registry import initialize_interactions_from_config
+
+    path = multi_turn.get("interaction_config_path")
+    key = "actor_rollout_ref.rollout.multi_turn.interaction_config_path"
+    if not path:
+        raise ValueError(f"actor_rollout_ref.rollout.multi_turn.enable=True needs {key} (a YAML of interactions)")
+    if not Path(path).is_file():
+        raise ValueError(f"{key}={path} does not exist")
+    names = set(initialize_interactions_from_config(path))
+    rows = getattr(train_dataset, "rows", None) or []
+    for index, row in enumerate(rows):
+        kwargs = ((row.get("extra_info") or {}).get("interaction_kwargs")) or {}
+        name = kwargs.get("name")
+        if name is None and len(names) == 1:
+            continue  # a single interaction serves every sample
+        if name not in names:
+            source = getattr(train_dataset, "row_files", [None] * len(rows))[index]
+            raise ValueError(
+                f"training row {index} of {source} asks for interaction {name!r} (extra_info.interaction_kwargs.name), "
+                f"but {path} defines {sorted(names)}"
+            )
+
+
+def _check_capture_budget(config: Any, capture: Any, vocab_size: int) -> None:
+    from verl.workers.rollout.logit_capture import CaptureSpec, check_capture_budget
+
+    spec = CaptureSpec.from_config(capture)
+    if spec is None:
+        return
+    trainer = config.trainer
+    ranks = max(int(trainer.n_gpus_per_node) * int(trainer.nnodes), 1)
+    rows = int(config.data.train_batch_size) * int(config.actor_rollout_ref.rollout.n)
+    per_rank = -(-rows // ranks)  # each rank generates its share of the batch at once
+    check_capture_budget(spec, per_rank, int(config.actor_rollout_ref.rollout.response_length), vocab_size)
