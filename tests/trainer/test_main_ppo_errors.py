@@ -148,6 +148,7 @@ def test_misspelt_logit_capture_mode_is_named(tiny_model_dir, good_data):
 
 
 def test_full_logit_capture_over_budget_is_refused_with_the_estimate(tiny_model_dir, good_data):
+    pytest.importorskip("verl.workers.rollout.logit_capture")
     result = _main_ppo(
         *_base(tiny_model_dir, good_data),
         "actor_rollout_ref.rollout.logit_capture.enable=True",
@@ -158,6 +159,7 @@ def test_full_logit_capture_over_budget_is_refused_with_the_estimate(tiny_model_
 
 
 def test_missing_interaction_yaml_is_named(tiny_model_dir, good_data, tmp_path):
+    pytest.importorskip("verl.utils.interaction_registry")
     result = _main_ppo(
         *_base(tiny_model_dir, good_data),
         "actor_rollout_ref.rollout.multi_turn.enable=True",
@@ -167,6 +169,7 @@ def test_missing_interaction_yaml_is_named(tiny_model_dir, good_data, tmp_path):
 
 
 def test_unknown_interaction_name_in_the_data_is_named(tiny_model_dir, tmp_path):
+    pytest.importorskip("verl.utils.interaction_registry")
     data = _multi_turn_data(tmp_path, "dialgo")
     base = [o for o in _base(tiny_model_dir, str(tmp_path)) if not o.startswith(("data.train_files", "data.val_files"))]
     result = _main_ppo(

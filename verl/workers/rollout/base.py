@@ -22,10 +22,14 @@ _ROLLOUT_REGISTRY: dict[tuple[str, str], str] = {
     ("hf", "sync"): "verl.workers.rollout.hf_rollout.HFRollout",
     ("hf", "async"): "verl.workers.rollout.hf_rollout.HFRollout",
     ("vllm", "async"): "verl.workers.rollout.vllm_rollout.ServerAdapter",
-    # 0.6-era scripts still say mode=sync for vLLM; both modes reach the same adapter.
+    # 0.6-era scripts still say mode=sync for the server engines; both modes reach the same adapter.
     ("vllm", "sync"): "verl.workers.rollout.vllm_rollout.ServerAdapter",
     ("sglang", "async"): "verl.workers.rollout.sglang_rollout.sglang_rollout.ServerAdapter",
+    ("sglang", "sync"): "verl.workers.rollout.sglang_rollout.sglang_rollout.ServerAdapter",
     ("sglang_with_logit", "async"): (
+        "verl.workers.rollout.sglang_rollout.sglang_rollout_with_logit.SGLangRolloutWithLogit"
+    ),
+    ("sglang_with_logit", "sync"): (
         "verl.workers.rollout.sglang_rollout.sglang_rollout_with_logit.SGLangRolloutWithLogit"
     ),
     ("spd", "sync"): "verl.workers.rollout.spd_rollout.SPDRollout",
