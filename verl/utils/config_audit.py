@@ -212,11 +212,12 @@ def _build_refused() -> dict[str, Refused]:
             True,
         ),
         f"{_R}.logprobs_mode": Refused(
-            _is("processed_logprobs"),
-            "processed_logprobs",
-            "rollout_log_probs are log_softmax(logits / temperature); keep processed_logprobs",
-            "raw_logprobs returns log-probs of the unscaled logits",
-            "raw_logprobs",
+            _is("processed_logprobs", "raw_logprobs"),
+            "processed_logprobs or raw_logprobs",
+            "rollout_log_probs are log-probs (processed: after temperature/top-k/top-p; raw: of the raw logits); "
+            "for logits use rollout.logit_capture.mode=full",
+            "processed_logits / raw_logits put logit values in the logprob field",
+            "raw_logits",
         ),
         f"{_R}.quantization": Refused(
             _none,

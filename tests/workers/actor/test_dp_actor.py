@@ -240,7 +240,8 @@ def test_rollout_log_probs_equal_actor_recompute(base_model, tiny_model_dir):
         meta_info={"eos_token_id": tokenizer.eos_token_id, "pad_token_id": tokenizer.pad_token_id, "seed": 5},
     )
     rollout_cfg = OmegaConf.create(
-        {"temperature": 0.8, "top_p": 0.9, "top_k": 20, "response_length": 6, "calculate_log_probs": True}
+        # no top-k/top-p: the sampled-from distribution is the actor's softmax(logits / T)
+        {"temperature": 0.8, "top_p": 1.0, "top_k": -1, "response_length": 6, "calculate_log_probs": True}
     )
     out = HFRollout(base_model, rollout_cfg).generate_sequences(prompts)
     out.meta_info.update(temperature=0.8, micro_batch_size=1, use_dynamic_bsz=False)

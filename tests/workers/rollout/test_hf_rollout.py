@@ -54,7 +54,7 @@ def _prompts(tokenizer, texts=("count one two", "say yes", "what is 3 + 4?", "re
     )
 
 
-def _teacher_forced_log_probs(model, out: DataProto, temperature: float) -> torch.Tensor:
+def _teacher_forced_log_probs(model, out: DataProto, temperature: float, top_k: int = -1) -> torch.Tensor:
     with torch.no_grad():
         logits = model(
             input_ids=out.batch["input_ids"],
@@ -63,6 +63,9 @@ def _teacher_forced_log_probs(model, out: DataProto, temperature: float) -> torc
             use_cache=False,
         ).logits
     logits = logits[:, -RESPONSE_LENGTH - 1 : -1] / temperature
+    if top_k > 0:  # the distribution actually sampled from: tokens below the k-th largest logit are removed
+        kth = logits.topk(top_k, dim=-1).values[..., -1:]
+        logits = logits.masked_fill(logits < kth, float("-inf"))
     log_probs = F.log_softmax(logits.float(), dim=-1).gather(-1, out.batch["responses"].unsqueeze(-1)).squeeze(-1)
     return log_probs * out.batch["response_mask"]
 
@@ -159,14 +162,20 @@ def test_micro_batch_size_chunks_without_changing_greedy_output(tiny):
 def test_rollout_log_probs_match_a_teacher_forced_forward(tiny, temperature):
     model, tokenizer = tiny
     prompts = _prompts(tokenizer)
-    # top_k filters sampling only: the reported log-probs are over the full vocabulary at this temperature.
+    # As vLLM's processed_logprobs (verl's default logprobs_mode): the log-prob under the distribution sampled from,
+    # i.e. raw logits / T, then top-k, renormalised over the surviving tokens.
     prompts.meta_info.update(seed=3, temperature=temperature, top_k=5, calculate_log_probs=True)
     out = HFRollout(model, _rollout_config()).generate_sequences(prompts)
     rollout_lp = out.batch["rollout_log_probs"]
     assert rollout_lp.shape == (4, RESPONSE_LENGTH)
     assert torch.all(rollout_lp[out.batch["response_mask"] == 0] == 0)
-    expected = _teacher_forced_log_probs(model, out, temperature)
+    expected = _teacher_forced_log_probs(model, out, temperature, top_k=5)
     torch.testing.assert_close(rollout_lp, expected, atol=1e-4, rtol=0)
+    # raw_logprobs: log_softmax of the raw logits, no temperature, no filtering
+    raw = HFRollout(model, _rollout_config(logprobs_mode="raw_logprobs")).generate_sequences(prompts)
+    torch.testing.assert_close(
+        raw.batch["rollout_log_probs"], _teacher_forced_log_probs(model, raw, 1.0), atol=1e-4, rtol=0
+    )
 
 
 def test_checkpoint_generation_defaults_do_not_change_sampling(tiny_model_dir):

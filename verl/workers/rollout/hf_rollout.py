@@ -18,9 +18,12 @@ key                    shape              meaning
 ``rollout_log_probs``  ``(bs, R)``        only when asked: log_softmax(raw logits / T) at the sampled token, 0 on pad
 =====================  =================  ==========================================================================
 
-``rollout_log_probs`` are taken from the model's raw logits divided by the sampling temperature (1 when greedy),
-before top-k/top-p filtering, so they equal what ``DataParallelPPOActor.compute_log_prob`` recomputes at the same
-temperature. Raw logits cost ``bs * R * vocab`` floats, so they are only requested when something needs them.
+``rollout_log_probs`` are the sampled token's logprob under the distribution it was drawn from (raw logits / T,
+then top-k and top-p; vLLM's ``processed_logprobs``), or under the raw logits with ``rollout.logprobs_mode=
+raw_logprobs`` or ``logit_capture.raw``. Without top-k/top-p filtering (the training default) they equal what
+``DataParallelPPOActor.compute_log_prob`` recomputes at the same temperature. With ``rollout.logit_capture.enable``
+the output also carries the captured tensors of ``logit_capture.CAPTURE_TENSOR_KEYS`` (same padding). Raw logits
+cost ``bs * R * vocab`` floats, so they are only requested when something needs them.
 """
 
 from __future__ import annotations
@@ -35,9 +38,15 @@ from torch import nn
 from transformers import GenerationConfig
 
 from verl.protocol import DataProto
-from verl.utils.torch_functional import get_response_mask, logprobs_from_logits, pad_sequence_to_length
+from verl.utils.torch_functional import get_response_mask, pad_sequence_to_length
 from verl.workers.config import RolloutConfig
 from verl.workers.rollout.base import BaseRollout
+from verl.workers.rollout.logit_capture import (
+    CaptureSpec,
+    capture_from_logits,
+    captures_to_tensors,
+    check_capture_budget,
+)
 
 __all__ = ["HFRollout"]
 
@@ -80,6 +89,7 @@ class HFRollout(BaseRollout):
         super().__init__(typed)
         self.module = module
         self.micro_batch_size = micro_batch_size or legacy_micro
+        self.capture_spec = CaptureSpec.from_config(self.config.logit_capture)  # None when capture is off
 
     def generate_sequences(self, prompts: DataProto) -> DataProto:
         """Generate responses for ``prompts`` (``input_ids``, ``attention_mask``, ``position_ids``); see module doc."""
@@ -185,26 +195,31 @@ class HFRollout(BaseRollout):
         return new_tokens, raw_logits
 
     def _logit_outputs(
-        self,
-        raw_logits: torch.Tensor,
-        responses: torch.Tensor,
-        response_mask: torch.Tensor,
-        temperature: float,
-        meta: dict,
+        self, raw_logits: torch.Tensor, responses: torch.Tensor, response_mask: torch.Tensor, params: dict
     ) -> dict[str, torch.Tensor]:
-        """Tensors derived from the raw logits: ``rollout_log_probs`` ``(bs, R)``, 0 outside the response mask.
+        """``rollout_log_probs`` ``(bs, R)`` and, with logit capture on, the captured tensors (0 outside the mask).
+
+        One code path, ``logit_capture.capture_from_logits``, serves every mode: the sampled token's logprob under
+        the distribution it was drawn from (temperature, top-k, top-p applied; see ``logit_capture``), or under the
+        raw logits with ``logit_capture.raw`` / ``rollout.logprobs_mode=raw_logprobs``.
 
         Args:
             raw_logits: ``(bs, L, V)`` raw logits of the ``L <= R`` generated steps.
             responses: ``(bs, R)`` padded responses.
             response_mask: ``(bs, R)``.
-            temperature: the sampling temperature (1 for greedy).
-            meta: the prompts' meta_info (capture options live there).
+            params: the call's sampling parameters (``do_sample``, ``temperature``, ``top_k``, ``top_p``).
         """
-        steps = raw_logits.size(1)
-        log_probs = logprobs_from_logits(raw_logits / temperature, responses[:, :steps])  # (bs, L)
-        log_probs = pad_sequence_to_length(log_probs, responses.size(1), 0.0)
-        return {"rollout_log_probs": log_probs * response_mask.to(log_probs.dtype)}
+        spec = self.capture_spec or CaptureSpec(mode="logprob", raw=self.config.logprobs_mode == "raw_logprobs")
+        sampling = {"temperature": 1.0, "top_k": -1, "top_p": 1.0}
+        if params["do_sample"]:
+            sampling = {key: float(params[key]) for key in ("temperature", "top_p")}
+            sampling["top_k"] = int(params["top_k"])
+        lengths = response_mask.sum(dim=-1).tolist()
+        captures = [
+            capture_from_logits(raw_logits[i, : int(n)], responses[i, : int(n)], spec, **sampling)
+            for i, n in enumerate(lengths)
+        ]
+        return captures_to_tensors(captures, responses.size(1), spec)
 
     def _generate_micro_batch(self, prompts: DataProto, index: int) -> DataProto:
         batch, meta = prompts.batch, prompts.meta_info
@@ -215,7 +230,11 @@ class HFRollout(BaseRollout):
         if response_length <= 0:
             raise ValueError("response_length must be set (rollout.response_length or meta_info['response_length'])")
         want_log_probs = bool(meta.get("calculate_log_probs", self.config.calculate_log_probs))
-        gen_config = self._generation_config(params, response_length, eos, pad, need_logits=want_log_probs)
+        if self.capture_spec is not None:
+            vocab = int(self.module.config.vocab_size)
+            check_capture_budget(self.capture_spec, len(prompts), response_length, vocab)
+        need_logits = want_log_probs or self.capture_spec is not None
+        gen_config = self._generation_config(params, response_length, eos, pad, need_logits=need_logits)
         seed = meta.get("seed")
         new_tokens, raw_logits = self._generate_with_logits(
             idx, attention_mask, position_ids, gen_config, None if seed is None else int(seed) + index
@@ -237,8 +256,7 @@ class HFRollout(BaseRollout):
             "response_mask": response_mask,
         }
         if raw_logits is not None:
-            temperature = float(params["temperature"]) if params["do_sample"] else 1.0
-            tensors.update(self._logit_outputs(raw_logits, responses, response_mask, temperature, meta))
+            tensors.update(self._logit_outputs(raw_logits, responses, response_mask, params))
         return DataProto.from_dict(tensors=tensors, non_tensors=dict(prompts.non_tensor_batch or {}))
 
     async def update_weights(self, weights: Iterable[tuple[str, torch.Tensor]], **kwargs) -> None:

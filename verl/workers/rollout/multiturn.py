@@ -1,0 +1,325 @@
+"""The multi-turn rollout loop, engine-agnostic: generate -> interaction -> append, until the dialogue ends.
+
+One round generates for every unfinished request in one batched ``TurnEngine.generate`` call, then has each
+request's interaction (``interaction_kwargs["name"]``) judge the turn (its score goes to
+``reward_scores[interaction.name]``) and reply; the reply is appended as a user turn (loss mask 0), and the loop
+repeats. A request ends when its interaction says so, when ``multi_turn.max_assistant_turns`` /
+``max_user_turns`` is reached (the last assistant turn is still judged, its reply dropped), or when its response
+budget (``rollout.response_length`` tokens, assistant and user tokens together) is spent; a user reply that does
+not fit is cut and the request ends with reason ``length``.
+
+Interaction calls, per request: ``start_interaction(request_id, **interaction_kwargs)`` before the first
+generation, ``generate_response(instance_id, messages, generation_logits=<the turn's TokenCapture.to_dict() or
+None>, **interaction_kwargs)`` after each assistant turn, ``finalize_interaction(instance_id)`` at the end.
+
+``requests_to_batch`` turns finished requests into the rollout output contract of ``hf_rollout``: ``responses``
+hold assistant and user tokens, ``response_mask`` is 1 only on the assistant's, ``attention_mask`` is 1 on every
+real token; captured values land in the assistant's columns.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Protocol
+
+import numpy as np
+import torch
+
+from verl.workers.rollout.schemas import (
+    AsyncRolloutRequest,
+    AsyncRolloutRequestStateEnum,
+    FinishReasonTypeEnum,
+    TokenizationSanityCheckModeEnum,
+)
+
+if TYPE_CHECKING:
+    from verl.interactions.base import BaseInteraction
+    from verl.workers.rollout.logit_capture import TokenCapture
+
+__all__ = ["HFTurnEngine", "TurnEngine", "TurnLoopSettings", "requests_to_batch", "run_multiturn"]
+
+_S = AsyncRolloutRequestStateEnum
+
+
+class TurnEngine(Protocol):
+    """What the turn loop needs from an engine: batched token-in/token-out generation with optional capture."""
+
+    def generate(
+        self, prompt_ids: list[list[int]], max_new_tokens: list[int], sampling: dict
+    ) -> list[tuple[list[int], TokenCapture | None]]:
+        """Per prompt: the generated ids (ending with EOS when it stopped by itself, at most ``max_new_tokens[i]``)
+        and this turn's capture (one row per id) or None. ``sampling``: do_sample, temperature, top_p, top_k."""
+        ...
+
+
+@dataclass(frozen=True)
+class TurnLoopSettings:
+    """What the loop reads from ``actor_rollout_ref.rollout``."""
+
+    response_length: int
+    max_assistant_turns: int | None
+    max_user_turns: int | None
+    sampling: dict[str, Any]
+    sanity_check_mode: str | None = None
+    """``multi_turn.tokenization_sanity_check_mode``; when set it overrides each request's own."""
+
+    @classmethod
+    def from_config(cls, config: Any) -> TurnLoopSettings:
+        """From a typed ``RolloutConfig``, a DictConfig or a plain dict of ``actor_rollout_ref.rollout``."""
+        from verl.utils.config import omega_conf_to_dataclass
+        from verl.workers.config import RolloutConfig
+
+        if not isinstance(config, RolloutConfig):
+            if isinstance(config, Mapping):
+                config = {k: v for k, v in dict(config).items() if k != "micro_batch_size"}
+            config = omega_conf_to_dataclass(config, RolloutConfig)
+        mt = config.multi_turn
+        sampling = {key: getattr(config, key) for key in ("do_sample", "temperature", "top_p", "top_k")}
+        return cls(
+            config.response_length,
+            mt.max_assistant_turns,
+            mt.max_user_turns,
+            sampling,
+            mt.tokenization_sanity_check_mode,
+        )
+
+
+def _check_interaction_names(requests: list[AsyncRolloutRequest], interactions: dict[str, Any]) -> None:
+    for req in requests:
+        name = req.interaction_kwargs.get("name")
+        if name not in interactions:
+            raise ValueError(
+                f"request {req.request_id} (batch row {req.batch_data_id}): interaction_kwargs['name']={name!r} "
+                f"is not a registered interaction; registered: {sorted(interactions)} (from "
+                "actor_rollout_ref.rollout.multi_turn.interaction_config_path)"
+            )
+
+
+def _generate_round(active: list[AsyncRolloutRequest], engine: TurnEngine, tokenizer: Any, sampling: dict) -> None:
+    """One batched assistant turn for ``active`` (each asks for at most its remaining budget)."""
+    for req in active:
+        req.transition(_S.RUNNING)
+    start = time.perf_counter()
+    outputs = engine.generate([req.input_ids for req in active], [req.remaining_budget for req in active], sampling)
+    latency = time.perf_counter() - start
+    for req, (ids, capture) in zip(active, outputs, strict=True):
+        req.add_assistant_tokens(ids, capture, tokenizer=tokenizer)
+        req.update_metrics(generated_tokens=len(ids), generate_latency_s=latency)
+
+
+async def _interact(
+    req: AsyncRolloutRequest, interaction: BaseInteraction, instance_id: str, tokenizer: Any, settings: TurnLoopSettings
+) -> None:
+    """Have the interaction judge the latest assistant turn, then append its reply or end the request.
+
+    Every assistant turn is judged exactly once, also the last one (so each gets a score); the reply is only
+    appended when the dialogue goes on: not terminated, budget left, and neither turn limit reached.
+    """
+    req.transition(_S.INTERACTING)
+    capture = req.generation_logits[-1].to_dict() if req.generation_logits else None
+    kwargs = {k: v for k, v in req.interaction_kwargs.items() if k != "generation_logits"}
+    start = time.perf_counter()
+    done, reply, score, extra = await interaction.generate_response(
+        instance_id, [dict(m) for m in req.messages], generation_logits=capture, **kwargs
+    )
+    req.update_metrics(interaction_latency_s=time.perf_counter() - start, interaction_data=extra)
+    req.add_reward_score(interaction.name, score)
+    max_a, max_u = settings.max_assistant_turns, settings.max_user_turns
+    turn_limit = (max_a is not None and req.assistant_turns >= max_a) or (max_u is not None and req.user_turns >= max_u)
+    if req.remaining_budget == 0:
+        req.finalize(FinishReasonTypeEnum.LENGTH)
+    elif done or turn_limit:
+        req.finalize(FinishReasonTypeEnum.STOP)
+    else:
+        added = req.add_user_message(tokenizer, reply)
+        req.update_metrics(user_tokens=len(added))
+        if req.remaining_budget == 0:  # the reply was cut: no room left to answer it
+            req.finalize(FinishReasonTypeEnum.LENGTH)
+
+
+async def run_multiturn(
+    requests: list[AsyncRolloutRequest],
+    engine: TurnEngine,
+    interactions: dict[str, BaseInteraction],
+    tokenizer: Any,
+    config: Any,
+    capture_spec: Any = None,
+    sampling: dict | None = None,
+) -> list[AsyncRolloutRequest]:
+    """Run every request to completion; returns them (same objects, same order), all COMPLETED.
+
+    Args:
+        requests: PENDING requests (``AsyncRolloutRequest.from_messages``); ``max_response_len`` is set to
+            ``rollout.response_length`` when larger.
+        engine: a ``TurnEngine``; it captures per ``capture_spec`` itself (``capture_spec`` is passed for
+            symmetry with ``requests_to_batch`` and is not read here).
+        interactions: ``{name: interaction}`` from ``initialize_interactions_from_config``.
+        tokenizer: the policy's tokenizer (chat template, decoding, user-turn deltas).
+        config: ``actor_rollout_ref.rollout`` (typed, DictConfig or dict) or a ``TurnLoopSettings``.
+        sampling: overrides the config's do_sample/temperature/top_p/top_k (e.g. validation's ``val_kwargs``).
+
+    Raises:
+        ValueError: a request names an unknown interaction (before anything is generated).
+    """
+    settings = config if isinstance(config, TurnLoopSettings) else TurnLoopSettings.from_config(config)
+    _check_interaction_names(requests, interactions)
+    sampling = {**settings.sampling, **(sampling or {})}
+    instance_ids: dict[str, str] = {}
+    for req in requests:
+        req.max_response_len = min(req.max_response_len, settings.response_length)
+        if settings.sanity_check_mode is not None:
+            req.tokenization_sanity_check_mode = TokenizationSanityCheckModeEnum(settings.sanity_check_mode)
+        interaction = interactions[req.interaction_kwargs["name"]]
+        instance_ids[req.request_id] = await interaction.start_interaction(req.request_id, **req.interaction_kwargs)
+    try:
+        while active := [req for req in requests if not req.is_finished]:
+            _generate_round(active, engine, tokenizer, sampling)
+            await asyncio.gather(
+                *(
+                    _interact(
+                        req,
+                        interactions[req.interaction_kwargs["name"]],
+                        instance_ids[req.request_id],
+                        tokenizer,
+                        settings,
+                    )
+                    for req in active
+                )
+            )
+    finally:
+        for req in requests:
+            if req.request_id in instance_ids:
+                await interactions[req.interaction_kwargs["name"]].finalize_interaction(instance_ids[req.request_id])
+    return requests
+
+
+def requests_to_batch(
+    requests: list[AsyncRolloutRequest],
+    prompt_length: int,
+    response_length: int,
+    pad_token_id: int,
+    capture_spec: Any = None,
+) -> tuple[dict[str, torch.Tensor], dict[str, np.ndarray]]:
+    """Finished requests as ``(tensors, non_tensors)`` for ``DataProto.from_dict``, B = len(requests).
+
+    Tensors: ``prompts`` (B, P) left-padded; ``responses`` (B, R) right-padded, assistant and user tokens;
+    ``input_ids``/``attention_mask``/``position_ids`` (B, P+R); ``response_mask`` (B, R) 1 on assistant tokens;
+    with ``capture_spec``, ``rollout_log_probs`` (B, R) and the other capture tensors from ``captures_to_tensors``.
+    Non-tensors: ``__num_turns__`` (int32), ``reward_scores`` (per-sample ``{name: [per-turn scores]}``),
+    ``generation_logits`` (per-sample ``TokenCapture.to_dict()`` of all turns plus ``positions``, or None).
+    """
+    bsz = len(requests)
+    prompts = torch.full((bsz, prompt_length), pad_token_id, dtype=torch.long)
+    prompt_mask = torch.zeros((bsz, prompt_length), dtype=torch.long)
+    responses = torch.full((bsz, response_length), pad_token_id, dtype=torch.long)
+    response_attn = torch.zeros((bsz, response_length), dtype=torch.long)
+    response_mask = torch.zeros((bsz, response_length), dtype=torch.long)
+    for i, req in enumerate(requests):
+        n_p, n_r = len(req.prompt_ids), len(req.response_ids)
+        if n_p > prompt_length or n_r > response_length:
+            raise ValueError(
+                f"request {req.request_id}: prompt {n_p} / response {n_r} tokens exceed prompt_length="
+                f"{prompt_length} / response_length={response_length}"
+            )
+        if n_p:
+            prompts[i, prompt_length - n_p :] = torch.tensor(req.prompt_ids)
+            prompt_mask[i, prompt_length - n_p :] = 1
+        if n_r:
+            responses[i, :n_r] = torch.tensor(req.response_ids)
+            response_attn[i, :n_r] = 1
+            response_mask[i, :n_r] = torch.tensor(req.response_loss_mask)
+    prompt_pos = (prompt_mask.cumsum(-1) - 1).clamp(min=0)  # (B, P)
+    response_pos = prompt_pos[:, -1:] + torch.arange(1, response_length + 1).unsqueeze(0)  # (B, R)
+    tensors = {
+        "prompts": prompts,
+        "responses": responses,
+        "input_ids": torch.cat([prompts, responses], dim=-1),
+        "attention_mask": torch.cat([prompt_mask, response_attn], dim=-1),
+        "position_ids": torch.cat([prompt_pos, response_pos], dim=-1),
+        "response_mask": response_mask,
+    }
+    per_sample: list[dict | None] = [None] * bsz
+    if capture_spec is not None:
+        from verl.workers.rollout.logit_capture import TokenCapture, captures_to_tensors
+
+        captures = [TokenCapture.concat(r.generation_logits) if r.generation_logits else None for r in requests]
+        positions = [r.assistant_positions() for r in requests]
+        tensors.update(captures_to_tensors(captures, response_length, capture_spec, positions))
+        for i, capture in enumerate(captures):
+            if capture is not None:
+                per_sample[i] = {**capture.to_dict(), "positions": positions[i]}
+    generation_logits = np.empty(bsz, dtype=object)
+    generation_logits[:] = per_sample
+    reward_scores = np.empty(bsz, dtype=object)
+    reward_scores[:] = [dict(r.reward_scores) for r in requests]
+    non_tensors = {
+        "__num_turns__": np.array([r.num_turns for r in requests], dtype=np.int32),
+        "reward_scores": reward_scores,
+        "generation_logits": generation_logits,
+    }
+    return tensors, non_tensors
+
+
+class HFTurnEngine:
+    """``TurnEngine`` on a Hugging Face causal LM: left-padded batched ``generate``, capture from raw logits.
+
+    Generation itself (checkpoint generation defaults hidden, sampling config, raw logits) is ``HFRollout``'s.
+    """
+
+    def __init__(self, module: Any, tokenizer: Any, pad_token_id: int, eos_token_id: int, capture_spec: Any = None):
+        from verl.workers.config import RolloutConfig
+        from verl.workers.rollout.hf_rollout import HFRollout
+
+        self.tokenizer = tokenizer
+        self.pad_token_id = int(pad_token_id)
+        self.eos_token_id = int(eos_token_id)
+        self.capture_spec = capture_spec
+        self._hf = HFRollout(module, RolloutConfig(name="hf"))
+
+    def generate(
+        self, prompt_ids: list[list[int]], max_new_tokens: list[int], sampling: dict
+    ) -> list[tuple[list[int], TokenCapture | None]]:
+        device = next(self._hf.module.parameters()).device
+        width = max(len(p) for p in prompt_ids)
+        input_ids = torch.full((len(prompt_ids), width), self.pad_token_id, dtype=torch.long)
+        attention_mask = torch.zeros_like(input_ids)
+        for i, ids in enumerate(prompt_ids):
+            input_ids[i, width - len(ids) :] = torch.tensor(ids)
+            attention_mask[i, width - len(ids) :] = 1
+        position_ids = (attention_mask.cumsum(-1) - 1).clamp(min=0)
+        greedy = not sampling.get("do_sample", True) or float(sampling.get("temperature", 1.0)) <= 0
+        params = {
+            "do_sample": not greedy,
+            "temperature": float(sampling.get("temperature", 1.0)),
+            "top_p": float(sampling.get("top_p", 1.0)),
+            "top_k": int(sampling.get("top_k", -1)),
+        }
+        gen_config = self._hf._generation_config(
+            params, max(max_new_tokens), self.eos_token_id, self.pad_token_id, self.capture_spec is not None
+        )
+        new_tokens, raw_logits = self._hf._generate_with_logits(
+            input_ids.to(device), attention_mask.to(device), position_ids.to(device), gen_config, sampling.get("seed")
+        )
+        results = []
+        for i, limit in enumerate(max_new_tokens):
+            row = new_tokens[i, :limit].tolist()
+            n = row.index(self.eos_token_id) + 1 if self.eos_token_id in row else len(row)
+            results.append((row[:n], self._capture(raw_logits, i, row[:n], params, greedy)))
+        return results
+
+    def _capture(self, raw_logits, row: int, ids: list[int], params: dict, greedy: bool):
+        if self.capture_spec is None or raw_logits is None:
+            return None
+        from verl.workers.rollout.logit_capture import capture_from_logits
+
+        return capture_from_logits(
+            raw_logits[row, : len(ids)],  # (L, V)
+            torch.tensor(ids, device=raw_logits.device),
+            self.capture_spec,
+            temperature=1.0 if greedy else params["temperature"],
+            top_k=params["top_k"] if not greedy else -1,
+            top_p=params["top_p"] if not greedy else 1.0,
+        )
