@@ -333,6 +333,12 @@ class ActorRolloutRefWorker(_FSDPWorkerBase):
                 "in-process; server engines (vllm, sglang) run through RolloutReplica / the agent loop"
             )
         self.rollout = get_rollout_class(name, mode)(self.rollout_module, omega_conf_to_dataclass(rollout_cfg))
+        self._interactions = {}
+        multi_turn = rollout_cfg.get("multi_turn") or {}
+        if multi_turn.get("enable", False):
+            from verl.utils.interaction_registry import initialize_interactions_from_config
+
+            self._interactions = initialize_interactions_from_config(multi_turn.get("interaction_config_path"))
 
     @register(dispatch_mode=Dispatch.ONE_TO_ALL)
     def init_model(self) -> None:
@@ -431,9 +437,26 @@ class ActorRolloutRefWorker(_FSDPWorkerBase):
         prompts.meta_info.update(self._special_token_meta())
         start = time.perf_counter()
         self._sync_rollout_weights()
-        output = self.rollout.generate_sequences(prompts)
+        if self.config.rollout.get("multi_turn", {}).get("enable", False):
+            output = self._generate_multiturn(prompts)
+        else:
+            output = self.rollout.generate_sequences(prompts)
         output.meta_info["timing"] = _gather_timing(time.perf_counter() - start)
         return output.to("cpu")
+
+    def _generate_multiturn(self, prompts: DataProto) -> DataProto:
+        """Multi-turn rollouts: the engine generates each assistant turn, the interactions answer in between."""
+        from verl.workers.rollout.logit_capture import CaptureSpec
+        from verl.workers.rollout.multiturn import generate_multiturn
+
+        rollout_cfg = self.rollout.config  # typed RolloutConfig
+        spec = self.rollout.capture_spec
+        want_log_probs = bool(prompts.meta_info.get("calculate_log_probs", rollout_cfg.calculate_log_probs))
+        if spec is None and want_log_probs:
+            spec = CaptureSpec(mode="logprob", raw=rollout_cfg.logprobs_mode == "raw_logprobs")
+        special = prompts.meta_info
+        engine = self.rollout.turn_engine(self.tokenizer, int(special["pad_token_id"]), special["eos_token_id"], spec)
+        return generate_multiturn(prompts, engine, self.tokenizer, rollout_cfg, self._interactions, spec)
 
     # ---------------------------------------------------------------- checkpoints
 

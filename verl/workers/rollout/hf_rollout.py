@@ -259,6 +259,13 @@ class HFRollout(BaseRollout):
             tensors.update(self._logit_outputs(raw_logits, responses, response_mask, params))
         return DataProto.from_dict(tensors=tensors, non_tensors=dict(prompts.non_tensor_batch or {}))
 
+    def turn_engine(self, tokenizer: Any, pad_token_id: int, eos_token_id: Any, capture_spec: Any = None) -> Any:
+        """This engine as a multi-turn ``TurnEngine`` (same module, so weight updates reach it)."""
+        from verl.workers.rollout.multiturn import HFTurnEngine
+
+        eos = eos_token_id[0] if isinstance(eos_token_id, (list, tuple)) else eos_token_id
+        return HFTurnEngine(self.module, tokenizer, pad_token_id, int(eos), capture_spec)
+
     async def update_weights(self, weights: Iterable[tuple[str, torch.Tensor]], **kwargs) -> None:
         """Copy ``(name, tensor)`` pairs into the module's parameters/buffers (DTensors are gathered first)."""
         targets = dict(self.module.named_parameters())

@@ -39,7 +39,14 @@ if TYPE_CHECKING:
     from verl.interactions.base import BaseInteraction
     from verl.workers.rollout.logit_capture import TokenCapture
 
-__all__ = ["HFTurnEngine", "TurnEngine", "TurnLoopSettings", "requests_to_batch", "run_multiturn"]
+__all__ = [
+    "HFTurnEngine",
+    "TurnEngine",
+    "TurnLoopSettings",
+    "generate_multiturn",
+    "requests_to_batch",
+    "run_multiturn",
+]
 
 _S = AsyncRolloutRequestStateEnum
 
@@ -261,6 +268,63 @@ def requests_to_batch(
         "generation_logits": generation_logits,
     }
     return tensors, non_tensors
+
+
+def generate_multiturn(
+    prompts: Any,
+    engine: TurnEngine,
+    tokenizer: Any,
+    config: Any,
+    interactions: dict[str, BaseInteraction],
+    capture_spec: Any = None,
+) -> Any:
+    """One batch of multi-turn rollouts, from the trainer's generation batch to the rollout output contract.
+
+    Args:
+        prompts: ``DataProto`` with left-padded ``input_ids``/``attention_mask`` (B, P), non-tensor ``raw_prompt``
+            (the chat messages; ``data.return_raw_chat=True``) and ``interaction_kwargs`` (``name`` picks the
+            interaction; with a single registered interaction it may be omitted); meta ``validate``, ``seed``,
+            ``pad_token_id``.
+        engine: the ``TurnEngine`` of the configured rollout engine.
+        config: typed ``actor_rollout_ref.rollout``.
+        capture_spec: ``CaptureSpec`` or None (then ``calculate_log_probs`` still yields ``rollout_log_probs``).
+
+    Returns:
+        ``DataProto`` of B rows, see :func:`requests_to_batch`.
+    """
+    from verl.protocol import DataProto
+
+    raw = prompts.non_tensor_batch.get("raw_prompt")
+    if raw is None:
+        raise ValueError("multi-turn rollouts need each sample's chat messages: set data.return_raw_chat=True")
+    kwargs = prompts.non_tensor_batch.get("interaction_kwargs")
+    ids, mask = prompts.batch["input_ids"], prompts.batch["attention_mask"]
+    requests = []
+    for i in range(len(prompts)):
+        row_kwargs = dict(kwargs[i] or {}) if kwargs is not None else {}
+        if "name" not in row_kwargs and len(interactions) == 1:
+            row_kwargs["name"] = next(iter(interactions))
+        requests.append(
+            AsyncRolloutRequest.from_messages(
+                tokenizer,
+                list(raw[i]),
+                request_id=f"row{i}",
+                prompt_ids=ids[i][mask[i].bool()].tolist(),
+                batch_data_id=i,
+                interaction_kwargs=row_kwargs,
+            )
+        )
+    meta = prompts.meta_info
+    sampling = {}
+    if meta.get("validate", False):
+        val = config.val_kwargs
+        sampling = {"do_sample": val.do_sample, "temperature": val.temperature, "top_p": val.top_p, "top_k": val.top_k}
+    if meta.get("seed") is not None:
+        sampling["seed"] = int(meta["seed"])
+    asyncio.run(run_multiturn(requests, engine, interactions, tokenizer, config, capture_spec, sampling))
+    pad = meta.get("pad_token_id", tokenizer.pad_token_id)
+    tensors, non_tensors = requests_to_batch(requests, ids.size(1), config.response_length, int(pad), capture_spec)
+    return DataProto.from_dict(tensors=tensors, non_tensors=non_tensors)
 
 
 class HFTurnEngine:

