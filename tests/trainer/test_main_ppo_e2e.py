@@ -190,6 +190,26 @@ def test_bypass_mode_trains_on_rollout_log_probs(tmp_path, tiny_model_dir, ray_c
     _finite(rows, "actor/ppo_kl")
 
 
+@pytest.mark.vllm
+def test_grpo_with_vllm_rollout_keeps_engine_weights_in_sync(tmp_path, tiny_model_dir, ray_cluster, monkeypatch):
+    pytest.importorskip("vllm")
+    extra = [
+        "actor_rollout_ref.rollout.name=vllm",
+        "actor_rollout_ref.rollout.calculate_log_probs=True",
+        "actor_rollout_ref.actor.optim.lr=1e-2",  # large steps: a stale engine would be far off the actor
+        # engine path: rollout_corr/* are the driver's (rollout vs actor before the update); the legacy actor
+        # overwrites them with per-micro-batch values taken after earlier mini-batches' steps, as verl does
+        "trainer.use_legacy_worker_impl=disable",
+    ]
+    rows = _run(_overrides(tmp_path, tiny_model_dir, "grpo", 3, extra), tmp_path / "m.jsonl", monkeypatch)
+    assert [r["step"] for r in rows] == [1, 2, 3]
+    _finite(rows, "actor/pg_loss")
+    # vLLM's sampled-token log-probs against the actor's recomputation with the same weights, every step (the engine
+    # received the updated weights before steps 2 and 3); ~1e-6 here, a stale engine gives ~1e-1
+    for diff in _finite(rows, "rollout_corr/log_ppl_abs_diff"):
+        assert diff < 1e-4, diff
+
+
 # ------------------------------------------------------------------------------------------ golden trajectory
 # The first steps' losses of a fixed tiny GRPO run (seeded model, data, sampling and ranks), on both of verl's
 # loss-scaling paths. Any change to the numerics shows up here as a diff that someone must explain: regenerate with

@@ -327,12 +327,15 @@ class ActorRolloutRefWorker(_FSDPWorkerBase):
         if self.rollout_module is None:  # role "rollout" alone: the engine owns its own copy from disk
             self.rollout_module = self._frozen_copy(self._load_policy(local_path, self.config.actor.fsdp_config))
         name, mode = rollout_cfg.get("name") or "hf", rollout_cfg.get("mode") or "sync"
-        if name != "hf":
-            raise NotImplementedError(
-                f"actor_rollout_ref.rollout.name={name!r}: the FSDP hybrid worker drives only the 'hf' engine "
-                "in-process; server engines (vllm, sglang) run through RolloutReplica / the agent loop"
-            )
-        self.rollout = get_rollout_class(name, mode)(self.rollout_module, omega_conf_to_dataclass(rollout_cfg))
+        engine_cls = get_rollout_class(name, mode)
+        typed = omega_conf_to_dataclass(rollout_cfg)
+        if name == "hf":
+            self.rollout = engine_cls(self.rollout_module, typed)
+        else:
+            # Hybrid engines (vllm, sglang) load the checkpoint themselves and then take the actor's weights through
+            # update_weights; seeding per rank keeps the ranks' samples apart.
+            seed = _seed_of(self.config.actor.get("fsdp_config")) + self.rank
+            self.rollout = engine_cls(self.rollout_module, typed, model_config=self.config.model, seed=seed)
         self._interactions = {}
         multi_turn = rollout_cfg.get("multi_turn") or {}
         if multi_turn.get("enable", False):
@@ -410,6 +413,13 @@ class ActorRolloutRefWorker(_FSDPWorkerBase):
             return
         with _Offload(self.actor_module_fsdp, None, self.config.actor.fsdp_config):
             state = fsdp_utils.get_full_state_dict(self.actor_module_fsdp, cpu_offload=False)
+        if getattr(self.rollout, "module", None) is not self.rollout_module:
+            # Engines with their own copy of the weights (vllm, sglang): stream the actor's, bucketed.
+            import asyncio
+
+            asyncio.run(self.rollout.update_weights(iter(state.items())))
+            self._rollout_dirty = False
+            return
         result = self.rollout_module.load_state_dict(state, strict=False)
         tied = {k for k, _ in self.rollout_module.named_parameters(remove_duplicate=False)} - {
             k for k, _ in self.rollout_module.named_parameters()

@@ -318,7 +318,10 @@ class DataParallelPPOActor(BasePPOActor):
             rollout_is_weights=batch.get("rollout_is_weights", None),
         )
         metrics = {k: float(v) for k, v in (pg_metrics or {}).items()}
-        if "rollout_log_probs" in batch.keys() and cfg.policy_loss.loss_mode != "bypass_mode":
+        # As upstream's legacy actor (not its engine path): off-policy metrics per micro-batch, current policy vs the
+        # rollout's; they replace the trainer's pre-update values of the same names.
+        legacy = not cfg.global_batch_info
+        if legacy and "rollout_log_probs" in batch.keys() and cfg.policy_loss.loss_mode != "bypass_mode":
             metrics.update(
                 rollout_corr_helper.compute_rollout_corr_metrics_from_logprobs(
                     log_prob.detach(), batch["rollout_log_probs"], response_mask
