@@ -14,6 +14,7 @@ import pandas as pd
 import pytest
 
 pytestmark = [pytest.mark.ray, pytest.mark.e2e, pytest.mark.slow]
+REPO = Path(__file__).resolve().parents[2]
 
 # A dense reward (varies with every response) so that a few steps always produce non-zero advantages.
 DENSE_REWARD = """
@@ -208,6 +209,53 @@ def test_grpo_with_vllm_rollout_keeps_engine_weights_in_sync(tmp_path, tiny_mode
     # received the updated weights before steps 2 and 3); ~1e-6 here, a stale engine gives ~1e-1
     for diff in _finite(rows, "rollout_corr/log_ppl_abs_diff"):
         assert diff < 1e-4, diff
+
+
+def _multiturn_example(tmp_path: Path, model_dir: str, engine: str) -> list[str]:
+    """The overrides of examples/grpo_trainer/run_multiturn_nd_grpo.sh on this test's tiny task."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("multiturn_nd", REPO / "examples/data_preprocess/multiturn_nd.py")
+    builder = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(builder)
+    data = tmp_path / "mt"
+    data.mkdir()
+    pd.DataFrame(builder.make_rows(16, 2, "train", 0)).to_parquet(data / "train.parquet")
+    labels = builder.label_token_ids(model_dir)
+    yaml_path = builder.write_interaction_yaml(data, labels, prob_weight=0.5)
+    ids = sorted({i for v in labels.values() for i in v})
+    base = _overrides(tmp_path, model_dir, "grpo", 2)
+    base = [o for o in base if not o.startswith(("data.train_files", "data.val_files", "custom_reward_function"))]
+    return [
+        *base,
+        f"data.train_files={data / 'train.parquet'}",
+        f"data.val_files={data / 'train.parquet'}",
+        "data.max_prompt_length=160",
+        "data.max_response_length=48",
+        "data.return_raw_chat=True",
+        f"actor_rollout_ref.rollout.name={engine}",
+        "actor_rollout_ref.rollout.multi_turn.enable=True",
+        "actor_rollout_ref.rollout.multi_turn.max_assistant_turns=2",
+        f"actor_rollout_ref.rollout.multi_turn.interaction_config_path={yaml_path}",
+        "actor_rollout_ref.rollout.logit_capture.enable=True",
+        "actor_rollout_ref.rollout.logit_capture.mode=token_ids",
+        f"actor_rollout_ref.rollout.logit_capture.ids=[{','.join(map(str, ids))}]",
+        f"custom_reward_function.path={REPO / 'examples/grpo_trainer/multiturn_nd_reward.py'}",
+    ]
+
+
+@pytest.mark.parametrize("engine", ["hf", pytest.param("vllm", marks=pytest.mark.vllm)])
+def test_multiturn_dialog_example_with_logit_capture_trains(engine, tmp_path, tiny_model_dir, ray_cluster, monkeypatch):
+    if engine == "vllm":
+        pytest.importorskip("vllm")
+    rows = _run(_multiturn_example(tmp_path, tiny_model_dir, engine), tmp_path / "m.jsonl", monkeypatch)
+    for key in ("actor/pg_loss", "actor/grad_norm", "critic/score/mean", "num_turns/mean", "response_length/mean"):
+        _finite(rows, key)
+    assert all(r["data"]["num_turns/max"] >= 2 for r in rows)  # prompt + at least one assistant turn per dialogue
+    # The reward is the interaction's score: 0.5 * exact match + 0.5 * P(correct label) from the captured logits.
+    # Exact match alone gives multiples of 0.25 here (two turns); the probabilities make the scores continuous.
+    scores = [r["data"][k] for r in rows for k in ("critic/score/mean", "critic/score/max")]
+    assert any(abs(v * 4 - round(v * 4)) > 1e-6 for v in scores), scores
 
 
 # ------------------------------------------------------------------------------------------ golden trajectory

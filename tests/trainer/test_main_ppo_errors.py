@@ -163,6 +163,7 @@ def test_missing_interaction_yaml_is_named(tiny_model_dir, good_data, tmp_path):
     result = _main_ppo(
         *_base(tiny_model_dir, good_data),
         "actor_rollout_ref.rollout.multi_turn.enable=True",
+        "data.return_raw_chat=True",
         f"actor_rollout_ref.rollout.multi_turn.interaction_config_path={tmp_path / 'nope.yaml'}",
     )
     _assert_fails_naming(result, "interaction_config_path", "nope.yaml")
@@ -177,6 +178,7 @@ def test_unknown_interaction_name_in_the_data_is_named(tiny_model_dir, tmp_path)
         f"data.train_files={data}",
         f"data.val_files={data}",
         "actor_rollout_ref.rollout.multi_turn.enable=True",
+        "data.return_raw_chat=True",
         f"actor_rollout_ref.rollout.multi_turn.interaction_config_path={_interaction_yaml(tmp_path)}",
     )
     _assert_fails_naming(result, "'dialgo'", "dialog")

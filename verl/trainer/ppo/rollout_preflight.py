@@ -27,6 +27,11 @@ def check_rollout_setup(config: Any, train_dataset: Any = None, vocab_size: int 
     _check_engine(rollout)
     multi_turn = rollout.get("multi_turn") or {}
     if multi_turn.get("enable", False):
+        if not config.data.get("return_raw_chat", False):
+            raise ValueError(
+                "actor_rollout_ref.rollout.multi_turn.enable=True needs each sample's chat messages for the "
+                "interactions: set data.return_raw_chat=True"
+            )
         _check_interactions(multi_turn, train_dataset)
     capture = rollout.get("logit_capture") or {}
     if capture.get("enable", False) and vocab_size is not None:

@@ -79,6 +79,7 @@ def decode_samples(tokenizer: Any, data: DataProto, reward_fn_key: str = "data_s
     sources = _column(data, reward_fn_key, "data.reward_fn_key")
     reward_model = _column(data, "reward_model")
     extra_infos = data.non_tensor_batch.get("extra_info")
+    captured = _generation_logits_getter(data)
     samples = []
     for i in range(len(data)):
         length = int(response_lengths[i])
@@ -87,6 +88,8 @@ def decode_samples(tokenizer: Any, data: DataProto, reward_fn_key: str = "data_s
             extra["num_turns"] = data.non_tensor_batch["__num_turns__"][i]
         rollout_scores = data.non_tensor_batch.get("reward_scores")
         extra["rollout_reward_scores"] = rollout_scores[i] if rollout_scores is not None else {}
+        if captured is not None:
+            extra["generation_logits"] = captured(i)
         samples.append(
             RewardSample(
                 index=i,
@@ -99,6 +102,24 @@ def decode_samples(tokenizer: Any, data: DataProto, reward_fn_key: str = "data_s
             )
         )
     return samples
+
+
+def _generation_logits_getter(data: DataProto) -> Callable[[int], Any] | None:
+    """Row -> the rollout's captured values (``rollout.logit_capture``), for ``extra_info["generation_logits"]``.
+
+    Multi-turn rollouts carry them per sample (non-tensor ``generation_logits``); single-turn ones as the padded
+    capture tensors, cut back here to each row's generated tokens.
+    """
+    per_sample = data.non_tensor_batch.get("generation_logits")
+    if per_sample is not None:
+        return lambda i: per_sample[i]
+    if not data.meta_info.get("logit_capture"):  # set by the engines when capture is on
+        return None
+    from verl.utils.torch_functional import response_mask_of
+    from verl.workers.rollout.logit_capture import generation_logits_from_batch
+
+    mask = data.batch["response_mask"] if "response_mask" in data.batch.keys() else response_mask_of(data.batch)
+    return lambda i: generation_logits_from_batch(data.batch, i, mask[i])
 
 
 def split_score(result: Any) -> tuple[float, dict[str, Any]]:

@@ -98,6 +98,8 @@ class HFRollout(BaseRollout):
         outputs = [self._generate_micro_batch(chunk, i) for i, chunk in enumerate(prompts.split(micro_batch_size))]
         output = DataProto.concat(outputs)
         output.meta_info["timing"] = {"generate_sequences": time.perf_counter() - start}
+        if self.capture_spec is not None:  # tells consumers (reward managers) the capture tensors are there
+            output.meta_info["logit_capture"] = self.capture_spec.mode
         return output
 
     def _sampling_params(self, meta: dict) -> dict[str, Any]:
