@@ -332,6 +332,34 @@ def _build_refused() -> dict[str, Refused]:
             "/models/rm",
         ),
     }
+    table[f"{_R}.multi_turn.tool_config_path"] = Refused(
+        _none,
+        "null",
+        "tool calling in multi-turn rollouts is not implemented (interactions are); set null",
+        "registers tools the model may call between turns",
+        "/cfg/tools.yaml",
+    )
+    table["data.tool_config_path"] = Refused(
+        _none,
+        "null",
+        "tool calling is not implemented; set null",
+        "the dataset's copy of rollout.multi_turn.tool_config_path (tools_kwargs per sample)",
+        "/cfg/tools.yaml",
+    )
+    table[f"{_R}.multi_turn.use_inference_chat_template"] = Refused(
+        _falsy,
+        "false",
+        "multi-turn prompts use the training chat template; set false",
+        "renders turns with the inference chat template (may drop reasoning)",
+        True,
+    )
+    table[f"{_R}.multi_turn.num_repeat_rollouts"] = Refused(
+        _is(None, 1),
+        "null or 1",
+        "each prompt is rolled out rollout.n times; use rollout.n for more samples",
+        "repeats each multi-turn rollout this many times",
+        2,
+    )
     for owner in _PROFILED:
         table[f"{owner}.profiler.enable"] = Refused(
             _falsy,
@@ -374,6 +402,10 @@ ENGINE_KEYS: dict[str, str] = {
 }
 
 NOT_READ_BY_CODE: dict[str, str] = {
+    f"{_R}.multi_turn.max_parallel_calls": "tool calling only; tool_config_path is refused",
+    f"{_R}.multi_turn.max_tool_response_length": "tool calling only; tool_config_path is refused",
+    f"{_R}.multi_turn.tool_response_truncate_side": "tool calling only; tool_config_path is refused",
+    f"{_R}.multi_turn.format": "tool-call format of the chat template: tool calling only; tool_config_path is refused",
     "data.max_response_length": "copied into actor_rollout_ref.rollout.response_length by interpolation",
     "data.image_patch_size": "multi-modal only; rows with images/videos are refused by the dataset pre-flight",
     "data.return_multi_modal_inputs": "multi-modal only; rows with images/videos are refused by the dataset pre-flight",
@@ -418,15 +450,14 @@ NOT_READ_BY_CODE: dict[str, str] = {
 }
 
 # In progress (issue 9 and later issues): an entry goes when its implementation lands and the walk sees it read.
-IMPLEMENTED_ELSEWHERE_PENDING: dict[str, str] = {
-    f"{_R}.multi_turn.*": "multi-turn rollouts",
-    "data.tool_config_path": "copied from rollout.multi_turn.tool_config_path (multi-turn rollouts)",
-    f"{_R}.logit_capture.*": "logit capture",
-}
+IMPLEMENTED_ELSEWHERE_PENDING: dict[str, str] = {}
 
 # Generic leaf names read from a node handed to the reader, so the parent's name is not next to the leaf.
 # Each value is the file that reads the key; the walk test checks that the leaf is accessed there.
 READ_THROUGH_NODE: dict[str, str] = {
+    f"{_R}.logit_capture.k": "verl/workers/rollout/logit_capture.py",  # CaptureSpec.from_config: cfg.k
+    f"{_R}.logit_capture.ids": "verl/workers/rollout/logit_capture.py",
+    f"{_R}.logit_capture.dtype": "verl/workers/rollout/logit_capture.py",
     "reward_model.strategy": "verl/workers/fsdp_workers.py",  # RewardModelWorker: self.config.get("strategy")
 }
 

@@ -146,6 +146,17 @@ def test_seeds_per_row_and_repeatability(engine, hf):
 
 
 @pytest.mark.vllm
+def test_unseeded_calls_draw_fresh_samples(engine, hf):
+    # Training passes no seed: each call must continue the random stream. Restoring the RNG around generation once
+    # replayed the same samples every step, so GRPO saw identical groups and zero advantages.
+    _, tokenizer = hf
+    prompts = _prompts(tokenizer, texts=("say yes",) * 4)
+    a = engine.generate_sequences(prompts).batch["responses"]
+    b = engine.generate_sequences(prompts).batch["responses"]
+    assert not torch.equal(a, b)
+
+
+@pytest.mark.vllm
 def test_greedy_matches_transformers_after_each_weight_update(engine, hf):
     from verl.workers.rollout.hf_rollout import HFRollout
 
@@ -249,3 +260,121 @@ def test_logit_capture_matches_teacher_forcing_and_modes_agree(engine, hf, monke
     logits = logits / 0.8
     # Logits are defined up to a per-row constant; compare the distributions.
     assert torch.allclose(full_lp[mask], torch.log_softmax(logits, -1)[mask], atol=1e-4)
+
+
+# ---------------------------------------------------------------- multi-turn through the vLLM turn engine
+class _Recording:
+    """Wraps a TurnEngine: caps turns at 6 tokens (the untrained model rarely emits EOS) and records each turn."""
+
+    def __init__(self, engine):
+        self.engine, self.generated = engine, []
+
+    def generate(self, prompt_ids, max_new_tokens, sampling):
+        out = self.engine.generate(prompt_ids, [min(m, 6) for m in max_new_tokens], sampling)
+        self.generated.append([ids for ids, _ in out])
+        return out
+
+
+def _dialog(tokenizer, engine, sampling, spec):
+    """Two prompts, a two-question MultiTurnDialogInteraction, 2 assistant turns each, through ``engine``."""
+    from verl.interactions.multiturn_dialog_interaction import MultiTurnDialogInteraction
+    from verl.workers.rollout.multiturn import TurnLoopSettings, run_multiturn
+    from verl.workers.rollout.schemas import AsyncRolloutRequest
+
+    tok = tokenizer
+    yes, no = tok.encode("yes", add_special_tokens=False)[0], tok.encode("no", add_special_tokens=False)[0]
+    inter = MultiTurnDialogInteraction(
+        {"name": "dialog", "prob_weight": 0.5, "label_token_ids": {"yes": yes, "no": no}}
+    )
+    questions = [{"question": "paper one?", "label": "yes"}, {"question": "paper two?", "label": "no"}]
+    prompts = ["Does this paper belong to the author?", "Is the first paper by this author? answer yes or no"]
+    reqs = [
+        AsyncRolloutRequest.from_messages(
+            tok,
+            [{"role": "user", "content": p}],
+            request_id=f"r{i}",
+            interaction_kwargs={"name": "dialog", "questions": questions},
+        )  # fmt: skip
+        for i, p in enumerate(prompts)
+    ]
+    recording = _Recording(engine)
+    asyncio.run(run_multiturn(reqs, recording, {"dialog": inter}, tok, TurnLoopSettings(48, 2, None, sampling), spec))
+    return reqs, recording.generated
+
+
+@pytest.mark.vllm
+def test_vllm_two_turn_dialog_keeps_every_generated_token(engine, hf, monkeypatch):
+    """The hf test of test_multiturn.py on vLLM: the engine's ids land verbatim in response_ids (mask 1), user tokens
+    have mask 0, and the captured logprobs equal a teacher-forced transformers forward over the final sequences."""
+    from verl.workers.rollout.logit_capture import CaptureSpec
+    from verl.workers.rollout.multiturn import requests_to_batch
+
+    model, tok = hf
+    yes, no = tok.encode("yes", add_special_tokens=False)[0], tok.encode("no", add_special_tokens=False)[0]
+    spec = CaptureSpec("token_ids", ids=(yes, no))  # processed_logprobs, whole vocabulary: the shared engine's
+    turns = engine.turn_engine(tok, tok.pad_token_id, [tok.eos_token_id], spec)
+    sampling = {"do_sample": True, "temperature": 1.0, "top_p": 1.0, "top_k": -1, "seed": 5}
+    seeds, run = [], engine._run
+    monkeypatch.setattr(
+        engine, "_run", lambda prompts, params: seeds.append([p.seed for p in params]) or run(prompts, params)
+    )
+    reqs, generated = _dialog(tok, turns, sampling, spec)
+    # Row i of call c samples with seed + c * stride + i: a dialogue's second turn does not replay its first's stream.
+    assert seeds == [[5, 6], [5 + 1_000_003, 6 + 1_000_003]]
+
+    for i, req in enumerate(reqs):
+        assert req.assistant_turns == 2 and req.user_turns == 1
+        for (start, end), ids in zip(req.assistant_spans, [generated[t][i] for t in range(2)], strict=True):
+            assert req.response_ids[start:end] == ids and len(ids) > 0
+            assert req.response_loss_mask[start:end] == [1] * len(ids)
+        user_cols = set(range(len(req.response_ids))) - set(req.assistant_positions())
+        assert len(user_cols) > 0 and all(req.response_loss_mask[c] == 0 for c in user_cols)
+        scores = req.reward_scores["dialog"]
+        assert len(scores) == 2 and all(0.0 <= s <= 1.0 for s in scores)
+
+    tensors, _ = requests_to_batch(reqs, 32, 48, tok.pad_token_id, spec)
+    with torch.no_grad():
+        logits = model(
+            input_ids=tensors["input_ids"],
+            attention_mask=tensors["attention_mask"],
+            position_ids=tensors["position_ids"],
+        ).logits  # (B, P+R, V)
+    logp = torch.log_softmax(logits[:, 31:-1].float(), dim=-1)  # (B, R, V): row t predicts response token t
+    forced = logp.gather(-1, tensors["responses"].unsqueeze(-1)).squeeze(-1)
+    mask = tensors["response_mask"].bool()
+    diff = (tensors["rollout_log_probs"][mask] - forced[mask]).abs().max().item()
+    print(f"multi-turn vLLM capture vs teacher-forced transformers: max |diff| {diff:.2e}")
+    # float32 on CPU, vLLM's kernels against transformers' attention over left padding; see the printed diff.
+    torch.testing.assert_close(tensors["rollout_log_probs"][mask], forced[mask], atol=1e-4, rtol=0)
+    torch.testing.assert_close(
+        tensors["rollout_token_id_logprobs"][mask], logp[..., [yes, no]][mask], atol=1e-4, rtol=0
+    )
+
+
+@pytest.mark.vllm
+def test_vllm_greedy_turns_equal_hf_greedy_turns(engine, hf):
+    from verl.workers.rollout.multiturn import HFTurnEngine
+
+    model, tok = hf
+    greedy = {"do_sample": False, "temperature": 1.0, "top_p": 1.0, "top_k": -1}
+    ours, ours_turns = _dialog(tok, engine.turn_engine(tok, tok.pad_token_id, tok.eos_token_id), greedy, None)
+    ref, ref_turns = _dialog(tok, HFTurnEngine(model, tok, tok.pad_token_id, tok.eos_token_id), greedy, None)
+    assert ours_turns == ref_turns
+    assert [r.response_ids for r in ours] == [r.response_ids for r in ref]
+    assert [r.response_loss_mask for r in ours] == [r.response_loss_mask for r in ref]
+    assert all(r.generation_logits is None for r in ours)  # no spec, no capture
+
+
+@pytest.mark.vllm
+def test_turn_engine_refuses_a_capture_the_engine_cannot_serve(engine, hf):
+    from verl.workers.rollout.logit_capture import CaptureSpec
+
+    _, tok = hf
+    # The shared engine runs processed_logprobs; raw capture and full (logits) need other engine modes.
+    with pytest.raises(ValueError, match="needs vLLM logprobs_mode='raw_logprobs', but the engine runs"):
+        engine.turn_engine(tok, tok.pad_token_id, tok.eos_token_id, CaptureSpec("logprob", raw=True))
+    with pytest.raises(ValueError, match="logprobs_mode='processed_logits'"):
+        engine.turn_engine(tok, tok.pad_token_id, tok.eos_token_id, CaptureSpec("full"))
+    # The worker's logprob-only spec (capture off, calculate_log_probs on) matches rollout.logprobs_mode.
+    assert engine.turn_engine(tok, tok.pad_token_id, tok.eos_token_id, CaptureSpec("logprob")) is not None
+    assert engine.capture_spec is None  # what the hybrid worker reads

@@ -27,6 +27,11 @@ def check_rollout_setup(config: Any, train_dataset: Any = None, vocab_size: int 
     _check_engine(rollout)
     multi_turn = rollout.get("multi_turn") or {}
     if multi_turn.get("enable", False):
+        if str(rollout.name).startswith("sglang"):
+            raise ValueError(
+                f"actor_rollout_ref.rollout.multi_turn.enable=True is not implemented for rollout.name={rollout.name} "
+                "yet; use actor_rollout_ref.rollout.name=vllm or hf for multi-turn rollouts"
+            )
         if not config.data.get("return_raw_chat", False):
             raise ValueError(
                 "actor_rollout_ref.rollout.multi_turn.enable=True needs each sample's chat messages for the "

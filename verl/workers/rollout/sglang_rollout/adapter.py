@@ -186,7 +186,21 @@ class SGLangAdapter(BaseRollout):
         aborted = sum(((o.get("meta_info") or {}).get("finish_reason") or {}).get("type") == "abort" for o in outputs)
         out.meta_info["timing"] = {"generate_sequences": time.perf_counter() - start}
         out.meta_info["aborted_rows"] = int(aborted)
+        if self.capture is not None:  # tells consumers (reward managers) the capture tensors are there
+            out.meta_info["logit_capture"] = self.capture.mode
         return out
+
+    @property
+    def capture_spec(self) -> Any:
+        """The ``CaptureSpec`` this engine captures with, or None."""
+        return self.capture
+
+    def turn_engine(self, tokenizer: Any, pad_token_id: int, eos_token_id: Any, capture_spec: Any = None) -> Any:
+        """Multi-turn generation is not wired to SGLang yet: use rollout.name=hf or vllm for multi-turn rollouts."""
+        raise NotImplementedError(
+            "actor_rollout_ref.rollout.multi_turn with the SGLang engine is not implemented yet; use "
+            "actor_rollout_ref.rollout.name=vllm or hf for multi-turn rollouts"
+        )
 
     async def update_weights(self, weights: Iterable[tuple[str, torch.Tensor]], **kwargs) -> None:
         """Send HF-named weights bucket by bucket (``update_weights_from_tensor``), then flush the prefix cache."""

@@ -323,6 +323,8 @@ class ServerAdapter(BaseRollout):
             out.batch["rollout_log_probs"] = out.batch["rollout_log_probs"] * mask.to(torch.float32)
         out.meta_info["timing"] = {"generate_sequences": time.perf_counter() - start}
         out.meta_info["aborted_rows"] = aborted
+        if self.capture is not None:  # tells consumers (reward managers) the capture tensors are there
+            out.meta_info["logit_capture"] = self.capture.mode
         return out
 
     def _captures(self, tokens: list[list[int]], logprobs: list[list[dict]], response_length: int) -> dict:
