@@ -21,6 +21,10 @@ os.environ.setdefault("RAY_DEDUP_LOGS", "0")
 os.environ.setdefault("TORCH_COMPILE_DISABLE", "1")
 
 
+# Standalone scripts (run by tests/run_all_tests.sh with plain python, each counted once there), not pytest modules.
+collect_ignore = ["test_sglang_rollout_with_logit.py"]
+
+
 def pytest_collection_modifyitems(config, items):
     import torch
 

@@ -2,7 +2,8 @@
 
 Run with ``python tests/quick_test.py``; exits non-zero on the first failed check. The pytest suite covers each
 piece in depth; this script is the fast "is anything fundamentally broken" signal and doubles as a reading guide
-for how a batch flows through one step.
+for how a batch flows through one step. The last three checks cover logit capture (``sglang_with_logit``): the
+modules import, values are extracted from an SGLang-shaped response, and the rollout registry resolves.
 """
 
 from __future__ import annotations
@@ -111,8 +112,83 @@ def main() -> int:
     metrics = actor.update_policy(out)
     assert np.isfinite(np.mean(metrics["actor/pg_loss"]))
     print(f"ok  update_policy: pg_loss={np.mean(metrics['actor/pg_loss']):.4f}")
+
+    check_logit_imports()
+    check_sglang_extraction()
+    check_rollout_registry()
     print("quick test passed")
     return 0
+
+
+def check_logit_imports() -> None:
+    """5. Every logit-capture module imports on CPU (none of them needs SGLang or vLLM at import time)."""
+    import importlib
+
+    modules = {
+        "verl.workers.rollout.logit_capture": ["CaptureSpec", "TokenCapture", "capture_from_sglang", "bytes_per_token"],
+        "verl.workers.rollout.schemas": ["AsyncRolloutRequest"],
+        "verl.workers.rollout.multiturn": ["run_multiturn", "requests_to_batch", "HFTurnEngine"],
+        "verl.workers.rollout.sglang_rollout.adapter": ["SGLangAdapter", "parse_generate_output"],
+        "verl.interactions.base": ["BaseInteraction"],
+        "verl.interactions.multiturn_dialog_interaction": ["MultiTurnDialogInteraction"],
+        "verl.utils.interaction_registry": ["initialize_interactions_from_config"],
+    }
+    for name, symbols in modules.items():
+        module = importlib.import_module(name)
+        missing = [s for s in symbols if not hasattr(module, s)]
+        assert not missing, f"{name} lacks {missing}"
+    print(f"ok  logit imports: {len(modules)} modules")
+
+
+def check_sglang_extraction() -> None:
+    """6. Values come out of a response shaped exactly as SGLang 0.5.2 returns it (top_logprobs_num=2)."""
+    import torch
+
+    from verl.workers.rollout.logit_capture import CaptureSpec, capture_from_sglang
+
+    response = {
+        "output_ids": [40, 41, 2],
+        "meta_info": {
+            "id": "r0",
+            "finish_reason": {"type": "stop", "matched": 2},
+            "prompt_tokens": 3,
+            "completion_tokens": 3,
+            "input_token_logprobs": [(None, 12, None)],  # the first input position never has a logprob
+            "output_token_logprobs": [(-1.5, 40, None), (-0.25, 41, None), (-0.75, 2, None)],
+            "input_top_logprobs": [None],
+            "output_top_logprobs": [
+                [(-0.5, 7, None), (-1.5, 40, None)],
+                [(-0.25, 41, None), (-2.0, 9, None)],
+                [(-0.75, 2, None), (-1.0, 8, None)],
+            ],
+        },
+    }
+    sampled = capture_from_sglang(response, CaptureSpec("logprob"))
+    assert sampled.token_ids.tolist() == [40, 41, 2] and sampled.logprobs.tolist() == [-1.5, -0.25, -0.75]
+    top = capture_from_sglang(response, CaptureSpec("topk", k=2))
+    assert top.topk_logprobs.tolist() == [[-0.5, -1.5], [-0.25, -2.0], [-0.75, -1.0]]
+    assert top.topk_ids.tolist() == [[7, 40], [41, 9], [2, 8]]
+    assert torch.isfinite(top.topk_logprobs).all()
+    print("ok  sglang extraction: logprob (3,) and topk (3, 2) from output_token/top_logprobs")
+
+
+def check_rollout_registry() -> None:
+    """7. ``sglang_with_logit`` resolves where SGLang is installed, else names the pip extra; ``hf`` is HFRollout."""
+    import importlib.util
+
+    from verl.workers.rollout.base import BaseRollout, get_rollout_class
+    from verl.workers.rollout.hf_rollout import HFRollout
+
+    assert get_rollout_class("hf", "sync") is HFRollout and get_rollout_class("hf", "async") is HFRollout
+    try:
+        cls = get_rollout_class("sglang_with_logit", "async")
+    except ImportError as err:
+        assert importlib.util.find_spec("sglang") is None, f"SGLang is installed but the import failed: {err}"
+        assert "verl[sglang]" in str(err), f"the ImportError should name the pip extra verl[sglang]: {err}"
+        print("ok  registry: hf -> HFRollout; sglang_with_logit -> ImportError naming verl[sglang] (not installed)")
+        return
+    assert issubclass(cls, BaseRollout) and cls.__name__ == "SGLangRolloutWithLogit", cls
+    print("ok  registry: hf -> HFRollout; sglang_with_logit -> SGLangRolloutWithLogit")
 
 
 if __name__ == "__main__":

@@ -5,7 +5,8 @@
 #   bash tests/run_all_tests.sh -k dataproto   # extra arguments go to pytest
 #
 # Checks: ruff lint + format, the standalone scripts (quick_test.py and, when present, the logit-capture scripts),
-# then the pytest suite. Each standalone check counts as one test; pytest's own counts are added.
+# then the pytest suite. Each standalone check counts as one test (a script's own "Total: X/Y tests passed" line is
+# shown under it); pytest's own counts are added.
 set -uo pipefail
 ROOT="$(cd "$(dirname "$0")/.." && pwd)"
 cd "$ROOT"
@@ -24,9 +25,10 @@ tail -1 "$LOGDIR/install.log"
 
 passed=0; failed=0; skipped=0
 failures=()
+log_of() { echo "$LOGDIR/$(echo "$1" | tr -c 'a-zA-Z0-9_' '_').log"; }
 check() {  # check NAME CMD...: run a standalone check, count it, show its tail on failure
   local name="$1"; shift
-  local log="$LOGDIR/$(echo "$name" | tr -c 'a-zA-Z0-9_' '_').log"
+  local log; log="$(log_of "$name")"
   local t0=$SECONDS
   if "$@" > "$log" 2>&1; then
     passed=$((passed + 1)); printf 'PASS  %-45s %4ds\n' "$name" $((SECONDS - t0))
@@ -42,7 +44,10 @@ check "ruff format --check" "$PY" -m ruff format --check .
 
 echo "== standalone scripts"
 for script in tests/quick_test.py tests/test_sglang_rollout_with_logit.py tests/integration_test_logit_flow.py; do
-  [[ -f "$script" ]] && check "$script" "$PY" "$script"
+  [[ -f "$script" ]] || continue
+  check "$script" "$PY" "$script"
+  summary="$(grep -E '^Total: [0-9]+/[0-9]+ tests passed' "$(log_of "$script")" | tail -1)"
+  [[ -n "$summary" ]] && echo "      $summary"
 done
 
 echo "== pytest suite"

@@ -113,13 +113,15 @@ def _generation_logits_getter(data: DataProto) -> Callable[[int], Any] | None:
     per_sample = data.non_tensor_batch.get("generation_logits")
     if per_sample is not None:
         return lambda i: per_sample[i]
-    if not data.meta_info.get("logit_capture"):  # set by the engines when capture is on
+    description = data.meta_info.get("logit_capture")  # set by the engines when capture is on
+    if not description:
         return None
     from verl.utils.torch_functional import response_mask_of
-    from verl.workers.rollout.logit_capture import generation_logits_from_batch
+    from verl.workers.rollout.logit_capture import CaptureSpec, generation_logits_from_batch
 
+    spec = CaptureSpec.from_description(description)
     mask = data.batch["response_mask"] if "response_mask" in data.batch.keys() else response_mask_of(data.batch)
-    return lambda i: generation_logits_from_batch(data.batch, i, mask[i])
+    return lambda i: generation_logits_from_batch(data.batch, i, mask[i], spec)
 
 
 def split_score(result: Any) -> tuple[float, dict[str, Any]]:

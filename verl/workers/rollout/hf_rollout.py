@@ -99,7 +99,7 @@ class HFRollout(BaseRollout):
         output = DataProto.concat(outputs)
         output.meta_info["timing"] = {"generate_sequences": time.perf_counter() - start}
         if self.capture_spec is not None:  # tells consumers (reward managers) the capture tensors are there
-            output.meta_info["logit_capture"] = self.capture_spec.mode
+            output.meta_info["logit_capture"] = self.capture_spec.describe()
         return output
 
     def _sampling_params(self, meta: dict) -> dict[str, Any]:

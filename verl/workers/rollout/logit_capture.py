@@ -131,6 +131,15 @@ class CaptureSpec:
             return None
         return cls(cfg.mode, cfg.k, tuple(cfg.ids), bool(cfg.raw), _DTYPES[cfg.dtype], cfg.max_bytes)
 
+    def describe(self) -> dict[str, Any]:
+        """Plain description for ``meta_info["logit_capture"]`` (rebuilt by :meth:`from_description`)."""
+        return {"mode": self.mode, "k": self.k, "ids": list(self.ids), "raw": self.raw}
+
+    @classmethod
+    def from_description(cls, description: Mapping[str, Any]) -> CaptureSpec:
+        """The spec an engine described with :meth:`describe` (dtype and budget are not needed by consumers)."""
+        return cls(description["mode"], int(description["k"]), tuple(description["ids"]), bool(description["raw"]))
+
 
 @dataclass
 class TokenCapture:
@@ -437,6 +446,14 @@ def _best(entries: Mapping[int, Any], k: int, where: str, helper: str) -> tuple[
     """The k largest (value, id) of one position, ties broken by the engine's rank then the id."""
     if len(entries) < k:
         raise ValueError(f"{where} holds {len(entries)} alternatives but {_KEY}.k={k}; see {helper}")
+
+    # Fast path (the hot loop of vLLM topk capture): vLLM ranks its top-k 1..k, so pick those by rank, no sort.
+    ranked = [
+        (e.rank, t, e.logprob) for t, e in entries.items() if getattr(e, "rank", None) is not None and e.rank <= k
+    ]
+    if len(ranked) == k and len({r for r, _, _ in ranked}) == k:
+        ranked.sort()
+        return [v for _, _, v in ranked], [int(t) for _, t, _ in ranked]
 
     def order(item: tuple[int, Any]) -> tuple[float, float, int]:
         rank = getattr(item[1], "rank", None)

@@ -342,6 +342,7 @@ class HFTurnEngine:
         self.eos_token_id = int(eos_token_id)
         self.capture_spec = capture_spec
         self._hf = HFRollout(module, RolloutConfig(name="hf"))
+        self._calls = 0  # a seeded dialogue draws fresh numbers each turn (seed + a per-call offset)
 
     def generate(
         self, prompt_ids: list[list[int]], max_new_tokens: list[int], sampling: dict
@@ -364,8 +365,11 @@ class HFTurnEngine:
         gen_config = self._hf._generation_config(
             params, max(max_new_tokens), self.eos_token_id, self.pad_token_id, self.capture_spec is not None
         )
+        seed = sampling.get("seed")
+        seed = None if seed is None else int(seed) + 1_000_003 * self._calls
+        self._calls += 1
         new_tokens, raw_logits = self._hf._generate_with_logits(
-            input_ids.to(device), attention_mask.to(device), position_ids.to(device), gen_config, sampling.get("seed")
+            input_ids.to(device), attention_mask.to(device), position_ids.to(device), gen_config, seed
         )
         results = []
         for i, limit in enumerate(max_new_tokens):

@@ -187,7 +187,7 @@ class SGLangAdapter(BaseRollout):
         out.meta_info["timing"] = {"generate_sequences": time.perf_counter() - start}
         out.meta_info["aborted_rows"] = int(aborted)
         if self.capture is not None:  # tells consumers (reward managers) the capture tensors are there
-            out.meta_info["logit_capture"] = self.capture.mode
+            out.meta_info["logit_capture"] = self.capture.describe()
         return out
 
     @property

@@ -324,7 +324,7 @@ class ServerAdapter(BaseRollout):
         out.meta_info["timing"] = {"generate_sequences": time.perf_counter() - start}
         out.meta_info["aborted_rows"] = aborted
         if self.capture is not None:  # tells consumers (reward managers) the capture tensors are there
-            out.meta_info["logit_capture"] = self.capture.mode
+            out.meta_info["logit_capture"] = self.capture.describe()
         return out
 
     def _captures(self, tokens: list[list[int]], logprobs: list[list[dict]], response_length: int) -> dict:
