@@ -433,12 +433,18 @@ class SGLangReplica(RolloutReplica):
     supports_cpu = False
     _server_actor_cls = _SGLangServerActor
 
-    def launch_servers(self) -> None:
+    @classmethod
+    def check_config(cls, config: Any, mode: RolloutMode = RolloutMode.STANDALONE) -> None:
+        """Also refuse a machine without CUDA or without the ``sglang`` package (imported lazily, by the server)."""
         import importlib.util
 
+        from verl.utils.device import get_device_name
+
+        super().check_config(config, mode)
+        if get_device_name() != "cuda":
+            raise ValueError("rollout.name=sglang needs a CUDA GPU; use rollout.name=hf or vllm on CPU")
         if importlib.util.find_spec("sglang") is None:
-            raise ImportError("rollout.name=sglang needs the sglang package and a CUDA GPU (pip install 'sglang[all]')")
-        super().launch_servers()
+            raise ImportError("rollout.name=sglang needs the sglang package (pip install 'sglang[all]')")
 
     def server_kwargs(self) -> dict[str, Any]:
         tp = int(_get(self.config, "tensor_model_parallel_size", 1) or 1)
