@@ -39,10 +39,14 @@ def test_unknown_source_lists_known_ones():
     assert "my/dataset" in message and "openai/gsm8k" in message and "aime*" in message
 
 
-@pytest.mark.parametrize("data_source", ["codecontests", "apps", "codeforces", "taco"])
-def test_code_sources_need_a_sandbox_url(data_source):
-    with pytest.raises(ValueError, match=r"needs a SandboxFusion URL \(reward_model.sandbox_fusion.url\)"):
-        default_compute_score(data_source, "print(1)", '{"inputs": [""], "outputs": ["1"]}')
+@pytest.mark.parametrize("data_source", ["codecontests", "apps", "codeforces", "taco", "phase0_code"])
+def test_code_sources_without_a_url_run_in_the_embedded_sandbox(data_source):
+    # no reward_model.sandbox_fusion.url: the embedded sandbox judges the tests (one right, one wrong program)
+    cases = '{"inputs": ["2\\n"], "outputs": ["4\\n"]}'
+    right = default_compute_score(data_source, "```python\nprint(int(input()) * 2)\n```", cases)
+    wrong = default_compute_score(data_source, "```python\nprint(5)\n```", cases)
+    assert (right["score"] if isinstance(right, dict) else right) == 1.0
+    assert (wrong["score"] if isinstance(wrong, dict) else wrong) == 0.0
 
 
 @pytest.mark.parametrize(

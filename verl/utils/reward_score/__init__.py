@@ -53,7 +53,7 @@ _MODULE_BY_SOURCE: dict[str, str] = {
     "searchR1_bamboogle": "search_r1_like_qa_em",
 }
 _MODULE_BY_PREFIX: tuple[tuple[str, str], ...] = (("aime", "math_dapo"),)
-CODE_DATA_SOURCES: frozenset[str] = frozenset({"codecontests", "apps", "codeforces", "taco"})
+CODE_DATA_SOURCES: frozenset[str] = frozenset({"codecontests", "apps", "codeforces", "taco", "phase0_code"})
 
 # Sources added at run time with register_data_source; they take precedence over the built-in table.
 _REGISTERED: dict[str, Callable[..., Any]] = {}
@@ -98,11 +98,7 @@ def _scorer_module(data_source: str) -> str | None:
 
 
 def _score_code(solution_str, ground_truth, sandbox_fusion_url, concurrent_semaphore, memory_limit_mb, data_source):
-    if not sandbox_fusion_url:
-        raise ValueError(
-            f"data_source {data_source!r} is a code task and needs a SandboxFusion URL "
-            "(reward_model.sandbox_fusion.url) to run the tests; none was given."
-        )
+    # No URL (reward_model.sandbox_fusion.url unset): the embedded sandbox, started once per process, runs the tests.
     try:
         sandbox_fusion = importlib.import_module("verl.utils.reward_score.sandbox_fusion")
     except ImportError as exc:
