@@ -12,9 +12,10 @@ Every error is OpenAI-shaped, ``{"error": {"message", "type", "param", "code"}}`
 body (FastAPI's 422 is rewritten, naming the field), 400 when the prompt plus ``max_tokens`` exceeds the model's
 length, 404 for an unknown model, 401 for a missing or wrong bearer key.
 
-Deliberate differences from vLLM's server: completions' ``top_logprobs`` are the true top-k plus the sampled token
-(vLLM's chat ``top_logprobs`` put the sampled token first); ``bytes`` are the token's real bytes (byte-level BPE),
-also for pieces of a multi-byte character; ``echo`` and prompt logprobs are not supported (400).
+Differences from vLLM's server (measured against it, see the tests): chat ``top_logprobs`` are the true top-k
+(vLLM's start with the sampled token); a token that is part of a multi-byte character reads ``"\ufffd"`` with its
+real ``bytes`` (vLLM: ``""`` and ``[]``); ``echo`` and prompt logprobs are refused. Like vLLM, ``n > 1`` with
+temperature 0 is a 400.
 
 ``OpenAIServer`` runs the app with uvicorn on a background thread (tests, replicas, Ray actors);
 ``python -m verl.serve`` runs it on its own.
@@ -44,7 +45,7 @@ __all__ = ["ChatCompletionRequest", "CompletionRequest", "OpenAIServer", "create
 
 # ---------------------------------------------------------------------------------------------- request models
 class _Request(BaseModel):
-    model_config = ConfigDict(extra="ignore")  # OpenAI clients send fields we do not use (user, penalties...)
+    model_config = ConfigDict(extra="ignore")  # clients send fields we do not use (user, penalties...)
 
     model: str | None = None
     n: int = Field(1, ge=1, le=128)
@@ -141,14 +142,12 @@ class TokenLogprob(TopLogprob):
 
 class ChoiceLogprobs(BaseModel):
     content: list[TokenLogprob] | None
-    refusal: list[TokenLogprob] | None = None
 
 
 class AssistantMessage(BaseModel):
     role: str = "assistant"
     content: str | None = None
     refusal: str | None = None
-    tool_calls: list[dict] | None = None
 
 
 class ChatChoice(BaseModel):
@@ -186,15 +185,9 @@ class OpenAIError(Exception):
 # ---------------------------------------------------------------------------------------------- token text
 def _bytes_to_unicode() -> dict[int, str]:
     """GPT-2's byte-level alphabet: printable bytes map to themselves, the others to chr(256 + k) in byte order."""
-    keep = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)]
-    table, extra = {}, 0
-    for b in range(256):
-        if b in keep:
-            table[b] = chr(b)
-        else:
-            table[b] = chr(256 + extra)
-            extra += 1
-    return table
+    keep = {*range(33, 127), *range(161, 173), *range(174, 256)}
+    others = [b for b in range(256) if b not in keep]
+    return {**{b: chr(b) for b in keep}, **{b: chr(256 + k) for k, b in enumerate(others)}}
 
 
 _UNICODE_TO_BYTE = {c: b for b, c in _bytes_to_unicode().items()}
@@ -272,7 +265,14 @@ class _Handler:
         return self.tokenizer.encode(text, add_special_tokens=False)
 
     def sampling(self, req: _Request, prompt: list[int], max_tokens: int | None, logprobs: int | None, i: int):
+        if req.n > 1 and req.temperature <= 0:  # n identical answers are a mistake; vLLM refuses it too
+            raise OpenAIError(
+                400, f"n must be 1 when using greedy sampling, got {req.n} (temperature 0 is greedy).", "n"
+            )
         max_tokens = max_tokens if max_tokens is not None else self.backend.max_model_len - len(prompt)
+        if max_tokens < 1:  # chat without max_tokens: the prompt alone fills the context
+            limit = self.backend.max_model_len
+            raise OpenAIError(400, f"the prompt has {len(prompt)} tokens, no room left in {limit}", "messages")
         seed = None if req.seed is None else req.seed + i  # choice i of n gets its own stream
         params = SamplingParams(max_tokens, req.temperature, req.top_p, seed, logprobs, req.stop_list)
         try:
@@ -309,9 +309,13 @@ class _Handler:
         ]
         return ChoiceLogprobs(content=content)
 
+    def text(self, token_ids: list[int]) -> str:
+        """The completion text; a trailing incomplete UTF-8 character is not text yet (vLLM drops it too)."""
+        return self.tokenizer.decode(token_ids, skip_special_tokens=True).rstrip("\ufffd")
+
     def finish(self, result: GenerationResult, stops: tuple[str, ...]) -> tuple[str, str]:
         """``(text, finish_reason)`` after cutting the text at the earliest stop string."""
-        text = self.tokenizer.decode(result.token_ids, skip_special_tokens=True)
+        text = self.text(result.token_ids)
         text, stopped = cut_at_stop(text, stops)
         return text, ("stop" if stopped else result.finish_reason)
 
@@ -426,12 +430,12 @@ class _ChoiceStream:
         finished = isinstance(item, str)
         if not finished:
             self.ids.append(item.token_id)
-        text = self.h.tokenizer.decode(self.ids, skip_special_tokens=True)
+        text = self.h.text(self.ids)
         text, hit = cut_at_stop(text, self.params.stop)
         safe = len(text)
         if not finished and not hit:
             hold = max((len(s) - 1 for s in self.params.stop), default=0)
-            safe = max(self.sent, len(text.rstrip("\ufffd")) - hold)  # an incomplete UTF-8 tail waits too
+            safe = max(self.sent, len(text) - hold)
         delta, self.sent = text[self.sent : safe], max(self.sent, safe)
         reason = None
         if finished or hit:
