@@ -58,7 +58,15 @@ __all__ = [
 ]
 
 # Non-tensor keys that the rollout needs besides the prompt tensors (kept on the generation batch).
-_GEN_KEEP_NON_TENSOR = ("raw_prompt", "raw_prompt_ids", "multi_modal_data", "tools_kwargs", "interaction_kwargs")
+_GEN_KEEP_NON_TENSOR = (
+    "raw_prompt",
+    "raw_prompt_ids",
+    "multi_modal_data",
+    "tools_kwargs",
+    "interaction_kwargs",
+    "spd_draft_ids",  # the SPD rollout scores these draft tokens against the target's
+    "spd_target_ids",
+)
 
 
 def compute_response_mask(data: DataProto) -> torch.Tensor:
@@ -384,7 +392,7 @@ class RayPPOTrainer:
                 probe = batch.repeat(repeat_times=n, interleave=True).union(greedy_out)
                 baseline, _ = compute_reward(probe, self.reward_fn)
                 gen_out.batch["reward_baselines"] = baseline.sum(dim=-1)
-        for key in ("raw_prompt", "raw_prompt_ids", "tools_kwargs", "interaction_kwargs", "multi_modal_data"):
+        for key in _GEN_KEEP_NON_TENSOR:
             gen_out.non_tensor_batch.pop(key, None)
         return batch.repeat(repeat_times=n, interleave=True), gen_out
 

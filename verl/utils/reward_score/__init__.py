@@ -15,6 +15,8 @@ data_source                                                                 scor
 ``codecontests``, ``apps``, ``codeforces``, ``taco``                        SandboxFusion (needs a URL)
 ``hiyouga/geometry3k``                                                      ``geo3k``
 ``searchR1_*`` (seven sources)                                              ``search_r1_like_qa_em``
+``spd_scorer``                                                              ``spd_scorer_reward`` (remote target;
+                                                                            reads ``extra_info``)
 ==========================================================================  =================================
 
 Further sources can be added with :func:`register_data_source`.
@@ -52,6 +54,8 @@ _MODULE_BY_SOURCE: dict[str, str] = {
     "searchR1_musique": "search_r1_like_qa_em",
     "searchR1_bamboogle": "search_r1_like_qa_em",
 }
+# Scorers called as compute_score(data_source, solution_str, ground_truth, extra_info, **kwargs).
+_MODULE_WITH_EXTRA_INFO: dict[str, str] = {"spd_scorer": "spd_scorer_reward"}
 _MODULE_BY_PREFIX: tuple[tuple[str, str], ...] = (("aime", "math_dapo"),)
 CODE_DATA_SOURCES: frozenset[str] = frozenset({"codecontests", "apps", "codeforces", "taco", "phase0_code"})
 
@@ -84,7 +88,7 @@ def register_data_source(data_source: str, fn: Callable[..., Any] | None = None)
 
 def known_data_sources() -> list[str]:
     """Every exact data_source name with a scorer (prefix rules such as ``aime*`` are listed as patterns)."""
-    names = set(_MODULE_BY_SOURCE) | set(CODE_DATA_SOURCES) | set(_REGISTERED)
+    names = set(_MODULE_BY_SOURCE) | set(_MODULE_WITH_EXTRA_INFO) | set(CODE_DATA_SOURCES) | set(_REGISTERED)
     return sorted(names) + [prefix + "*" for prefix, _ in _MODULE_BY_PREFIX]
 
 
@@ -139,11 +143,11 @@ def default_compute_score(
         data_source: dataset name, e.g. ``"openai/gsm8k"``.
         solution_str: decoded response.
         ground_truth: reference answer (``reward_model.ground_truth`` of the sample).
-        extra_info: the sample's ``extra_info`` (passed on to registered scorers only).
+        extra_info: the sample's ``extra_info`` (passed on to registered scorers and ``spd_scorer``).
         sandbox_fusion_url: SandboxFusion endpoint, required for code sources.
         concurrent_semaphore: limits concurrent sandbox requests.
         memory_limit_mb: per-run memory limit in the sandbox.
-        **kwargs: passed on to registered scorers only.
+        **kwargs: passed on to registered scorers and ``spd_scorer``.
 
     Returns:
         A dict with ``"score"`` (returned unchanged) or a float (numbers, bools and the first element of tuples
@@ -158,6 +162,9 @@ def default_compute_score(
     """
     if data_source in _REGISTERED:
         result = _REGISTERED[data_source](solution_str, ground_truth, extra_info=extra_info, **kwargs)
+    elif data_source in _MODULE_WITH_EXTRA_INFO:
+        module = importlib.import_module(f"verl.utils.reward_score.{_MODULE_WITH_EXTRA_INFO[data_source]}")
+        result = module.compute_score(data_source, solution_str, ground_truth, extra_info, **kwargs)
     elif data_source in CODE_DATA_SOURCES:
         result = _score_code(
             solution_str, ground_truth, sandbox_fusion_url, concurrent_semaphore, memory_limit_mb, data_source

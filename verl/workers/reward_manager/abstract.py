@@ -80,6 +80,7 @@ def decode_samples(tokenizer: Any, data: DataProto, reward_fn_key: str = "data_s
     reward_model = _column(data, "reward_model")
     extra_infos = data.non_tensor_batch.get("extra_info")
     captured = _generation_logits_getter(data)
+    extra_columns = [k for k in data.meta_info.get("reward_extra_info_keys", ()) if k in data.non_tensor_batch]
     samples = []
     for i in range(len(data)):
         length = int(response_lengths[i])
@@ -90,6 +91,8 @@ def decode_samples(tokenizer: Any, data: DataProto, reward_fn_key: str = "data_s
         extra["rollout_reward_scores"] = rollout_scores[i] if rollout_scores is not None else {}
         if captured is not None:
             extra["generation_logits"] = captured(i)
+        for key in extra_columns:  # rollout columns a scorer needs (e.g. the SPD rollout's decisions)
+            extra[key] = data.non_tensor_batch[key][i]
         samples.append(
             RewardSample(
                 index=i,
