@@ -65,7 +65,12 @@ def init_ray(config) -> None:
 
 
 class TaskRunner:
-    """Builds the worker mapping, datasets and reward functions, then runs ``RayPPOTrainer``."""
+    """Builds the worker mapping, datasets and reward functions, then runs ``RayPPOTrainer``.
+
+    A recipe may set ``trainer_cls`` (class attribute) to a ``RayPPOTrainer`` subclass.
+    """
+
+    trainer_cls = None
 
     def __init__(self):
         self.role_worker_mapping: dict = {}
@@ -163,7 +168,7 @@ class TaskRunner:
         self.add_ref_policy_worker(config, actor_cls)
         self.add_reward_model_worker(config)
         init_ray(config)
-        trainer = RayPPOTrainer(
+        trainer = (self.trainer_cls or RayPPOTrainer)(
             config=config,
             tokenizer=tokenizer,
             processor=processor,

@@ -101,10 +101,20 @@ def build_tiny_tokenizer(seed: int = 0, vocab_target: int = 512):
     return hf_tok
 
 
-def build_tiny_model(out_dir: str | Path, seed: int = 0, spec: TinyModelSpec | None = None) -> Path:
+def build_tiny_model(
+    out_dir: str | Path,
+    seed: int = 0,
+    spec: TinyModelSpec | None = None,
+    weights_seed: int | None = None,
+    init_std: float | None = None,
+) -> Path:
     """Build and save the tiny tokenizer + Llama causal LM into ``out_dir``; returns the directory.
 
     Deterministic for a given ``seed`` and ``spec``: two builds produce identical tokenizer files and weights.
+    ``weights_seed`` (default ``seed``) draws other weights over the same tokenizer, e.g. a draft model for a
+    target built with the same ``seed`` (speculative decoding needs one vocabulary). ``init_std`` (default
+    transformers' 0.02) sets the weights' scale: at 0.02 an untrained model mostly repeats its last input token, so
+    two such models agree almost everywhere; a draft built with e.g. 0.2 disagrees with its target often.
     """
     import torch
     from transformers import GenerationConfig, LlamaConfig, LlamaForCausalLM
@@ -131,8 +141,9 @@ def build_tiny_model(out_dir: str | Path, seed: int = 0, spec: TinyModelSpec | N
         bos_token_id=ids["<|endoftext|>"],
         eos_token_id=ids["<|im_end|>"],
         pad_token_id=ids["<|pad|>"],
+        **({} if init_std is None else {"initializer_range": init_std}),
     )
-    torch.manual_seed(seed)
+    torch.manual_seed(seed if weights_seed is None else weights_seed)
     model = LlamaForCausalLM(config).to(torch.float32)
     model.generation_config = GenerationConfig(
         bos_token_id=config.bos_token_id,
@@ -151,7 +162,9 @@ def build_tiny_model(out_dir: str | Path, seed: int = 0, spec: TinyModelSpec | N
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description="Build a tiny tokenizer + Llama causal LM offline.")
     parser.add_argument("out_dir", help="directory to write the model and tokenizer into")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seed", type=int, default=0, help="seed of the tokenizer's corpus and of the weights")
+    parser.add_argument("--weights-seed", type=int, default=None, help="other weights, same tokenizer (draft models)")
+    parser.add_argument("--init-std", type=float, default=None, help="scale of the random weights (default 0.02)")
     parser.add_argument("--hidden-size", type=int, default=TinyModelSpec.hidden_size)
     parser.add_argument("--intermediate-size", type=int, default=TinyModelSpec.intermediate_size)
     parser.add_argument("--num-layers", type=int, default=TinyModelSpec.num_layers)
@@ -165,7 +178,9 @@ def main(argv: list[str] | None = None) -> None:
         num_heads=args.num_heads,
         num_kv_heads=args.num_kv_heads,
     )
-    out = build_tiny_model(args.out_dir, seed=args.seed, spec=spec)
+    out = build_tiny_model(
+        args.out_dir, seed=args.seed, spec=spec, weights_seed=args.weights_seed, init_std=args.init_std
+    )
     print(f"tiny model written to {out}")
 
 
