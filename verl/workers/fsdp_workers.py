@@ -452,6 +452,8 @@ class ActorRolloutRefWorker(_FSDPWorkerBase):
         else:
             output = self.rollout.generate_sequences(prompts)
         output.meta_info["timing"] = _gather_timing(time.perf_counter() - start)
+        if "aborted_rows" in output.meta_info:  # per-rank counts: summed so every rank's meta_info agrees
+            output.meta_info["aborted_rows"] = _sum_over_ranks(int(output.meta_info["aborted_rows"]))
         return output.to("cpu")
 
     def _generate_multiturn(self, prompts: DataProto) -> DataProto:
@@ -488,6 +490,13 @@ class ActorRolloutRefWorker(_FSDPWorkerBase):
         with _Offload(self.actor_module_fsdp, self.actor_optimizer, self.config.actor.fsdp_config):
             self.checkpoint_manager.load_checkpoint(local_path, hdfs_path, del_local_after_load)
         self._rollout_dirty = True
+
+
+def _sum_over_ranks(value: int) -> int:
+    total = torch.tensor([value], dtype=torch.int64)
+    if dist.is_initialized():
+        dist.all_reduce(total)
+    return int(total.item())
 
 
 def _gather_timing(elapsed: float) -> dict[str, float]:
