@@ -28,6 +28,7 @@ from verl.workers.rollout.logit_capture import (
     generation_logits_from_batch,
     sglang_sampling_kwargs,
     vllm_engine_kwargs,
+    vllm_logprob_token_ids,
     vllm_logprobs_mode,
     vllm_sampling_logprobs,
 )
@@ -208,6 +209,32 @@ def test_vllm_output_gives_the_same_capture_as_logits(raw):
     torch.testing.assert_close(got.logprobs, expected.logprobs, rtol=0, atol=1e-5)
 
 
+def _vllm_id_logprobs(values: torch.Tensor, tokens: torch.Tensor, ids: list[int]) -> list[dict[int, Logprob]]:
+    """vLLM 0.32's ``CompletionOutput.logprobs`` under ``logprob_token_ids=ids``: the sampled token first with its
+    true rank, then each requested id with its list position 1..n as ``rank`` (a later duplicate key wins)."""
+    out = []
+    for row, tok in zip(values, tokens.tolist()):
+        entries = {tok: Logprob(float(row[tok]), int((row > row[tok]).sum()) + 1, None)}
+        entries.update({t: Logprob(float(row[t]), r + 1, None) for r, t in enumerate(ids)})
+        out.append(entries)
+    return out
+
+
+@pytest.mark.parametrize("raw", [True, False])
+def test_vllm_per_id_output_gives_the_whole_vocabulary_capture(raw):
+    z = _logits(seed=9)
+    kw = {"temperature": T, "top_k": TOP_K, "top_p": TOP_P}  # filtered ids are -inf in both paths
+    logp = torch.log_softmax(z, -1) if raw else _reference_processed_logprobs(z, **kw)
+    tokens = logp.argmax(-1)
+    ids = (int(tokens[0]), 3, 30)  # the first sampled token is also a requested id
+    spec = CaptureSpec(mode="token_ids", ids=ids, raw=raw)
+    per_id = capture_from_vllm(tokens.tolist(), _vllm_id_logprobs(logp, tokens, list(ids)), spec, vocab_size=V)
+    whole = capture_from_vllm(tokens.tolist(), _vllm_logprobs(logp, tokens, V), spec, vocab_size=V)
+    torch.testing.assert_close(per_id.id_logprobs, whole.id_logprobs, rtol=0, atol=0)
+    torch.testing.assert_close(per_id.logprobs, whole.logprobs, rtol=0, atol=0)
+    torch.testing.assert_close(per_id.id_logprobs, capture_from_logits(z, tokens, spec, **kw).id_logprobs)
+
+
 def test_vllm_accepts_plain_floats_and_names_missing_ids():
     lps = [{4: -0.1, 2: -2.5}, {1: -0.3}]
     cap = capture_from_vllm([4, 1], lps, CaptureSpec())
@@ -225,7 +252,21 @@ def test_vllm_request_settings_follow_the_spec():
     assert vllm_logprobs_mode(CaptureSpec(mode="topk", k=3)) == "processed_logprobs"
     assert vllm_logprobs_mode(CaptureSpec(mode="full", raw=True)) == "raw_logits"
     assert vllm_logprobs_mode(CaptureSpec(mode="full")) == "processed_logits"
-    assert [vllm_sampling_logprobs(s, V) for s in _specs()] == [0, 4, -1, -1]
+    # Without per-id support (vLLM < 0.32) token_ids asks for the whole vocabulary, like full.
+    assert [vllm_sampling_logprobs(s, V, max_token_ids=0) for s in _specs()] == [0, 4, -1, -1]
+    # With it (vLLM 0.32: logprob_token_ids, at most 128 ids, logprobs == len(ids)) just the spec's ids.
+    assert [vllm_sampling_logprobs(s, V, max_token_ids=128) for s in _specs()] == [0, 4, 2, -1]
+    assert [vllm_logprob_token_ids(s, max_token_ids=128) for s in _specs()] == [None, None, [1, 2], None]
+    many = CaptureSpec(mode="token_ids", ids=tuple(range(129)))  # over the limit: the whole-vocabulary fallback
+    assert vllm_logprob_token_ids(many, max_token_ids=128) is None
+    assert vllm_sampling_logprobs(many, 200, max_token_ids=128) == -1
+    assert vllm_engine_kwargs(many, 200, max_token_ids=128)["max_logprobs"] == -1
+    assert vllm_logprob_token_ids(CaptureSpec(mode="token_ids", ids=(2, 7)), max_token_ids=0) is None
+    # max_logprobs admits the request without opening the whole vocabulary.
+    assert vllm_engine_kwargs(CaptureSpec(mode="token_ids", ids=(2, 7)), V, max_token_ids=128) == {
+        "logprobs_mode": "processed_logprobs",
+        "max_logprobs": 20,
+    }
     assert vllm_engine_kwargs(CaptureSpec(mode="topk", k=50), 100) == {
         "logprobs_mode": "processed_logprobs",
         "max_logprobs": 50,

@@ -262,6 +262,47 @@ def test_logit_capture_matches_teacher_forcing_and_modes_agree(engine, hf, monke
     assert torch.allclose(full_lp[mask], torch.log_softmax(logits, -1)[mask], atol=1e-4)
 
 
+@pytest.mark.vllm
+def test_token_ids_per_id_request_equals_the_whole_vocabulary_request(engine, hf, monkeypatch):
+    """token_ids capture through SamplingParams.logprob_token_ids (vLLM >= 0.32) gives the values of the
+    whole-vocabulary fallback (logprobs=-1) on the same seeded request, in generate_sequences and the turn engine."""
+    from verl.workers.rollout import logit_capture
+    from verl.workers.rollout.logit_capture import CaptureSpec
+
+    if logit_capture.vllm_max_logprob_token_ids() == 0:
+        pytest.skip("the installed vLLM has no SamplingParams.logprob_token_ids")
+    _, tok = hf
+    yes = tok.encode("yes", add_special_tokens=False)[0]
+    spec = CaptureSpec("token_ids", ids=(5, 17, 300, yes))
+    monkeypatch.setattr(engine, "capture", spec)
+    sent, run = [], engine._run
+    monkeypatch.setattr(engine, "_run", lambda prompts, params: sent.append(params) or run(prompts, params))
+    sampling = {"do_sample": True, "temperature": 0.8, "top_p": 0.9, "top_k": 20, "seed": 3}
+
+    def both() -> tuple:
+        out = engine.generate_sequences(_prompts(tok, seed=11, temperature=0.8, top_k=20, top_p=0.9))
+        turns = engine.turn_engine(tok, tok.pad_token_id, tok.eos_token_id, spec)
+        prompt_ids = [tok.encode(t) for t in TEXTS]
+        return out, turns.generate(prompt_ids, [R] * len(TEXTS), sampling)
+
+    fast, fast_turns = both()
+    assert all(p.logprob_token_ids == list(spec.ids) and p.logprobs == spec.n for ps in sent for p in ps)
+    sent.clear()
+    monkeypatch.setattr(logit_capture, "vllm_max_logprob_token_ids", lambda: 0)  # the pre-0.32 path
+    whole, whole_turns = both()
+    assert all(p.logprob_token_ids is None and p.logprobs == -1 for ps in sent for p in ps)
+
+    assert torch.equal(fast.batch["responses"], whole.batch["responses"])
+    got, want = fast.batch["rollout_token_id_logprobs"], whole.batch["rollout_token_id_logprobs"]
+    assert torch.isinf(want).any() and torch.isfinite(want).any()  # top_k=20 filters some of the ids
+    torch.testing.assert_close(got, want, atol=1e-6, rtol=0)
+    torch.testing.assert_close(fast.batch["rollout_log_probs"], whole.batch["rollout_log_probs"], atol=1e-6, rtol=0)
+    for (ids_a, cap_a), (ids_b, cap_b) in zip(fast_turns, whole_turns, strict=True):
+        assert ids_a == ids_b
+        torch.testing.assert_close(cap_a.id_logprobs, cap_b.id_logprobs, atol=1e-6, rtol=0)
+        torch.testing.assert_close(cap_a.logprobs, cap_b.logprobs, atol=1e-6, rtol=0)
+
+
 # ---------------------------------------------------------------- multi-turn through the vLLM turn engine
 class _Recording:
     """Wraps a TurnEngine: caps turns at 6 tokens (the untrained model rarely emits EOS) and records each turn."""

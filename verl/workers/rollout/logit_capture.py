@@ -33,8 +33,10 @@ Per engine:
 * hf: ``generate(..., output_logits=True)`` returns raw logits; :func:`capture_from_logits` applies the processing.
 * vLLM: ``logprobs_mode`` is an engine-level setting and must match ``spec.raw``: :func:`vllm_engine_kwargs` gives
   it (``raw_logprobs`` / ``processed_logprobs``, or ``*_logits`` in full mode) with ``max_logprobs``;
-  :func:`vllm_sampling_logprobs` gives ``SamplingParams.logprobs``. token_ids mode asks for the whole vocabulary
-  (vLLM 0.11 has no per-id request).
+  :func:`vllm_sampling_logprobs` gives ``SamplingParams.logprobs``. token_ids mode asks for exactly ``spec.ids``
+  through ``SamplingParams.logprob_token_ids`` (:func:`vllm_logprob_token_ids`) where the installed vLLM has it
+  (0.32: at most 128 ids, with ``logprobs == len(ids)``); otherwise (older vLLM, more ids) for the whole vocabulary.
+  Both paths read the same tensor in vLLM's sampler, so they give identical values.
 * SGLang: :func:`sglang_sampling_kwargs` gives the request arguments. SGLang 0.5.x returns ``log_softmax(z / T)``
   without top-k/top-p renormalisation, so ``raw=False`` matches only with ``top_k=-1, top_p=1``; ``raw=True`` needs
   the server started with ``SGLANG_RETURN_ORIGINAL_LOGPROB=1`` (``RETURN_ORIGINAL_LOGPROB=1`` on 0.5.2).
@@ -45,6 +47,7 @@ Per-sample, per-turn captures are :class:`TokenCapture`; :func:`captures_to_tens
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -67,7 +70,9 @@ __all__ = [
     "processed_logits",
     "sglang_sampling_kwargs",
     "vllm_engine_kwargs",
+    "vllm_logprob_token_ids",
     "vllm_logprobs_mode",
+    "vllm_max_logprob_token_ids",
     "vllm_sampling_logprobs",
 ]
 
@@ -318,17 +323,49 @@ def vllm_logprobs_mode(spec: CaptureSpec) -> str:
     return f"{'raw' if spec.raw else 'processed'}_{kind}"
 
 
-def vllm_sampling_logprobs(spec: CaptureSpec, vocab_size: int) -> int:
-    """``SamplingParams.logprobs`` to request: 0 (logprob), k (topk), -1 = whole vocabulary (token_ids, full)."""
+@functools.lru_cache(maxsize=1)
+def vllm_max_logprob_token_ids() -> int:
+    """How many ids the installed vLLM's ``SamplingParams.logprob_token_ids`` takes (0: no such field, no vLLM).
+
+    The field must exist and the v1 sampler must gather it (``Sampler.gather_specific_token_logprobs``); the limit is
+    ``vllm.sampling_params.MAX_LOGPROB_TOKEN_IDS`` (128 in vLLM 0.32)."""
+    try:
+        import vllm.sampling_params as sampling_params
+        from vllm.v1.sample.sampler import Sampler
+    except Exception:  # no vLLM, or a build whose v1 sampler does not import here
+        return 0
+    fields = getattr(sampling_params.SamplingParams, "__struct_fields__", ())
+    if "logprob_token_ids" not in fields or not hasattr(Sampler, "gather_specific_token_logprobs"):
+        return 0
+    return int(getattr(sampling_params, "MAX_LOGPROB_TOKEN_IDS", 128))
+
+
+def vllm_logprob_token_ids(spec: CaptureSpec, max_token_ids: int | None = None) -> list[int] | None:
+    """``SamplingParams.logprob_token_ids`` for ``spec``: ``list(spec.ids)`` in token_ids mode when vLLM can serve
+    them per id, else None (other modes, or the whole-vocabulary fallback).
+
+    ``max_token_ids``: the engine's limit (default :func:`vllm_max_logprob_token_ids`, 0 = unsupported)."""
+    if spec.mode != "token_ids":
+        return None
+    limit = vllm_max_logprob_token_ids() if max_token_ids is None else max_token_ids
+    return list(spec.ids) if 0 < spec.n <= limit else None
+
+
+def vllm_sampling_logprobs(spec: CaptureSpec, vocab_size: int, max_token_ids: int | None = None) -> int:
+    """``SamplingParams.logprobs`` to request: 0 (logprob), k (topk), ``len(spec.ids)`` (token_ids served per id,
+    see :func:`vllm_logprob_token_ids`, which vLLM requires to equal ``logprobs``), -1 = whole vocabulary (full, and
+    token_ids without per-id support)."""
     _check_ids(spec, vocab_size)
     if spec.mode == "topk" and spec.k > vocab_size:
         raise ValueError(f"{_KEY}.k={spec.k} exceeds the vocabulary size {vocab_size}")
+    if vllm_logprob_token_ids(spec, max_token_ids) is not None:
+        return spec.n
     return {"logprob": 0, "topk": spec.k}.get(spec.mode, -1)
 
 
-def vllm_engine_kwargs(spec: CaptureSpec, vocab_size: int) -> dict[str, Any]:
+def vllm_engine_kwargs(spec: CaptureSpec, vocab_size: int, max_token_ids: int | None = None) -> dict[str, Any]:
     """Engine arguments: ``logprobs_mode`` and a ``max_logprobs`` that admits the request (-1 = whole vocab)."""
-    requested = vllm_sampling_logprobs(spec, vocab_size)
+    requested = vllm_sampling_logprobs(spec, vocab_size, max_token_ids)
     return {"logprobs_mode": vllm_logprobs_mode(spec), "max_logprobs": -1 if requested < 0 else max(20, requested)}
 
 
@@ -340,8 +377,10 @@ def capture_from_vllm(
 ) -> TokenCapture:
     """Capture from a vLLM ``CompletionOutput``'s ``token_ids`` and ``logprobs`` (one ``{token_id: Logprob}`` per token).
 
-    Each dict holds the top-N plus the sampled token (N or N+1 entries); a ``Logprob`` has ``.logprob``, ``.rank``
-    and ``.decoded_token`` (plain floats are accepted too). The engine's ``logprobs_mode`` must be
+    Each dict holds the top-N plus the sampled token (N or N+1 entries), or, with ``logprob_token_ids``, the
+    requested ids plus the sampled token (those ids' ``.rank`` are their list positions 1..n, not ranks; only their
+    values are read); a ``Logprob`` has ``.logprob``, ``.rank`` and ``.decoded_token`` (plain floats are accepted
+    too). The engine's ``logprobs_mode`` must be
     :func:`vllm_logprobs_mode` of the spec. In full mode every dict holds all ``vocab_size`` entries (default: the
     size of the first dict) and its values are logits.
     """

@@ -6,7 +6,8 @@ stops it, and it behaves like ``HFTurnEngine``: each prompt gets at most its own
 ``log_softmax(logits)``, sampled ones the distribution they were drawn from, or the raw logits with ``spec.raw``).
 
 Capture needs the engine started for it: vLLM's ``logprobs_mode`` is an engine setting, so the spec's
-(``vllm_logprobs_mode``) must be the engine's, and ``max_logprobs`` must admit what the spec requests. The
+(``vllm_logprobs_mode``) must be the engine's, and ``max_logprobs`` must admit what the spec requests (token_ids:
+``len(ids)`` when served through ``logprob_token_ids``, else the whole vocabulary). The
 logprob-only spec the hybrid worker builds for ``calculate_log_probs`` asks for ``logprobs=0`` and matches the
 engine that ``rollout.logprobs_mode`` started. A mismatch is refused when the turn engine is built, before any
 generation.
@@ -31,20 +32,20 @@ __all__ = ["VLLMTurnEngine"]
 _CALL_STRIDE = 1_000_003  # > any batch size: seeds of different calls never collide
 
 
-def _turn_logprobs(spec: CaptureSpec, adapter: ServerAdapter) -> int:
-    """``SamplingParams.logprobs`` for ``spec``, after checking the running engine can serve it."""
-    from verl.workers.rollout.logit_capture import vllm_logprobs_mode, vllm_sampling_logprobs
+def _turn_logprobs(spec: CaptureSpec, adapter: ServerAdapter) -> tuple[int, list[int] | None]:
+    """``SamplingParams.logprobs`` and ``logprob_token_ids`` for ``spec``, after checking the engine can serve them."""
+    from verl.workers.rollout import logit_capture as lc
 
     model_config = adapter.llm.llm_engine.model_config
     have_mode, have_max = str(model_config.logprobs_mode), int(model_config.max_logprobs)
-    want_mode = vllm_logprobs_mode(spec)
+    want_mode = lc.vllm_logprobs_mode(spec)
     if have_mode != want_mode:
         raise ValueError(
             f"multi-turn capture {spec.mode!r} (raw={spec.raw}) needs vLLM logprobs_mode={want_mode!r}, but the "
             f"engine runs {have_mode!r}; set actor_rollout_ref.rollout.logprobs_mode (or logit_capture) so they agree "
             "(the engine is started from them)"
         )
-    requested = vllm_sampling_logprobs(spec, adapter.vocab_size)
+    requested = lc.vllm_sampling_logprobs(spec, adapter.vocab_size)
     if have_max != -1 and (requested == -1 or requested > have_max):
         wanted = "the whole vocabulary (-1)" if requested == -1 else str(requested)
         raise ValueError(
@@ -52,7 +53,7 @@ def _turn_logprobs(spec: CaptureSpec, adapter: ServerAdapter) -> int:
             f"with max_logprobs={have_max}; enable actor_rollout_ref.rollout.logit_capture with this mode (or set "
             "engine_kwargs.vllm.max_logprobs)"
         )
-    return requested
+    return requested, lc.vllm_logprob_token_ids(spec)
 
 
 class VLLMTurnEngine:
@@ -82,7 +83,8 @@ class VLLMTurnEngine:
         self.pad_token_id = int(pad_token_id)
         self.eos_token_id = int(eos_token_id)
         self.capture_spec = capture_spec
-        self._logprobs = None if capture_spec is None else _turn_logprobs(capture_spec, adapter)
+        requests = (None, None) if capture_spec is None else _turn_logprobs(capture_spec, adapter)
+        self._logprobs, self._token_ids = requests  # SamplingParams.logprobs / .logprob_token_ids
         self._calls = 0
 
     def _request(self, sampling: dict, response_length: int) -> SamplingRequest:
@@ -118,7 +120,9 @@ class VLLMTurnEngine:
         req = self._request(sampling, max(max_new_tokens, default=0))
         self._calls += 1
         rows = [i for i, budget in enumerate(max_new_tokens) if budget > 0]  # vLLM refuses max_tokens=0
-        params = [self.adapter._sampling_params(req, i, self._logprobs, max_new_tokens[i]) for i in rows]
+        params = [
+            self.adapter._sampling_params(req, i, self._logprobs, max_new_tokens[i], self._token_ids) for i in rows
+        ]
         tokens, logprobs, _aborted = self.adapter._run([prompt_ids[i] for i in rows], params)
         generated: dict[int, tuple[list[int], list]] = dict(zip(rows, zip(tokens, logprobs, strict=True)))
         results: list[tuple[list[int], TokenCapture | None]] = []

