@@ -50,24 +50,18 @@ from typing import Any
 import numpy as np
 import torch
 
-# tensordict (>= 0.15) imports torch._dynamo, which writes TORCHINDUCTOR_CACHE_DIR into os.environ. Importing the
-# protocol must leave the user's environment as it was, so the variable is restored (its value is inductor's
-# default anyway).
-_INDUCTOR_CACHE_DIR = os.environ.get("TORCHINDUCTOR_CACHE_DIR")
-import tensordict  # noqa: E402
-from tensordict import TensorDict  # noqa: E402
-
-from verl.utils import tensordict_utils as tu  # noqa: E402
-from verl.utils.py_functional import append_to_dict  # noqa: E402
-from verl.utils.tensordict_utils import as_index_array, deep_equal, deserialize_tensordict, serialize_tensordict  # noqa: E402
-from verl.utils.tensordict_utils import deserialize_single_tensor as deserialize_single_tensor  # noqa: E402  (re-export)
-from verl.utils.tensordict_utils import rows_to_object_array as _object_array  # noqa: E402
-from verl.utils.tensordict_utils import serialize_single_tensor as serialize_single_tensor  # noqa: E402  (re-export)
-
-if _INDUCTOR_CACHE_DIR is None:
-    os.environ.pop("TORCHINDUCTOR_CACHE_DIR", None)
-else:
-    os.environ["TORCHINDUCTOR_CACHE_DIR"] = _INDUCTOR_CACHE_DIR
+from verl.utils import tensordict_utils as tu  # imports tensordict without touching os.environ (see there)
+from verl.utils.py_functional import append_to_dict
+from verl.utils.tensordict_utils import (
+    TensorDict,
+    as_index_array,
+    deep_equal,
+    deserialize_tensordict,
+    serialize_tensordict,
+)
+from verl.utils.tensordict_utils import deserialize_single_tensor as deserialize_single_tensor  # re-export
+from verl.utils.tensordict_utils import rows_to_object_array as _object_array
+from verl.utils.tensordict_utils import serialize_single_tensor as serialize_single_tensor  # re-export
 
 __all__ = ["DataProto", "union_tensor_dict"]
 
@@ -311,9 +305,9 @@ class DataProto:
         tensors, non_tensors, meta = {}, {}, dict(meta_info or {})
         for key in tensor_dict.keys():
             val = tensor_dict.get(key)
-            if isinstance(val, tensordict.NonTensorStack):
+            if isinstance(val, tu.NonTensorStack):
                 non_tensors[key] = _object_array(val.tolist())
-            elif isinstance(val, tensordict.NonTensorData):
+            elif isinstance(val, tu.NonTensorData):
                 meta[key] = val.data
             else:
                 tensors[key] = val

@@ -13,13 +13,38 @@ equality used when merging batches; ``verl.protocol`` re-exports both.
 
 from __future__ import annotations
 
+import importlib
 import math
+import os
 from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
 
 import numpy as np
 import torch
-from tensordict import NonTensorData, NonTensorStack, TensorDict
+
+
+def _import_tensordict() -> Any:
+    """Import tensordict leaving ``os.environ`` as it was.
+
+    tensordict (>= 0.15) imports torch._dynamo, which writes TORCHINDUCTOR_CACHE_DIR (inductor's default value) into
+    the environment; importing verl must change no environment variable, so the old state is put back.
+    """
+    saved = os.environ.get("TORCHINDUCTOR_CACHE_DIR")
+    try:
+        return importlib.import_module("tensordict")
+    finally:
+        if saved is None:
+            os.environ.pop("TORCHINDUCTOR_CACHE_DIR", None)
+        else:
+            os.environ["TORCHINDUCTOR_CACHE_DIR"] = saved
+
+
+_tensordict = _import_tensordict()
+NonTensorData, NonTensorStack, TensorDict = (
+    _tensordict.NonTensorData,
+    _tensordict.NonTensorStack,
+    _tensordict.TensorDict,
+)
 
 __all__ = [
     "TensorDictError",
