@@ -280,6 +280,20 @@ def get_unpad_data(attention_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Te
     return indices, cu_seqlens, int(seqlens.max().item()) if seqlens.numel() else 0
 
 
+def leading_pad_columns(attention_mask: torch.Tensor) -> int:
+    """How many leading columns are padding in every row (0 when some row starts with a real token).
+
+    Prompts are left-padded to ``data.max_prompt_length``; when a batch's longest prompt is shorter, its first
+    columns hold no token at all. A causal LM's outputs at the real positions do not depend on fully masked
+    columns, so dropping them gives the same values for less compute.
+    """
+    if attention_mask.numel() == 0:
+        return 0
+    any_real = attention_mask.reshape(-1, attention_mask.size(-1)).bool().any(dim=0)
+    first = int(torch.argmax(any_real.to(torch.int8)).item())
+    return first if bool(any_real[first]) else 0
+
+
 # ---------------------------------------------------------------------------------------------------------------------
 # padding, truncation and tokenisation
 # ---------------------------------------------------------------------------------------------------------------------

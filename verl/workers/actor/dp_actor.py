@@ -38,6 +38,7 @@ from verl.utils.seqlen_balancing import prepare_dynamic_batch, restore_dynamic_b
 from verl.utils.torch_functional import (
     entropy_from_logits,
     entropy_from_logits_with_chunking,
+    leading_pad_columns,
     logprobs_from_logits,
     response_mask_of,
 )
@@ -82,7 +83,9 @@ def forward_logits(module: nn.Module, micro_batch: DataProto) -> torch.Tensor:
             rope variants) and optional non-tensor ``multi_modal_inputs`` (one dict of tensors per row).
 
     Returns:
-        ``(b, T, V)`` logits (``(b, T, 1)`` or ``(b, T)`` for a value model).
+        ``(b, T', V)`` logits (``(b, T', 1)`` or ``(b, T')`` for a value model) of the last ``T' <= T`` positions:
+        leading columns that are padding in every row are not computed (``leading_pad_columns``; the outputs at
+        real positions do not depend on them), so callers index from the end, as the response is.
     """
     batch = micro_batch.batch
     extra: dict[str, torch.Tensor] = {}
@@ -91,10 +94,13 @@ def forward_logits(module: nn.Module, micro_batch: DataProto) -> torch.Tensor:
         # Per-row dicts of vision tensors are concatenated along their first dim, as processors emit them.
         for key in mm[0]:
             extra[key] = torch.cat([row[key] for row in mm], dim=0).to(batch["input_ids"].device)
+    attention_mask = batch["attention_mask"]
+    # Vision inputs are laid out against the full prompt, so their rows keep every column.
+    skip = 0 if mm is not None else leading_pad_columns(attention_mask)
     output = module(
-        input_ids=batch["input_ids"],
-        attention_mask=batch["attention_mask"],
-        position_ids=batch["position_ids"],
+        input_ids=batch["input_ids"][..., skip:],
+        attention_mask=attention_mask[..., skip:],
+        position_ids=batch["position_ids"][..., skip:],
         use_cache=False,
         **extra,
     )

@@ -38,7 +38,7 @@ from torch import nn
 from transformers import GenerationConfig
 
 from verl.protocol import DataProto
-from verl.utils.torch_functional import get_response_mask, pad_sequence_to_length
+from verl.utils.torch_functional import get_response_mask, leading_pad_columns, pad_sequence_to_length
 from verl.workers.config import RolloutConfig
 from verl.workers.rollout.base import BaseRollout
 from verl.workers.rollout.logit_capture import (
@@ -238,8 +238,14 @@ class HFRollout(BaseRollout):
         need_logits = want_log_probs or self.capture_spec is not None
         gen_config = self._generation_config(params, response_length, eos, pad, need_logits=need_logits)
         seed = meta.get("seed")
+        # Columns that are padding in every prompt change nothing but the cost of each step: generate without them.
+        skip = leading_pad_columns(attention_mask)
         new_tokens, raw_logits = self._generate_with_logits(
-            idx, attention_mask, position_ids, gen_config, None if seed is None else int(seed) + index
+            idx[..., skip:],
+            attention_mask[..., skip:],
+            position_ids[..., skip:],
+            gen_config,
+            None if seed is None else int(seed) + index,
         )
 
         responses = pad_sequence_to_length(new_tokens, response_length, pad)  # (bs, R)
