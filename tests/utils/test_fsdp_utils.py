@@ -62,11 +62,22 @@ def _check_full_state_dict(model, reference) -> dict:
     expected = reference.state_dict()
     rank0_only = get_full_state_dict(model, cpu_offload=True)
     everywhere = get_full_state_dict(model, cpu_offload=False)
+    state_dict_keys = sorted(everywhere)
     out = {
         "offload_keys": len(rank0_only),
         "all_keys": len(everywhere),
+        "state_dict_keys": state_dict_keys,
         "full_matches": all(torch.equal(v, expected[k]) for k, v in everywhere.items()),
     }
+    from verl.utils.fsdp_utils import full_params, is_fsdp2_module
+
+    with full_params(model) as state:  # the rollout's weight sync: unshard() on FSDP2, the state dict otherwise
+        out["full_params_keys"] = sorted(state)
+        out["full_params_match"] = all(torch.equal(v, everywhere[k]) for k, v in state.items())
+        # FSDP2 takes the unshard() path: inside the block the module itself holds plain full tensors
+        out["unsharded_inside"] = all(type(p).__name__ != "DTensor" for p in model.parameters())
+    if is_fsdp2_module(model):  # resharded on exit: forward and optimizer see DTensor shards again
+        out["resharded"] = all(type(p).__name__ == "DTensor" for p in model.parameters())
     with torch.no_grad():
         for p in model.parameters():
             p.add_(1.0)  # corrupt, then restore from rank 0's copy
@@ -201,6 +212,9 @@ def test_full_state_dict_round_trip(strategy, request):
     assert rank1["all_keys"] == rank0["all_keys"]
     for r in (rank0, rank1):
         assert r["full_matches"] and r["restored"]
+        assert r["full_params_match"] and r["full_params_keys"] == r["state_dict_keys"]
+        if strategy == "fsdp2":
+            assert r["unsharded_inside"] and r["resharded"] is True
 
 
 @pytest.mark.slow

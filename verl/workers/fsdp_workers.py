@@ -411,16 +411,18 @@ class ActorRolloutRefWorker(_FSDPWorkerBase):
         """Copy the current (gathered) actor weights into the rollout's unsharded module if they changed."""
         if not self._rollout_dirty or self.actor_module_fsdp is None:
             return
-        with _Offload(self.actor_module_fsdp, None, self.config.actor.fsdp_config):
-            state = fsdp_utils.get_full_state_dict(self.actor_module_fsdp, cpu_offload=False)
-        if getattr(self.rollout, "module", None) is not self.rollout_module:
-            # Engines with their own copy of the weights (vllm, sglang): stream the actor's, bucketed.
-            import asyncio
+        with (
+            _Offload(self.actor_module_fsdp, None, self.config.actor.fsdp_config),
+            fsdp_utils.full_params(self.actor_module_fsdp) as state,
+        ):
+            if getattr(self.rollout, "module", None) is not self.rollout_module:
+                # Engines with their own copy of the weights (vllm, sglang): stream the actor's, bucketed.
+                import asyncio
 
-            asyncio.run(self.rollout.update_weights(iter(state.items())))
-            self._rollout_dirty = False
-            return
-        result = self.rollout_module.load_state_dict(state, strict=False)
+                asyncio.run(self.rollout.update_weights(iter(state.items())))
+                self._rollout_dirty = False
+                return
+            result = self.rollout_module.load_state_dict(state, strict=False)
         tied = {k for k, _ in self.rollout_module.named_parameters(remove_duplicate=False)} - {
             k for k, _ in self.rollout_module.named_parameters()
         }
