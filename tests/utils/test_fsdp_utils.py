@@ -134,7 +134,10 @@ def _run_rank(rank: int, world: int, port: int, strategy: str, model_dir: str, o
     from verl.utils.hf_models import build_causal_lm
 
     reference = build_causal_lm(model_dir)
-    model = wrap_model(build_causal_lm(model_dir), strategy, {}, create_device_mesh(world))
+    # Named block classes: one unit per decoder layer even for this small model (the default would make it one).
+    layer_cls = type(reference.model.layers[0]).__name__
+    config = {"wrap_policy": {"transformer_layer_cls_to_wrap": [layer_cls]}}
+    model = wrap_model(build_causal_lm(model_dir), strategy, config, create_device_mesh(world))
     x = _batch(reference.config.vocab_size)
     results = _check_wrapping(model, reference, x, strategy)
     results.update(_check_clipping(model, reference, x, strategy))
@@ -365,3 +368,21 @@ def test_mixed_precision_defaults_to_fp32_on_cpu_and_accepts_explicit_dtypes():
     assert mixed_precision_dtypes(explicit) == (torch.bfloat16, torch.float32, torch.float32)
     with pytest.raises(ValueError, match="Unknown dtype"):
         mixed_precision_dtypes({"mixed_precision": {"param_dtype": "fp8"}})
+
+
+def test_fsdp2_units_follow_the_wrap_policy_and_small_models_are_one_unit(tiny_model_dir, monkeypatch):
+    from verl.utils import fsdp_utils
+    from verl.utils.hf_models import build_causal_lm
+
+    model = build_causal_lm(tiny_model_dir)
+    layers = list(model.model.layers)
+    n_params = sum(p.numel() for p in model.parameters())
+    assert n_params < fsdp_utils.SINGLE_UNIT_MAX_PARAMS
+    assert fsdp_utils.fsdp2_blocks(model, {}) == []  # verl's defaults on a small model: the root is the only unit
+    named = {"wrap_policy": {"transformer_layer_cls_to_wrap": [type(layers[0]).__name__]}}
+    assert fsdp_utils.fsdp2_blocks(model, named) == layers
+    per_layer = sum(p.numel() for p in layers[0].parameters())
+    assert fsdp_utils.fsdp2_blocks(model, {"wrap_policy": {"min_num_params": per_layer}}) == layers
+    assert fsdp_utils.fsdp2_blocks(model, {"wrap_policy": {"min_num_params": per_layer + 1}}) == []
+    monkeypatch.setattr(fsdp_utils, "SINGLE_UNIT_MAX_PARAMS", n_params)  # a model at the threshold: per layer
+    assert fsdp_utils.fsdp2_blocks(model, {"wrap_policy": {"min_num_params": 0}}) == layers

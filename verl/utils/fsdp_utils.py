@@ -5,7 +5,8 @@ Two wrapping paths are supported and both run on CPU with ``gloo``:
 * ``strategy=fsdp``  -> FSDP1 (``FullyShardedDataParallel``). On CPU, ``sync_module_states`` must stay off and full
   state dicts must not ask for ``cpu_offload`` (torch raises or segfaults); every rank loads the same weights from
   disk, so no synchronisation is needed anyway.
-* ``strategy=fsdp2`` -> FSDP2 (``fully_shard`` on every decoder layer, then on the root).
+* ``strategy=fsdp2`` -> FSDP2 (``fully_shard`` on every decoder layer, then on the root; models under
+  ``SINGLE_UNIT_MAX_PARAMS`` parameters are one unit, see ``fsdp2_blocks``).
 
 Parameter and optimizer offload only mean something when parameters live on an accelerator: on CPU they are
 no-ops (the workers log a line saying so).
@@ -146,24 +147,50 @@ def create_device_mesh(world_size: int, fsdp_size: int = -1):
     return init_device_mesh(device, (world_size // fsdp_size, fsdp_size), mesh_dim_names=("ddp", "fsdp"))
 
 
+# Below this many parameters a model is one FSDP2 unit (see ``apply_fsdp2``).
+SINGLE_UNIT_MAX_PARAMS = 10_000_000
+
+
+def fsdp2_blocks(model: nn.Module, config: Any = None) -> list[nn.Module]:
+    """The submodules ``apply_fsdp2`` gives their own FSDP unit (the root is always one).
+
+    * ``wrap_policy.transformer_layer_cls_to_wrap`` set: every block of those classes;
+    * ``wrap_policy.min_num_params > 0``: the transformer blocks with at least that many parameters (FSDP1's
+      size-based policy, applied per block);
+    * neither (verl's defaults): every transformer block, unless the whole model has fewer than
+      ``SINGLE_UNIT_MAX_PARAMS`` parameters. Units exist to bound the memory of gathered weights; for a model that
+      small the whole of it costs a few MB, while every extra unit costs an all-gather in forward and in backward
+      and a reduce-scatter, which on such models is most of the step. One unit computes the same numbers.
+    """
+    policy = cfg_get(config, "wrap_policy", None)
+    names = cfg_get(policy, "transformer_layer_cls_to_wrap", None)
+    min_num_params = int(cfg_get(policy, "min_num_params", 0) or 0)
+    layer_classes = tuple(get_layer_classes(model, names))
+    blocks = [m for m in model.modules() if layer_classes and isinstance(m, layer_classes)]
+    if names:
+        return blocks
+    if min_num_params > 0:
+        return [b for b in blocks if sum(p.numel() for p in b.parameters()) >= min_num_params]
+    if sum(p.numel() for p in model.parameters()) < SINGLE_UNIT_MAX_PARAMS:
+        return []
+    return blocks
+
+
 def apply_fsdp2(model: nn.Module, fsdp_kwargs: dict, config: Any = None) -> nn.Module:
-    """Shard ``model`` in place with FSDP2: every transformer block first, then the root.
+    """Shard ``model`` in place with FSDP2: the blocks of :func:`fsdp2_blocks` first, then the root.
 
     Args:
         model: the HF module (unwrapped).
         fsdp_kwargs: keyword arguments for ``fully_shard`` (``mesh``, ``mp_policy``, ``offload_policy``,
             ``reshard_after_forward``).
-        config: the ``fsdp_config`` node; ``wrap_policy.transformer_layer_cls_to_wrap`` overrides the block classes.
+        config: the ``fsdp_config`` node (its ``wrap_policy``).
 
     Returns:
         The same module, now an ``FSDPModule``.
     """
     from torch.distributed.fsdp import fully_shard
 
-    names = cfg_get(cfg_get(config, "wrap_policy", None), "transformer_layer_cls_to_wrap", None)
-    layer_classes = tuple(get_layer_classes(model, names))
-    blocks = [m for m in model.modules() if layer_classes and isinstance(m, layer_classes)]
-    for block in blocks:
+    for block in fsdp2_blocks(model, config):
         fully_shard(block, **fsdp_kwargs)
     fully_shard(model, **fsdp_kwargs)
     return model
