@@ -258,6 +258,30 @@ def test_multiturn_dialog_example_with_logit_capture_trains(engine, tmp_path, ti
     assert any(abs(v * 4 - round(v * 4)) > 1e-6 for v in scores), scores
 
 
+def test_skipping_the_on_policy_old_log_prob_pass_changes_no_number(tmp_path, tiny_model_dir, ray_cluster, monkeypatch):
+    """One mini-batch, one epoch: the update's own forward replaces the old-log-prob pass, with the same results."""
+    on_policy = [
+        "actor_rollout_ref.actor.ppo_mini_batch_size=4",  # = train_batch_size: one mini-batch
+        "actor_rollout_ref.actor.use_kl_loss=True",
+        "actor_rollout_ref.actor.kl_loss_coef=0.01",
+    ]
+    runs = {}
+    for run, skip in (("pass", "False"), ("skip", "True")):
+        extra = [*on_policy, f"actor_rollout_ref.actor.skip_on_policy_old_log_prob={skip}"]
+        runs[run] = _run(
+            _overrides(tmp_path / run, tiny_model_dir, "grpo", 3, extra), tmp_path / f"{run}.jsonl", monkeypatch
+        )
+    assert all("timing_s/old_log_prob" in r["data"] for r in runs["pass"])
+    assert not any("timing_s/old_log_prob" in r["data"] for r in runs["skip"])  # the pass really was skipped
+    for key in ("actor/pg_loss", "actor/kl_loss", "actor/grad_norm", "critic/score/mean", "actor/ppo_kl"):
+        assert [r["data"][key] for r in runs["skip"]] == pytest.approx(
+            [r["data"][key] for r in runs["pass"]], abs=1e-7
+        ), key
+    # entropies come from the update's forward (train mode, another micro-batch shape): equal up to float noise
+    entropy = {run: [r["data"]["actor/entropy"] for r in rows] for run, rows in runs.items()}
+    assert entropy["skip"] == pytest.approx(entropy["pass"], rel=1e-5)
+
+
 # ------------------------------------------------------------------------------------------ golden trajectory
 # The first steps' losses of a fixed tiny GRPO run (seeded model, data, sampling and ranks), on both of verl's
 # loss-scaling paths. Any change to the numerics shows up here as a diff that someone must explain: regenerate with

@@ -374,6 +374,8 @@ class ActorRolloutRefWorker(_FSDPWorkerBase):
             self.actor_lr_scheduler.step()
         metrics.update(_memory_metrics())
         self._rollout_dirty = True
+        if self.actor.on_policy_log_probs is not None:  # the trainer skipped compute_log_prob (on-policy)
+            return DataProto.from_dict(tensors=self.actor.on_policy_log_probs, meta_info={"metrics": metrics}).to("cpu")
         return DataProto(meta_info={"metrics": metrics})
 
     def _log_prob_meta(self, data: DataProto, node: Any) -> None:

@@ -264,3 +264,40 @@ def test_engine_path_clips_with_optim_clip_grad_and_legacy_with_grad_clip(base_m
 
     assert norm(legacy) == pytest.approx(1e-3, rel=1e-3)
     assert norm(engine) == pytest.approx(2e-3, rel=1e-3)
+
+
+@pytest.mark.parametrize("dynamic", [False, True])
+def test_on_policy_update_without_old_log_probs_returns_them_and_updates_identically(base_model, dynamic):
+    """The trainer's skipped old-log-prob pass: same step, and the update hands back what the pass would compute."""
+    overrides = {"ppo_micro_batch_size_per_gpu": 2, "use_kl_loss": True}
+    if dynamic:  # micro-batches packed by tokens, rows out of order inside the update
+        overrides.update(use_dynamic_bsz=True, ppo_max_token_len_per_gpu=PROMPT_LEN + RESPONSE_LEN + 2)
+    models, actors = [], []
+    for _ in range(2):
+        model = copy.deepcopy(base_model)
+        models.append(model)
+        actors.append(
+            DataParallelPPOActor(_actor_config(**overrides), model, torch.optim.Adam(model.parameters(), lr=1e-2))
+        )
+    data = _make_batch(base_model.config.vocab_size, bs=4, seed=3)
+    data.batch["ref_log_prob"] = actors[0].compute_log_prob(data)["log_probs"] - 0.1
+    expected = actors[0].compute_log_prob(data, calculate_entropy=True)  # what the skipped pass would give
+    with_pass = data.select(deepcopy=True)
+    with_pass.batch["old_log_probs"] = expected["log_probs"]
+    metrics_pass = actors[0].update_policy(with_pass)
+    assert actors[0].on_policy_log_probs is None  # old_log_probs were given: nothing to hand back
+    metrics_skip = actors[1].update_policy(data.select(deepcopy=True))
+    got = actors[1].on_policy_log_probs
+    torch.testing.assert_close(got["old_log_probs"], expected["log_probs"], atol=1e-6, rtol=0)
+    torch.testing.assert_close(got["entropys"], expected["entropys"], atol=1e-6, rtol=0)
+    for key in ("actor/pg_loss", "actor/kl_loss", "actor/grad_norm", "actor/ppo_kl", "actor/pg_clipfrac"):
+        assert metrics_skip[key] == pytest.approx(metrics_pass[key], abs=1e-7), key
+    for p_pass, p_skip in zip(models[0].parameters(), models[1].parameters()):
+        torch.testing.assert_close(p_skip, p_pass, atol=0, rtol=0)
+
+
+def test_update_without_old_log_probs_is_refused_when_not_on_policy(base_model):
+    model = copy.deepcopy(base_model)
+    actor = DataParallelPPOActor(_actor_config(ppo_mini_batch_size=2), model, torch.optim.Adam(model.parameters()))
+    with pytest.raises(ValueError, match="old_log_probs.*on-policy"):
+        actor.update_policy(_make_batch(model.config.vocab_size))

@@ -312,6 +312,11 @@ class RayPPOTrainer:
 
     def _compute_old_log_prob(self, batch: DataProto, metrics: dict) -> DataProto:
         out = self.actor_rollout_wg.compute_log_prob(batch)
+        out.meta_info.pop("metrics", None)
+        return self._take_old_log_probs(batch, out, metrics)
+
+    def _take_old_log_probs(self, batch: DataProto, out: DataProto, metrics: dict) -> DataProto:
+        """Merge ``old_log_probs`` (and friends) into ``batch``; the entropies become ``actor/entropy``."""
         if "entropys" in out.batch.keys():
             entropys = out.batch.pop("entropys")
             actor = self.config.actor_rollout_ref.actor
@@ -319,8 +324,28 @@ class RayPPOTrainer:
             metrics["actor/entropy"] = agg_loss(
                 entropys, batch.batch["response_mask"], actor.loss_agg_mode, loss_scale_factor=scale
             ).item()
-        out.meta_info.pop("metrics", None)
         return batch.union(out)
+
+    def _old_log_prob_from_update(self, batch: DataProto) -> bool:
+        """Whether this step's old-log-prob pass can be left to the actor update (``skip_on_policy_old_log_prob``).
+
+        The update is on-policy (the legacy worker path, one mini-batch, one epoch): the actor then uses its own
+        detached log-probs as the old ones (verl's shortcut) and the ratio is 1 whatever the pass computed. The
+        pass is still run when anything before the update reads ``old_log_probs``: KL in the reward, rollout
+        correction or rollout log-prob metrics (``rollout_log_probs``), the optimal-token baselines.
+        """
+        cfg = self.config
+        actor = cfg.actor_rollout_ref.actor
+        if not actor.get("skip_on_policy_old_log_prob", True) or self.config.trainer.critic_warmup > self.global_steps:
+            return False
+        if cfg.trainer.get("use_legacy_worker_impl", "auto") == "disable" or int(actor.get("ppo_epochs", 1)) != 1:
+            return False
+        if len(batch) > int(actor.ppo_mini_batch_size) * int(cfg.actor_rollout_ref.rollout.n):
+            return False
+        if cfg.algorithm.use_kl_in_reward or "rollout_log_probs" in batch.batch.keys():
+            return False
+        optimal_token = str(cfg.algorithm.adv_estimator) in ("optimal_token_baseline", "tir_optimal_token_baseline")
+        return not (optimal_token or actor.get("calculate_sum_pi_squared", False))
 
     def _compute_ref_log_prob(self, batch: DataProto) -> DataProto:
         if self.ref_in_actor:
@@ -418,8 +443,11 @@ class RayPPOTrainer:
             self._balance_batch(batch, metrics)
         batch.meta_info["global_token_num"] = torch.sum(batch.batch["attention_mask"], dim=-1).tolist()
         rollout_corr = self.config.algorithm.get("rollout_correction")
+        old_from_update = False
         if rollout_corr is not None and rollout_corr.get("bypass_mode", False):
             batch = apply_bypass_mode(batch, rollout_corr)  # old_log_probs := rollout_log_probs, no recompute
+        elif self._old_log_prob_from_update(batch):
+            old_from_update = True  # the update's forward supplies them (see _old_log_prob_from_update)
         else:
             with marked_timer("old_log_prob", timing_raw):
                 batch = self._compute_old_log_prob(batch, metrics)
@@ -443,7 +471,10 @@ class RayPPOTrainer:
                 batch.meta_info["temperature"] = self.config.actor_rollout_ref.rollout.temperature
                 self._tag_global_batch_size(batch, self.config.actor_rollout_ref.actor.ppo_mini_batch_size * n)
                 out = self.actor_rollout_wg.update_actor(batch)
-            metrics.update(reduce_metrics(out.meta_info["metrics"]))
+            update_metrics = out.meta_info.pop("metrics")
+            if old_from_update:
+                batch = self._take_old_log_probs(batch, out, metrics)
+            metrics.update(reduce_metrics(update_metrics))
         if self.config.trainer.get("rollout_data_dir"):
             self._dump_generations(batch, self.config.trainer.rollout_data_dir)
         return batch

@@ -208,6 +208,8 @@ class DataParallelPPOActor(BasePPOActor):
         if self.config.ulysses_sequence_parallel_size > 1:
             raise ValueError("ulysses_sequence_parallel_size > 1 is not supported; set it to 1")
         self.skipped_steps = 0  # optimizer steps skipped because the gradient norm was not finite
+        # {"old_log_probs", "entropys"} (rows in input order) of the last update_policy called without old_log_probs
+        self.on_policy_log_probs: dict[str, torch.Tensor] | None = None
 
     def _entropy(self, logits: torch.Tensor) -> torch.Tensor:
         fn = entropy_from_logits_with_chunking if self.config.entropy_from_logits_with_chunking else entropy_from_logits
@@ -217,9 +219,17 @@ class DataParallelPPOActor(BasePPOActor):
         return fn(logits)
 
     def _forward_micro_batch(
-        self, micro_batch: DataProto, temperature: float, calculate_entropy: bool = False, sum_pi_squared: bool = False
+        self,
+        micro_batch: DataProto,
+        temperature: float,
+        calculate_entropy: bool = False,
+        sum_pi_squared: bool = False,
+        detached_entropy: bool = False,
     ) -> dict[str, torch.Tensor]:
         """Log-probs (and entropy, and sum of squared probabilities) of the response tokens of one micro-batch.
+
+        ``detached_entropy`` adds ``"entropys"`` computed without a graph when ``calculate_entropy`` is off (a
+        metric only, as the old-log-prob pass reports it).
 
         Returns:
             ``{"log_probs": (b, R)}`` plus ``"entropys"`` / ``"sum_pi_squared"`` ``(b, R)`` when asked for.
@@ -232,6 +242,9 @@ class DataParallelPPOActor(BasePPOActor):
         out = {"log_probs": logprobs_from_logits(logits, responses)}
         if calculate_entropy:
             out["entropys"] = self._entropy(logits)
+        elif detached_entropy:
+            with torch.no_grad():
+                out["entropys"] = self._entropy(logits.detach())
         if sum_pi_squared:
             out["sum_pi_squared"] = core_algos.compute_sum_pi_squared_from_logits(logits.detach())
         return out
@@ -276,7 +289,9 @@ class DataParallelPPOActor(BasePPOActor):
         return result
 
     def _select_update_keys(self, data: DataProto) -> DataProto:
-        keys = ["responses", "input_ids", "attention_mask", "position_ids", "old_log_probs", "advantages"]
+        keys = ["responses", "input_ids", "attention_mask", "position_ids", "advantages"]
+        if "old_log_probs" in data.batch.keys():
+            keys.append("old_log_probs")
         if "response_mask" in data.batch.keys():
             keys.append("response_mask")
         if self.config.use_kl_loss:
@@ -293,12 +308,13 @@ class DataParallelPPOActor(BasePPOActor):
         return data
 
     def _micro_batch_loss(
-        self, micro: DataProto, temperature: float, on_policy: bool
+        self, micro: DataProto, temperature: float, on_policy: bool, keep: dict[str, list] | None = None
     ) -> tuple[torch.Tensor, dict[str, float], dict[str, float]]:
         """Policy loss (+ KL loss, - entropy bonus) of one micro-batch.
 
         The losses read ``config.global_batch_info`` (empty on the legacy path: micro-batch-local means; filled per
-        mini-batch on the engine path: global normalisation).
+        mini-batch on the engine path: global normalisation). With ``keep`` (on-policy only), the forward's
+        detached log-probs and entropies are appended to ``keep["old_log_probs"]`` / ``keep["entropys"]``.
 
         Returns:
             ``(loss, metrics, parts)``: the differentiable total, per-micro metrics, and the scalar loss parts
@@ -309,8 +325,12 @@ class DataParallelPPOActor(BasePPOActor):
         response_mask = batch["response_mask"]
         agg_kwargs = {k: v for k, v in cfg.global_batch_info.items() if v is not None}
         calculate_entropy = cfg.entropy_coeff != 0 or cfg.calculate_entropy
-        out = self._forward_micro_batch(micro, temperature, calculate_entropy)
-        log_prob, entropy = out["log_probs"], out.get("entropys")
+        out = self._forward_micro_batch(micro, temperature, calculate_entropy, detached_entropy=keep is not None)
+        log_prob = out["log_probs"]
+        entropy = out.get("entropys") if calculate_entropy else None
+        if keep is not None:
+            keep.setdefault("old_log_probs", []).append(log_prob.detach().float())
+            keep.setdefault("entropys", []).append(out["entropys"].detach().float())
         # verl's legacy on-policy shortcut: with one mini-batch and one epoch the policy has not moved since the
         # rollout, so the old log-prob is the current one (detached) and the ratio is exactly 1.
         old_log_prob = log_prob.detach() if on_policy else batch["old_log_probs"]
@@ -353,8 +373,9 @@ class DataParallelPPOActor(BasePPOActor):
         """PPO update: ``ppo_epochs`` x mini-batches x micro-batches, one optimizer step per mini-batch.
 
         Args:
-            data: batch with ``responses``, ``input_ids``, ``attention_mask``, ``position_ids``, ``old_log_probs``,
-                ``advantages`` (``(bs, R)`` float), optional ``response_mask``, ``ref_log_prob`` (needed with
+            data: batch with ``responses``, ``input_ids``, ``attention_mask``, ``position_ids``, ``old_log_probs``
+                (may be left out for an on-policy update: they are then taken from this forward and left in
+                ``self.on_policy_log_probs`` with the entropies), ``advantages`` (``(bs, R)`` float), optional ``response_mask``, ``ref_log_prob`` (needed with
                 ``use_kl_loss``), ``rollout_is_weights``, ``rollout_log_probs``; meta ``temperature`` (required) and,
                 on the engine path, ``global_batch_size`` (sequences per mini-batch over all ranks).
 
@@ -375,12 +396,24 @@ class DataParallelPPOActor(BasePPOActor):
         data = self._select_update_keys(data)
         mini_batches = data.split(cfg.ppo_mini_batch_size)
         on_policy = not engine and len(mini_batches) == 1 and cfg.ppo_epochs == 1
+        # No old_log_probs: the trainer skipped recomputing them (on-policy, see RayPPOTrainer); this forward's
+        # detached log-probs are those values, and are handed back through ``on_policy_log_probs``.
+        keep: dict[str, list] | None = None
+        self.on_policy_log_probs = None
+        if "old_log_probs" not in data.batch.keys():
+            if not on_policy:
+                raise ValueError(
+                    "batch['old_log_probs'] is missing: it may only be skipped for an on-policy update (legacy worker "
+                    f"path, one mini-batch, ppo_epochs=1); here ppo_epochs={cfg.ppo_epochs}, "
+                    f"{len(mini_batches)} mini-batches, engine path={engine}"
+                )
+            keep = {}
         metrics: dict[str, list[float]] = {}
         totals = {"pg": 0.0, "kl": 0.0}
         self.actor_module.train()
         for _ in range(cfg.ppo_epochs):
             for mini in mini_batches:
-                micro_batches, _ = split_micro_batches(
+                micro_batches, order = split_micro_batches(
                     mini, cfg.use_dynamic_bsz, cfg.ppo_micro_batch_size_per_gpu, cfg.ppo_max_token_len_per_gpu
                 )
                 info = {}
@@ -392,7 +425,7 @@ class DataParallelPPOActor(BasePPOActor):
                 self.actor_optimizer.zero_grad()
                 mini_sums = {"pg": 0.0, "kl": 0.0, "entropy": 0.0, "loss": 0.0}
                 for micro, scale in zip(micro_batches, scales):
-                    loss, micro_metrics, parts = self._micro_batch_loss(micro, temperature, on_policy)
+                    loss, micro_metrics, parts = self._micro_batch_loss(micro, temperature, on_policy, keep)
                     (loss * scale).backward()
                     for key in ("pg", "kl", "entropy"):
                         mini_sums[key] += parts[key] * scale
@@ -417,5 +450,10 @@ class DataParallelPPOActor(BasePPOActor):
                     totals["kl"] += mini_sums["kl"]
         if not engine:
             append_to_dict(metrics, {"actor/pg_loss": totals["pg"], "actor/kl_loss": totals["kl"]})
+        if keep is not None:  # one mini-batch, one epoch: ``order`` is that mini-batch's micro-batch split
+            merged = {key: torch.cat(values, dim=0) for key, values in keep.items()}
+            if order is not None:
+                merged = {key: restore_dynamic_batch(value, order) for key, value in merged.items()}
+            self.on_policy_log_probs = merged
         self.actor_optimizer.zero_grad()
         return metrics

@@ -103,6 +103,10 @@ class ActorConfig(BaseConfig):
     """Compute entropy during the update even when entropy_coeff is 0 (for metrics)."""
     calculate_sum_pi_squared: bool = False
     """Also return sum_v pi(v)^2 per token from the log-prob pass (the optimal-token-baseline estimators need it)."""
+    skip_on_policy_old_log_prob: bool = True
+    """Not a verl key. When the update is on-policy (legacy worker path, one mini-batch, ppo_epochs=1) and nothing
+    before the update reads old_log_probs, the trainer does not run the old-log-prob pass: the update's own forward
+    gives the same log-probs (its ratio is exactly 1 either way) and entropies. False always runs the pass."""
     use_kl_loss: bool = False
     """Add a KL(actor || ref) term to the loss (GRPO style); creates the reference policy."""
     kl_loss_coef: float = 0.001
