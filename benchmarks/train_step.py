@@ -13,7 +13,7 @@ RSS of every process. The first step of each run is a warm-up and is not counted
 extra run that prints cProfile summaries of the driver and of worker rank 0 for one step.
 
 Usage: python benchmarks/train_step.py [--steps 4] [--batch 16] [--n 4] [--response-length 16] [--ranks 1 2]
-       [--cprofile]
+       [--cprofile] [--override KEY=VALUE ...]
 """
 
 from __future__ import annotations
@@ -87,6 +87,7 @@ def run_framework(args, ranks: int, model_dir: str, data: str, workdir: Path) ->
         f"trainer.total_training_steps={args.steps + 1}",
         "trainer.total_epochs=100",
         "trainer.progress_bar=False",
+        *args.override,
     ]
     profile_step.install_driver()
     run_ppo(compose_config("ppo_trainer", overrides), task_runner_class=profile_step.profiled_task_runner())
@@ -323,6 +324,15 @@ def _print_comparison(tables: dict, results: dict) -> None:
         print(f"| {stage} | {p:.3f} | {tables['plain'][stage]['model']:.3f} | " + " | ".join(cells + models) + " |")
     tps = [f"{n}: {results[n]['walls']['tokens'] / tables[n]['step']['wall']:.0f}" for n in tables]
     print("\ntokens/s: " + ", ".join(tps))
+    skipped = [n for n in fw_names if tables[n]["old_log_prob"]["wall"] == 0.0]
+    if skipped:  # the framework skipped its old-log-prob pass (on-policy); compare with a plain loop that does too
+        plain = tables["plain"]["step"]["wall"] - tables["plain"]["old_log_prob"]["wall"]
+        ratios = ", ".join(f"{n} {tables[n]['step']['wall'] / plain:.2f}x" for n in skipped)
+        print(
+            "old-log-prob pass skipped (actor.skip_on_policy_old_log_prob; off with --override "
+            f"actor_rollout_ref.actor.skip_on_policy_old_log_prob=False). Against a plain loop that skips its "
+            f"old-log-prob forward too ({plain:.3f} s): {ratios}"
+        )
 
 
 def main() -> None:
@@ -333,6 +343,9 @@ def main() -> None:
     parser.add_argument("--response-length", type=int, default=16)
     parser.add_argument("--ranks", type=int, nargs="+", default=[1, 2], help="FSDP rank counts to measure")
     parser.add_argument("--cprofile", action="store_true", help="also cProfile one step of the driver and rank 0")
+    parser.add_argument(
+        "--override", action="append", default=[], help="extra main_ppo override for the framework runs (repeatable)"
+    )
     parser.add_argument("--child", help=argparse.SUPPRESS)
     parser.add_argument("--child-workdir", help=argparse.SUPPRESS)
     parser.add_argument("--child-out", help=argparse.SUPPRESS)
@@ -352,6 +365,7 @@ def main() -> None:
         workdir = Path(tmp)
         _prepare(workdir, n_prompts=args.batch * (args.steps + 2))
         base = [sys.executable, __file__, "--batch", str(args.batch), "--n", str(args.n)]
+        base += [f"--override={o}" for o in args.override]
         base += ["--response-length", str(args.response_length), "--child-workdir", tmp]
         runs = [("plain", "plain", args.steps, {})]
         runs += [(f"framework {r} rank{'s' if r > 1 else ''}", str(r), args.steps, {}) for r in args.ranks]
