@@ -4,7 +4,8 @@
   each configuration in a fresh subprocess; the worker class is ``profile_step.ProfiledActorRolloutRefWorker``,
   which adds timers (model forward/backward/optimizer, collectives, FSDP hooks, weight sync, (de)serialisation)
   inside the workers without changing what they compute.
-* baseline: the same workload in one process with plain transformers and torch: ``generate``, a no-grad forward
+* baseline: the same workload (the same parquet prompts, chat template and left padding to the batch's longest
+  prompt) in one process with plain transformers and torch: ``generate``, a no-grad forward
   for the old log-probs, one for the reference, GRPO advantages, one PPO-clip update with AdamW.
 
 Prints, per stage (gen, old_log_prob, ref, adv, update_actor, step), the wall time, the time inside the model and
@@ -97,7 +98,7 @@ def run_framework(args, ranks: int, model_dir: str, data: str, workdir: Path) ->
     return {"walls": out, "profile": profile_step.RESULT}
 
 
-def run_plain(args, model_dir: str) -> dict:
+def run_plain(args, model_dir: str, data: str) -> dict:
     """The same GRPO step, written directly against transformers in one process (model time measured the same way)."""
     import profile_step as ps
     import torch
@@ -117,10 +118,18 @@ def run_plain(args, model_dir: str) -> dict:
         torch.nn.utils.clip_grad_norm_(actor.parameters(), 1.0)
         optim.step()
 
-    prompts = [[{"role": "user", "content": f"Repeat the digit 7 ({i})."}] for i in range(args.batch)]
-    texts = [tok.apply_chat_template(p, tokenize=False, add_generation_prompt=True) for p in prompts]
-    enc = tok(texts, return_tensors="pt", padding=True)
-    ids, mask = enc.input_ids.repeat_interleave(args.n, 0), enc.attention_mask.repeat_interleave(args.n, 0)
+    # The framework's prompts (same parquet rows, chat template, left padding to the batch's longest prompt).
+    import pandas as pd
+
+    prompt_rows = pd.read_parquet(data)["prompt"].tolist()
+    tok.padding_side = "left"
+
+    def step_prompts(step: int) -> tuple[torch.Tensor, torch.Tensor]:
+        chats = [[dict(m) for m in prompt_rows[(step * args.batch + i) % len(prompt_rows)]] for i in range(args.batch)]
+        texts = [tok.apply_chat_template(c, tokenize=False, add_generation_prompt=True) for c in chats]
+        enc = tok(texts, return_tensors="pt", padding=True, add_special_tokens=False)
+        return enc.input_ids.repeat_interleave(args.n, 0), enc.attention_mask.repeat_interleave(args.n, 0)
+
     R = args.response_length
 
     def logp(model, seq, attn):
@@ -129,7 +138,8 @@ def run_plain(args, model_dir: str) -> dict:
         return torch.log_softmax(logits.float(), -1).gather(-1, seq[:, -R:, None]).squeeze(-1)
 
     rows, model_rows = [], []
-    for _ in range(args.steps + 1):
+    for step in range(args.steps + 1):
+        ids, mask = step_prompts(step)
         t, m = {}, {}
 
         def mark(stage, since, before, t=t, m=m):
@@ -305,7 +315,7 @@ def _child(args) -> None:
         import torch
 
         torch.set_num_threads(1)
-        result = run_plain(args, model_dir)
+        result = run_plain(args, model_dir, data)
     else:
         result = run_framework(args, int(args.child), model_dir, data, workdir)
     Path(args.child_out).write_text(json.dumps(result))
