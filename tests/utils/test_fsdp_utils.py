@@ -386,3 +386,21 @@ def test_fsdp2_units_follow_the_wrap_policy_and_small_models_are_one_unit(tiny_m
     assert fsdp_utils.fsdp2_blocks(model, {"wrap_policy": {"min_num_params": per_layer + 1}}) == []
     monkeypatch.setattr(fsdp_utils, "SINGLE_UNIT_MAX_PARAMS", n_params)  # a model at the threshold: per layer
     assert fsdp_utils.fsdp2_blocks(model, {"wrap_policy": {"min_num_params": 0}}) == layers
+
+
+def test_small_frozen_models_are_replicated_unless_the_config_asks_for_sharding(tiny_model_dir):
+    from verl.utils.fsdp_utils import replicate_frozen_model
+    from verl.utils.hf_models import build_causal_lm
+
+    model = build_causal_lm(tiny_model_dir)
+    assert replicate_frozen_model(model, "fsdp2", {})
+    layer = type(model.model.layers[0]).__name__
+    for config in (
+        {"param_offload": True},
+        {"offload_policy": True},
+        {"wrap_policy": {"transformer_layer_cls_to_wrap": [layer]}},
+        {"wrap_policy": {"min_num_params": 1}},
+        {"mixed_precision": {"param_dtype": "bf16"}},  # sharded, it would compute in bf16: keep that
+    ):
+        assert not replicate_frozen_model(model, "fsdp2", config), config
+    assert not replicate_frozen_model(model, "fsdp", {})  # FSDP1 keeps its own behaviour

@@ -176,6 +176,24 @@ def fsdp2_blocks(model: nn.Module, config: Any = None) -> list[nn.Module]:
     return blocks
 
 
+def replicate_frozen_model(module: nn.Module, strategy: str, fsdp_config: Any) -> bool:
+    """Whether a frozen model (the reference policy) is better kept whole on every rank than sharded.
+
+    True for an FSDP2 model under ``SINGLE_UNIT_MAX_PARAMS`` parameters with verl's default wrap policy, no
+    offload, and a compute dtype equal to its stored dtype. Sharding it saves a few MB per rank but costs an
+    all-gather and the FSDP hooks on every scoring call; a full copy computes the same numbers without them.
+    """
+    if strategy != "fsdp2" or cfg_get(fsdp_config, "param_offload", False) or cfg_get(fsdp_config, "offload_policy"):
+        return False
+    policy = cfg_get(fsdp_config, "wrap_policy", None)
+    if cfg_get(policy, "transformer_layer_cls_to_wrap", None) or int(cfg_get(policy, "min_num_params", 0) or 0) > 0:
+        return False
+    params = list(module.parameters())
+    if not params or sum(p.numel() for p in params) >= SINGLE_UNIT_MAX_PARAMS:
+        return False
+    return all(p.dtype == mixed_precision_dtypes(fsdp_config)[0] for p in params)
+
+
 def apply_fsdp2(model: nn.Module, fsdp_kwargs: dict, config: Any = None) -> nn.Module:
     """Shard ``model`` in place with FSDP2: the blocks of :func:`fsdp2_blocks` first, then the root.
 

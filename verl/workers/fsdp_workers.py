@@ -313,7 +313,11 @@ class ActorRolloutRefWorker(_FSDPWorkerBase):
         module = self._load_policy(local_path, fsdp_config)
         module.requires_grad_(False)
         strategy = ref_cfg.get("strategy") or self.config.actor.strategy
-        self.ref_module_fsdp = _build_sharded(module, strategy, fsdp_config, self._mesh(fsdp_config))
+        if fsdp_utils.replicate_frozen_model(module, strategy, fsdp_config):
+            # A small frozen model: a whole copy per rank, no all-gather per call (see replicate_frozen_model).
+            self.ref_module_fsdp = module.to(get_device_name())
+        else:
+            self.ref_module_fsdp = _build_sharded(module, strategy, fsdp_config, self._mesh(fsdp_config))
         # The reference policy only scores: its typed view carries the forward's settings, no PPO knobs.
         typed_ref = FSDPActorConfig(
             strategy=strategy, ulysses_sequence_parallel_size=int(ref_cfg.get("ulysses_sequence_parallel_size") or 1)

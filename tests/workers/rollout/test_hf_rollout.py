@@ -225,3 +225,37 @@ def test_update_weights_copies_named_tensors_into_the_module(tiny_model_dir):
     assert torch.count_nonzero(dict(model.named_parameters())[name]) == 0
     with pytest.raises(KeyError):
         asyncio.run(rollout.update_weights(iter([("no.such.weight", torch.zeros(1))])))
+
+
+@pytest.mark.parametrize(
+    "sampling",
+    [
+        {},
+        {"temperature": 0.7, "top_k": 20, "top_p": 0.9},
+        {"temperature": 1.3, "top_p": 0.5},
+        {"do_sample": False},
+        {"calculate_log_probs": True, "logprobs_mode": "raw_logprobs"},
+    ],
+)
+@pytest.mark.parametrize("early_stop", [False, True])
+def test_lean_decode_gives_generate_s_tokens_exactly(tiny, sampling, early_stop):
+    """hf_decode.lean_sample stands in for module.generate: same seed -> identical output, tensor for tensor."""
+    from verl.workers.rollout.hf_decode import supports_lean_decode
+
+    model, tokenizer = tiny
+    assert supports_lean_decode(model)
+    outs = {}
+    for lean in (True, False):
+        rollout = HFRollout(model, _rollout_config(**sampling))
+        rollout.lean_decode = lean
+        prompts = _prompts(tokenizer)
+        prompts.meta_info["seed"] = 11
+        if early_stop:  # a third of the vocabulary ends a row: rows stop at different steps, some all early
+            prompts.meta_info["eos_token_id"] = list(range(4, len(tokenizer) // 3))
+        outs[lean] = rollout.generate_sequences(prompts)
+    lean, reference = outs[True].batch, outs[False].batch
+    assert sorted(lean.keys()) == sorted(reference.keys())
+    for key in reference.keys():
+        assert torch.equal(lean[key], reference[key]), key
+    if early_stop:
+        assert (reference["response_mask"].sum(-1) < RESPONSE_LENGTH).any()

@@ -41,6 +41,7 @@ from verl.protocol import DataProto
 from verl.utils.torch_functional import get_response_mask, leading_pad_columns, pad_sequence_to_length
 from verl.workers.config import RolloutConfig
 from verl.workers.rollout.base import BaseRollout
+from verl.workers.rollout.hf_decode import lean_sample, supports_lean_decode
 from verl.workers.rollout.logit_capture import (
     CaptureSpec,
     capture_from_logits,
@@ -90,6 +91,8 @@ class HFRollout(BaseRollout):
         self.module = module
         self.micro_batch_size = micro_batch_size or legacy_micro
         self.capture_spec = CaptureSpec.from_config(self.config.logit_capture)  # None when capture is off
+        # hf_decode.lean_sample instead of module.generate for decoder-only models (identical tokens, less overhead)
+        self.lean_decode = True
 
     def generate_sequences(self, prompts: DataProto) -> DataProto:
         """Generate responses for ``prompts`` (``input_ids``, ``attention_mask``, ``position_ids``); see module doc."""
@@ -181,12 +184,28 @@ class HFRollout(BaseRollout):
         if seed is not None:
             devices = [input_ids.device.index or 0] if input_ids.is_cuda else []
             rng = torch.random.fork_rng(devices=devices)
+        lean = self.lean_decode and position_ids.dim() == 2 and supports_lean_decode(self.module)
         was_training = self.module.training
         self.module.eval()
         try:
             with rng, torch.no_grad(), self._checkpoint_defaults_off():
                 if seed is not None:
                     torch.manual_seed(seed)
+                if lean:  # same tokens as generate for the same seed, without its per-step bookkeeping
+                    return lean_sample(
+                        self.module,
+                        input_ids,
+                        attention_mask,
+                        position_ids,
+                        max_new_tokens=int(generation_config.max_new_tokens),
+                        do_sample=bool(generation_config.do_sample),
+                        temperature=float(generation_config.temperature),
+                        top_k=int(generation_config.top_k or 0),
+                        top_p=float(generation_config.top_p),
+                        eos_token_id=generation_config.eos_token_id,
+                        pad_token_id=int(generation_config.pad_token_id),
+                        output_logits=bool(generation_config.output_logits),
+                    )
                 out = self.module.generate(
                     input_ids=input_ids, attention_mask=attention_mask, generation_config=generation_config, **extra
                 )
