@@ -101,10 +101,13 @@ def lean_sample(
     sequence = input_ids
     steps: list[torch.Tensor] = []
     raw: list[torch.Tensor] = []
+    from transformers import DynamicCache
+
     outputs = module(
         input_ids=input_ids,
         attention_mask=attention_mask,
         position_ids=position_ids,
+        past_key_values=DynamicCache(config=module.config),  # what generate and the model would create
         use_cache=True,
         logits_to_keep=1,
         return_dict=True,
