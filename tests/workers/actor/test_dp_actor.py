@@ -301,3 +301,39 @@ def test_update_without_old_log_probs_is_refused_when_not_on_policy(base_model):
     actor = DataParallelPPOActor(_actor_config(ppo_mini_batch_size=2), model, torch.optim.Adam(model.parameters()))
     with pytest.raises(ValueError, match="old_log_probs.*on-policy"):
         actor.update_policy(_make_batch(model.config.vocab_size))
+
+
+def test_only_the_response_positions_go_through_the_output_head(base_model):
+    """logits_to_keep = R + 1 when the model takes it; a model without the argument gets every position."""
+    from verl.workers.actor.dp_actor import forward_logits
+
+    data = _make_batch(base_model.config.vocab_size)
+    seen = {}
+
+    class Spy(torch.nn.Module):  # transformers' signature, so logits_to_keep is passed
+        def __init__(self, inner):
+            super().__init__()
+            self.inner = inner
+
+        def forward(self, input_ids, attention_mask, position_ids, use_cache=False, logits_to_keep=0):
+            seen["logits_to_keep"] = logits_to_keep
+            return self.inner(
+                input_ids=input_ids,
+                attention_mask=attention_mask,
+                position_ids=position_ids,
+                logits_to_keep=logits_to_keep,
+            )
+
+    class Plain(torch.nn.Module):  # no such argument: nothing extra is passed
+        def __init__(self, inner):
+            super().__init__()
+            self.inner = inner
+
+        def forward(self, input_ids, attention_mask, position_ids, use_cache=False):
+            return self.inner(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids)
+
+    kept = DataParallelPPOActor(_actor_config(), Spy(base_model)).compute_log_prob(data)["log_probs"]
+    assert seen["logits_to_keep"] == RESPONSE_LEN + 1
+    full = DataParallelPPOActor(_actor_config(), Plain(base_model)).compute_log_prob(data)["log_probs"]
+    torch.testing.assert_close(kept, full, atol=1e-6, rtol=0)
+    assert forward_logits(Plain(base_model), data, logits_to_keep=3).shape[1] == PROMPT_LEN + RESPONSE_LEN

@@ -24,6 +24,8 @@ sequence parallelism and no fused kernels.
 
 from __future__ import annotations
 
+import functools
+import inspect
 import logging
 from typing import Any
 
@@ -33,6 +35,7 @@ from torch import nn
 from verl.base_config import BaseConfig
 from verl.protocol import DataProto
 from verl.trainer.ppo import core_algos, rollout_corr_helper
+from verl.utils.fsdp_utils import unwrap_module
 from verl.utils.py_functional import append_to_dict
 from verl.utils.seqlen_balancing import prepare_dynamic_batch, restore_dynamic_batch
 from verl.utils.torch_functional import (
@@ -73,7 +76,15 @@ def _require_meta(data: DataProto, key: str, hint: str) -> Any:
     return data.meta_info[key]
 
 
-def forward_logits(module: nn.Module, micro_batch: DataProto) -> torch.Tensor:
+@functools.lru_cache(maxsize=64)
+def _accepts_logits_to_keep(forward_owner: type) -> bool:
+    try:
+        return "logits_to_keep" in inspect.signature(forward_owner.forward).parameters
+    except (TypeError, ValueError):
+        return False
+
+
+def forward_logits(module: nn.Module, micro_batch: DataProto, logits_to_keep: int = 0) -> torch.Tensor:
     """Run the model on a padded micro-batch and return its per-position outputs.
 
     Args:
@@ -81,11 +92,15 @@ def forward_logits(module: nn.Module, micro_batch: DataProto) -> torch.Tensor:
             use_cache=False)``; its output may be a tensor, have ``.logits``, or be a tuple (first item used).
         micro_batch: rows with ``input_ids``, ``attention_mask``, ``position_ids`` ``(b, T)`` (``(b, C, T)`` for
             rope variants) and optional non-tensor ``multi_modal_inputs`` (one dict of tensors per row).
+        logits_to_keep: when > 0 and the model takes transformers' ``logits_to_keep``, only the last that many
+            positions go through the output head (the response's, for a policy): the same values for a fraction of
+            the head's compute and memory. 0 computes every position.
 
     Returns:
         ``(b, T', V)`` logits (``(b, T', 1)`` or ``(b, T')`` for a value model) of the last ``T' <= T`` positions:
         leading columns that are padding in every row are not computed (``leading_pad_columns``; the outputs at
-        real positions do not depend on them), so callers index from the end, as the response is.
+        real positions do not depend on them), and with ``logits_to_keep`` only the last ``logits_to_keep`` are
+        returned, so callers index from the end, as the response is.
     """
     batch = micro_batch.batch
     extra: dict[str, torch.Tensor] = {}
@@ -97,6 +112,8 @@ def forward_logits(module: nn.Module, micro_batch: DataProto) -> torch.Tensor:
     attention_mask = batch["attention_mask"]
     # Vision inputs are laid out against the full prompt, so their rows keep every column.
     skip = 0 if mm is not None else leading_pad_columns(attention_mask)
+    if logits_to_keep > 0 and _accepts_logits_to_keep(type(unwrap_module(module))):
+        extra["logits_to_keep"] = int(logits_to_keep)
     output = module(
         input_ids=batch["input_ids"][..., skip:],
         attention_mask=attention_mask[..., skip:],
@@ -236,7 +253,7 @@ class DataParallelPPOActor(BasePPOActor):
         """
         responses = micro_batch.batch["responses"]
         response_length = responses.size(-1)
-        logits = forward_logits(self.actor_module, micro_batch)  # (b, T, V)
+        logits = forward_logits(self.actor_module, micro_batch, logits_to_keep=response_length + 1)  # (b, R+1, V)
         # Position t predicts token t+1, so the response tokens are scored by the R positions before them.
         logits = logits[:, -response_length - 1 : -1, :].div(temperature)  # (b, R, V)
         out = {"log_probs": logprobs_from_logits(logits, responses)}
