@@ -5,7 +5,7 @@
   which adds timers (model forward/backward/optimizer, collectives, FSDP hooks, weight sync, (de)serialisation)
   inside the workers without changing what they compute.
 * baseline: the same workload (the same parquet prompts, chat template and left padding to the batch's longest
-  prompt) in one process with plain transformers and torch: ``generate``, a no-grad forward
+  prompt) in one process with plain transformers and torch: ``generate``, a no-grad forward (``logits_to_keep``)
   for the old log-probs, one for the reference, GRPO advantages, one PPO-clip update with AdamW.
 
 Prints, per stage (gen, old_log_prob, ref, adv, update_actor, step), the wall time, the time inside the model and
@@ -134,7 +134,9 @@ def run_plain(args, model_dir: str, data: str) -> dict:
 
     def logp(model, seq, attn):
         pos = (attn.cumsum(-1) - 1).clamp(min=0)
-        logits = model(input_ids=seq, attention_mask=attn, position_ids=pos, use_cache=False).logits[:, -R - 1 : -1]
+        # only the response positions through the head, as TRL does (logits_to_keep)
+        out = model(input_ids=seq, attention_mask=attn, position_ids=pos, use_cache=False, logits_to_keep=R + 1)
+        logits = out.logits[:, :-1]
         return torch.log_softmax(logits.float(), -1).gather(-1, seq[:, -R:, None]).squeeze(-1)
 
     rows, model_rows = [], []
