@@ -243,7 +243,8 @@ def install_worker(worker: ActorRolloutRefWorker) -> None:
         worker.rollout_module.generate = timed("generate", worker.rollout_module.generate)
         from verl.workers.rollout import hf_rollout
 
-        if "hf_rollout.lean_sample" not in _PATCHED:  # the hf rollout's own sampling loop, in place of generate
+        # the hf rollout's own sampling loop, in place of generate (absent in older trees: nothing to patch)
+        if hasattr(hf_rollout, "lean_sample") and "hf_rollout.lean_sample" not in _PATCHED:
             _PATCHED.add("hf_rollout.lean_sample")
             hf_rollout.lean_sample = timed("generate", hf_rollout.lean_sample)
     if worker.actor_module_fsdp is not None:
