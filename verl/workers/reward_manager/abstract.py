@@ -63,6 +63,13 @@ def _column(data: DataProto, key: str, config_key: str | None = None) -> Any:
     return data.non_tensor_batch[key]
 
 
+def _decode_all(tokenizer: Any, rows: list[list[int]]) -> list[str]:
+    """``decode(row, skip_special_tokens=True)`` of every row; one batched call when the tokenizer has one."""
+    if hasattr(tokenizer, "batch_decode"):
+        return list(tokenizer.batch_decode(rows, skip_special_tokens=True))
+    return [tokenizer.decode(row, skip_special_tokens=True) for row in rows]
+
+
 def decode_samples(tokenizer: Any, data: DataProto, reward_fn_key: str = "data_source") -> list[RewardSample]:
     """Decode the valid prompt and response of every row and gather its scoring inputs.
 
@@ -81,6 +88,8 @@ def decode_samples(tokenizer: Any, data: DataProto, reward_fn_key: str = "data_s
     extra_infos = data.non_tensor_batch.get("extra_info")
     captured = _generation_logits_getter(data)
     extra_columns = [k for k in data.meta_info.get("reward_extra_info_keys", ()) if k in data.non_tensor_batch]
+    prompt_strs = _decode_all(tokenizer, [prompts[i][prompt_mask[i]].tolist() for i in range(len(data))])
+    response_strs = _decode_all(tokenizer, [responses[i][: int(n)].tolist() for i, n in enumerate(response_lengths)])
     samples = []
     for i in range(len(data)):
         length = int(response_lengths[i])
@@ -96,8 +105,8 @@ def decode_samples(tokenizer: Any, data: DataProto, reward_fn_key: str = "data_s
         samples.append(
             RewardSample(
                 index=i,
-                prompt_str=tokenizer.decode(prompts[i][prompt_mask[i]], skip_special_tokens=True),
-                response_str=tokenizer.decode(responses[i][:length], skip_special_tokens=True),
+                prompt_str=prompt_strs[i],
+                response_str=response_strs[i],
                 response_length=length,
                 data_source=sources[i],
                 ground_truth=(reward_model[i] or {}).get("ground_truth"),
