@@ -404,3 +404,25 @@ def test_small_frozen_models_are_replicated_unless_the_config_asks_for_sharding(
     ):
         assert not replicate_frozen_model(model, "fsdp2", config), config
     assert not replicate_frozen_model(model, "fsdp", {})  # FSDP1 keeps its own behaviour
+
+
+def test_adamw_uses_the_multi_tensor_implementation_with_bit_identical_updates():
+    from verl.utils.hf_models import build_optimizer
+
+    torch.manual_seed(0)
+    shapes = [(64, 32), (32,), (16, 64), (5,)]
+    start = [torch.randn(s) for s in shapes]
+    cfg = {"lr": 1e-2, "weight_decay": 0.01, "betas": [0.9, 0.99]}
+    runs = {}
+    for name, override in (("default", None), ("per-parameter", {"foreach": False})):
+        params = [torch.nn.Parameter(p.clone()) for p in start]
+        optimizer = build_optimizer(params, {**cfg, "override_optimizer_config": override})
+        assert optimizer.defaults["foreach"] is (override is None)  # an explicit choice is kept
+        g = torch.Generator().manual_seed(1)
+        for _ in range(5):
+            for p in params:
+                p.grad = torch.randn(p.shape, generator=g)
+            optimizer.step()
+        runs[name] = params
+    for fast, slow in zip(runs["default"], runs["per-parameter"]):
+        assert torch.equal(fast, slow)

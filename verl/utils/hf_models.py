@@ -249,7 +249,12 @@ def build_optimizer(params, optim_config: Any) -> torch.optim.Optimizer:
     betas = _plain(cfg_get(optim_config, "betas", None))
     if betas is not None and "Adam" in name:
         kwargs["betas"] = tuple(float(b) for b in betas)
-    kwargs.update(_plain(cfg_get(optim_config, "override_optimizer_config", None)) or {})
+    overrides = _plain(cfg_get(optim_config, "override_optimizer_config", None)) or {}
+    kwargs.update(overrides)
+    if optimizer_cls in (torch.optim.AdamW, torch.optim.Adam) and not {"foreach", "fused"} & set(overrides):
+        # torch picks its per-parameter loop for CPU tensors and for FSDP2's DTensors; the multi-tensor
+        # implementation gives bit-identical updates at a third of the cost (override_optimizer_config wins)
+        kwargs["foreach"] = True
     return optimizer_cls(params, **kwargs)
 
 
