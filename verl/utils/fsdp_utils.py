@@ -429,11 +429,9 @@ def full_params(module: nn.Module):
         return
     stored = {name: p.dtype for name, p in module.named_parameters()}
     units = [m for m in module.modules() if isinstance(m, FSDPModule)]
-    handles = [unit.unshard(async_op=True) for unit in units]
     try:
-        for handle in handles:
-            if handle is not None:
-                handle.wait()
+        for unit in units:  # synchronous, one unit after the other, in the same order on every rank
+            unit.unshard()
         params = dict(module.named_parameters(remove_duplicate=False))
         if any(params[name].dtype != dtype for name, dtype in stored.items()):
             state = None  # gathered in the compute dtype: read the full-precision values the slow way

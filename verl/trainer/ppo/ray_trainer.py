@@ -345,7 +345,15 @@ class RayPPOTrainer:
         if cfg.algorithm.use_kl_in_reward or "rollout_log_probs" in batch.batch.keys():
             return False
         optimal_token = str(cfg.algorithm.adv_estimator) in ("optimal_token_baseline", "tir_optimal_token_baseline")
-        return not (optimal_token or actor.get("calculate_sum_pi_squared", False))
+        if optimal_token or actor.get("calculate_sum_pi_squared", False):
+            return False
+        # Only this package's actor worker hands the log-probs back from update_actor; a user-registered worker
+        # class gets the pass as verl would run it.
+        from verl.workers.fsdp_workers import ActorRolloutRefWorker
+
+        worker_cls = self.role_worker_mapping.get(Role.ActorRollout)
+        worker_cls = getattr(worker_cls, "__ray_actor_class__", worker_cls)
+        return isinstance(worker_cls, type) and issubclass(worker_cls, ActorRolloutRefWorker)
 
     def _compute_ref_log_prob(self, batch: DataProto) -> DataProto:
         if self.ref_in_actor:
