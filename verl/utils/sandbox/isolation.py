@@ -227,10 +227,35 @@ def sweep(pgid: int, uid: int | None, rounds: int = 50) -> int:
                 continue
         killed += found
         if not found:
+            if uid is not None:
+                _wait_until_reaped(uid)
             return killed
         time.sleep(0.01)
     logger.warning("sandbox: processes of group %d still alive after %d kill rounds", pgid, rounds)
     return killed
+
+
+def _wait_until_reaped(uid: int, timeout_s: float = 3.0) -> None:
+    """Wait until no process of ``uid`` is left, zombies included.
+
+    Killed orphans are reaped by init, sometimes only after a while; until then they still count towards the
+    uid's ``RLIMIT_NPROC``, so the slot's next program could fail to start a thread or a child.
+    """
+    deadline = time.monotonic() + timeout_s
+    while True:
+        left = 0
+        for entry in os.scandir("/proc"):
+            if entry.name.isdigit():
+                try:
+                    left += entry.stat().st_uid == uid
+                except FileNotFoundError:
+                    continue
+        if not left:
+            return
+        if time.monotonic() > deadline:
+            logger.warning("sandbox: %d processes of uid %d not reaped after %.0f s", left, uid, timeout_s)
+            return
+        time.sleep(0.01)
 
 
 def _is_alive(pid: int) -> bool:
