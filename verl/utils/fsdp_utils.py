@@ -151,6 +151,14 @@ def create_device_mesh(world_size: int, fsdp_size: int = -1):
 SINGLE_UNIT_MAX_PARAMS = 10_000_000
 
 
+def _small_under_default_policy(model: nn.Module, config: Any) -> bool:
+    """Fewer than ``SINGLE_UNIT_MAX_PARAMS`` parameters and ``wrap_policy`` left at verl's defaults."""
+    policy = cfg_get(config, "wrap_policy", None)
+    if cfg_get(policy, "transformer_layer_cls_to_wrap", None) or int(cfg_get(policy, "min_num_params", 0) or 0) > 0:
+        return False
+    return sum(p.numel() for p in model.parameters()) < SINGLE_UNIT_MAX_PARAMS
+
+
 def fsdp2_blocks(model: nn.Module, config: Any = None) -> list[nn.Module]:
     """The submodules ``apply_fsdp2`` gives their own FSDP unit (the root is always one).
 
@@ -162,34 +170,29 @@ def fsdp2_blocks(model: nn.Module, config: Any = None) -> list[nn.Module]:
       small the whole of it costs a few MB, while every extra unit costs an all-gather in forward and in backward
       and a reduce-scatter, which on such models is most of the step. One unit computes the same numbers.
     """
+    if _small_under_default_policy(model, config):
+        return []
     policy = cfg_get(config, "wrap_policy", None)
     names = cfg_get(policy, "transformer_layer_cls_to_wrap", None)
     min_num_params = int(cfg_get(policy, "min_num_params", 0) or 0)
     layer_classes = tuple(get_layer_classes(model, names))
     blocks = [m for m in model.modules() if layer_classes and isinstance(m, layer_classes)]
-    if names:
-        return blocks
-    if min_num_params > 0:
+    if not names and min_num_params > 0:
         return [b for b in blocks if sum(p.numel() for p in b.parameters()) >= min_num_params]
-    if sum(p.numel() for p in model.parameters()) < SINGLE_UNIT_MAX_PARAMS:
-        return []
     return blocks
 
 
 def replicate_frozen_model(module: nn.Module, strategy: str, fsdp_config: Any) -> bool:
     """Whether a frozen model (the reference policy) is better kept whole on every rank than sharded.
 
-    True for an FSDP2 model under ``SINGLE_UNIT_MAX_PARAMS`` parameters with verl's default wrap policy, no
-    offload, and a compute dtype equal to its stored dtype. Sharding it saves a few MB per rank but costs an
+    True for an FSDP2 model that ``fsdp2_blocks`` would make one unit (small, default wrap policy), with no
+    offload and a compute dtype equal to its stored dtype. Sharding it saves a few MB per rank but costs an
     all-gather and the FSDP hooks on every scoring call; a full copy computes the same numbers without them.
     """
     if strategy != "fsdp2" or cfg_get(fsdp_config, "param_offload", False) or cfg_get(fsdp_config, "offload_policy"):
         return False
-    policy = cfg_get(fsdp_config, "wrap_policy", None)
-    if cfg_get(policy, "transformer_layer_cls_to_wrap", None) or int(cfg_get(policy, "min_num_params", 0) or 0) > 0:
-        return False
     params = list(module.parameters())
-    if not params or sum(p.numel() for p in params) >= SINGLE_UNIT_MAX_PARAMS:
+    if not params or not _small_under_default_policy(module, fsdp_config):
         return False
     return all(p.dtype == mixed_precision_dtypes(fsdp_config)[0] for p in params)
 

@@ -13,7 +13,9 @@ weights before FSDP shards them.
 
 from __future__ import annotations
 
+import functools
 import importlib
+import inspect
 import logging
 import os
 from typing import Any
@@ -38,6 +40,19 @@ __all__ = [
     "load_hf_config",
     "resolve_model_path",
 ]
+
+
+def forward_accepts(module: nn.Module, *names: str) -> bool:
+    """Whether ``module``'s class's ``forward`` takes every keyword in ``names`` (cached per class)."""
+    return _forward_params(type(module)).issuperset(names)
+
+
+@functools.lru_cache(maxsize=64)
+def _forward_params(cls: type) -> frozenset[str]:
+    try:
+        return frozenset(inspect.signature(cls.forward).parameters)
+    except (TypeError, ValueError):
+        return frozenset()
 
 
 def _plain(obj: Any) -> Any:

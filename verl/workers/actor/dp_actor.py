@@ -24,8 +24,6 @@ sequence parallelism and no fused kernels.
 
 from __future__ import annotations
 
-import functools
-import inspect
 import logging
 from typing import Any
 
@@ -36,6 +34,7 @@ from verl.base_config import BaseConfig
 from verl.protocol import DataProto
 from verl.trainer.ppo import core_algos, rollout_corr_helper
 from verl.utils.fsdp_utils import unwrap_module
+from verl.utils.hf_models import forward_accepts
 from verl.utils.py_functional import append_to_dict
 from verl.utils.seqlen_balancing import prepare_dynamic_batch, restore_dynamic_batch
 from verl.utils.torch_functional import (
@@ -76,14 +75,6 @@ def _require_meta(data: DataProto, key: str, hint: str) -> Any:
     return data.meta_info[key]
 
 
-@functools.lru_cache(maxsize=64)
-def _accepts_logits_to_keep(forward_owner: type) -> bool:
-    try:
-        return "logits_to_keep" in inspect.signature(forward_owner.forward).parameters
-    except (TypeError, ValueError):
-        return False
-
-
 def forward_logits(module: nn.Module, micro_batch: DataProto, logits_to_keep: int = 0) -> torch.Tensor:
     """Run the model on a padded micro-batch and return its per-position outputs.
 
@@ -112,7 +103,7 @@ def forward_logits(module: nn.Module, micro_batch: DataProto, logits_to_keep: in
     attention_mask = batch["attention_mask"]
     # Vision inputs are laid out against the full prompt, so their rows keep every column.
     skip = 0 if mm is not None else leading_pad_columns(attention_mask)
-    if logits_to_keep > 0 and _accepts_logits_to_keep(type(unwrap_module(module))):
+    if logits_to_keep > 0 and forward_accepts(unwrap_module(module), "logits_to_keep"):
         extra["logits_to_keep"] = int(logits_to_keep)
     output = module(
         input_ids=batch["input_ids"][..., skip:],

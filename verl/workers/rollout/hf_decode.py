@@ -20,10 +20,10 @@ against it). Models this loop cannot serve the same way (encoder-decoder, no ``l
 
 from __future__ import annotations
 
-import inspect
-
 import torch
 from torch import nn
+
+from verl.utils.hf_models import forward_accepts
 
 __all__ = ["lean_sample", "supports_lean_decode"]
 
@@ -33,13 +33,8 @@ def supports_lean_decode(module: nn.Module) -> bool:
     config = getattr(module, "config", None)
     if config is None or getattr(config, "is_encoder_decoder", False):
         return False
-    try:
-        params = inspect.signature(module.forward).parameters
-    except (TypeError, ValueError):
-        return False
-    return all(name in params for name in ("input_ids", "attention_mask", "position_ids", "past_key_values")) and (
-        "logits_to_keep" in params
-    )
+    names = ("input_ids", "attention_mask", "position_ids", "past_key_values", "logits_to_keep")
+    return forward_accepts(module, *names)
 
 
 def _warpers(do_sample: bool, temperature: float, top_k: int, top_p: float):
