@@ -14,6 +14,8 @@ import collections.abc
 from dataclasses import FrozenInstanceError, dataclass, fields
 from typing import Any, ClassVar
 
+from verl.utils.config_keys import info_of
+
 __all__ = ["BaseConfig", "check_choice"]
 
 
@@ -25,9 +27,25 @@ class BaseConfig(collections.abc.Mapping):
     _mutable_fields: ClassVar[frozenset[str]] = frozenset({"_target_"})
     # YAML keys a subclass knowingly does not model (e.g. FSDP-only keys on a Megatron node); dropped on load.
     _ignored_keys: ClassVar[frozenset[str]] = frozenset()
+    # Open nodes keep keys they do not declare (``+data.my_key=...`` for a custom dataset) as read-only extras,
+    # reachable like fields (``cfg.my_key``, ``cfg["my_key"]``); closed nodes refuse them.
+    _open: ClassVar[bool] = False
+    # Whether the generated YAML writes ``_target_`` for this node (verl's public config classes do).
+    _emit_target: ClassVar[bool] = True
 
     _target_: str = ""
     """Dotted path of the class this node instantiates (kept for round trips to YAML)."""
+
+    def __post_init__(self) -> None:
+        # Keys declared with ``key(..., choices=...)`` are checked for every instance, however it was built; a null
+        # key whose default depends on the verl generation takes v0.7's here (the trainer's loader resolves it
+        # from the keys the user wrote before the node is built).
+        for f in fields(self):
+            info = info_of(f)
+            if getattr(self, f.name) is None and (info.v09_only or info.per_generation):
+                object.__setattr__(self, f.name, info.unwritten_value("0.7"))
+            if info.choices is not None:
+                check_choice(f"{type(self).__name__}.{f.name}", getattr(self, f.name), info.choices)
 
     def __setattr__(self, name: str, value: Any) -> None:
         # The first assignment (from the generated __init__) always succeeds; later ones only for mutable fields.
@@ -45,6 +63,18 @@ class BaseConfig(collections.abc.Mapping):
         """Rewrite a field from ``__post_init__`` (normalisation at construction time), bypassing the freeze."""
         object.__setattr__(self, name, value)
 
+    def __getattr__(self, name: str) -> Any:
+        # Only reached when normal lookup fails: the extra keys of an open node.
+        extras = self.__dict__.get("_extras")
+        if extras is not None and name in extras:
+            return extras[name]
+        raise AttributeError(f"{type(self).__name__} has no key {name!r}")
+
+    @property
+    def extras(self) -> dict[str, Any]:
+        """Keys this open node holds beyond its fields (empty for closed nodes)."""
+        return dict(self.__dict__.get("_extras") or {})
+
     # ---- Mapping interface -------------------------------------------------------------------------------
     def __getitem__(self, key: str) -> Any:
         if not isinstance(key, str):
@@ -56,13 +86,13 @@ class BaseConfig(collections.abc.Mapping):
         return getattr(self, key, default)
 
     def __contains__(self, key: object) -> bool:
-        return isinstance(key, str) and key in self._field_names()
+        return isinstance(key, str) and (key in self._field_names() or key in self.extras)
 
     def __iter__(self):
-        return iter(self._field_names())
+        return iter((*self._field_names(), *self.extras))
 
     def __len__(self) -> int:
-        return len(self._field_names())
+        return len(self._field_names()) + len(self.extras)
 
     @classmethod
     def _field_names(cls) -> tuple[str, ...]:

@@ -11,16 +11,16 @@ whether pre-flight catches it before Ray starts or a worker catches it when buil
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
-from omegaconf import DictConfig, open_dict
-
 __all__ = [
+    "RankBatchSizes",
+    "actor_rank_batch_sizes",
     "check_log_prob_batch",
     "check_mini_fits_train_batch",
     "check_training_batch",
-    "normalize_actor_batch_sizes",
-    "normalize_critic_batch_sizes",
+    "critic_rank_batch_sizes",
     "per_rank_micro_batch",
     "per_rank_mini_batch",
 ]
@@ -105,19 +105,14 @@ def _check_micro_divides(prefix: str, per_rank: int, micro: int, mini: int, n: i
 def check_training_batch(prefix: str, node: Any, n: int, dp: int) -> tuple[int, int | None]:
     """The mini/micro rules of one trained model (actor or critic); returns per-rank ``(mini, micro)``.
 
-    ``node`` is a DictConfig or a typed config with ``ppo_mini_batch_size`` (prompts, global),
-    ``ppo_micro_batch_size``, ``ppo_micro_batch_size_per_gpu`` and ``use_dynamic_bsz``.
+    ``node`` is a typed actor or critic config (``ppo_mini_batch_size`` in prompts, global; ``ppo_micro_batch_size``,
+    ``ppo_micro_batch_size_per_gpu``, ``use_dynamic_bsz``).
     """
-    mini = int(node.get("ppo_mini_batch_size"))
+    mini = int(node.ppo_mini_batch_size)
     per_rank = per_rank_mini_batch(prefix, mini, n, dp)
-    dynamic = bool(node.get("use_dynamic_bsz", False))
+    dynamic = bool(node.use_dynamic_bsz)
     micro = per_rank_micro_batch(
-        prefix,
-        "ppo_micro_batch_size",
-        node.get("ppo_micro_batch_size"),
-        node.get("ppo_micro_batch_size_per_gpu"),
-        dp,
-        required=not dynamic,
+        prefix, "ppo_micro_batch_size", node.ppo_micro_batch_size, node.ppo_micro_batch_size_per_gpu, dp, not dynamic
     )
     if micro is not None and not dynamic:
         _check_micro_divides(prefix, per_rank, micro, mini, n, dp)
@@ -127,46 +122,50 @@ def check_training_batch(prefix: str, node: Any, n: int, dp: int) -> tuple[int, 
 def check_log_prob_batch(prefix: str, node: Any, dp: int, name: str = "log_prob_micro_batch_size") -> int | None:
     """The micro-batch of a no-grad pass (log-probs, values): one size is needed unless dynamic."""
     dynamic_key = "log_prob_use_dynamic_bsz" if name.startswith("log_prob") else "use_dynamic_bsz"
-    dynamic = bool(node.get(dynamic_key, False))
-    return per_rank_micro_batch(prefix, name, node.get(name), node.get(f"{name}_per_gpu"), dp, required=not dynamic)
+    dynamic = bool(getattr(node, dynamic_key))
+    return per_rank_micro_batch(prefix, name, getattr(node, name), getattr(node, f"{name}_per_gpu"), dp, not dynamic)
 
 
-def _set(node: DictConfig, key: str, value: Any) -> None:
-    with open_dict(node):
-        node[key] = value
+@dataclass(frozen=True)
+class RankBatchSizes:
+    """One rank's share of the configured (global, prompt-counted) batch sizes; arguments, never config writes.
+
+    Attributes:
+        mini: sequences per optimizer step on this rank (``ppo_mini_batch_size * n / dp``); None for no training.
+        micro: sequences per forward/backward of training (None with dynamic batch sizes).
+        log_prob_micro: sequences per forward of the old-log-prob (actor) or value (critic) pass.
+        ref_micro: sequences per forward of the reference policy.
+    """
+
+    mini: int | None = None
+    micro: int | None = None
+    log_prob_micro: int | None = None
+    ref_micro: int | None = None
 
 
-def normalize_actor_batch_sizes(config: DictConfig, role: str, dp: int) -> None:
-    """Rewrite a worker's private ``actor_rollout_ref`` copy to per-rank sizes (mini x n / dp, micro per gpu)."""
-    n = int(config.rollout.get("n", 1)) if "rollout" in config else 1
+def actor_rank_batch_sizes(config: Any, role: str, dp: int) -> RankBatchSizes:
+    """Per-rank sizes of an ``actor_rollout_ref`` worker with ``role`` on ``dp`` data-parallel ranks."""
+    mini = micro = log_prob = ref = None
     if role in ("actor", "actor_rollout", "actor_rollout_ref"):
-        per_rank, micro = check_training_batch("actor_rollout_ref.actor", config.actor, n, dp)
-        _set(config.actor, "ppo_mini_batch_size", per_rank)
-        _set(config.actor, "ppo_micro_batch_size", None)
-        _set(config.actor, "ppo_micro_batch_size_per_gpu", micro)
-    users = {"rollout": ("actor", "rollout", "actor_rollout", "actor_rollout_ref"), "ref": ("ref", "actor_rollout_ref")}
-    for sub, roles in users.items():
-        if sub in config and role in roles:
-            node = config[sub]
-            micro = check_log_prob_batch(f"actor_rollout_ref.{sub}", node, dp)
-            _set(node, "log_prob_micro_batch_size", None)
-            _set(node, "log_prob_micro_batch_size_per_gpu", micro)
+        mini, micro = check_training_batch("actor_rollout_ref.actor", config.actor, config.rollout.n, dp)
+    if role in ("actor", "rollout", "actor_rollout", "actor_rollout_ref"):
+        log_prob = check_log_prob_batch("actor_rollout_ref.rollout", config.rollout, dp)
+    if role in ("ref", "actor_rollout_ref"):
+        ref = check_log_prob_batch("actor_rollout_ref.ref", config.ref, dp)
+    return RankBatchSizes(mini, micro, log_prob, ref)
 
 
-def normalize_critic_batch_sizes(config: DictConfig, dp: int) -> None:
-    """Per-rank critic batch sizes (the actor's rules, with ``critic.rollout_n``)."""
-    n = int(config.get("rollout_n", 1) or 1)
-    per_rank, micro = check_training_batch("critic", config, n, dp)
-    _set(config, "ppo_mini_batch_size", per_rank)
-    _set(config, "ppo_micro_batch_size", None)
-    _set(config, "ppo_micro_batch_size_per_gpu", micro)
+def critic_rank_batch_sizes(config: Any, dp: int) -> RankBatchSizes:
+    """Per-rank critic sizes (the actor's rules with ``critic.rollout_n``); value inference follows training."""
+    mini, micro = check_training_batch("critic", config, config.rollout_n, dp)
     forward = per_rank_micro_batch(
         "critic",
         "forward_micro_batch_size",
-        config.get("forward_micro_batch_size"),
-        config.get("forward_micro_batch_size_per_gpu"),
+        config.forward_micro_batch_size,
+        config.forward_micro_batch_size_per_gpu,
         dp,
         required=False,
     )
-    _set(config, "forward_micro_batch_size", None)
-    _set(config, "forward_micro_batch_size_per_gpu", forward if forward is not None else micro)
+    return RankBatchSizes(mini, micro, forward if forward is not None else micro)
+
+

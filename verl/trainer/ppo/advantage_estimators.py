@@ -5,7 +5,7 @@ the set the trainer may pass (``token_level_rewards``, ``response_mask``, ``inde
 ``reward_baselines``, ``old_log_probs``, ``sum_pi_squared``, ``rollout_is_weights``, ``non_tensor_batch``,
 ``attention_mask``); ``**kwargs`` swallows the rest so the trainer can pass a superset.
 
-The names stay importable from :mod:`verl.trainer.ppo.core_algos`, which imports this module at its end.
+The names stay importable from :mod:`verl.trainer.ppo.core_algos`, which imports this module.
 """
 
 from __future__ import annotations
@@ -16,7 +16,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from verl.trainer.ppo.core_algos import AdvantageEstimator, register_adv_est
+from verl.trainer.config.algorithm import AlgoConfig
+from verl.trainer.ppo.core import AdvantageEstimator, register_adv_est
 from verl.utils import torch_functional as verl_F
 from verl.utils.groupwise import as_torch_index, group_mean_std
 from verl.utils.py_functional import cfg_get
@@ -60,8 +61,8 @@ def compute_gae_advantage_return(
         ``advantages`` (whitened over the mask) and ``returns = A + V`` (not whitened), both
         ``(bs, response_length)``.
     """
-    gamma = cfg_get(config, "gamma", 1.0) if gamma is None else gamma
-    lam = cfg_get(config, "lam", 1.0) if lam is None else lam
+    gamma = cfg_get(config, "gamma", AlgoConfig.gamma) if gamma is None else gamma
+    lam = cfg_get(config, "lam", AlgoConfig.lam) if lam is None else lam
     mask = response_mask.to(values.dtype)
     next_value = torch.zeros_like(values[:, 0])
     next_adv = torch.zeros_like(values[:, 0])
@@ -84,7 +85,7 @@ def compute_grpo_outcome_advantage(
     response_mask: torch.Tensor,
     index: Any,
     epsilon: float = 1e-6,
-    norm_adv_by_std_in_grpo: bool = True,
+    norm_adv_by_std_in_grpo: bool = AlgoConfig.norm_adv_by_std_in_grpo,
     config: Any = None,
     **kwargs: Any,
 ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -129,7 +130,7 @@ def compute_grpo_vectorized_outcome_advantage(
     response_mask: torch.Tensor,
     index: Any,
     epsilon: float = 1e-6,
-    norm_adv_by_std_in_grpo: bool = True,
+    norm_adv_by_std_in_grpo: bool = AlgoConfig.norm_adv_by_std_in_grpo,
     config: Any = None,
     **kwargs: Any,
 ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -150,7 +151,7 @@ def compute_grpo_passk_outcome_advantage(
     response_mask: torch.Tensor,
     index: Any,
     epsilon: float = 1e-6,
-    norm_adv_by_std_in_grpo: bool = True,
+    norm_adv_by_std_in_grpo: bool = AlgoConfig.norm_adv_by_std_in_grpo,
     config: Any = None,
     **kwargs: Any,
 ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -298,7 +299,7 @@ def compute_reinforce_plus_plus_outcome_advantage(
     Returns:
         ``advantages`` (whitened returns times the mask) and the raw ``returns``, both ``(bs, response_length)``.
     """
-    gamma = cfg_get(config, "gamma", 1.0) if gamma is None else gamma
+    gamma = cfg_get(config, "gamma", AlgoConfig.gamma) if gamma is None else gamma
     returns = torch.zeros_like(token_level_rewards)
     running = torch.zeros_like(token_level_rewards[:, 0])
     for t in reversed(range(token_level_rewards.shape[-1])):

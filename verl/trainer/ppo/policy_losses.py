@@ -3,12 +3,12 @@
 Every registered loss has the signature of :func:`verl.trainer.ppo.core_algos.compute_policy_loss_vanilla` (the
 default loss, which stays in core_algos beside the shared clip/metric helpers) and returns ``(pg_loss, metrics)``:
 a scalar and the float metrics ``actor/pg_clipfrac``, ``actor/ppo_kl``, ``actor/pg_clipfrac_lower``. ``config`` is
-the actor config (a dict, a ``DictConfig`` or a dataclass; ``None`` gives the defaults), read with ``cfg_get``; its
+the actor config (``ActorConfig``; a dict, a ``DictConfig`` or ``None`` is read as one, see ``core.actor_config``); its
 ``global_batch_info`` (set by the engine-path actor) makes the aggregation independent of the micro-batch split,
 see :func:`verl.trainer.ppo.core_algos.agg_loss`. Log-ratios are clamped to [-20, 20] before ``exp()`` where noted,
 so that a stale ``old_log_prob`` cannot overflow the ratio.
 
-The names stay importable from :mod:`verl.trainer.ppo.core_algos`, which imports this module at its end.
+The names stay importable from :mod:`verl.trainer.ppo.core_algos`, which imports this module.
 """
 
 from __future__ import annotations
@@ -17,16 +17,17 @@ from typing import Any
 
 import torch
 
-from verl.trainer.ppo.core_algos import (
+from verl.trainer.ppo.core import (
     _agg_kwargs,
     _apply_is_weights,
     _clip_ratios,
     _metrics,
+    actor_config,
     agg_loss,
     register_policy_loss,
 )
 from verl.utils import torch_functional as verl_F
-from verl.utils.py_functional import cfg_get
+from verl.workers.config.actor import ActorConfig
 
 
 @register_policy_loss("gspo")
@@ -90,8 +91,8 @@ def compute_policy_loss_sapo(
     Returns:
         scalar loss and metrics; ``actor/pg_clipfrac`` and ``actor/pg_clipfrac_lower`` are 0 (nothing is clipped).
     """
-    tau_pos = float(cfg_get(config, "tau_pos", 1.0))
-    tau_neg = float(cfg_get(config, "tau_neg", 1.05))
+    cfg = actor_config(config)
+    tau_pos, tau_neg = float(cfg.tau_pos), float(cfg.tau_neg)
     log_ratio = torch.clamp(log_prob - old_log_prob, min=-20.0, max=20.0)
     ratio = torch.exp(log_ratio)
     tau = torch.where(advantages > 0, tau_pos, tau_neg).to(ratio.dtype)
@@ -142,7 +143,7 @@ def compute_policy_loss_dppo_tv(
     log_prob: torch.Tensor,
     advantages: torch.Tensor,
     response_mask: torch.Tensor,
-    loss_agg_mode: str = "token-mean",
+    loss_agg_mode: str = ActorConfig.loss_agg_mode,
     config: Any = None,
     rollout_is_weights: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, dict[str, float]]:
@@ -171,7 +172,7 @@ def compute_policy_loss_dppo_kl(
     log_prob: torch.Tensor,
     advantages: torch.Tensor,
     response_mask: torch.Tensor,
-    loss_agg_mode: str = "token-mean",
+    loss_agg_mode: str = ActorConfig.loss_agg_mode,
     config: Any = None,
     rollout_is_weights: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, dict[str, float]]:
@@ -197,7 +198,7 @@ def compute_policy_loss_gpg(
     log_prob: torch.Tensor,
     advantages: torch.Tensor,
     response_mask: torch.Tensor,
-    loss_agg_mode: str = "token-mean",
+    loss_agg_mode: str = ActorConfig.loss_agg_mode,
     config: Any = None,
     rollout_is_weights: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, dict[str, float]]:
@@ -213,7 +214,7 @@ def compute_policy_loss_clip_cov(
     log_prob: torch.Tensor,
     advantages: torch.Tensor,
     response_mask: torch.Tensor,
-    loss_agg_mode: str = "token-mean",
+    loss_agg_mode: str = ActorConfig.loss_agg_mode,
     config: Any = None,
     rollout_is_weights: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, dict[str, float]]:
@@ -223,10 +224,8 @@ def compute_policy_loss_clip_cov(
     up to ``max(int(clip_cov_ratio * #valid), 1)`` are chosen at random. Reads ``policy_loss.{clip_cov_ratio,
     clip_cov_lb, clip_cov_ub}`` and the clip ratios. ``actor/pg_clipfrac`` is the fraction of zeroed tokens.
     """
-    policy_cfg = cfg_get(config, "policy_loss", None)
-    cov_ratio = cfg_get(policy_cfg, "clip_cov_ratio", 0.0002)
-    cov_lb = cfg_get(policy_cfg, "clip_cov_lb", 1.0)
-    cov_ub = cfg_get(policy_cfg, "clip_cov_ub", 5.0)
+    policy_cfg = actor_config(config).policy_loss
+    cov_ratio, cov_lb, cov_ub = policy_cfg.clip_cov_ratio, policy_cfg.clip_cov_lb, policy_cfg.clip_cov_ub
     assert cov_ratio > 0, f"policy_loss.clip_cov_ratio must be > 0, got {cov_ratio}"
     clip_low, clip_high, _ = _clip_ratios(config)
     valid = response_mask.bool()
@@ -255,7 +254,7 @@ def compute_policy_loss_kl_cov(
     log_prob: torch.Tensor,
     advantages: torch.Tensor,
     response_mask: torch.Tensor,
-    loss_agg_mode: str = "token-mean",
+    loss_agg_mode: str = ActorConfig.loss_agg_mode,
     config: Any = None,
     rollout_is_weights: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, dict[str, float]]:
@@ -265,9 +264,8 @@ def compute_policy_loss_kl_cov(
     ``-A r + coef |log r|``; the others ``-A r``. Reads ``policy_loss.{kl_cov_ratio, ppo_kl_coef}``;
     ``actor/ppo_kl`` reports the masked mean of ``|log r|``.
     """
-    policy_cfg = cfg_get(config, "policy_loss", None)
-    kl_cov_ratio = cfg_get(policy_cfg, "kl_cov_ratio", 0.0002)
-    kl_coef = cfg_get(policy_cfg, "ppo_kl_coef", 0.1)
+    policy_cfg = actor_config(config).policy_loss
+    kl_cov_ratio, kl_coef = policy_cfg.kl_cov_ratio, policy_cfg.ppo_kl_coef
     assert kl_cov_ratio > 0, f"policy_loss.kl_cov_ratio must be > 0, got {kl_cov_ratio}"
     log_ratio = torch.clamp(log_prob - old_log_prob, min=-20.0, max=20.0)
     base = -advantages * torch.exp(log_ratio)
@@ -290,7 +288,7 @@ def compute_policy_loss_geo_mean(
     log_prob: torch.Tensor,
     advantages: torch.Tensor,
     response_mask: torch.Tensor,
-    loss_agg_mode: str = "token-mean",
+    loss_agg_mode: str = ActorConfig.loss_agg_mode,
     config: Any = None,
     rollout_is_weights: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, dict[str, float]]:
@@ -348,7 +346,7 @@ def compute_policy_loss_cispo(
     log_prob: torch.Tensor,
     advantages: torch.Tensor,
     response_mask: torch.Tensor,
-    loss_agg_mode: str = "token-mean",
+    loss_agg_mode: str = ActorConfig.loss_agg_mode,
     config: Any = None,
     rollout_is_weights: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, dict[str, float]]:

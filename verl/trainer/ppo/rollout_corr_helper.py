@@ -32,10 +32,17 @@ from typing import TYPE_CHECKING, Any
 import torch
 import torch.distributed as dist
 
-from verl.trainer.config.algorithm import RolloutCorrectionConfig
-from verl.trainer.ppo.core_algos import _agg_kwargs, agg_loss, compute_policy_loss_vanilla, register_policy_loss
+from verl.trainer.config.algorithm import ROLLOUT_RS_OPTIONS, RolloutCorrectionConfig, parse_rollout_rs
+from verl.trainer.ppo.core import (
+    _agg_kwargs,
+    actor_config,
+    agg_loss,
+    compute_policy_loss_vanilla,
+    register_policy_loss,
+)
 from verl.utils import torch_functional as verl_F
-from verl.utils.py_functional import cfg_get
+from verl.utils.config import as_config
+from verl.workers.config.actor import ActorConfig
 
 if TYPE_CHECKING:  # verl.protocol pulls in tensordict, which core_algos (importing this module) must not
     from verl.protocol import DataProto
@@ -55,21 +62,7 @@ __all__ = [
 SAFETY_BOUND = 20.0
 """Log-ratios (and sequence log-ratio sums) are clamped to +-20 before exp() so a stale policy cannot overflow."""
 
-# fmt: off
-ROLLOUT_RS_OPTIONS = (
-    "token_k1", "token_k2", "token_k3", "seq_sum_k1", "seq_sum_k2", "seq_sum_k3",
-    "seq_mean_k1", "seq_mean_k2", "seq_mean_k3", "seq_max_k2", "seq_max_k3",
-)
-# fmt: on
-# verl 0.6 spelled the rejection level token / sequence / geometric (a ratio bound on the token, the product or the
-# geometric mean); those are the k1 options on the same statistic.
-_LEGACY_RS = {"token": "token_k1", "sequence": "seq_sum_k1", "geometric": "seq_mean_k1"}
-_RS_KEY = "algorithm.rollout_correction.rollout_rs"
-_RS_THRESHOLD_KEY = "algorithm.rollout_correction.rollout_rs_threshold"
 _PREFIX = "rollout_corr/"
-
-RSOption = tuple[str, float | None, float]
-"""``(option, lower, upper)``: ratio-space bounds; ``lower`` is set for k1 options only."""
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -111,8 +104,8 @@ def compute_rollout_is_weights(
     log_ratio: torch.Tensor,
     response_mask: torch.Tensor,
     rollout_is: str = "token",
-    rollout_is_threshold: float = 2.0,
-    rollout_is_batch_normalize: bool = False,
+    rollout_is_threshold: float = RolloutCorrectionConfig.rollout_is_threshold,
+    rollout_is_batch_normalize: bool = RolloutCorrectionConfig.rollout_is_batch_normalize,
 ) -> tuple[torch.Tensor, dict[str, float]]:
     """Truncated importance weights ``pi_train / pi_rollout``.
 
@@ -194,74 +187,6 @@ def _is_metrics(
 # ---------------------------------------------------------------------------------------------------------------------
 # rejection sampling
 # ---------------------------------------------------------------------------------------------------------------------
-
-
-def _rs_error(key: str, value: Any, why: str) -> ValueError:
-    return ValueError(
-        f"{key}={value!r}: {why}. Valid rollout_rs options (comma-separated, combined with AND): "
-        f"{', '.join(ROLLOUT_RS_OPTIONS)}; k1 thresholds are 'lo_up' or a single u (lo = 1/u), k2/k3 thresholds a "
-        "single positive upper bound; give one threshold for all options or one per option, comma-separated."
-    )
-
-
-def _parse_bound(option: str, text: str, lower: float | None, threshold: Any) -> RSOption:
-    try:
-        parts = [float(p) for p in text.strip().split("_")]
-    except ValueError:
-        raise _rs_error(_RS_THRESHOLD_KEY, threshold, f"cannot read {text!r} as a number") from None
-    if min(parts) <= 0:
-        raise _rs_error(_RS_THRESHOLD_KEY, threshold, f"bounds must be positive, got {text!r}")
-    if option.endswith("k1"):
-        if len(parts) == 1:
-            parts = [1.0 / parts[0] if lower is None else lower, parts[0]]
-        if len(parts) != 2 or parts[0] > parts[1]:
-            raise _rs_error(_RS_THRESHOLD_KEY, threshold, f"{option} needs 0 < lo <= up, got {text!r}")
-        return option, parts[0], parts[1]
-    if len(parts) != 1:
-        raise _rs_error(_RS_THRESHOLD_KEY, threshold, f"{option} takes a single positive upper bound, got {text!r}")
-    return option, None, parts[0]
-
-
-def parse_rollout_rs(
-    rollout_rs: str | None, rollout_rs_threshold: str | float | None, rollout_rs_threshold_lower: float | None = None
-) -> list[RSOption]:
-    """Parse the rejection options and their thresholds.
-
-    Example: ``parse_rollout_rs("token_k1,seq_max_k2", "0.5_2.0,0.1")`` gives
-    ``[("token_k1", 0.5, 2.0), ("seq_max_k2", None, 0.1)]``; ``parse_rollout_rs("seq_mean_k1", 4.0)`` gives
-    ``[("seq_mean_k1", 0.25, 4.0)]``.
-
-    Args:
-        rollout_rs: comma list of :data:`ROLLOUT_RS_OPTIONS` (0.6 names token/sequence/geometric map to the k1
-            options); ``None`` or empty disables rejection.
-        rollout_rs_threshold: a number, or a string with one entry for all options or one per option.
-        rollout_rs_threshold_lower: 0.6-era key; the ``lo`` of k1 options given a single value (default ``1/u``).
-
-    Returns:
-        ``[(option, lower, upper)]`` in ratio space; ``lower`` is ``None`` for k2/k3 options.
-
-    Raises:
-        ValueError: naming ``algorithm.rollout_correction.rollout_rs`` or ``..._threshold`` and the valid choices.
-    """
-    if rollout_rs is None or not str(rollout_rs).strip():
-        return []
-    options = [_LEGACY_RS.get(name.strip(), name.strip()) for name in str(rollout_rs).split(",")]
-    for name in options:
-        if name not in ROLLOUT_RS_OPTIONS:
-            raise _rs_error(_RS_KEY, rollout_rs, f"unknown option {name!r}")
-    if rollout_rs_threshold is None or isinstance(rollout_rs_threshold, bool):
-        raise _rs_error(
-            _RS_THRESHOLD_KEY, rollout_rs_threshold, f"a threshold is required with rollout_rs={rollout_rs}"
-        )
-    if isinstance(rollout_rs_threshold, int | float):
-        entries = [str(float(rollout_rs_threshold))] * len(options)
-    else:
-        entries = str(rollout_rs_threshold).split(",")
-        entries = entries * len(options) if len(entries) == 1 else entries
-        if len(entries) != len(options):
-            why = f"{len(entries)} thresholds for {len(options)} options"
-            raise _rs_error(_RS_THRESHOLD_KEY, rollout_rs_threshold, why)
-    return [_parse_bound(o, t, rollout_rs_threshold_lower, rollout_rs_threshold) for o, t in zip(options, entries)]
 
 
 def _rs_statistic(log_ratio: torch.Tensor, mask: torch.Tensor, option: str) -> torch.Tensor:
@@ -374,10 +299,10 @@ def compute_rollout_correction_and_rejection_mask(
     rollout_log_prob: torch.Tensor,
     response_mask: torch.Tensor,
     rollout_is: str | None = None,
-    rollout_is_threshold: float = 2.0,
+    rollout_is_threshold: float = RolloutCorrectionConfig.rollout_is_threshold,
     rollout_rs: str | None = None,
     rollout_rs_threshold: str | float | None = None,
-    rollout_is_batch_normalize: bool = False,
+    rollout_is_batch_normalize: bool = RolloutCorrectionConfig.rollout_is_batch_normalize,
     rollout_rs_threshold_lower: float | None = None,
     rollout_token_veto_threshold: float | None = None,
 ) -> tuple[torch.Tensor | None, torch.Tensor, dict[str, float]]:
@@ -471,13 +396,7 @@ def compute_rollout_corr_metrics_from_logprobs(
 
 def _as_config(rollout_corr_config: Any) -> RolloutCorrectionConfig:
     """A validated :class:`RolloutCorrectionConfig` from a dataclass, DictConfig, dict or ``None`` (defaults)."""
-    from verl.utils.config import omega_conf_to_dataclass  # verl.utils.config is heavier; only needed here
-
-    if rollout_corr_config is None:
-        return RolloutCorrectionConfig()
-    if isinstance(rollout_corr_config, RolloutCorrectionConfig):
-        return rollout_corr_config
-    return omega_conf_to_dataclass(rollout_corr_config, RolloutCorrectionConfig)
+    return as_config(rollout_corr_config, RolloutCorrectionConfig)
 
 
 def _correction_kwargs(cfg: RolloutCorrectionConfig) -> dict[str, Any]:
@@ -552,7 +471,7 @@ def compute_policy_loss_bypass_mode(
     log_prob: torch.Tensor,
     advantages: torch.Tensor,
     response_mask: torch.Tensor,
-    loss_agg_mode: str = "token-mean",
+    loss_agg_mode: str = ActorConfig.loss_agg_mode,
     config: Any = None,
     rollout_is_weights: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, dict[str, float]]:
@@ -577,7 +496,7 @@ def compute_policy_loss_bypass_mode(
         scalar ``pg_loss``; metrics: vanilla's three (``ppo_clip``) or ``actor/ppo_kl`` (``reinforce``), plus the
         ``rollout_corr/*`` IS, RS and off-policy metrics.
     """
-    cfg = _as_config(cfg_get(cfg_get(config, "policy_loss"), "rollout_correction"))
+    cfg = _as_config(actor_config(config).policy_loss.rollout_correction)
     with torch.no_grad():
         weights, rs_mask, metrics = compute_rollout_correction_and_rejection_mask(
             log_prob.detach(), old_log_prob, response_mask, **_correction_kwargs(cfg)

@@ -24,6 +24,7 @@ sequence parallelism and no fused kernels.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from typing import Any
 
@@ -33,6 +34,7 @@ from torch import nn
 from verl.base_config import BaseConfig
 from verl.protocol import DataProto
 from verl.trainer.ppo import core_algos, rollout_corr_helper
+from verl.utils.config import as_config
 from verl.utils.fsdp_utils import unwrap_module
 from verl.utils.hf_models import forward_accepts
 from verl.utils.py_functional import append_to_dict
@@ -64,9 +66,7 @@ def as_actor_config(config: Any) -> BaseConfig:
     """The typed actor config: a ``BaseConfig`` is used as is, a DictConfig or dict becomes ``FSDPActorConfig``."""
     if isinstance(config, BaseConfig):
         return config
-    from verl.utils.config import omega_conf_to_dataclass
-
-    return omega_conf_to_dataclass(config, FSDPActorConfig)
+    return as_config(config, FSDPActorConfig)
 
 
 def _require_meta(data: DataProto, key: str, hint: str) -> Any:
@@ -202,17 +202,30 @@ class DataParallelPPOActor(BasePPOActor):
     """PPO actor on one rank; the same class with ``actor_optimizer=None`` is the reference policy.
 
     Args:
-        config: typed ``actor_rollout_ref.actor`` config (``FSDPActorConfig``; a DictConfig or dict is converted),
-            with per-rank batch sizes (the worker has already multiplied ``ppo_mini_batch_size`` by ``rollout.n``
-            and divided it by the data-parallel size).
+        config: typed ``actor_rollout_ref.actor`` config (``FSDPActorConfig``; a DictConfig or dict is converted).
         actor_module: the causal LM (plain, FSDP1 or FSDP2).
         actor_optimizer: its optimizer; None for a reference policy (``update_policy`` then refuses to run).
+        mini_batch_size: sequences per optimizer step on this rank (the worker's ``ppo_mini_batch_size * rollout.n /
+            dp``); None reads ``config.ppo_mini_batch_size`` as already per rank, as verl's actor does.
+        micro_batch_size: sequences per forward/backward on this rank; None reads
+            ``config.ppo_micro_batch_size_per_gpu``.
     """
 
-    def __init__(self, config: Any, actor_module: nn.Module, actor_optimizer: torch.optim.Optimizer | None = None):
+    def __init__(
+        self,
+        config: Any,
+        actor_module: nn.Module,
+        actor_optimizer: torch.optim.Optimizer | None = None,
+        mini_batch_size: int | None = None,
+        micro_batch_size: int | None = None,
+    ):
         super().__init__(as_actor_config(config))
         self.actor_module = actor_module
         self.actor_optimizer = actor_optimizer
+        self.mini_batch_size = self.config.ppo_mini_batch_size if mini_batch_size is None else mini_batch_size
+        self.micro_batch_size = (
+            self.config.ppo_micro_batch_size_per_gpu if micro_batch_size is None else micro_batch_size
+        )
         if self.config.ulysses_sequence_parallel_size > 1:
             raise ValueError("ulysses_sequence_parallel_size > 1 is not supported; set it to 1")
         self.skipped_steps = 0  # optimizer steps skipped because the gradient norm was not finite
@@ -276,9 +289,9 @@ class DataParallelPPOActor(BasePPOActor):
         nt_keys = ["multi_modal_inputs"] if "multi_modal_inputs" in (data.non_tensor_batch or {}) else []
         data = data.select(batch_keys=keys, non_tensor_batch_keys=nt_keys)
         micro_batches, indices = split_micro_batches(
-            data, bool(meta.get("use_dynamic_bsz", False)), meta.get("micro_batch_size"), meta.get("max_token_len")
+            data, bool(meta.get("use_dynamic_bsz")), meta.get("micro_batch_size"), meta.get("max_token_len")
         )
-        want_pi2 = bool(getattr(self.config, "calculate_sum_pi_squared", False))
+        want_pi2 = bool(self.config.calculate_sum_pi_squared)
         was_training = self.actor_module.training
         self.actor_module.eval()
         parts: dict[str, list[torch.Tensor]] = {}
@@ -316,19 +329,24 @@ class DataParallelPPOActor(BasePPOActor):
         return data
 
     def _micro_batch_loss(
-        self, micro: DataProto, temperature: float, on_policy: bool, keep: dict[str, list] | None = None
+        self,
+        micro: DataProto,
+        temperature: float,
+        on_policy: bool,
+        cfg: Any,
+        keep: dict[str, list] | None = None,
     ) -> tuple[torch.Tensor, dict[str, float], dict[str, float]]:
         """Policy loss (+ KL loss, - entropy bonus) of one micro-batch.
 
-        The losses read ``config.global_batch_info`` (empty on the legacy path: micro-batch-local means; filled per
-        mini-batch on the engine path: global normalisation). With ``keep`` (on-policy only), the forward's
-        detached log-probs and entropies are appended to ``keep["old_log_probs"]`` / ``keep["entropys"]``.
+        ``cfg`` is this mini-batch's view of the actor config: its ``global_batch_info`` (read by the losses) is
+        empty on the legacy path (micro-batch-local means) and holds the mini-batch's global counts on the engine
+        path (global normalisation). With ``keep`` (on-policy only), the forward's detached log-probs and entropies
+        are appended to ``keep["old_log_probs"]`` / ``keep["entropys"]``.
 
         Returns:
             ``(loss, metrics, parts)``: the differentiable total, per-micro metrics, and the scalar loss parts
             ``pg``, ``kl``, ``entropy`` (for the per-mini-batch sums verl reports).
         """
-        cfg = self.config
         batch = micro.batch
         response_mask = batch["response_mask"]
         agg_kwargs = {k: v for k, v in cfg.global_batch_info.items() if v is not None}
@@ -402,7 +420,7 @@ class DataParallelPPOActor(BasePPOActor):
         global_batch_size = data.meta_info.get("global_batch_size")
         engine = global_batch_size is not None  # the trainer tags batches so when use_legacy_worker_impl=disable
         data = self._select_update_keys(data)
-        mini_batches = data.split(cfg.ppo_mini_batch_size)
+        mini_batches = data.split(self.mini_batch_size)
         on_policy = not engine and len(mini_batches) == 1 and cfg.ppo_epochs == 1
         # No old_log_probs: the trainer skipped recomputing them (on-policy, see RayPPOTrainer); this forward's
         # detached log-probs are those values, and are handed back through ``on_policy_log_probs``.
@@ -422,24 +440,22 @@ class DataParallelPPOActor(BasePPOActor):
         for _ in range(cfg.ppo_epochs):
             for mini in mini_batches:
                 micro_batches, order = split_micro_batches(
-                    mini, cfg.use_dynamic_bsz, cfg.ppo_micro_batch_size_per_gpu, cfg.ppo_max_token_len_per_gpu
+                    mini, cfg.use_dynamic_bsz, self.micro_batch_size, cfg.ppo_max_token_len_per_gpu
                 )
-                info = {}
+                view = cfg  # the legacy path: no global counts, micro-batch-local means
                 if engine:
                     info = global_batch_info(mini.batch["response_mask"], global_batch_size, cfg.loss_scale_factor)
-                cfg.global_batch_info.clear()
-                cfg.global_batch_info.update(info)
+                    view = dataclasses.replace(cfg, global_batch_info=info)
                 scales = micro_batch_scales([len(m) for m in micro_batches], len(mini), cfg.use_dynamic_bsz, engine)
                 self.actor_optimizer.zero_grad()
                 mini_sums = {"pg": 0.0, "kl": 0.0, "entropy": 0.0, "loss": 0.0}
                 for micro, scale in zip(micro_batches, scales):
-                    loss, micro_metrics, parts = self._micro_batch_loss(micro, temperature, on_policy, keep)
+                    loss, micro_metrics, parts = self._micro_batch_loss(micro, temperature, on_policy, view, keep)
                     (loss * scale).backward()
                     for key in ("pg", "kl", "entropy"):
                         mini_sums[key] += parts[key] * scale
                     mini_sums["loss"] += loss.item() * scale
                     append_to_dict(metrics, micro_metrics)
-                cfg.global_batch_info.clear()
                 # verl's legacy workers clip with actor.grad_clip, its engine path with actor.optim.clip_grad
                 clip = cfg.optim.clip_grad if engine else cfg.grad_clip
                 grad_norm, stepped = clip_grad_and_step(self.actor_module, self.actor_optimizer, clip)

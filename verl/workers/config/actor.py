@@ -7,17 +7,25 @@ by ``rollout_n`` and divides by the data-parallel size), micro batches count seq
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from verl.base_config import BaseConfig, check_choice
-from verl.trainer.config.algorithm import CheckpointConfig, RolloutCorrectionConfig, check_kl_penalty
+from verl.trainer.config.algorithm import CheckpointConfig, RolloutCorrectionConfig, check_kl_penalty, full_kl_refusal
+from verl.utils.config_keys import Refuse, key
+from verl.utils.profiler.config import ProfilerConfig
 from verl.workers.config.engine import FSDPEngineConfig, McoreEngineConfig
+from verl.workers.config.model import refuse_fused
 from verl.workers.config.optimizer import FSDPOptimizerConfig, OptimizerConfig
 
 __all__ = ["LOSS_AGG_MODES", "ActorConfig", "FSDPActorConfig", "McoreActorConfig", "PolicyLossConfig"]
 
 LOSS_AGG_MODES = ("token-mean", "seq-mean-token-sum", "seq-mean-token-mean", "seq-mean-token-sum-norm")
+_A = "actor_rollout_ref.actor"
+_SPEED_ONLY_COMPILE = (
+    "speed only: verl compiles its log-prob/entropy helpers (same maths); we always run them eagerly, which is what "
+    "verl does with false"
+)
 
 
 def check_loss_agg_mode(key: str, value: str) -> None:
@@ -34,12 +42,33 @@ def check_micro_batch_exclusive(prefix: str, micro: int | None, micro_per_gpu: i
         )
 
 
+def refuse_shuffle(who: str) -> Refuse:
+    return Refuse(
+        lambda v: not v,
+        "false",
+        f"mini-batches are contiguous splits of the step's batch, as in verl's legacy {who}; set false",
+        f"accepted, but its legacy FSDP {who} splits mini-batches without shuffling as well",
+        True,
+    )
+
+
+def _megatron_refusal(key_name: str) -> Refuse:
+    return Refuse(
+        lambda v: v in ("fsdp", "fsdp2"),
+        "fsdp or fsdp2",
+        "the Megatron workers are not implemented yet; train with fsdp or fsdp2",
+        "megatron trains with megatron-core (TP/PP/CP) workers",
+        "megatron",
+        example_extra=() if key_name == "critic.strategy" else (),
+    )
+
+
 @dataclass
 class PolicyLossConfig(BaseConfig):
     """``actor.policy_loss``: which registered policy loss the actor uses and its extra knobs."""
 
     loss_mode: str = "vanilla"
-    """Name in the policy-loss registry: vanilla, gspo, gpg, clip_cov, kl_cov, geo_mean, cispo, ..."""
+    """A name in the policy-loss registry: vanilla, gspo, gpg, clip_cov, kl_cov, geo_mean, cispo, ..."""
     clip_cov_ratio: float = 0.0002
     """clip_cov: fraction of tokens whose gradient is clipped."""
     clip_cov_lb: float = 1.0
@@ -50,10 +79,29 @@ class PolicyLossConfig(BaseConfig):
     """kl_cov: fraction of tokens that get the KL penalty."""
     ppo_kl_coef: float = 0.1
     """kl_cov: coefficient of that penalty."""
-    rollout_correction: RolloutCorrectionConfig | None = None
-    """bypass_mode: ``algorithm.rollout_correction``, put here by the trainer when ``bypass_mode`` is on."""
+    dro_beta: float | None = key(
+        None,
+        since="0.9",
+        v09_default=None,
+        refuse=Refuse(
+            lambda v: v is None,
+            "null",
+            "the dro policy loss is not implemented; leave dro_beta unset",
+            "the regularisation strength of loss_mode=dro (must be > 0 there)",
+            0.1,
+        ),
+    )
+    """dro: regularisation strength (verl v0.9; the dro loss is not implemented here)."""
+    rollout_correction: RolloutCorrectionConfig | None = key(
+        None,
+        in_yaml=False,
+        effect="inert",
+        reason="not a YAML key: with bypass mode the actor's view gets algorithm.rollout_correction here",
+    )
+    """bypass_mode: the ``algorithm.rollout_correction`` node the loss recomputes its weights with."""
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         if not self.loss_mode:
             raise ValueError("actor.policy_loss.loss_mode is empty; use e.g. vanilla")
 
@@ -69,32 +117,41 @@ class ActorConfig(BaseConfig):
         "ppo_infer_micro_batch_size_per_gpu",
     }
 
-    strategy: str = "fsdp"
-    """Training backend: fsdp, fsdp2 or megatron."""
+    strategy: str = key("fsdp", refuse=_megatron_refusal(f"{_A}.strategy"))
+    """Training backend: fsdp | fsdp2 (megatron: ppo_megatron_trainer.yaml, not implemented yet)."""
     ppo_mini_batch_size: int = 256
-    """Prompts per optimizer step (before x rollout_n)."""
+    """Prompts per optimizer step; each update uses ppo_mini_batch_size * rollout.n sequences."""
     ppo_micro_batch_size: int | None = None
-    """Deprecated global micro batch; use ppo_micro_batch_size_per_gpu."""
+    """Deprecated global micro batch; set ppo_micro_batch_size_per_gpu instead."""
     ppo_micro_batch_size_per_gpu: int | None = None
-    """Sequences per forward/backward on one rank (gradient accumulation unit)."""
+    """Sequences per forward/backward on one rank (the gradient-accumulation unit)."""
     use_dynamic_bsz: bool = False
-    """Pack micro batches by token count (ppo_max_token_len_per_gpu) instead of a fixed size."""
+    """Pack micro batches up to ppo_max_token_len_per_gpu tokens instead of a fixed count."""
     ppo_max_token_len_per_gpu: int = 16384
     """Token budget of one micro batch with use_dynamic_bsz."""
     clip_ratio: float = 0.2
-    """PPO clip epsilon (used where the low/high values are null)."""
+    """PPO clip epsilon (used where clip_ratio_low/high are null)."""
     clip_ratio_low: float | None = 0.2
     """Lower clip epsilon: ratio >= 1 - clip_ratio_low."""
     clip_ratio_high: float | None = 0.2
-    """Upper clip epsilon: ratio <= 1 + clip_ratio_high (DAPO clip-higher uses e.g. 0.28)."""
+    """Upper clip epsilon: ratio <= 1 + clip_ratio_high (DAPO's clip-higher raises this, e.g. 0.28)."""
     clip_ratio_c: float = 3.0
-    """Dual-clip bound for negative advantages; must exceed 1."""
-    freeze_vision_tower: bool = False
+    """Dual-clip bound applied to negative advantages; must exceed 1."""
+    freeze_vision_tower: bool = key(
+        False,
+        refuse=Refuse(
+            lambda v: not v,
+            "false",
+            "vision-language models are not supported, so there is no vision tower to freeze; set false",
+            "sets requires_grad=False on the VLM's vision tower",
+            True,
+        ),
+    )
     """Do not train the vision encoder of a VLM."""
-    policy_loss: PolicyLossConfig = field(default_factory=PolicyLossConfig)
+    policy_loss: PolicyLossConfig = key(factory=PolicyLossConfig)
     """Policy-loss selection."""
-    loss_agg_mode: str = "token-mean"
-    """How token losses become a scalar: token-mean, seq-mean-token-sum, seq-mean-token-mean, seq-mean-token-sum-norm."""
+    loss_agg_mode: str = key("token-mean", choices=LOSS_AGG_MODES)
+    """token-mean | seq-mean-token-sum | seq-mean-token-mean | seq-mean-token-sum-norm."""
     loss_scale_factor: float | None = None
     """Divisor of seq-mean-token-sum-norm; null uses the response length."""
     entropy_coeff: float = 0.0
@@ -102,66 +159,88 @@ class ActorConfig(BaseConfig):
     calculate_entropy: bool = False
     """Compute entropy during the update even when entropy_coeff is 0 (for metrics)."""
     calculate_sum_pi_squared: bool = False
-    """Also return sum_v pi(v)^2 per token from the log-prob pass (the optimal-token-baseline estimators need it)."""
-    skip_on_policy_old_log_prob: bool = True
-    """Not a verl key. When the update is on-policy (legacy worker path, one mini-batch, ppo_epochs=1) and nothing
-    before the update reads old_log_probs, the trainer does not run the old-log-prob pass: the update's own forward
-    gives the same log-probs (its ratio is exactly 1 either way) and entropies. False always runs the pass."""
+    """Return sum_v pi(v)^2 per token with the old log-probs (the optimal_token_baseline estimators need it)."""
+    skip_on_policy_old_log_prob: bool = key(True, ours=True)
+    """Not a verl key. On-policy updates (legacy workers, one mini-batch, ppo_epochs=1) whose old_log_probs nothing
+    else reads skip the old-log-prob pass: the update's forward supplies the same values. false: always run it."""
     use_kl_loss: bool = False
-    """Add a KL(actor || ref) term to the loss (GRPO style); creates the reference policy."""
+    """GRPO-style KL(actor || ref) term in the loss; turning it on creates the reference policy."""
     kl_loss_coef: float = 0.001
     """Weight of that KL term."""
-    kl_loss_type: str = "low_var_kl"
-    """KL estimator of the loss term: kl|k1, abs, mse|k2, low_var_kl|k3, full (a trailing + for k2 gradients)."""
-    use_torch_compile: bool = True
+    kl_loss_type: str = key("low_var_kl", refuse=full_kl_refusal())
+    """kl|k1, abs, mse|k2, low_var_kl|k3 (a trailing + uses the k2 gradient)."""
+    use_torch_compile: bool = key(True, effect="inert", reason=_SPEED_ONLY_COMPILE)
     """torch.compile the log-prob helpers."""
     ppo_epochs: int = 1
     """Passes over each batch."""
-    shuffle: bool = False
+    shuffle: bool = key(False, refuse=refuse_shuffle("actor"))
     """Shuffle mini-batches between epochs."""
-    data_loader_seed: int | None = 42
+    data_loader_seed: int | None = key(
+        42, effect="inert", reason="seeds the mini-batch shuffle, which needs shuffle=true (refused)"
+    )
     """Seed of the mini-batch shuffle."""
-    rollout_n: int = 1
-    """Responses per prompt (mirrors actor_rollout_ref.rollout.n)."""
+    rollout_n: int = key(1, follows="actor_rollout_ref.rollout.n")
+    """Responses per prompt (follows actor_rollout_ref.rollout.n)."""
     tau_pos: float = 1.0
     """SAPO gate temperature for positive advantages."""
     tau_neg: float = 1.05
     """SAPO gate temperature for negative advantages."""
-    checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
+    checkpoint: CheckpointConfig = key(factory=CheckpointConfig)
     """What the actor saves and loads."""
-    optim: OptimizerConfig = field(default_factory=FSDPOptimizerConfig)
+    optim: OptimizerConfig = key(factory=FSDPOptimizerConfig)
     """Optimizer and LR schedule."""
-    use_fused_kernels: bool = False
-    """Mirrors actor_rollout_ref.model.use_fused_kernels."""
-    profiler: dict[str, Any] = field(default_factory=dict)
+    use_fused_kernels: bool = key(
+        False, follows="actor_rollout_ref.model.use_fused_kernels", refuse=refuse_fused("copied from the model's key")
+    )
+    """Follows actor_rollout_ref.model.use_fused_kernels."""
+    profiler: ProfilerConfig = key(factory=ProfilerConfig)
     """Per-role profiler settings (see global_profiler)."""
-    global_batch_info: dict[str, Any] = field(default_factory=dict)
-    """Run-time, not a YAML key: the current mini-batch's global counts on the engine path (``dp_size``,
-    ``batch_num_tokens``, ``global_batch_size``, ``loss_scale_factor``), read by the policy losses; empty on the
-    legacy path."""
+    global_batch_info: dict[str, Any] = key(
+        factory=dict,
+        in_yaml=False,
+        effect="inert",
+        reason="not a key: the engine path's per-mini-batch counts, handed to the losses in a derived view",
+    )
+    """Run time, not a YAML key: the current mini-batch's global counts on the engine path (dp_size,
+    batch_num_tokens, global_batch_size, loss_scale_factor), read by the policy losses; empty on the legacy path.
+    The actor passes them in a new view per mini-batch (dataclasses.replace), never by writing the config."""
+    entropy_from_logits_chunk_size: int | None = key(
+        None,
+        since="0.9",
+        v09_default=2048,
+        effect="inert",
+        reason="memory only: chunk size of the chunked entropy (same numbers)",
+    )
+    """Chunk size of the chunked entropy (null: 2048)."""
+    pad_to_length: bool | None = key(
+        None,
+        since="0.9",
+        v09_default=False,
+        effect="inert",
+        reason="padding of packed micro-batches to a bucket multiple (speed only, same numbers)",
+    )
+    """Pad packed micro-batches to a bucket multiple (null: false)."""
 
     def __post_init__(self) -> None:
-        p = "actor_rollout_ref.actor"
-        check_choice(f"{p}.strategy", self.strategy, ("fsdp", "fsdp2", "megatron"))
-        check_loss_agg_mode(f"{p}.loss_agg_mode", self.loss_agg_mode)
-        check_kl_penalty(f"{p}.kl_loss_type", self.kl_loss_type)
+        super().__post_init__()
+        check_kl_penalty(f"{_A}.kl_loss_type", self.kl_loss_type)
         if self.ppo_mini_batch_size < 1:
-            raise ValueError(f"{p}.ppo_mini_batch_size={self.ppo_mini_batch_size} must be >= 1 (counted in prompts)")
+            raise ValueError(f"{_A}.ppo_mini_batch_size={self.ppo_mini_batch_size} must be >= 1 (counted in prompts)")
         if self.ppo_epochs < 1:
-            raise ValueError(f"{p}.ppo_epochs={self.ppo_epochs} must be >= 1")
+            raise ValueError(f"{_A}.ppo_epochs={self.ppo_epochs} must be >= 1")
         if self.clip_ratio <= 0:
-            raise ValueError(f"{p}.clip_ratio={self.clip_ratio} must be > 0")
-        for key in ("clip_ratio_low", "clip_ratio_high"):
-            value = getattr(self, key)
+            raise ValueError(f"{_A}.clip_ratio={self.clip_ratio} must be > 0")
+        for name in ("clip_ratio_low", "clip_ratio_high"):
+            value = getattr(self, name)
             if value is not None and value < 0:
-                raise ValueError(f"{p}.{key}={value} must be >= 0 (or null to use clip_ratio)")
+                raise ValueError(f"{_A}.{name}={value} must be >= 0 (or null to use clip_ratio)")
         if self.clip_ratio_low is not None and self.clip_ratio_low >= 1:
-            raise ValueError(f"{p}.clip_ratio_low={self.clip_ratio_low} must be < 1 so that 1 - clip_ratio_low > 0")
+            raise ValueError(f"{_A}.clip_ratio_low={self.clip_ratio_low} must be < 1 so that 1 - clip_ratio_low > 0")
         if self.clip_ratio_c <= 1.0:
-            raise ValueError(f"{p}.clip_ratio_c={self.clip_ratio_c} must be > 1 (dual-clip lower bound)")
+            raise ValueError(f"{_A}.clip_ratio_c={self.clip_ratio_c} must be > 1 (dual-clip lower bound)")
         if not self.use_dynamic_bsz:
             check_micro_batch_exclusive(
-                p, self.ppo_micro_batch_size, self.ppo_micro_batch_size_per_gpu, "ppo_micro_batch_size"
+                _A, self.ppo_micro_batch_size, self.ppo_micro_batch_size_per_gpu, "ppo_micro_batch_size"
             )
 
     @property
@@ -180,31 +259,35 @@ class FSDPActorConfig(ActorConfig):
     """Actor trained with FSDP / FSDP2."""
 
     grad_clip: float = 1.0
-    """Gradient-norm clip."""
+    """Gradient-norm clip (legacy worker path; the engine path reads optim.clip_grad, as verl)."""
     ulysses_sequence_parallel_size: int = 1
     """Ulysses sequence-parallel ranks (splits long sequences across ranks)."""
     entropy_from_logits_with_chunking: bool = False
     """Compute entropy in chunks to save memory."""
     entropy_checkpointing: bool = False
     """Recompute entropy in backward to save memory."""
-    fsdp_config: FSDPEngineConfig = field(default_factory=FSDPEngineConfig)
+    fsdp_config: FSDPEngineConfig = key(factory=FSDPEngineConfig)
     """Sharding and offload of the actor."""
-    use_remove_padding: bool = False
-    """Mirrors actor_rollout_ref.model.use_remove_padding."""
+    use_remove_padding: bool = key(
+        False,
+        follows="actor_rollout_ref.model.use_remove_padding",
+        effect="inert",
+        reason="speed only, as actor_rollout_ref.model.use_remove_padding",
+    )
+    """Follows actor_rollout_ref.model.use_remove_padding."""
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        check_choice("actor_rollout_ref.actor.strategy", self.strategy, ("fsdp", "fsdp2"))
+        check_choice(f"{_A}.strategy", self.strategy, ("fsdp", "fsdp2"))
         if self.ulysses_sequence_parallel_size < 1:
             raise ValueError(
-                f"actor_rollout_ref.actor.ulysses_sequence_parallel_size={self.ulysses_sequence_parallel_size} "
-                "must be >= 1"
+                f"{_A}.ulysses_sequence_parallel_size={self.ulysses_sequence_parallel_size} must be >= 1"
             )
 
 
 @dataclass
 class McoreActorConfig(ActorConfig):
-    """Actor trained with Megatron-core (backend lands in a later issue; the layout is read from ``megatron``)."""
+    """Actor trained with Megatron-core (the backend lands in a later issue; the layout is read from ``megatron``)."""
 
     # The Megatron YAML reuses ppo_trainer.yaml, whose actor node carries these FSDP-only keys.
     _ignored_keys = frozenset(
@@ -217,15 +300,24 @@ class McoreActorConfig(ActorConfig):
         }
     )
 
-    strategy: str = "megatron"
+    strategy: str = key("megatron", refuse=_megatron_refusal(f"{_A}.strategy"))
     """Always megatron for this class."""
     grad_clip: float = 1.0
     """Gradient-norm clip."""
-    megatron: McoreEngineConfig = field(default_factory=McoreEngineConfig)
+    megatron: McoreEngineConfig = key(factory=McoreEngineConfig)
     """Parallel layout of the actor."""
     load_weight: bool = True
     """Load the HF weights at start (false for dummy-weight experiments)."""
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        check_choice("actor_rollout_ref.actor.strategy", self.strategy, ("megatron",))
+        check_choice(f"{_A}.strategy", self.strategy, ("megatron",))
+
+
+def typed_actor(config: Any) -> ActorConfig:
+    """An :class:`ActorConfig` from a typed config, a DictConfig node or a plain mapping (for the maths' callers)."""
+    if isinstance(config, ActorConfig):
+        return config
+    from verl.utils.config import omega_conf_to_dataclass
+
+    return omega_conf_to_dataclass(config, FSDPActorConfig)

@@ -6,12 +6,84 @@ the tokenizer themselves.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from verl.base_config import BaseConfig
+from verl.utils.config_keys import Refuse, key
 
-__all__ = ["HFModelConfig"]
+__all__ = ["HFModelConfig", "LoraConfig"]
+
+_LORA_OFF = "only used with LoRA (lora_rank > 0), which is refused"
+_REMOVE_PADDING = (
+    "speed only: packing without pad tokens gives the same logits; the padded forward is used (the actor, reference "
+    "and critic follow their own copies of this key)"
+)
+
+
+def _zero(value: Any) -> bool:
+    return value in (0, None)
+
+
+def _unset(value: Any) -> bool:
+    return value is None or value == ""
+
+
+def _off(value: Any) -> bool:
+    return not value
+
+
+def lora_rank_refusal(where: str) -> Refuse:
+    """LoRA is not implemented: only rank 0 (train every weight) passes."""
+    return Refuse(
+        _zero,
+        "0",
+        f"LoRA is not implemented; train all weights with {where}=0",
+        "> 0 wraps the model in PEFT LoRA adapters (the actor's reference is then the base model without adapters)",
+        8,
+    )
+
+
+def refuse_fused(what: str) -> Refuse:
+    return Refuse(
+        _off,
+        "false",
+        "fused log-prob/entropy kernels are not implemented; set false",
+        f"computes log-probs and entropy with fused kernels ({what})",
+        True,
+    )
+
+
+def refuse_activation_offload(what: str) -> Refuse:
+    return Refuse(
+        _off,
+        "false",
+        "activation offloading is not implemented; set false (gradient checkpointing is supported)",
+        f"offloads {what} activations to CPU during the backward pass",
+        True,
+    )
+
+
+@dataclass
+class LoraConfig(BaseConfig):
+    """``model.lora`` (verl v0.9): the Megatron-style LoRA block. Only rank 0 (LoRA off) is accepted."""
+
+    _emit_target = False
+
+    type: str = key("lora", effect="inert", reason=_LORA_OFF)
+    """Adapter type."""
+    rank: int = key(0, refuse=lora_rank_refusal("model.lora.rank"))
+    """Adapter rank; 0 trains all weights."""
+    alpha: int = key(32, effect="inert", reason=_LORA_OFF)
+    """Scaling numerator."""
+    dropout: float = key(0.0, effect="inert", reason=_LORA_OFF)
+    """Dropout on the adapter input."""
+    target_modules: list[str] = key(
+        factory=lambda: ["linear_qkv", "linear_proj", "linear_fc1", "linear_fc2"], effect="inert", reason=_LORA_OFF
+    )
+    """Megatron module names that get adapters."""
+    merge: bool = key(False, effect="inert", reason=_LORA_OFF)
+    """Merge the adapters into the weights before syncing to the rollout."""
 
 
 @dataclass
@@ -19,8 +91,18 @@ class HFModelConfig(BaseConfig):
     """A Hugging Face causal LM and the switches that change how it is built."""
 
     path: str = "~/models/deepseek-llm-7b-chat"
-    """Local directory or hub id of the model."""
-    hf_config_path: str | None = None
+    """Local directory or hub id of the model (nothing is downloaded: give a local directory)."""
+    hf_config_path: str | None = key(
+        None,
+        refuse=Refuse(
+            _unset,
+            "null",
+            "loading config.json from a separate path is not implemented; put the config beside the weights or use "
+            "actor_rollout_ref.model.override_config",
+            "reads the model's config.json from this path instead of model.path",
+            "/configs/model",
+        ),
+    )
     """Directory of config.json when it differs from path; null uses path."""
     tokenizer_path: str | None = None
     """Directory of the tokenizer when it differs from path; null uses path."""
@@ -31,33 +113,58 @@ class HFModelConfig(BaseConfig):
     custom_chat_template: str | None = None
     """Jinja chat template replacing the tokenizer's own."""
     external_lib: str | None = None
-    """Module imported before loading (registers custom architectures)."""
-    override_config: dict[str, Any] = field(default_factory=dict)
-    """Fields overriding the model's config.json (e.g. attention dropout)."""
+    """Module imported before the model is built (registers custom architectures)."""
+    override_config: dict[str, Any] = key(factory=dict)
+    """Fields merged into the model's config.json (e.g. attention dropout)."""
     enable_gradient_checkpointing: bool = True
     """Recompute activations in backward to save memory."""
-    enable_activation_offload: bool = False
+    enable_activation_offload: bool = key(False, refuse=refuse_activation_offload("the actor's"))
     """Offload activations to CPU during forward."""
-    use_remove_padding: bool = False
-    """Pack sequences without padding (varlen attention)."""
-    lora_rank: int = 0
-    """LoRA rank; 0 trains all weights."""
-    lora_alpha: int = 16
+    use_remove_padding: bool = key(False, effect="inert", reason=_REMOVE_PADDING)
+    """Pack sequences without pad tokens (varlen attention); the actor and ref follow this value."""
+    lora_rank: int = key(0, refuse=lora_rank_refusal("actor_rollout_ref.model.lora_rank"))
+    """0 trains all weights; > 0 trains LoRA adapters (the reference is then the base model without adapters)."""
+    lora_alpha: int = key(16, effect="inert", reason=_LORA_OFF)
     """LoRA scaling numerator."""
-    target_modules: Any = "all-linear"
+    target_modules: Any = key("all-linear", effect="inert", reason=_LORA_OFF)
     """Modules that get LoRA adapters: all-linear or a list of names."""
-    exclude_modules: Any = None
+    exclude_modules: Any = key(None, effect="inert", reason=_LORA_OFF)
     """Modules excluded from LoRA."""
-    lora_adapter_path: str | None = None
+    lora_adapter_path: str | None = key(
+        None,
+        refuse=Refuse(
+            _unset,
+            "null",
+            "LoRA is not implemented; merge the adapter into the base model and point model.path at the result",
+            "loads a pretrained LoRA adapter onto the actor",
+            "/adapters/a",
+        ),
+    )
     """Pretrained LoRA adapter to start from."""
-    use_liger: bool = False
+    use_liger: bool = key(
+        False,
+        refuse=Refuse(
+            _off,
+            "false",
+            "Liger kernels are not implemented; set false (the model runs its stock transformers kernels)",
+            "patches the model with Liger fused kernels (same maths, less memory)",
+            True,
+        ),
+    )
     """Use Liger kernels."""
-    use_fused_kernels: bool = False
+    use_fused_kernels: bool = key(False, refuse=refuse_fused("torch or triton backend"))
     """Use fused log-prob/entropy kernels."""
-    fused_kernel_options: dict[str, Any] = field(default_factory=lambda: {"impl_backend": "torch"})
+    fused_kernel_options: dict[str, Any] = key(
+        factory=lambda: {"impl_backend": "torch"},
+        effect="inert",
+        reason="only used with use_fused_kernels=true, which is refused",
+    )
     """Backend of the fused kernels (torch | triton)."""
+    lora: LoraConfig | None = key(None, since="0.9", v09_default=None)
+    """verl v0.9's LoRA block (Megatron-style names); rank 0 only."""
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         if not self.path:
             raise ValueError("actor_rollout_ref.model.path is empty; set actor_rollout_ref.model.path=/path/to/model")
         if self.lora_rank < 0:

@@ -7,17 +7,23 @@ section 5): what the engine hands back per generated token besides the token its
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from verl.base_config import BaseConfig, check_choice
+from verl.utils.config_keys import Refuse, key
+from verl.utils.profiler.config import ProfilerConfig
 from verl.workers.config.actor import check_micro_batch_exclusive
 
 __all__ = [
     "LOGIT_CAPTURE_MODES",
     "AgentLoopConfig",
+    "CheckpointEngineConfig",
+    "CustomAsyncServerConfig",
+    "DisaggregationConfig",
     "LogitCaptureConfig",
     "MultiTurnConfig",
+    "PrometheusConfig",
     "RolloutConfig",
     "SamplingConfig",
     "TraceConfig",
@@ -25,6 +31,30 @@ __all__ = [
 
 LOGIT_CAPTURE_MODES = ("logprob", "topk", "full", "token_ids")
 _P = "actor_rollout_ref.rollout"
+_ENGINE = "vLLM/SGLang setting; the hf rollout has no such setting"
+_TOOLS_OFF = "tool calling only; tool_config_path is refused"
+
+
+def _off(value: Any) -> bool:
+    return not value
+
+
+def _unset(value: Any) -> bool:
+    return value is None or value == ""
+
+
+def _zero(value: Any) -> bool:
+    return value in (0, None)
+
+
+def check_sampling(prefix: str, temperature: float, top_p: float, n: int) -> None:
+    """Shared checks of temperature, top_p and n."""
+    if temperature < 0:
+        raise ValueError(f"{prefix}.temperature={temperature} must be >= 0 (0 means greedy)")
+    if not 0.0 < top_p <= 1.0:
+        raise ValueError(f"{prefix}.top_p={top_p} must lie in (0, 1]")
+    if n < 1:
+        raise ValueError(f"{prefix}.n={n} must be >= 1 (responses per prompt)")
 
 
 @dataclass
@@ -43,6 +73,7 @@ class SamplingConfig(BaseConfig):
     """Responses per prompt."""
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         check_sampling(f"{_P}.val_kwargs", self.temperature, self.top_p, self.n)
         if self.n > 1 and (self.temperature == 0 or not self.do_sample):
             raise ValueError(
@@ -52,68 +83,130 @@ class SamplingConfig(BaseConfig):
             )
 
 
-def check_sampling(prefix: str, temperature: float, top_p: float, n: int) -> None:
-    """Shared checks of temperature, top_p and n."""
-    if temperature < 0:
-        raise ValueError(f"{prefix}.temperature={temperature} must be >= 0 (0 means greedy)")
-    if not 0.0 < top_p <= 1.0:
-        raise ValueError(f"{prefix}.top_p={top_p} must lie in (0, 1]")
-    if n < 1:
-        raise ValueError(f"{prefix}.n={n} must be >= 1 (responses per prompt)")
+@dataclass
+class MultiTurnConfig(BaseConfig):
+    """``rollout.multi_turn``: interactions (and, in verl, tools) between assistant turns."""
+
+    enable: bool = False
+    """Run the multi-turn loop (generate -> interaction -> append)."""
+    max_assistant_turns: int | None = None
+    """Stop after this many assistant turns; null means until the response budget runs out."""
+    tool_config_path: str | None = key(
+        None,
+        refuse=Refuse(
+            _unset,
+            "null",
+            "tool calling in multi-turn rollouts is not implemented (interactions are); set null",
+            "registers tools the model may call between turns",
+            "/cfg/tools.yaml",
+        ),
+    )
+    """YAML listing the tools."""
+    max_user_turns: int | None = None
+    """Stop after this many user (interaction) turns."""
+    max_parallel_calls: int = key(1, effect="inert", reason=_TOOLS_OFF)
+    """Tool calls executed per assistant turn."""
+    max_tool_response_length: int = key(256, effect="inert", reason=_TOOLS_OFF)
+    """Characters kept from a tool response."""
+    tool_response_truncate_side: str = key(
+        "middle", choices=("left", "right", "middle"), effect="inert", reason=_TOOLS_OFF
+    )
+    """Where long tool responses are cut: left, right or middle."""
+    interaction_config_path: str | None = None
+    """YAML listing the interactions (user simulators)."""
+    use_inference_chat_template: bool = key(
+        False,
+        refuse=Refuse(
+            _off,
+            "false",
+            "multi-turn prompts use the training chat template; set false",
+            "renders turns with the inference chat template (may drop reasoning)",
+            True,
+        ),
+    )
+    """Render with the inference chat template (may drop reasoning) instead of the training one."""
+    tokenization_sanity_check_mode: str = key("strict", choices=("strict", "ignore_strippable", "disable"))
+    """Check incremental tokenization against a full re-tokenization: strict, ignore_strippable or disable."""
+    format: str = key("hermes", effect="inert", reason="tool-call format of the chat template: " + _TOOLS_OFF)
+    """Tool-call format of the chat template."""
+    num_repeat_rollouts: int | None = key(
+        None,
+        refuse=Refuse(
+            lambda v: v in (None, 1),
+            "null or 1",
+            "each prompt is rolled out rollout.n times; use rollout.n for more samples",
+            "repeats each multi-turn rollout this many times",
+            2,
+        ),
+    )
+    """Repeat each multi-turn rollout this many times (interaction-driven sampling)."""
+    function_tool_path: str | None = key(
+        None,
+        since="0.9",
+        refuse=Refuse(
+            _unset,
+            "null",
+            "function tools are not implemented; set null",
+            "registers Python functions as tools the model may call",
+            "/tools/fns.py",
+        ),
+    )
+    """Python file of function tools (verl v0.9)."""
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.max_parallel_calls < 1:
+            raise ValueError(f"{_P}.multi_turn.max_parallel_calls={self.max_parallel_calls} must be >= 1")
 
 
 @dataclass
-class MultiTurnConfig(BaseConfig):
-    """``rollout.multi_turn``: tool calls and interactions between assistant turns."""
+class CustomAsyncServerConfig(BaseConfig):
+    """``rollout.agent.custom_async_server``: a user rollout-server class."""
 
-    enable: bool = False
-    """Run the multi-turn loop (tools / interactions)."""
-    max_assistant_turns: int | None = None
-    """Stop after this many assistant turns; null means until the response budget runs out."""
-    max_user_turns: int | None = None
-    """Stop after this many user (interaction) turns."""
-    tool_config_path: str | None = None
-    """YAML listing the tools."""
-    interaction_config_path: str | None = None
-    """YAML listing the interactions (user simulators)."""
-    max_parallel_calls: int = 1
-    """Tool calls executed per assistant turn."""
-    max_tool_response_length: int = 256
-    """Characters kept from a tool response."""
-    tool_response_truncate_side: str = "middle"
-    """Where long tool responses are cut: left, right or middle."""
-    use_inference_chat_template: bool = False
-    """Render with the inference chat template (may drop reasoning) instead of the training one."""
-    tokenization_sanity_check_mode: str = "strict"
-    """Check incremental tokenization against a full re-tokenization: strict, ignore_strippable or disable."""
-    format: str = "hermes"
-    """Tool-call format of the chat template."""
-    num_repeat_rollouts: int | None = None
-    """Repeat each multi-turn rollout this many times (interaction-driven sampling)."""
-
-    def __post_init__(self) -> None:
-        p = f"{_P}.multi_turn"
-        check_choice(f"{p}.tool_response_truncate_side", self.tool_response_truncate_side, ("left", "right", "middle"))
-        check_choice(
-            f"{p}.tokenization_sanity_check_mode",
-            self.tokenization_sanity_check_mode,
-            ("strict", "ignore_strippable", "disable"),
-        )
-        if self.max_parallel_calls < 1:
-            raise ValueError(f"{p}.max_parallel_calls={self.max_parallel_calls} must be >= 1")
+    path: str | None = key(
+        None,
+        refuse=Refuse(
+            _unset,
+            "null",
+            "custom async rollout servers are not implemented; set null",
+            "loads a user rollout-server class for the agent loop",
+            "/srv/server.py",
+        ),
+    )
+    """File of the server class."""
+    name: str | None = key(None, effect="inert", reason="only used with custom_async_server.path set, which is refused")
+    """Class name in that file."""
 
 
 @dataclass
 class AgentLoopConfig(BaseConfig):
     """``rollout.agent``: the async agent-loop workers."""
 
-    num_workers: int = 8
+    num_workers: int = key(8, effect="engine", reason="agent-loop worker processes driving the server engines")
     """Agent-loop worker actors."""
-    default_agent_loop: str = "single_turn_agent"
+    default_agent_loop: str = key(
+        "single_turn_agent",
+        refuse=Refuse(
+            lambda v: v == "single_turn_agent",
+            "single_turn_agent",
+            "only the single-turn loop exists; keep single_turn_agent",
+            "the agent loop used for rows without an agent_name column",
+            "tool_agent",
+        ),
+    )
     """Agent loop used when a sample names none (single_turn_agent, tool_agent, ...)."""
-    agent_loop_config_path: str | None = None
+    agent_loop_config_path: str | None = key(
+        None,
+        refuse=Refuse(
+            _unset,
+            "null",
+            "custom agent loops are not implemented; set null",
+            "registers agent loops from a YAML file",
+            "/cfg/agents.yaml",
+        ),
+    )
     """YAML registering custom agent loops."""
-    custom_async_server: dict[str, Any] = field(default_factory=lambda: {"path": None, "name": None})
+    custom_async_server: CustomAsyncServerConfig = key(factory=CustomAsyncServerConfig)
     """Custom async server class: file path and class name."""
 
 
@@ -121,35 +214,138 @@ class AgentLoopConfig(BaseConfig):
 class TraceConfig(BaseConfig):
     """``rollout.trace``: tracing of rollouts to an observability backend."""
 
-    backend: str | None = None
+    backend: str | None = key(
+        None,
+        refuse=Refuse(
+            _unset, "null", "rollout tracing is not implemented; set null", "traces rollouts to weave or mlflow", "weave"
+        ),
+    )
     """weave, mlflow or null (off)."""
-    token2text: bool = False
+    token2text: bool = key(False, effect="inert", reason="only used with trace.backend set, which is refused")
     """Decode token ids in the traces."""
 
 
 @dataclass
-class LogitCaptureConfig(BaseConfig):
-    """``rollout.logit_capture``: what the engine returns per generated token (DESIGN.md section 5)."""
+class PrometheusConfig(BaseConfig):
+    """``rollout.prometheus``: metrics export of the rollout servers."""
 
-    enable: bool = False
+    _emit_target = False
+
+    enable: bool = key(
+        False,
+        refuse=Refuse(
+            _off,
+            "false",
+            "the Prometheus exporter of the rollout servers is not implemented; set false",
+            "exports rollout-server metrics to Prometheus",
+            True,
+        ),
+    )
+    """Export the servers' metrics."""
+    port: int = key(9090, effect="inert", reason="only used with prometheus.enable=true, which is refused")
+    """Port of the exporter."""
+    file: str = key(
+        "/tmp/ray/session_latest/metrics/prometheus/prometheus.yml",
+        effect="inert",
+        reason="only used with prometheus.enable=true, which is refused",
+    )
+    """Prometheus service-discovery file."""
+    served_model_name: str | None = key(
+        None,
+        follows="actor_rollout_ref.model.path",
+        effect="inert",
+        reason="only used with prometheus.enable=true, which is refused",
+    )
+    """Model name in the metrics (follows the model path)."""
+
+
+@dataclass
+class CheckpointEngineConfig(BaseConfig):
+    """``rollout.checkpoint_engine`` (verl v0.7): how the actor's weights reach the rollout engine."""
+
+    _emit_target = False
+
+    backend: str = key("naive", effect="engine", reason="transfer backend of the weight sync; " + _ENGINE)
+    """naive: bucketed in-process tensors."""
+    update_weights_bucket_megabytes: int = key(
+        2048, effect="engine", reason="bucket size of the weight sync (0.7 spelling); " + _ENGINE
+    )
+    """Bucket size of the weight sync."""
+    engine_kwargs: dict[str, Any] = key(factory=dict, effect="engine", reason="backend arguments; " + _ENGINE)
+    """Arguments of the transfer backend."""
+    custom_backend_module: str | None = key(
+        None,
+        since="0.9",
+        refuse=Refuse(
+            _unset,
+            "null",
+            "custom weight-transfer backends are not implemented; set null",
+            "imports a module registering a checkpoint-engine backend",
+            "my.backend",
+        ),
+    )
+    """Module registering a custom backend (verl v0.9)."""
+
+
+@dataclass
+class DisaggregationConfig(BaseConfig):
+    """``rollout.disaggregation`` (verl v0.9): prefill/decode on separate replicas."""
+
+    _emit_target = False
+
+    enabled: bool | None = key(
+        None,
+        since="0.9",
+        v09_default=False,
+        refuse=Refuse(
+            lambda v: not v,
+            "false",
+            "prefill/decode disaggregation is not implemented; set false",
+            "runs prefill and decode on separate replicas",
+            True,
+        ),
+    )
+    """Split prefill and decode (null: false)."""
+    prefill_replicas: int | None = key(None, since="0.9", v09_default=1, effect="inert", reason="disaggregation off")
+    """Prefill replicas."""
+    decode_replicas: int | None = key(None, since="0.9", v09_default=1, effect="inert", reason="disaggregation off")
+    """Decode replicas."""
+    decode_tensor_model_parallel_size: int | None = key(
+        None, since="0.9", effect="inert", reason="disaggregation off"
+    )
+    """TP of the decode replicas."""
+    transfer_backend: str | None = key(
+        None, since="0.9", v09_default="nixl", effect="inert", reason="disaggregation off"
+    )
+    """KV transfer backend."""
+    bootstrap_port: int | None = key(None, since="0.9", effect="inert", reason="disaggregation off")
+    """Bootstrap port of the KV transfer."""
+    ib_device: str | None = key(None, since="0.9", effect="inert", reason="disaggregation off")
+    """InfiniBand device of the KV transfer."""
+
+
+@dataclass
+class LogitCaptureConfig(BaseConfig):
+    """``rollout.logit_capture`` (not a verl key): what the engine returns per generated token (DESIGN.md §5)."""
+
+    enable: bool = key(False, ours=True)
     """Capture and carry the values into DataProto, interactions and rewards."""
-    mode: str = "logprob"
-    """logprob: sampled token's logprob; topk: k best logprobs + ids; full: all logits; token_ids: logprobs of ids."""
-    k: int = 20
+    mode: str = key("logprob", choices=LOGIT_CAPTURE_MODES, ours=True)
+    """logprob (sampled token) | topk (k best + ids) | full (all logits) | token_ids (logprobs of `ids`)."""
+    k: int = key(20, ours=True)
     """Number of alternatives kept in topk mode."""
-    ids: list[int] = field(default_factory=list)
+    ids: list[int] = key(factory=list, ours=True)
     """Token ids whose logprobs are kept in token_ids mode (e.g. the label tokens)."""
-    max_bytes: int = 1073741824
-    """full mode refuses to run when one batch's captured logits would exceed this many bytes."""
-    dtype: str = "float32"
-    """Storage dtype of captured values: float32, float16 or bfloat16."""
-    raw: bool = False
-    """false: values after temperature / top-p processing (what was sampled from); true: the model's raw logits."""
+    max_bytes: int = key(1073741824, ours=True)
+    """full mode refuses to run when a batch's captured logits would exceed this many bytes."""
+    dtype: str = key("float32", choices=("float32", "float16", "bfloat16"), ours=True)
+    """Storage dtype of captured values: float32 | float16 | bfloat16."""
+    raw: bool = key(False, ours=True)
+    """false: values after temperature / top-p (what was sampled from); true: the model's raw logits."""
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         p = f"{_P}.logit_capture"
-        check_choice(f"{p}.mode", self.mode, LOGIT_CAPTURE_MODES)
-        check_choice(f"{p}.dtype", self.dtype, ("float32", "float16", "bfloat16"))
         if self.k < 1:
             raise ValueError(f"{p}.k={self.k} must be >= 1 (alternatives kept per token in topk mode)")
         if self.max_bytes <= 0:
@@ -165,16 +361,20 @@ class LogitCaptureConfig(BaseConfig):
         return {"logprob": 1, "topk": self.k, "token_ids": len(self.ids), "full": None}[self.mode]
 
 
+def _engine(default: Any, what: str, **kwargs: Any) -> Any:
+    return key(default, effect="engine", reason=f"{what}; {_ENGINE}", **kwargs)
+
+
 @dataclass
 class RolloutConfig(BaseConfig):
     """``actor_rollout_ref.rollout``: the generation engine and its sampling settings."""
 
     _mutable_fields = BaseConfig._mutable_fields | {"log_prob_micro_batch_size", "log_prob_micro_batch_size_per_gpu"}
 
-    name: str = "hf"
-    """Engine: hf, vllm, sglang, sglang_with_logit or spd (mandatory in the YAML)."""
-    mode: str = "sync"
-    """sync: the worker generates the batch in one call; async: request-level servers and agent loops."""
+    name: str = key("hf", mandatory=True)
+    """Mandatory: hf (runs on CPU), vllm, sglang, sglang_with_logit or spd."""
+    mode: str = key("sync", choices=("sync", "async"))
+    """sync: one generate call per batch; async: request-level servers and agent loops."""
     temperature: float = 1.0
     """Training-time sampling temperature."""
     top_k: int = -1
@@ -184,113 +384,214 @@ class RolloutConfig(BaseConfig):
     do_sample: bool = True
     """Sample (true) or decode greedily (false)."""
     n: int = 1
-    """Responses per prompt (the GRPO group size)."""
-    prompt_length: int = 512
+    """Responses per prompt: the GRPO group size."""
+    prompt_length: int = key(512, follows="data.max_prompt_length")
     """Maximum prompt tokens (follows data.max_prompt_length)."""
-    response_length: int = 512
+    response_length: int = key(512, follows="data.max_response_length")
     """Maximum generated tokens (follows data.max_response_length)."""
-    dtype: str = "bfloat16"
+    dtype: str = _engine("bfloat16", "engine weight dtype; the hf rollout generates with the actor's own module")
     """Engine compute dtype."""
-    gpu_memory_utilization: float = 0.5
-    """Fraction of GPU memory the engine may take (weights + KV cache)."""
-    ignore_eos: bool = False
+    gpu_memory_utilization: float = _engine(0.5, "share of GPU memory for the engine's weights and KV cache")
+    """Fraction of GPU memory the engine may use for weights and KV cache."""
+    ignore_eos: bool = key(
+        False,
+        refuse=Refuse(
+            _off,
+            "false",
+            "the rollouts always stop at EOS; set false",
+            "keeps generating past EOS up to response_length",
+            True,
+        ),
+    )
     """Keep generating past EOS (benchmarking)."""
-    enforce_eager: bool = False
+    enforce_eager: bool = _engine(False, "disables CUDA graphs")
     """Disable CUDA graphs."""
-    cudagraph_capture_sizes: list[int] | None = None
+    cudagraph_capture_sizes: list[int] | None = _engine(None, "batch sizes captured as CUDA graphs")
     """Batch sizes captured as CUDA graphs."""
-    free_cache_engine: bool = True
+    free_cache_engine: bool = _engine(True, "frees the KV cache between steps")
     """Release the KV cache between rollouts (hybrid engine)."""
-    tensor_model_parallel_size: int = 2
+    tensor_model_parallel_size: int = _engine(2, "tensor-parallel ranks of one engine replica")
     """Tensor-parallel ranks of one engine replica."""
-    data_parallel_size: int = 1
+    data_parallel_size: int = _engine(1, "engine data parallelism")
     """Data-parallel ranks inside one replica."""
-    expert_parallel_size: int = 1
+    expert_parallel_size: int = _engine(1, "engine expert parallelism")
     """Expert-parallel ranks (MoE)."""
-    pipeline_model_parallel_size: int = 1
+    pipeline_model_parallel_size: int = _engine(1, "pipeline stages of one engine replica")
     """Pipeline stages of one replica."""
-    max_num_batched_tokens: int = 8192
+    max_num_batched_tokens: int = _engine(8192, "scheduler token budget per iteration")
     """Tokens per engine scheduling step."""
-    max_model_len: int | None = None
-    """Context length of the engine; null uses prompt_length + response_length."""
-    max_num_seqs: int = 1024
-    """Concurrent sequences per engine."""
-    enable_chunked_prefill: bool = True
+    max_model_len: int | None = _engine(None, "engine context length (KV cache sizing)")
+    """null: prompt_length + response_length."""
+    max_num_seqs: int | None = _engine(None, "scheduler concurrency", v07_default=1024, v09_default=256)
+    """Concurrent sequences per engine (null: 1024 with v0.7 keys, 256 with v0.9 keys)."""
+    enable_chunked_prefill: bool = _engine(True, "scheduler option")
     """Split long prefills into chunks."""
-    enable_prefix_caching: bool = True
+    enable_prefix_caching: bool = _engine(True, "KV-cache reuse across requests")
     """Reuse the KV cache of shared prefixes."""
-    load_format: str = "dummy"
-    """How the engine gets its first weights (dummy: random, then synced from the actor)."""
-    layered_summon: bool = False
+    load_format: str = _engine("dummy", "how the engine loads its first weights before the actor's arrive")
+    """dummy: start from random weights, then receive the actor's."""
+    layered_summon: bool = _engine(False, "gathers FSDP weights layer by layer for the engine")
     """Gather FSDP weights layer by layer when syncing to the engine."""
     log_prob_micro_batch_size: int | None = None
-    """Deprecated global micro batch of log-prob recomputation."""
+    """Deprecated global micro batch of the old_log_prob recomputation."""
     log_prob_micro_batch_size_per_gpu: int | None = None
-    """Sequences per rank in one log-prob forward (old_log_prob)."""
-    log_prob_use_dynamic_bsz: bool = False
-    """Pack log-prob micro batches by token count."""
-    log_prob_max_token_len_per_gpu: int = 16384
-    """Token budget of a log-prob micro batch with dynamic bsz."""
-    disable_log_stats: bool = True
+    """Sequences per rank in one old_log_prob forward (one of the two, unless log_prob_use_dynamic_bsz)."""
+    log_prob_use_dynamic_bsz: bool = key(False, follows="actor_rollout_ref.actor.use_dynamic_bsz")
+    """Pack log-prob micro batches by token count (follows the actor's use_dynamic_bsz)."""
+    log_prob_max_token_len_per_gpu: int = key(16384, follows="actor_rollout_ref.actor.ppo_max_token_len_per_gpu")
+    """Token budget of a log-prob micro batch with dynamic bsz (follows the actor's)."""
+    disable_log_stats: bool = _engine(True, "engine statistics logging")
     """Silence the engine's periodic statistics."""
-    over_sample_rate: float = 0.0
+    over_sample_rate: float = key(
+        0.0,
+        refuse=Refuse(
+            _zero,
+            "0",
+            "over-sampling with early abort is not implemented; set 0",
+            "launches extra requests and aborts the slowest ones once enough finished",
+            0.1,
+        ),
+    )
     """Fraction of extra requests sent so slow ones can be aborted."""
-    multi_stage_wake_up: bool = False
+    multi_stage_wake_up: bool = _engine(False, "resumes engine memory in stages")
     """Wake weights and KV cache in separate stages to lower peak memory."""
-    calculate_log_probs: bool = False
-    """Return the engine's logprobs of the sampled tokens as rollout_log_probs."""
-    logprobs_mode: str = "processed_logprobs"
-    """vLLM: raw_logprobs or processed_logprobs (after temperature / top-p)."""
-    scheduling_policy: str = "fcfs"
+    calculate_log_probs: bool | None = key(None, v07_default=False, v09_default=True)
+    """Return the engine's logprob of each sampled token as rollout_log_probs (null: false with v0.7 keys, true
+    with v0.9 keys)."""
+    logprobs_mode: str = key(
+        "processed_logprobs",
+        refuse=Refuse(
+            lambda v: v in ("processed_logprobs", "raw_logprobs"),
+            "processed_logprobs or raw_logprobs",
+            "rollout_log_probs are log-probs (processed: after temperature/top-k/top-p; raw: of the raw logits); "
+            "for logits use rollout.logit_capture.mode=full",
+            "processed_logits / raw_logits put logit values in the logprob field",
+            "raw_logits",
+        ),
+    )
+    """raw_logprobs | processed_logprobs (after temperature / top-p)."""
+    scheduling_policy: str = _engine("fcfs", "engine request scheduling (fcfs/priority)")
     """Engine request scheduling: fcfs or priority."""
-    skip_tokenizer_init: bool = True
+    skip_tokenizer_init: bool = _engine(True, "engine tokenizer loading")
     """Engine works on token ids only."""
-    quantization: str | None = None
+    quantization: str | None = key(
+        None,
+        refuse=Refuse(
+            _unset,
+            "null",
+            "quantised rollouts are not implemented; set null",
+            "fp8 (or other) quantised weights in the rollout engine",
+            "fp8",
+        ),
+    )
     """Engine weight quantization (e.g. fp8)."""
-    enable_rollout_routing_replay: bool = False
+    enable_rollout_routing_replay: bool = key(
+        False,
+        refuse=Refuse(
+            _off,
+            "false",
+            "MoE routing replay is not implemented; set false",
+            "records the rollout's MoE expert routing and replays it in training",
+            True,
+        ),
+    )
     """MoE: record expert routing for replay in training."""
-    nnodes: int = 0
-    """Standalone mode: nodes of the rollout pool (0: share the trainer's)."""
-    n_gpus_per_node: int = 8
-    """Standalone mode: devices per node of the rollout pool."""
-    update_weights_bucket_megabytes: int = 512
+    nnodes: int = key(
+        0,
+        refuse=Refuse(
+            _zero,
+            "0",
+            "a standalone rollout pool is not implemented; set 0 (the rollout shares the trainer's devices)",
+            "> 0 runs the rollout engines on their own nodes",
+            1,
+        ),
+    )
+    """Standalone rollout pool; 0 nodes shares the trainer's devices."""
+    n_gpus_per_node: int = key(
+        8,
+        follows="trainer.n_gpus_per_node",
+        effect="inert",
+        reason="only used with rollout.nnodes > 0 (a standalone rollout pool), which is refused",
+    )
+    """Devices per node of a standalone rollout pool (follows trainer.n_gpus_per_node)."""
+    update_weights_bucket_megabytes: int = _engine(512, "bucket size of the actor-to-engine weight transfer")
     """Size of each weight-sync bucket."""
-    checkpoint_engine: dict[str, Any] = field(default_factory=dict)
-    """Weight-sync backend settings (backend, update_weights_bucket_megabytes, engine_kwargs)."""
-    engine_kwargs: dict[str, Any] = field(default_factory=dict)
-    """Engine-specific keyword arguments, per engine (vllm, sglang, trtllm)."""
-    val_kwargs: SamplingConfig = field(default_factory=SamplingConfig)
-    """Sampling for validation."""
-    multi_turn: MultiTurnConfig = field(default_factory=MultiTurnConfig)
-    """Multi-turn / tool settings."""
-    agent: AgentLoopConfig = field(default_factory=AgentLoopConfig)
+    checkpoint_engine: CheckpointEngineConfig = key(factory=CheckpointEngineConfig)
+    """Weight-sync backend settings (verl v0.7)."""
+    engine_kwargs: dict[str, Any] = key(
+        factory=lambda: {"vllm": {}, "sglang": {}, "trtllm": {}},
+        effect="engine",
+        reason="constructor arguments of the engine named by rollout.name",
+    )
+    """Per-engine constructor arguments, e.g. +actor_rollout_ref.rollout.engine_kwargs.vllm.swap_space=4."""
+    val_kwargs: SamplingConfig = key(factory=SamplingConfig)
+    """Sampling used for validation (greedy by default)."""
+    multi_turn: MultiTurnConfig = key(factory=MultiTurnConfig)
+    """Multi-turn settings."""
+    agent: AgentLoopConfig = key(factory=AgentLoopConfig)
     """Agent-loop settings (async mode)."""
-    trace: TraceConfig = field(default_factory=TraceConfig)
+    trace: TraceConfig = key(factory=TraceConfig)
     """Rollout tracing."""
-    logit_capture: LogitCaptureConfig = field(default_factory=LogitCaptureConfig)
-    """Per-token logit capture (this project's addition)."""
-    skip_rollout: bool = False
-    """Replay dumped rollouts from skip_dump_dir instead of generating (debugging)."""
-    skip_dump_dir: str = "/tmp/rollout_dump"
+    logit_capture: LogitCaptureConfig = key(factory=LogitCaptureConfig, ours=True)
+    """Per-token logit capture carried into DataProto, interactions and rewards (DESIGN.md section 5)."""
+    skip_rollout: bool = key(
+        False,
+        refuse=Refuse(
+            _off,
+            "false",
+            "replaying dumped generations is not implemented; set false (trainer.rollout_data_dir dumps them)",
+            "loads generations from skip_dump_dir instead of generating (debugging)",
+            True,
+        ),
+    )
+    """Replay dumped generations instead of generating (debugging)."""
+    skip_dump_dir: str = key(
+        "/tmp/rollout_dump", effect="inert", reason="only used with rollout.skip_rollout=true, which is refused"
+    )
     """Where skip_rollout dumps and reads generations."""
-    prometheus: dict[str, Any] = field(default_factory=dict)
+    prometheus: PrometheusConfig = key(factory=PrometheusConfig)
     """Prometheus metrics export of the engine servers."""
-    profiler: dict[str, Any] = field(default_factory=dict)
+    profiler: ProfilerConfig = key(factory=ProfilerConfig)
     """Per-role profiler settings."""
+    seed: int | None = key(None, since="0.9")
+    """Seed of the engine's sampling; each rank adds its rank (null: actor.fsdp_config.seed, as before v0.9)."""
+    full_determinism: bool | None = key(
+        None,
+        since="0.9",
+        v09_default=False,
+        refuse=Refuse(
+            _off,
+            "false",
+            "deterministic engine kernels are not implemented for the rollout; set false (actor.fsdp_config."
+            "full_determinism makes training deterministic)",
+            "forces deterministic sampling kernels in the engine",
+            True,
+        ),
+    )
+    """Deterministic engine kernels (null: false)."""
+    moe_load_balance_metrics_interval: int | None = key(
+        None,
+        since="0.9",
+        v09_default=0,
+        refuse=Refuse(_zero, "0", "MoE load-balance metrics are not implemented; set 0", "logs MoE routing balance", 5),
+    )
+    """Steps between MoE load-balance metrics (null: 0, off)."""
+    disaggregation: DisaggregationConfig = key(factory=DisaggregationConfig)
+    """Prefill/decode disaggregation (verl v0.9)."""
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         if not self.name:
             raise ValueError(f"{_P}.name is empty; set {_P}.name=hf (CPU), vllm or sglang")
-        check_choice(f"{_P}.mode", self.mode, ("sync", "async"))
         check_sampling(_P, self.temperature, self.top_p, self.n)
         if self.temperature == 0 and self.n > 1:
             raise ValueError(
                 f"{_P}.temperature=0 with {_P}.n={self.n} generates {self.n} identical greedy responses per prompt "
                 f"(zero advantage for GRPO); set {_P}.temperature > 0 or {_P}.n=1"
             )
-        for key in ("prompt_length", "response_length", "tensor_model_parallel_size"):
-            if getattr(self, key) is None or getattr(self, key) < 1:
-                raise ValueError(f"{_P}.{key}={getattr(self, key)} must be set to an integer >= 1")
+        for name in ("prompt_length", "response_length", "tensor_model_parallel_size"):
+            if getattr(self, name) is None or getattr(self, name) < 1:
+                raise ValueError(f"{_P}.{name}={getattr(self, name)} must be set to an integer >= 1")
         if not 0.0 < self.gpu_memory_utilization <= 1.0:
             raise ValueError(f"{_P}.gpu_memory_utilization={self.gpu_memory_utilization} must lie in (0, 1]")
         check_choice(

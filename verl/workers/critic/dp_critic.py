@@ -3,7 +3,8 @@
 ``compute_values`` predicts V(s_t) for every response token (the value read at position t scores the state before
 response token t+1, hence the same ``[:, -R-1:-1]`` slice as the actor's logits). ``update_critic`` regresses the
 predictions onto GAE returns with the clipped value loss, using the same mini/micro-batch loop and gradient
-accumulation as the actor. Batch sizes are per rank (the worker normalises them).
+accumulation as the actor. Batch sizes are per rank: the worker passes them as arguments (or the config holds
+per-rank values, as verl's critic expects).
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from torch import nn
 from verl.base_config import BaseConfig
 from verl.protocol import DataProto
 from verl.trainer.ppo.core_algos import compute_value_loss
+from verl.utils.config import as_config
 from verl.utils.py_functional import append_to_dict
 from verl.utils.seqlen_balancing import restore_dynamic_batch
 from verl.utils.torch_functional import masked_mean, response_mask_of
@@ -33,9 +35,7 @@ def as_critic_config(config: Any) -> BaseConfig:
     """The typed critic config: a ``BaseConfig`` is used as is, a DictConfig or dict becomes ``FSDPCriticConfig``."""
     if isinstance(config, BaseConfig):
         return config
-    from verl.utils.config import omega_conf_to_dataclass
-
-    return omega_conf_to_dataclass(config, FSDPCriticConfig)
+    return as_config(config, FSDPCriticConfig)
 
 
 def _response_mask(batch) -> torch.Tensor:
@@ -46,17 +46,31 @@ class DataParallelPPOCritic(BasePPOCritic):
     """Value model on one rank.
 
     Args:
-        config: typed ``critic`` config (``FSDPCriticConfig``; a DictConfig or dict is converted), with per-rank
-            batch sizes (already x n and divided by the data-parallel size).
+        config: typed ``critic`` config (``FSDPCriticConfig``; a DictConfig or dict is converted).
         critic_module: model whose forward returns ``(b, T, 1)`` values (as ``.logits`` or a tensor), e.g. a
             token-classification model with ``num_labels=1``.
         critic_optimizer: its optimizer.
+        mini_batch_size: sequences per optimizer step on this rank; None reads ``config.ppo_mini_batch_size``
+            as already per rank.
+        micro_batch_size: sequences per forward/backward on this rank; None reads
+            ``config.ppo_micro_batch_size_per_gpu``.
     """
 
-    def __init__(self, config: Any, critic_module: nn.Module, critic_optimizer: torch.optim.Optimizer | None):
+    def __init__(
+        self,
+        config: Any,
+        critic_module: nn.Module,
+        critic_optimizer: torch.optim.Optimizer | None,
+        mini_batch_size: int | None = None,
+        micro_batch_size: int | None = None,
+    ):
         super().__init__(as_critic_config(config))
         self.critic_module = critic_module
         self.critic_optimizer = critic_optimizer
+        self.mini_batch_size = self.config.ppo_mini_batch_size if mini_batch_size is None else mini_batch_size
+        self.micro_batch_size = (
+            self.config.ppo_micro_batch_size_per_gpu if micro_batch_size is None else micro_batch_size
+        )
         if self.config.ulysses_sequence_parallel_size > 1:
             raise ValueError("ulysses_sequence_parallel_size > 1 is not supported; set it to 1")
         self.skipped_steps = 0
@@ -89,7 +103,7 @@ class DataParallelPPOCritic(BasePPOCritic):
         nt_keys = ["multi_modal_inputs"] if "multi_modal_inputs" in (data.non_tensor_batch or {}) else []
         data = data.select(batch_keys=keys, non_tensor_batch_keys=nt_keys)
         micro_batches, indices = split_micro_batches(
-            data, bool(meta.get("use_dynamic_bsz", False)), meta.get("micro_batch_size"), meta.get("max_token_len")
+            data, bool(meta.get("use_dynamic_bsz")), meta.get("micro_batch_size"), meta.get("max_token_len")
         )
         was_training = self.critic_module.training
         self.critic_module.eval()
@@ -133,9 +147,9 @@ class DataParallelPPOCritic(BasePPOCritic):
         vf_total = 0.0
         self.critic_module.train()
         for _ in range(cfg.ppo_epochs):
-            for mini in data.split(cfg.ppo_mini_batch_size):
+            for mini in data.split(self.mini_batch_size):
                 micro_batches, _ = split_micro_batches(
-                    mini, cfg.use_dynamic_bsz, cfg.ppo_micro_batch_size_per_gpu, cfg.ppo_max_token_len_per_gpu
+                    mini, cfg.use_dynamic_bsz, self.micro_batch_size, cfg.ppo_max_token_len_per_gpu
                 )
                 scales = micro_batch_scales([len(m) for m in micro_batches], len(mini), cfg.use_dynamic_bsz, engine)
                 self.critic_optimizer.zero_grad()
@@ -150,6 +164,7 @@ class DataParallelPPOCritic(BasePPOCritic):
                         response_mask=mask,
                         cliprange_value=cfg.cliprange_value,
                         loss_agg_mode=cfg.loss_agg_mode,
+                        loss_scale_factor=cfg.loss_scale_factor,
                     )
                     (vf_loss * scale).backward()
                     vf_total += vf_loss.item() * scale
