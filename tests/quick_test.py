@@ -131,7 +131,7 @@ def check_logit_imports() -> None:
         "verl.workers.rollout.sglang_rollout.adapter": ["SGLangAdapter", "parse_generate_output"],
         "verl.interactions.base": ["BaseInteraction"],
         "verl.interactions.multiturn_dialog_interaction": ["MultiTurnDialogInteraction"],
-        "verl.utils.interaction_registry": ["initialize_interactions_from_config"],
+        "verl.interactions.utils.interaction_registry": ["initialize_interactions_from_config"],
     }
     for name, symbols in modules.items():
         module = importlib.import_module(name)

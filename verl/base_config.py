@@ -32,6 +32,9 @@ class BaseConfig(collections.abc.Mapping):
     _open: ClassVar[bool] = False
     # Whether the generated YAML writes ``_target_`` for this node (verl's public config classes do).
     _emit_target: ClassVar[bool] = True
+    # The node's usual dotted path, for messages of instances built outside the loader (the loader names the
+    # actual path of shared node classes).
+    _path: ClassVar[str] = ""
 
     _target_: str = ""
     """Dotted path of the class this node instantiates (kept for round trips to YAML)."""
@@ -45,7 +48,7 @@ class BaseConfig(collections.abc.Mapping):
             if getattr(self, f.name) is None and (info.v09_only or info.per_generation):
                 object.__setattr__(self, f.name, info.unwritten_value("0.7"))
             if info.choices is not None:
-                check_choice(f"{type(self).__name__}.{f.name}", getattr(self, f.name), info.choices)
+                check_choice(f"{self._path or type(self).__name__}.{f.name}", getattr(self, f.name), info.choices)
 
     def __setattr__(self, name: str, value: Any) -> None:
         # The first assignment (from the generated __init__) always succeeds; later ones only for mutable fields.

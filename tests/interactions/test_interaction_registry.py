@@ -7,7 +7,7 @@ import pytest
 from verl.interactions.base import BaseInteraction
 from verl.interactions.gsm8k_interaction import Gsm8kInteraction
 from verl.interactions.multiturn_dialog_interaction import MultiTurnDialogInteraction
-from verl.utils.interaction_registry import get_interaction_class, initialize_interactions_from_config
+from verl.interactions.utils.interaction_registry import get_interaction_class, initialize_interactions_from_config
 
 GSM8K = "verl.interactions.gsm8k_interaction.Gsm8kInteraction"
 DIALOG = "verl.interactions.multiturn_dialog_interaction.MultiTurnDialogInteraction"
@@ -44,7 +44,10 @@ interaction:
 @pytest.mark.parametrize(
     "text, match",
     [
-        (f"interaction:\n  - class_name: {GSM8K}\n  - class_name: {GSM8K}\n", r"entry 1 \('gsm8k'\).*duplicate"),
+        (
+            f"interaction:\n  - class_name: {GSM8K}\n  - class_name: {GSM8K}\n",
+            r"entry 1 \('gsm8k'\).*Duplicate interaction name 'gsm8k' found",
+        ),
         ("interaction:\n  - class_name: verl.interactions.nope.Missing\n", r"entry 0 .*cannot be imported"),
         ("interaction:\n  - class_name: collections.OrderedDict\n", r"entry 0 .*not a subclass of .*BaseInteraction"),
         ("interaction:\n  - name: x\n", r"entry 0: each entry needs a 'class_name'"),

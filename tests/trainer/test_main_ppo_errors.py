@@ -159,7 +159,7 @@ def test_full_logit_capture_over_budget_is_refused_with_the_estimate(tiny_model_
 
 
 def test_missing_interaction_yaml_is_named(tiny_model_dir, good_data, tmp_path):
-    pytest.importorskip("verl.utils.interaction_registry")
+    pytest.importorskip("verl.interactions.utils.interaction_registry")
     result = _main_ppo(
         *_base(tiny_model_dir, good_data),
         "actor_rollout_ref.rollout.multi_turn.enable=True",
@@ -170,7 +170,7 @@ def test_missing_interaction_yaml_is_named(tiny_model_dir, good_data, tmp_path):
 
 
 def test_unknown_interaction_name_in_the_data_is_named(tiny_model_dir, tmp_path):
-    pytest.importorskip("verl.utils.interaction_registry")
+    pytest.importorskip("verl.interactions.utils.interaction_registry")
     data = _multi_turn_data(tmp_path, "dialgo")
     base = [o for o in _base(tiny_model_dir, str(tmp_path)) if not o.startswith(("data.train_files", "data.val_files"))]
     result = _main_ppo(

@@ -167,12 +167,12 @@ def test_both_actor_micro_batch_keys_set_is_rejected():
 
 
 def _worker_view(cfg, role: str, dp: int):
-    """What an ActorRolloutRefWorker on ``dp`` ranks trains with: its resolved, per-rank ``actor_rollout_ref``."""
-    from verl.workers.fsdp_workers import normalize_actor_batch_sizes
+    """The per-rank batch sizes an ActorRolloutRefWorker on ``dp`` ranks derives from its typed subtree."""
+    from verl.trainer.config.build import build_trainer_config
+    from verl.utils.batch_sizes import actor_rank_batch_sizes
 
-    private = OmegaConf.create(OmegaConf.to_container(cfg.actor_rollout_ref, resolve=True))
-    normalize_actor_batch_sizes(private, role, dp)
-    return private
+    tree = build_trainer_config(cfg, check=False)
+    return actor_rank_batch_sizes(tree.actor_rollout_ref, role, dp)
 
 
 GLOBAL_MICRO = [
@@ -198,11 +198,8 @@ def test_deprecated_global_micro_batch_is_divided_over_ranks(ranks, mini, micro,
         "actor_rollout_ref.ref.log_prob_micro_batch_size=4",
     )
     validate_config(cfg, use_reference_policy=True, use_critic=True)
-    worker = _worker_view(cfg, "actor_rollout_ref", ranks)
-    assert worker.actor.ppo_mini_batch_size == mini
-    assert worker.actor.ppo_micro_batch_size_per_gpu == micro
-    assert worker.rollout.log_prob_micro_batch_size_per_gpu == rollout_micro
-    assert worker.ref.log_prob_micro_batch_size_per_gpu == ref_micro
+    sizes = _worker_view(cfg, "actor_rollout_ref", ranks)
+    assert (sizes.mini, sizes.micro, sizes.log_prob_micro, sizes.ref_micro) == (mini, micro, rollout_micro, ref_micro)
     assert cfg.actor_rollout_ref.actor.ppo_mini_batch_size == 4  # the caller's tree keeps the global values
 
 
@@ -286,13 +283,29 @@ def test_unknown_key_added_to_a_typed_node_fails_validation():
     assert "actor_rollout_ref.actor.ppo_mini_batchsize" in _error(_cfg("+actor_rollout_ref.actor.ppo_mini_batchsize=2"))
 
 
+def _megatron_tree(overrides):
+    # strategy=megatron is refused before Ray until the Megatron workers land; the batch arithmetic already
+    # accounts for its layout, checked here on a tree built without the refusals.
+    from verl.trainer.config.ppo_trainer import PPOTrainerConfig
+    from verl.utils.config import build_dataclass, plain_container
+
+    return build_dataclass(PPOTrainerConfig, plain_container(compose_config("ppo_megatron_trainer", overrides)))
+
+
+def test_megatron_strategy_is_refused_before_ray():
+    msg = _error(compose_config("ppo_megatron_trainer", VALID))
+    assert "actor_rollout_ref.actor.strategy='megatron' is not supported" in msg and "fsdp or fsdp2" in msg
+
+
 def test_megatron_data_parallel_size_accounts_for_tensor_parallelism():
+    from verl.trainer.config.build import check_trainer_config
+
     base = [*VALID, "trainer.n_gpus_per_node=4", "actor_rollout_ref.actor.megatron.tensor_model_parallel_size=2"]
-    cfg = compose_config("ppo_megatron_trainer", base)
-    validate_config(cfg, use_reference_policy=True, use_critic=False)
+    check_trainer_config(_megatron_tree(base), use_reference_policy=True, use_critic=False)
     # dp = 4 / 2 = 2, so a mini batch of 4 prompts x 2 = 4 sequences per rank; a micro batch of 3 does not divide it
-    cfg = compose_config("ppo_megatron_trainer", [*base, "actor_rollout_ref.actor.ppo_micro_batch_size_per_gpu=3"])
-    assert "/ 2 = 4 sequences" in _error(cfg, use_critic=False)
+    tree = _megatron_tree([*base, "actor_rollout_ref.actor.ppo_micro_batch_size_per_gpu=3"])
+    with pytest.raises(ValueError, match="/ 2 = 4 sequences"):
+        check_trainer_config(tree, use_reference_policy=True, use_critic=False)
 
 
 # ---- features that need inputs the run would not otherwise produce ------------------------------------------------

@@ -22,28 +22,28 @@ import importlib.util
 import os
 
 import hydra
-from omegaconf import OmegaConf
 
+from verl.trainer.config.generation import GenerationServerConfig
 from verl.trainer.generation.client import RequestSettings, check_replicas, generate_rows
 from verl.trainer.generation.io import ProgressLog, load_prompts, write_output
 
 
 @hydra.main(config_path="config", config_name="generation_server", version_base=None)
 def main(config) -> None:
-    from verl.utils.device import auto_set_device
-
-    auto_set_device(config)
     run_generation(config)
 
 
-def _gen(config):
-    """The ``generation`` block, with defaults when the config is plain ``ppo_trainer`` + ``data.output_path``."""
-    defaults = OmegaConf.create(
-        {"max_concurrency": 32, "max_attempts": 3, "retry_backoff_s": 1.0, "request_timeout_s": 600, "seed": None}
-    )
-    defaults.merge_with({"resume": True, "retry_failed": True, "server_addresses": None, "api_key": None})
-    defaults.merge_with({"run_eval": False})
-    return OmegaConf.merge(defaults, config.get("generation") or {})
+def load_generation_config(config) -> GenerationServerConfig:
+    """The typed tree of a composed config (``ppo_trainer`` + ``data.output_path`` works too: the ``generation``
+    block then takes its defaults). The trainer's batch-size checks do not apply to generation."""
+    if isinstance(config, GenerationServerConfig):
+        return config
+    from verl.trainer.config.build import build_trainer_config, check_refused_keys
+    from verl.utils.device import resolve_device
+
+    check_refused_keys(config, GenerationServerConfig)
+    device = resolve_device(config.trainer.device)
+    return build_trainer_config(config, tree=GenerationServerConfig, device=device, check=False)
 
 
 def validate_generation_config(config) -> tuple[RequestSettings, int]:
@@ -54,14 +54,15 @@ def validate_generation_config(config) -> tuple[RequestSettings, int]:
     """
     from verl.workers.rollout.replica import RolloutMode, get_rollout_replica_class
 
-    gen, rollout = _gen(config), config.actor_rollout_ref.rollout
-    if not config.data.get("output_path"):
+    config = load_generation_config(config)
+    gen, rollout = config.generation, config.actor_rollout_ref.rollout
+    if not config.data.output_path:
         raise ValueError(
             "data.output_path is not set; pass data.output_path=/path/out.parquet (+data.output_path=... "
             "with --config-name ppo_trainer)"
         )
     n, top_p = int(rollout.n), float(rollout.top_p)
-    temperature = float(rollout.temperature) if rollout.get("do_sample", True) else 0.0
+    temperature = float(rollout.temperature) if rollout.do_sample else 0.0
     if n < 1:
         raise ValueError(f"actor_rollout_ref.rollout.n={n} must be >= 1 (responses per prompt)")
     if temperature == 0 and n > 1:
@@ -69,9 +70,6 @@ def validate_generation_config(config) -> tuple[RequestSettings, int]:
             f"actor_rollout_ref.rollout.temperature=0 (greedy) with rollout.n={n} would produce {n} identical "
             "responses per prompt; set rollout.n=1, or a temperature > 0 to sample several"
         )
-    for key in ("max_concurrency", "max_attempts"):
-        if int(gen[key]) < 1:
-            raise ValueError(f"generation.{key}={gen[key]} must be >= 1")
     if gen.run_eval and not _eval_available():
         raise ValueError(
             "generation.run_eval=true needs verl.trainer.main_eval.run_eval, which this install lacks; "
@@ -81,9 +79,8 @@ def validate_generation_config(config) -> tuple[RequestSettings, int]:
     if not gen.server_addresses:
         replica_cls = get_rollout_replica_class(rollout.name)  # ValueError listing the names
         replica_cls.check_config(rollout, RolloutMode.STANDALONE)  # load_format=dummy is refused here
-        size = int(rollout.tensor_model_parallel_size) * int(rollout.get("data_parallel_size", 1) or 1)
-        size *= int(rollout.get("pipeline_model_parallel_size", 1) or 1)
-        world = int(config.trainer.n_gpus_per_node) * int(config.trainer.nnodes)
+        size = rollout.tensor_model_parallel_size * rollout.data_parallel_size * rollout.pipeline_model_parallel_size
+        world = config.trainer.n_gpus_per_node * config.trainer.nnodes
         if world < size or world % size:
             raise ValueError(
                 f"trainer.n_gpus_per_node * trainer.nnodes = {world} devices cannot be split into replicas of "
@@ -94,11 +91,11 @@ def validate_generation_config(config) -> tuple[RequestSettings, int]:
         if not os.path.exists(model_path):
             raise ValueError(f"actor_rollout_ref.model.path={model_path} does not exist")
     sampling = {"n": n, "temperature": temperature, "top_p": top_p, "max_tokens": int(rollout.response_length)}
-    if int(rollout.get("top_k", -1)) > 0:
-        sampling["top_k"] = int(rollout.top_k)
+    if rollout.top_k > 0:
+        sampling["top_k"] = rollout.top_k
     if gen.seed is not None:
-        sampling["seed"] = int(gen.seed)
-    chat_kwargs = _plain(config.data.get("apply_chat_template_kwargs") or {})
+        sampling["seed"] = gen.seed
+    chat_kwargs = dict(config.data.apply_chat_template_kwargs)
     if chat_kwargs:
         sampling["chat_template_kwargs"] = chat_kwargs
     settings = RequestSettings(
@@ -117,9 +114,10 @@ def run_generation(config):
     """Generate ``data.output_path`` from ``config``; return the written dataframe."""
     from tqdm import tqdm
 
+    config = load_generation_config(config)
     settings, n_replicas = validate_generation_config(config)
-    gen = _gen(config)
-    train_files = _plain(config.data.train_files)
+    gen = config.generation
+    train_files = config.data.train_files
     df, prompts = load_prompts(train_files, config.data.prompt_key)
     output_path = os.path.expanduser(str(config.data.output_path))
     header = {"train_files": train_files, "rows": len(df)}
@@ -154,14 +152,10 @@ def run_generation(config):
     return out
 
 
-def _plain(value):
-    return OmegaConf.to_container(value, resolve=True) if OmegaConf.is_config(value) else value
-
-
 def _start_servers(config, gen, n_replicas: int) -> tuple[list[str], list]:
     """Base URLs of the servers to use: ``generation.server_addresses``, or freshly started standalone replicas."""
     if gen.server_addresses:
-        addresses = _plain(gen.server_addresses)
+        addresses = gen.server_addresses
         addresses = [addresses] if isinstance(addresses, str) else list(addresses)
         return [a.rstrip("/") if "://" in a else f"http://{a}" for a in addresses], []
     from verl.trainer.main_ppo import init_ray
@@ -170,7 +164,7 @@ def _start_servers(config, gen, n_replicas: int) -> tuple[list[str], list]:
     init_ray(config)
     rollout = config.actor_rollout_ref.rollout
     replica_cls = get_rollout_replica_class(rollout.name)
-    gpus_per_node = int(config.trainer.n_gpus_per_node)
+    gpus_per_node = config.trainer.n_gpus_per_node
     replicas = []
     try:
         for rank in range(n_replicas):
@@ -198,10 +192,12 @@ def _run_eval(config, output_path: str) -> None:
     from verl.trainer.main_eval import run_eval
     from verl.utils.config import compose_config
 
-    sandbox = config.reward_model.get("sandbox_fusion") or {}
+    sandbox = config.reward_model.sandbox_fusion
     overrides = [f"data.path={output_path}", f"data.prompt_key={config.data.prompt_key}"]
     overrides += [
-        f"sandbox_fusion.{k}={sandbox[k]}" for k in ("url", "max_concurrent", "memory_limit_mb") if sandbox.get(k)
+        f"sandbox_fusion.{k}={getattr(sandbox, k)}"
+        for k in ("url", "max_concurrent", "memory_limit_mb")
+        if getattr(sandbox, k) is not None
     ]
     run_eval(compose_config("evaluation", overrides=overrides))
 

@@ -1,34 +1,48 @@
 """Entry point: ``python -m verl.trainer.main_ppo key=value ...`` (verl's Hydra config tree).
 
-Everything that can fail cheaply is checked before Ray starts: the config (sizes, keys), the model path, the data
-files and their columns. Only then are the Ray cluster and the worker groups brought up and ``fit()`` called.
-On a machine without CUDA, ``trainer.device`` becomes ``cpu`` and ``trainer.n_gpus_per_node`` counts CPU ranks.
+The composed config becomes the typed tree (``verl.trainer.config.PPOTrainerConfig``) once, here: refused keys
+first (before torch or Ray are imported), then types, the verl generation of the keys written, and the checks
+between keys. Then the model path, the data files and their columns are checked, and only then are the Ray cluster
+and the worker groups brought up and ``fit()`` called. On a machine without CUDA, ``trainer.device`` becomes
+``cpu`` and ``trainer.n_gpus_per_node`` counts CPU ranks. ``--help [prefix]`` prints the typed tree with docs.
 """
 
 from __future__ import annotations
 
 import os
 import socket
+import sys
 
 import hydra
-from omegaconf import OmegaConf
 
-from verl.trainer.ppo.utils import Role, need_critic, need_reference_policy, need_reward_model
+from verl.trainer.config.build import need_critic, need_reference_policy, need_reward_model
+from verl.trainer.config.ppo_trainer import PPOTrainerConfig
+from verl.trainer.ppo.utils import Role
 
 
 @hydra.main(config_path="config", config_name="ppo_trainer", version_base=None)
 def main(config) -> None:
-    from verl.utils.config_audit import check_refused_keys
+    run_ppo(load_config(config))
+
+
+def load_config(config) -> PPOTrainerConfig:
+    """The validated typed tree of a composed config (already typed: returned as is)."""
+    if isinstance(config, PPOTrainerConfig):
+        return config
+    from verl.trainer.config.build import build_trainer_config, check_refused_keys, describe_generation
 
     check_refused_keys(config)  # before torch and Ray are even imported: a refused key costs a second
-    from verl.utils.device import auto_set_device
+    from verl.utils.device import resolve_device
 
-    auto_set_device(config)
-    run_ppo(config)
+    cfg = build_trainer_config(config, device=resolve_device(config.trainer.device))
+    print(f"config: {describe_generation(cfg)}")
+    return cfg
 
 
 def run_ppo(config, task_runner_class=None) -> None:
-    """Run PPO with ``config``. ``task_runner_class`` may be a plain class or a ``ray.remote`` one (as in verl)."""
+    """Run PPO with ``config`` (a DictConfig or the typed tree). ``task_runner_class`` may be a plain class or a
+    ``ray.remote`` one (as in verl)."""
+    config = load_config(config)
     runner_cls = task_runner_class or TaskRunner
     if hasattr(runner_cls, "remote"):
         init_ray(config)
@@ -40,13 +54,12 @@ def run_ppo(config, task_runner_class=None) -> None:
         runner_cls().run(config)
 
 
-def init_ray(config) -> None:
+def init_ray(config: PPOTrainerConfig) -> None:
     import ray
 
     if ray.is_initialized():
         return
-    ray_init = OmegaConf.to_container(config.get("ray_kwargs", {}).get("ray_init", {}) or {}, resolve=True)
-    ray_init = {k: v for k, v in ray_init.items() if v is not None}
+    ray_init = {k: v for k, v in dict(config.ray_kwargs.ray_init).items() if v is not None}
     world = config.trainer.n_gpus_per_node * config.trainer.nnodes
     if config.trainer.device == "cpu" and "num_cpus" not in ray_init:
         # CPU ranks are Ray CPU resources; logical CPUs may exceed physical cores (each rank is one process).
@@ -88,8 +101,7 @@ class TaskRunner:
             raise ValueError(f"actor_rollout_ref.actor.strategy must be fsdp, fsdp2 or megatron, got {strategy!r}")
         from verl.single_controller.ray import RayWorkerGroup
 
-        cls = AsyncActorRolloutRefWorker if config.actor_rollout_ref.rollout.get("mode") == "async" else None
-        cls = cls or ActorRolloutRefWorker
+        cls = AsyncActorRolloutRefWorker if config.actor_rollout_ref.rollout.mode == "async" else ActorRolloutRefWorker
         self.role_worker_mapping[Role.ActorRollout] = ray.remote(cls)
         self.mapping[Role.ActorRollout] = "global_pool"
         return cls, RayWorkerGroup
@@ -121,15 +133,15 @@ class TaskRunner:
         from verl.workers.fsdp_workers import RewardModelWorker
 
         self.role_worker_mapping[Role.RewardModel] = ray.remote(RewardModelWorker)
-        pooled = config.reward_model.get("enable_resource_pool", False)
+        pooled = config.reward_model.enable_resource_pool
         self.mapping[Role.RewardModel] = "reward_pool" if pooled else "global_pool"
 
     def init_resource_pool_mgr(self, config):
         from verl.single_controller.ray import ResourcePoolManager
 
         spec = {"global_pool": [config.trainer.n_gpus_per_node] * config.trainer.nnodes}
-        rm = config.get("reward_model") or {}
-        if rm.get("enable") and rm.get("enable_resource_pool"):
+        rm = config.reward_model
+        if rm.enable and rm.enable_resource_pool:
             spec["reward_pool"] = [rm.n_gpus_per_node] * rm.nnodes
         return ResourcePoolManager(resource_pool_spec=spec, mapping=self.mapping)
 
@@ -137,23 +149,20 @@ class TaskRunner:
         from verl.trainer.ppo.ray_trainer import RayPPOTrainer
         from verl.trainer.ppo.reward import load_reward_manager
         from verl.trainer.ppo.rollout_preflight import check_rollout_setup
-        from verl.utils.config import validate_config
         from verl.utils.dataset.rl_dataset import collate_fn
         from verl.utils.fs import copy_to_local
         from verl.utils.import_utils import import_external_libs
         from verl.utils.tokenizer import hf_processor, hf_tokenizer
 
         print(f"TaskRunner on {socket.gethostname()} (pid {os.getpid()})")
-        OmegaConf.resolve(config)
+        # 1. cheap checks first: a bad config or path must fail before Ray starts (the tree is validated once)
+        config = load_config(config)
         use_critic = need_critic(config)
-        use_ref = need_reference_policy(config)
-        # 1. cheap checks first: a bad config or path must fail before Ray starts
-        validate_config(config, use_reference_policy=use_ref, use_critic=use_critic)
         # A model registered by an external library must be importable here too: fail now, not inside a worker.
-        import_external_libs(config.actor_rollout_ref.model.get("external_lib"), "actor_rollout_ref.model.external_lib")
+        import_external_libs(config.actor_rollout_ref.model.external_lib, "actor_rollout_ref.model.external_lib")
         model_cfg = config.actor_rollout_ref.model
-        local_path = copy_to_local(model_cfg.path, use_shm=model_cfg.get("use_shm", False))
-        trust = config.data.get("trust_remote_code", False) or model_cfg.get("trust_remote_code", False)
+        local_path = copy_to_local(model_cfg.path, use_shm=model_cfg.use_shm)
+        trust = config.data.trust_remote_code or model_cfg.trust_remote_code
         tokenizer = hf_tokenizer(local_path, trust_remote_code=trust)
         processor = hf_processor(local_path, trust_remote_code=trust, use_fast=True)
         train_dataset = create_rl_dataset(config.data.train_files, config.data, tokenizer, processor, is_train=True)
@@ -192,8 +201,8 @@ class TaskRunner:
 
 def _vocab_size_if_needed(config, local_path: str, trust_remote_code: bool) -> int | None:
     """The policy's vocabulary size, read only when full-logit capture must check its memory budget."""
-    capture = config.actor_rollout_ref.rollout.get("logit_capture") or {}
-    if not (capture.get("enable", False) and capture.get("mode") == "full"):
+    capture = config.actor_rollout_ref.rollout.logit_capture
+    if not (capture.enable and capture.mode == "full"):
         return None
     from transformers import AutoConfig
 
@@ -204,16 +213,18 @@ def create_rl_dataset(data_paths, data_config, tokenizer, processor, is_train: b
     """Build the RL dataset (``data.custom_cls`` when set, else ``RLHFDataset``)."""
     from torch.utils.data import Dataset
 
+    from verl.utils.config import as_config
+    from verl.utils.dataset.config import DataConfig
     from verl.utils.dataset.rl_dataset import get_dataset_class
 
     if data_paths is None:
         return None
+    data_config = as_config(data_config, DataConfig)
     cls = get_dataset_class(data_config)
     if not issubclass(cls, Dataset):
         raise TypeError(f"data.custom_cls must name a torch Dataset subclass, got {cls}")
-    key = "train_max_samples" if is_train else "val_max_samples"
     if max_samples == -1:
-        max_samples = data_config.get(key, -1)
+        max_samples = data_config.train_max_samples if is_train else data_config.val_max_samples
     return cls(
         data_files=data_paths, tokenizer=tokenizer, processor=processor, config=data_config, max_samples=max_samples
     )
@@ -225,16 +236,34 @@ def create_rl_sampler(data_config, dataset):
     The built-in order (seeded per-epoch shuffle, or file order with ``data.shuffle=False``) is resumable from a
     checkpoint, which a torch ``RandomSampler`` is not.
     """
-    sampler_cfg = data_config.get("sampler") or {}
-    if not sampler_cfg.get("class_path"):
+    from verl.utils.config import as_config
+    from verl.utils.dataset.config import DataConfig
+
+    data_config = as_config(data_config, DataConfig)
+    sampler_cfg = data_config.sampler
+    if not sampler_cfg.class_path:
         return None
     from verl.utils.import_utils import load_extern_object
 
-    if data_config.get("dataloader_num_workers", 0) != 0:
+    if data_config.dataloader_num_workers != 0:
         raise ValueError("a custom data.sampler needs data.dataloader_num_workers=0")
     cls = load_extern_object(sampler_cfg.class_path, sampler_cfg.class_name)
     return cls(data_source=dataset, data_config=data_config)
 
 
+def _print_help(argv: list[str]) -> bool:
+    """``--help [prefix]``: the typed tree with docs (Hydra's own help is ``--hydra-help``)."""
+    flags = [i for i, arg in enumerate(argv) if arg in ("--help", "-h")]
+    if not flags:
+        return False
+    from verl.trainer.config.render import help_text
+
+    rest = argv[flags[0] + 1 :]
+    prefix = rest[0] if rest and not rest[0].startswith("-") and "=" not in rest[0] else ""
+    print(help_text(prefix), end="")
+    return True
+
+
 if __name__ == "__main__":
-    main()
+    if not _print_help(sys.argv[1:]):
+        main()

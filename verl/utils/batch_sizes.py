@@ -119,11 +119,16 @@ def check_training_batch(prefix: str, node: Any, n: int, dp: int) -> tuple[int, 
     return per_rank, micro
 
 
-def check_log_prob_batch(prefix: str, node: Any, dp: int, name: str = "log_prob_micro_batch_size") -> int | None:
-    """The micro-batch of a no-grad pass (log-probs, values): one size is needed unless dynamic."""
-    dynamic_key = "log_prob_use_dynamic_bsz" if name.startswith("log_prob") else "use_dynamic_bsz"
-    dynamic = bool(getattr(node, dynamic_key))
-    return per_rank_micro_batch(prefix, name, getattr(node, name), getattr(node, f"{name}_per_gpu"), dp, not dynamic)
+def check_log_prob_batch(prefix: str, node: Any, dp: int) -> int | None:
+    """The micro-batch of a log-prob pass (rollout recompute or reference): one size is needed unless dynamic."""
+    return per_rank_micro_batch(
+        prefix,
+        "log_prob_micro_batch_size",
+        node.log_prob_micro_batch_size,
+        node.log_prob_micro_batch_size_per_gpu,
+        dp,
+        required=not node.log_prob_use_dynamic_bsz,
+    )
 
 
 @dataclass(frozen=True)
@@ -167,5 +172,3 @@ def critic_rank_batch_sizes(config: Any, dp: int) -> RankBatchSizes:
         required=False,
     )
     return RankBatchSizes(mini, micro, forward if forward is not None else micro)
-
-

@@ -195,6 +195,7 @@ def build_dataclass(cls: type, data: dict[str, Any], path: str = "") -> Any:
             f"unknown config key(s) {shown} for {cls.__name__}; check the spelling (valid keys: {valid}) "
             "or remove the key"
         )
+    data = _fold_newer_spellings(cls, data, path)
     hints = _hints(cls)
     kwargs = {k: _convert(hints.get(k, Any), v, _join(path, k)) for k, v in data.items() if k in names}
     try:
@@ -206,12 +207,73 @@ def build_dataclass(cls: type, data: dict[str, Any], path: str = "") -> Any:
     return instance
 
 
+def _written(value: Any) -> bool:
+    """A node of newer keys counts as written when any of its leaves is not null (the YAML writes them null)."""
+    if isinstance(value, Mapping):
+        return any(_written(v) for k, v in value.items() if k != "_target_")
+    return value is not None
+
+
+def _fold_newer_spellings(cls: type, data: dict[str, Any], path: str) -> dict[str, Any]:
+    """Nodes of verl v0.8/v0.9 keys: unwritten (all null) ones become None; a written newer spelling of an older
+    node (``alias_of``, relative to this node) is copied onto it, and both set to different values is an error."""
+    from verl.utils.config_keys import info_of
+
+    data = dict(data)
+    for field in dataclasses.fields(cls):
+        info = info_of(field)
+        value = data.get(field.name)
+        if not isinstance(value, Mapping) or not (info.v09_only or info.alias_of):
+            continue
+        if info.alias_of and _written(value):
+            _copy_onto(data, info.alias_of, value, _join(path, field.name), _join(path, info.alias_of), cls)
+        if info.alias_of or not _written(value):
+            data[field.name] = None
+    return data
+
+
+def _copy_onto(data: dict, alias_of: str, value: Mapping, newer: str, older: str, cls: type) -> None:
+    *parents, last = alias_of.split(".")
+    node = data
+    for part in parents:
+        node[part] = dict(node.get(part) or {})
+        node = node[part]
+    target = dict(node.get(last) or {})
+    older_cls = _dataclass_in(_hints(_owner_class(cls, parents)).get(last, Any))
+    defaults = {f.name: _default_of(f) for f in dataclasses.fields(older_cls)} if older_cls else {}
+    for name, given in value.items():
+        if name == "_target_" or given is None:
+            continue
+        current = target.get(name, defaults.get(name))
+        if current not in (given, defaults.get(name)):
+            raise ValueError(
+                f"{newer}.{name}={given!r} and {older}.{name}={current!r} disagree (the first is verl v0.8+'s "
+                "spelling of the second); set only one of them"
+            )
+        target[name] = given
+    node[last] = target
+
+
+def _owner_class(cls: type, parents: list[str]) -> type:
+    for part in parents:
+        cls = _dataclass_in(_hints(cls).get(part, Any)) or cls
+    return cls
+
+
+def _default_of(field: dataclasses.Field) -> Any:
+    if field.default is not dataclasses.MISSING:
+        return field.default
+    if field.default_factory is not dataclasses.MISSING:  # type: ignore[misc]
+        return field.default_factory()  # type: ignore[misc]
+    return None
+
+
 def _with_path(err: ValueError, cls: type, path: str) -> ValueError:
     """Name the node by its full key where a shared class could only name itself (``FSDPEngineConfig.dtype``)."""
     text = str(err)
     prefix = f"{cls.__name__}."
     if path and text.startswith(prefix):
-        text = f"{path}.{text[len(prefix):]}"
+        text = f"{path}.{text[len(prefix) :]}"
     return ValueError(text)
 
 

@@ -109,7 +109,7 @@ def key(
     default: Any = MISSING,
     *,
     factory: Callable[[], Any] | Any = MISSING,
-    effect: str = "implemented",
+    effect: str | None = None,
     reason: str = "",
     refuse: Refuse | None = None,
     since: str | None = None,
@@ -125,10 +125,17 @@ def key(
 ) -> Any:
     """A dataclass field carrying :class:`KeyInfo` (see the module docstring for what each argument means).
 
+    Without ``effect``, a key with a ``refuse`` rule is a feature we do not implement (``inert``: only the allowed
+    value passes, and it changes nothing); a key we implement that refuses some values says ``effect="implemented"``.
+
     ``since`` keys default to None (the user did not write them) and then take ``v09_default``. Keys of both
     generations whose default changed give ``v07_default`` and ``v09_default`` and default to None: the loader
     resolves them by the generation the user wrote. ``choices`` are checked by ``BaseConfig.__post_init__``.
     """
+    if effect is None:
+        # A key with a refusal and no stated effect is a feature we do not implement: only its "off" value passes.
+        effect = "implemented" if refuse is None else "inert"
+        reason = reason or (refuse.fix if refuse is not None else "")
     if effect not in EFFECTS:
         raise ValueError(f"effect={effect!r} must be one of {EFFECTS}")
     if effect != "implemented" and not reason:
@@ -175,7 +182,11 @@ def field_docs(cls: type) -> dict[str, str]:
         body = tree.body[0].body if tree.body and isinstance(tree.body[0], ast.ClassDef) else []
         for stmt, nxt in zip(body, body[1:]):
             if isinstance(stmt, ast.AnnAssign) and isinstance(stmt.target, ast.Name):
-                if isinstance(nxt, ast.Expr) and isinstance(nxt.value, ast.Constant) and isinstance(nxt.value.value, str):
+                if (
+                    isinstance(nxt, ast.Expr)
+                    and isinstance(nxt.value, ast.Constant)
+                    and isinstance(nxt.value.value, str)
+                ):
                     docs[stmt.target.id] = " ".join(nxt.value.value.split())
     return docs
 
@@ -218,5 +229,3 @@ def walk(node: Any, prefix: str = "", into_aliases: bool = True) -> Iterator[Lea
                 yield from walk(value, path, into_aliases)
             continue
         yield Leaf(path, type(node), field, value)
-
-

@@ -56,11 +56,17 @@ def set_expandable_segments(enable: bool) -> None:
         torch.cuda.memory._set_allocator_settings(f"expandable_segments:{enable}")
 
 
+def resolve_device(requested: str) -> str:
+    """``trainer.device`` for this machine: ``cuda`` becomes ``cpu`` when no CUDA device exists."""
+    return "cpu" if requested == "cuda" and not is_cuda_available else requested
+
+
 def auto_set_device(config) -> None:
-    """Force ``trainer.device=cpu`` when no CUDA device exists, so a GPU script degrades instead of crashing."""
+    """verl's helper: rewrite a composed ``DictConfig``'s ``trainer.device`` before it is validated (main_ppo builds
+    the typed tree with :func:`resolve_device` instead)."""
     trainer = config.get("trainer") if hasattr(config, "get") else None
-    if trainer is not None and not is_cuda_available and trainer.get("device", "cuda") == "cuda":
-        trainer.device = "cpu"
+    if trainer is not None and "device" in trainer:
+        trainer.device = resolve_device(trainer.device)
 
 
 def get_device_capability(device_id: int = 0) -> tuple[int, int] | tuple[None, None]:

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from verl.base_config import BaseConfig
-from verl.utils.config_keys import Refuse, key
+from verl.utils.config_keys import key
 
 __all__ = ["DTYPES", "FSDPEngineConfig"]
 
@@ -22,6 +22,8 @@ _PACKING = "padding of packed micro-batches to a bucket multiple (speed only, sa
 @dataclass
 class FSDPEngineConfig(BaseConfig):
     """How one model is sharded and offloaded with FSDP / FSDP2."""
+
+    _path = "fsdp_config"
 
     wrap_policy: dict[str, Any] = key(factory=lambda: {"min_num_params": 0})
     """Wrap policy: min_num_params (> 0: one unit per block of that many parameters), or transformer_layer_cls_to_wrap

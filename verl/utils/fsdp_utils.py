@@ -24,7 +24,9 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+from verl.utils.config import as_config
 from verl.utils.device import get_device_name, get_torch_device
+from verl.utils.fsdp_config import FSDPEngineConfig
 from verl.utils.py_functional import cfg_get
 
 logger = logging.getLogger(__name__)
@@ -59,9 +61,10 @@ def mixed_precision_dtypes(fsdp_config: Any) -> tuple[torch.dtype, torch.dtype, 
     Defaults are fp32 everywhere on CPU (bf16 matmuls are ~3x slower than fp32 on AVX2 CPUs); on an accelerator
     params default to ``fsdp_config.dtype`` (bf16) with fp32 reductions and buffers, as upstream does.
     """
-    mp = cfg_get(fsdp_config, "mixed_precision", None)
+    cfg = as_config(fsdp_config, FSDPEngineConfig)
+    mp = cfg.mixed_precision
     on_cpu = get_device_name() == "cpu"
-    gpu_default = to_torch_dtype(cfg_get(fsdp_config, "dtype", "bf16"))
+    gpu_default = to_torch_dtype(cfg.dtype)
     param = to_torch_dtype(cfg_get(mp, "param_dtype"), torch.float32 if on_cpu else gpu_default)
     reduce = to_torch_dtype(cfg_get(mp, "reduce_dtype"), torch.float32)
     buffer = to_torch_dtype(cfg_get(mp, "buffer_dtype"), torch.float32)
@@ -153,8 +156,8 @@ SINGLE_UNIT_MAX_PARAMS = 10_000_000
 
 def _small_under_default_policy(model: nn.Module, config: Any) -> bool:
     """Fewer than ``SINGLE_UNIT_MAX_PARAMS`` parameters and ``wrap_policy`` left at verl's defaults."""
-    policy = cfg_get(config, "wrap_policy", None)
-    if cfg_get(policy, "transformer_layer_cls_to_wrap", None) or int(cfg_get(policy, "min_num_params", 0) or 0) > 0:
+    policy = as_config(config, FSDPEngineConfig).wrap_policy
+    if policy.get("transformer_layer_cls_to_wrap") or int(policy.get("min_num_params") or 0) > 0:
         return False
     return sum(p.numel() for p in model.parameters()) < SINGLE_UNIT_MAX_PARAMS
 
@@ -172,9 +175,9 @@ def fsdp2_blocks(model: nn.Module, config: Any = None) -> list[nn.Module]:
     """
     if _small_under_default_policy(model, config):
         return []
-    policy = cfg_get(config, "wrap_policy", None)
-    names = cfg_get(policy, "transformer_layer_cls_to_wrap", None)
-    min_num_params = int(cfg_get(policy, "min_num_params", 0) or 0)
+    policy = as_config(config, FSDPEngineConfig).wrap_policy
+    names = policy.get("transformer_layer_cls_to_wrap")
+    min_num_params = int(policy.get("min_num_params") or 0)
     layer_classes = tuple(get_layer_classes(model, names))
     blocks = [m for m in model.modules() if layer_classes and isinstance(m, layer_classes)]
     if not names and min_num_params > 0:
@@ -189,7 +192,8 @@ def replicate_frozen_model(module: nn.Module, strategy: str, fsdp_config: Any) -
     offload and a compute dtype equal to its stored dtype. Sharding it saves a few MB per rank but costs an
     all-gather and the FSDP hooks on every scoring call; a full copy computes the same numbers without them.
     """
-    if strategy != "fsdp2" or cfg_get(fsdp_config, "param_offload", False) or cfg_get(fsdp_config, "offload_policy"):
+    cfg = as_config(fsdp_config, FSDPEngineConfig)
+    if strategy != "fsdp2" or cfg.param_offload or cfg.offload_policy:
         return False
     params = list(module.parameters())
     if not params or not _small_under_default_policy(module, fsdp_config):
@@ -235,12 +239,13 @@ def wrap_model(
         trainable: whether an optimizer will step these parameters (FSDP1 needs ``use_orig_params`` for
             frozen/trainable mixes).
     """
+    fsdp_config = as_config(fsdp_config, FSDPEngineConfig)
     # FSDP2 has no buffer dtype knob: buffers keep the dtype the model was loaded with.
     param_dtype, reduce_dtype, buffer_dtype = mixed_precision_dtypes(fsdp_config)
     on_cpu = get_device_name() == "cpu"
     # Only FSDP2's offload_policy is handed to torch; param_offload is done by the workers between calls
     # (offload_fsdp_model_to_cpu / load_fsdp_model_to_gpu), for FSDP1 and FSDP2 alike.
-    offload = bool(cfg_get(fsdp_config, "offload_policy", False))
+    offload = bool(fsdp_config.offload_policy)
     if strategy == "fsdp2":
         from torch.distributed.fsdp import CPUOffloadPolicy, MixedPrecisionPolicy
 
@@ -248,7 +253,7 @@ def wrap_model(
         kwargs = {
             "mesh": mesh,
             "mp_policy": mp,
-            "reshard_after_forward": bool(cfg_get(fsdp_config, "reshard_after_forward", True)),
+            "reshard_after_forward": bool(fsdp_config.reshard_after_forward),
         }
         if offload and not on_cpu:
             kwargs["offload_policy"] = CPUOffloadPolicy(pin_memory=True)
@@ -267,14 +272,14 @@ def _wrap_fsdp1(module: nn.Module, fsdp_config: Any, mesh, dtypes, on_cpu: bool)
     device_id = torch.device("cpu") if on_cpu else get_torch_device().current_device()
     return FSDP(
         module,
-        auto_wrap_policy=get_fsdp_wrap_policy(module, cfg_get(fsdp_config, "wrap_policy", None)),
+        auto_wrap_policy=get_fsdp_wrap_policy(module, fsdp_config.wrap_policy),
         device_id=device_id,
         sharding_strategy=ShardingStrategy.HYBRID_SHARD if hybrid else ShardingStrategy.FULL_SHARD,
         mixed_precision=MixedPrecision(param_dtype=param_dtype, reduce_dtype=reduce_dtype, buffer_dtype=buffer_dtype),
         # Every rank loads identical weights from disk, and on CPU torch refuses sync_module_states=True.
         sync_module_states=False,
-        use_orig_params=bool(cfg_get(fsdp_config, "use_orig_params", False)),
-        forward_prefetch=bool(cfg_get(fsdp_config, "forward_prefetch", False)),
+        use_orig_params=bool(fsdp_config.use_orig_params),
+        forward_prefetch=bool(fsdp_config.forward_prefetch),
         device_mesh=mesh,
     )
 

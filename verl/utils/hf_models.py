@@ -23,7 +23,9 @@ from typing import Any
 import torch
 from torch import nn
 
+from verl.utils.config import as_config
 from verl.utils.fsdp_utils import to_torch_dtype
+from verl.utils.optim_config import FSDPOptimizerConfig
 from verl.utils.py_functional import cfg_get
 
 logger = logging.getLogger(__name__)
@@ -253,18 +255,16 @@ def build_optimizer(params, optim_config: Any) -> torch.optim.Optimizer:
 
     ``lr``, ``betas``, ``weight_decay`` and ``override_optimizer_config`` (extra kwargs) are passed through.
     """
-    impl = cfg_get(optim_config, "optimizer_impl", "torch.optim")
-    name = cfg_get(optim_config, "optimizer", "AdamW")
+    cfg = as_config(optim_config, FSDPOptimizerConfig)
+    impl, name = cfg.optimizer_impl, cfg.optimizer
     try:
         optimizer_cls = getattr(importlib.import_module(impl), name)
     except (ImportError, AttributeError) as exc:
         raise ValueError(f"optim.optimizer={name!r} not found in optim.optimizer_impl={impl!r}") from exc
-    kwargs: dict[str, Any] = {"lr": float(cfg_get(optim_config, "lr", 1e-6))}
-    kwargs["weight_decay"] = float(cfg_get(optim_config, "weight_decay", 0.01))
-    betas = _plain(cfg_get(optim_config, "betas", None))
-    if betas is not None and "Adam" in name:
-        kwargs["betas"] = tuple(float(b) for b in betas)
-    overrides = _plain(cfg_get(optim_config, "override_optimizer_config", None)) or {}
+    kwargs: dict[str, Any] = {"lr": float(cfg.lr), "weight_decay": float(cfg.weight_decay)}
+    if "Adam" in name:
+        kwargs["betas"] = tuple(float(b) for b in cfg.betas)
+    overrides = _plain(cfg.override_optimizer_config) or {}
     kwargs.update(overrides)
     if optimizer_cls in (torch.optim.AdamW, torch.optim.Adam) and not {"foreach", "fused"} & set(overrides):
         # torch picks its per-parameter loop for CPU tensors and for FSDP2's DTensors; the multi-tensor
@@ -273,19 +273,27 @@ def build_optimizer(params, optim_config: Any) -> torch.optim.Optimizer:
     return optimizer_cls(params, **kwargs)
 
 
-def build_lr_scheduler(optimizer: torch.optim.Optimizer, optim_config: Any) -> torch.optim.lr_scheduler.LRScheduler:
+def build_lr_scheduler(
+    optimizer: torch.optim.Optimizer, optim_config: Any, total_training_steps: int | None = None
+) -> torch.optim.lr_scheduler.LRScheduler:
     """Warm-up + constant or cosine LR schedule from an ``optim`` node.
 
     Warm-up steps: ``lr_warmup_steps`` when > 0, else ``lr_warmup_steps_ratio * total_training_steps``.
-    ``warmup_style`` (deprecated) wins over ``lr_scheduler_type`` when set, as upstream.
+    ``warmup_style`` (deprecated) wins over ``lr_scheduler_type`` when set, as upstream (the node resolves it).
+
+    Args:
+        optimizer: the optimizer to schedule.
+        optim_config: the ``optim`` node (a plain dict is read as ``FSDPOptimizerConfig``).
+        total_training_steps: the run's length, decided by the trainer; None reads ``optim.total_training_steps``.
     """
     from verl.utils.torch_functional import get_constant_schedule_with_warmup, get_cosine_schedule_with_warmup
 
-    total = int(cfg_get(optim_config, "total_training_steps", -1))
-    warmup = int(cfg_get(optim_config, "lr_warmup_steps", -1))
+    cfg = as_config(optim_config, FSDPOptimizerConfig)
+    total = int(cfg.total_training_steps if total_training_steps is None else total_training_steps)
+    warmup = int(cfg.lr_warmup_steps)
     if warmup <= 0:
-        warmup = int(float(cfg_get(optim_config, "lr_warmup_steps_ratio", 0.0)) * max(total, 0))
-    style = cfg_get(optim_config, "warmup_style", None) or cfg_get(optim_config, "lr_scheduler_type", "constant")
+        warmup = int(float(cfg.lr_warmup_steps_ratio) * max(total, 0))
+    style = cfg.lr_scheduler_type
     if style == "constant":
         return get_constant_schedule_with_warmup(optimizer, num_warmup_steps=warmup)
     if style == "cosine":
@@ -295,7 +303,7 @@ def build_lr_scheduler(optimizer: torch.optim.Optimizer, optim_config: Any) -> t
             optimizer,
             num_warmup_steps=warmup,
             num_training_steps=total,
-            min_lr_ratio=float(cfg_get(optim_config, "min_lr_ratio", 0.0)),
-            num_cycles=float(cfg_get(optim_config, "num_cycles", 0.5)),
+            min_lr_ratio=float(cfg.min_lr_ratio or 0.0),
+            num_cycles=float(cfg.num_cycles),
         )
     raise ValueError(f"optim.lr_scheduler_type={style!r} is not supported; use 'constant' or 'cosine'")

@@ -22,6 +22,8 @@ LR_SCHEDULES = ("constant", "cosine")
 class OptimizerConfig(BaseConfig):
     """Backend-independent optimizer settings."""
 
+    _path = "optim"
+
     _mutable_fields = BaseConfig._mutable_fields | {"total_training_steps"}
 
     optimizer: str = "AdamW"
@@ -71,7 +73,9 @@ class FSDPOptimizerConfig(OptimizerConfig):
     """Cosine schedule: floor of the learning rate as a fraction of lr (null: 0)."""
     num_cycles: float = 0.5
     """Cosine schedule: number of half-waves over training (0.5 decays once)."""
-    warmup_style: str | None = None
+    warmup_style: str | None = key(
+        None, effect="inert", reason="deprecated alias of lr_scheduler_type, folded into it when the node is built"
+    )
     """Deprecated alias of lr_scheduler_type; when set it wins and a warning is issued."""
 
     def __post_init__(self) -> None:
@@ -92,7 +96,9 @@ class FSDPOptimizerConfig(OptimizerConfig):
             raise ValueError(f"optim.min_lr_ratio={self.min_lr_ratio} must lie in [0, 1]")
 
 
-_MEGATRON_OFF = "Megatron optimizer setting; the Megatron workers are not implemented yet (strategy=megatron is refused)"
+_MEGATRON_OFF = (
+    "Megatron optimizer setting; the Megatron workers are not implemented yet (strategy=megatron is refused)"
+)
 
 
 @dataclass

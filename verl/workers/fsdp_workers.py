@@ -11,14 +11,18 @@ lives in ``verl.utils.hf_models`` and sharding in ``verl.utils.fsdp_utils``. Dat
 (``make_nd_compute_dataproto_dispatch_fn`` on meshes ``actor``/``rollout``/``critic``/``reward``; dp rank == rank,
 since there is no sequence parallelism here).
 
-Batch sizes in the config are global and counted in prompts; each worker rewrites its private copy per rank:
-``ppo_mini_batch_size * rollout.n // world_size``, and the deprecated global ``*_micro_batch_size`` keys become
-``*_micro_batch_size_per_gpu``.
+Each worker receives its typed config subtree (``ActorRolloutRefConfig``, ``CriticConfig``, ``RewardModelConfig``;
+a ``DictConfig`` is converted once) and never writes it. Batch sizes in the config are global and counted in
+prompts; each worker derives its per-rank share once (``verl.utils.batch_sizes``: ``ppo_mini_batch_size *
+rollout.n // world_size``, deprecated global micro batches divided by the ranks) and hands it to the compute
+objects as arguments. Facts the trainer decides (the run's length, bypass-mode rollout correction) arrive as
+constructor arguments too.
 """
 
 from __future__ import annotations
 
 import copy
+import dataclasses
 import logging
 import os
 import time
@@ -27,44 +31,31 @@ from typing import Any
 
 import torch
 import torch.distributed as dist
-from omegaconf import DictConfig, OmegaConf, open_dict
 
 from verl.protocol import DataProto
 from verl.single_controller.base import Worker
 from verl.single_controller.base.decorator import Dispatch, make_nd_compute_dataproto_dispatch_fn, register
 from verl.utils import fsdp_utils
 from verl.utils import hf_models as hf
-from verl.utils.batch_sizes import normalize_actor_batch_sizes, normalize_critic_batch_sizes, per_rank_micro_batch
-from verl.utils.config import omega_conf_to_dataclass
+from verl.utils.batch_sizes import actor_rank_batch_sizes, critic_rank_batch_sizes, per_rank_micro_batch
+from verl.utils.config import as_config
 from verl.utils.device import get_device_name, get_dist_backend
 from verl.utils.import_utils import import_external_libs
 from verl.utils.torch_functional import response_mask_of
-from verl.workers.config import FSDPActorConfig
+from verl.workers.config import (
+    ActorRolloutRefConfig,
+    CriticConfig,
+    FSDPCriticConfig,
+    FSDPEngineConfig,
+    RewardModelConfig,
+)
+from verl.workers.config.actor import bypass_actor_view
 
 logger = logging.getLogger(__name__)
 
-__all__ = [
-    "ActorRolloutRefWorker",
-    "AsyncActorRolloutRefWorker",
-    "CriticWorker",
-    "RewardModelWorker",
-    "normalize_actor_batch_sizes",
-    "normalize_critic_batch_sizes",
-]
+__all__ = ["ActorRolloutRefWorker", "AsyncActorRolloutRefWorker", "CriticWorker", "RewardModelWorker"]
 
 _ROLES = ("actor", "rollout", "ref", "actor_rollout", "actor_rollout_ref")
-
-
-# ------------------------------------------------------------------------------------------ config helpers
-
-
-def _private_config(config: Any) -> DictConfig:
-    """A resolved, writable copy: workers rewrite batch sizes per rank and must not touch the caller's tree."""
-    if isinstance(config, DictConfig):
-        container = OmegaConf.to_container(config, resolve=True)
-    else:
-        container = copy.deepcopy(dict(config))
-    return OmegaConf.create(container)
 
 
 # ------------------------------------------------------------------------------------------ process helpers
@@ -96,12 +87,11 @@ def _seed_process(seed: int) -> None:
 
 
 def _wants_full_determinism(config: Any) -> bool:
-    """Whether any ``fsdp_config.full_determinism`` in this worker's config subtree is true."""
-    if isinstance(config, DictConfig) or isinstance(config, dict):
-        items = config.items()
-        return any(
-            (key == "full_determinism" and bool(value)) or _wants_full_determinism(value) for key, value in items
-        )
+    """Whether any ``fsdp_config.full_determinism`` in this worker's typed config subtree is true."""
+    if isinstance(config, FSDPEngineConfig):
+        return bool(config.full_determinism)
+    if dataclasses.is_dataclass(config):
+        return any(_wants_full_determinism(getattr(config, f.name)) for f in dataclasses.fields(config))
     return False
 
 
@@ -118,8 +108,8 @@ def _memory_metrics() -> dict[str, float]:
     return metrics
 
 
-def _log_offload_on_cpu(fsdp_config: Any, who: str) -> None:
-    if get_device_name() == "cpu" and (fsdp_config.get("param_offload") or fsdp_config.get("optimizer_offload")):
+def _log_offload_on_cpu(fsdp_config: FSDPEngineConfig, who: str) -> None:
+    if get_device_name() == "cpu" and (fsdp_config.param_offload or fsdp_config.optimizer_offload):
         logger.info("%s: param/optimizer offload requested; a no-op on CPU (tensors already live in host memory)", who)
 
 
@@ -127,11 +117,6 @@ def _build_sharded(module: torch.nn.Module, strategy: str, fsdp_config: Any, mes
     if strategy not in ("fsdp", "fsdp2"):
         raise ValueError(f"strategy={strategy!r} is not served by the FSDP workers; use fsdp or fsdp2")
     return fsdp_utils.wrap_model(module, strategy, fsdp_config, mesh)
-
-
-def _seed_of(fsdp_config: Any) -> int:
-    seed = (fsdp_config or {}).get("seed")
-    return 42 if seed is None else int(seed)
 
 
 def _current_lr(scheduler: Any) -> float:
@@ -142,12 +127,12 @@ def _current_lr(scheduler: Any) -> float:
 class _Offload:
     """Bring an offloaded model/optimizer to the device for a block of work, then offload again."""
 
-    def __init__(self, module, optimizer, fsdp_config):
+    def __init__(self, module, optimizer, fsdp_config: FSDPEngineConfig):
         self.module, self.optimizer = module, optimizer
         # With FSDP2's offload_policy torch moves parameters itself.
-        policy = bool(fsdp_config.get("offload_policy", False)) and fsdp_utils.is_fsdp2_module(module)
-        self.params = bool(fsdp_config.get("param_offload", False)) and not policy
-        self.optim = bool(fsdp_config.get("optimizer_offload", False))
+        policy = fsdp_config.offload_policy and fsdp_utils.is_fsdp2_module(module)
+        self.params = fsdp_config.param_offload and not policy
+        self.optim = fsdp_config.optimizer_offload
 
     def __enter__(self):
         if self.params:
@@ -164,10 +149,10 @@ class _Offload:
 
 
 class _FSDPWorkerBase(Worker):
-    """Shared set-up: private config, process group, device mesh and dispatch registration."""
+    """Shared set-up: typed config, process group, device mesh and dispatch registration."""
 
-    def _setup(self, private_config: DictConfig, meshes: tuple[str, ...], seed: int, timeout_s: int = 600) -> None:
-        self.config = private_config
+    def _setup(self, config: Any, meshes: tuple[str, ...], seed: int, timeout_s: int) -> None:
+        self.config = config
         self._seed = seed
         _init_distributed(self, timeout_s)
         for mesh_name in meshes:
@@ -187,8 +172,8 @@ class _FSDPWorkerBase(Worker):
             os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
             torch.use_deterministic_algorithms(True)
 
-    def _mesh(self, fsdp_config: Any):
-        return fsdp_utils.create_device_mesh(self.world_size, int(fsdp_config.get("fsdp_size", -1) or -1))
+    def _mesh(self, fsdp_config: FSDPEngineConfig):
+        return fsdp_utils.create_device_mesh(self.world_size, fsdp_config.fsdp_size)
 
     def _has_checkpoint_manager(self, manager, what: str) -> bool:
         if manager is None:
@@ -204,11 +189,22 @@ class ActorRolloutRefWorker(_FSDPWorkerBase):
     """Policy training, reference log-probs and generation for one rank.
 
     Args:
-        config: the ``actor_rollout_ref`` subtree.
+        config: the ``actor_rollout_ref`` subtree (``ActorRolloutRefConfig``; a DictConfig is converted).
         role: ``actor`` | ``rollout`` | ``ref`` | ``actor_rollout`` | ``actor_rollout_ref``.
+        total_training_steps: the run's length for the LR schedule (decided by the trainer); None reads
+            ``actor.optim.total_training_steps``.
+        rollout_correction: ``algorithm.rollout_correction`` when it runs in bypass mode: the actor then trains with
+            the ``bypass_mode`` policy loss on that node.
     """
 
-    def __init__(self, config: Any, role: str, **kwargs: Any):
+    def __init__(
+        self,
+        config: Any,
+        role: str,
+        total_training_steps: int | None = None,
+        rollout_correction: Any = None,
+        **kwargs: Any,
+    ):
         super().__init__()
         if role not in _ROLES:
             raise ValueError(f"role={role!r} is not one of {list(_ROLES)}")
@@ -216,10 +212,11 @@ class ActorRolloutRefWorker(_FSDPWorkerBase):
         self._is_actor = role in ("actor", "actor_rollout", "actor_rollout_ref")
         self._is_rollout = role in ("rollout", "actor_rollout", "actor_rollout_ref")
         self._is_ref = role in ("ref", "actor_rollout_ref")
-        private = _private_config(config)
-        normalize_actor_batch_sizes(private, role, self.world_size)  # fail before any process-group work
-        seed = _seed_of((private.get("actor") or {}).get("fsdp_config"))
-        self._setup(private, ("actor", "rollout"), seed, int(private.get("nccl_timeout", 600) or 600))
+        config = as_config(config, ActorRolloutRefConfig)
+        self._batch = actor_rank_batch_sizes(config, role, self.world_size)  # fail before any process-group work
+        self._total_training_steps = total_training_steps
+        self._actor_view = bypass_actor_view(config.actor, rollout_correction)
+        self._setup(config, ("actor", "rollout"), config.actor.fsdp_config.seed, config.nccl_timeout)
         self.actor = self.ref_policy = self.rollout = None
         self.actor_module_fsdp = self.ref_module_fsdp = self.rollout_module = None
         self.actor_optimizer = self.actor_lr_scheduler = self.checkpoint_manager = None
@@ -231,13 +228,13 @@ class ActorRolloutRefWorker(_FSDPWorkerBase):
         from verl.utils.tokenizer import hf_processor, hf_tokenizer
 
         model_cfg = self.config.model
-        remote = bool(model_cfg.get("trust_remote_code", False))
-        tok_path = model_cfg.get("tokenizer_path") or local_path
+        remote = model_cfg.trust_remote_code
+        tok_path = model_cfg.tokenizer_path or local_path
         if tok_path != local_path:
             tok_path = hf.resolve_model_path(tok_path, "actor_rollout_ref.model.tokenizer_path")
         self.tokenizer = hf_tokenizer(tok_path, trust_remote_code=remote)
         self.processor = hf_processor(tok_path, trust_remote_code=remote)
-        if model_cfg.get("custom_chat_template"):
+        if model_cfg.custom_chat_template:
             self.tokenizer.chat_template = model_cfg.custom_chat_template
         self.generation_config = hf.load_generation_config(local_path, remote)
 
@@ -249,20 +246,20 @@ class ActorRolloutRefWorker(_FSDPWorkerBase):
         }
         return {k: v for k, v in ids.items() if v is not None}
 
-    def _load_policy(self, local_path: str, fsdp_config: Any) -> torch.nn.Module:
+    def _load_policy(self, local_path: str, fsdp_config: FSDPEngineConfig) -> torch.nn.Module:
         model_cfg = self.config.model
-        if int(model_cfg.get("lora_rank", 0) or 0) > 0:
+        if model_cfg.lora_rank > 0:
             raise NotImplementedError(
                 f"actor_rollout_ref.model.lora_rank={model_cfg.lora_rank}: LoRA is not supported by these FSDP "
                 "workers yet; set actor_rollout_ref.model.lora_rank=0"
             )
         with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(_seed_of(fsdp_config))
+            torch.manual_seed(fsdp_config.seed)
             return hf.build_causal_lm(
                 local_path,
-                dtype=fsdp_config.get("model_dtype") or "fp32",
-                override_config=model_cfg.get("override_config"),
-                trust_remote_code=bool(model_cfg.get("trust_remote_code", False)),
+                dtype=fsdp_config.model_dtype,
+                override_config=model_cfg.override_config,
+                trust_remote_code=model_cfg.trust_remote_code,
                 extra_config=self._token_id_overrides(),
             )
 
@@ -270,30 +267,36 @@ class ActorRolloutRefWorker(_FSDPWorkerBase):
         from verl.utils.checkpoint.fsdp_checkpoint_manager import FSDPCheckpointManager
         from verl.workers.actor.dp_actor import DataParallelPPOActor
 
-        actor_cfg = self.config.actor
+        actor_cfg = self._actor_view
         fsdp_config = actor_cfg.fsdp_config
         _log_offload_on_cpu(fsdp_config, "actor")
         module = self._load_policy(local_path, fsdp_config)
         if self._is_rollout:
             self.rollout_module = self._frozen_copy(module)
-        if self.config.model.get("enable_gradient_checkpointing", False):
+        if self.config.model.enable_gradient_checkpointing:
             hf.enable_gradient_checkpointing(module)
         self.actor_module_fsdp = _build_sharded(module, actor_cfg.strategy, fsdp_config, self._mesh(fsdp_config))
         self.actor_optimizer = hf.build_optimizer(self.actor_module_fsdp.parameters(), actor_cfg.optim)
-        self.actor_lr_scheduler = hf.build_lr_scheduler(self.actor_optimizer, actor_cfg.optim)
+        self.actor_lr_scheduler = hf.build_lr_scheduler(
+            self.actor_optimizer, actor_cfg.optim, self._total_training_steps
+        )
         self.actor = DataParallelPPOActor(
-            omega_conf_to_dataclass(actor_cfg), self.actor_module_fsdp, self.actor_optimizer
+            actor_cfg,
+            self.actor_module_fsdp,
+            self.actor_optimizer,
+            mini_batch_size=self._batch.mini,
+            micro_batch_size=self._batch.micro,
         )
         self.checkpoint_manager = FSDPCheckpointManager(
             model=self.actor_module_fsdp,
             optimizer=self.actor_optimizer,
             lr_scheduler=self.actor_lr_scheduler,
             processing_class=self.processor if self.processor is not None else self.tokenizer,
-            checkpoint_config=actor_cfg.get("checkpoint"),
+            checkpoint_config=actor_cfg.checkpoint,
         )
-        if fsdp_config.get("param_offload"):
+        if fsdp_config.param_offload:
             fsdp_utils.offload_fsdp_model_to_cpu(self.actor_module_fsdp)
-        if fsdp_config.get("optimizer_offload"):
+        if fsdp_config.optimizer_offload:
             fsdp_utils.offload_fsdp_optimizer(self.actor_optimizer)
 
     @staticmethod
@@ -309,20 +312,16 @@ class ActorRolloutRefWorker(_FSDPWorkerBase):
         from verl.workers.actor.dp_actor import DataParallelPPOActor
 
         ref_cfg = self.config.ref
-        fsdp_config = ref_cfg.get("fsdp_config") or self.config.actor.fsdp_config
+        fsdp_config = ref_cfg.fsdp_config
         module = self._load_policy(local_path, fsdp_config)
         module.requires_grad_(False)
-        strategy = ref_cfg.get("strategy") or self.config.actor.strategy
-        if fsdp_utils.replicate_frozen_model(module, strategy, fsdp_config):
+        if fsdp_utils.replicate_frozen_model(module, ref_cfg.strategy, fsdp_config):
             # A small frozen model: a whole copy per rank, no all-gather per call (see replicate_frozen_model).
             self.ref_module_fsdp = module.to(get_device_name())
         else:
-            self.ref_module_fsdp = _build_sharded(module, strategy, fsdp_config, self._mesh(fsdp_config))
+            self.ref_module_fsdp = _build_sharded(module, ref_cfg.strategy, fsdp_config, self._mesh(fsdp_config))
         # The reference policy only scores: its typed view carries the forward's settings, no PPO knobs.
-        typed_ref = FSDPActorConfig(
-            strategy=strategy, ulysses_sequence_parallel_size=int(ref_cfg.get("ulysses_sequence_parallel_size") or 1)
-        )
-        self.ref_policy = DataParallelPPOActor(typed_ref, self.ref_module_fsdp, None)
+        self.ref_policy = DataParallelPPOActor(ref_cfg.scoring_actor_config(), self.ref_module_fsdp, None)
 
     def _build_rollout(self, local_path: str) -> None:
         from verl.workers.rollout.base import get_rollout_class
@@ -330,28 +329,28 @@ class ActorRolloutRefWorker(_FSDPWorkerBase):
         rollout_cfg = self.config.rollout
         if self.rollout_module is None:  # role "rollout" alone: the engine owns its own copy from disk
             self.rollout_module = self._frozen_copy(self._load_policy(local_path, self.config.actor.fsdp_config))
-        name, mode = rollout_cfg.get("name") or "hf", rollout_cfg.get("mode") or "sync"
-        engine_cls = get_rollout_class(name, mode)
-        typed = omega_conf_to_dataclass(rollout_cfg)
-        if name == "hf":
-            self.rollout = engine_cls(self.rollout_module, typed)
+        engine_cls = get_rollout_class(rollout_cfg.name, rollout_cfg.mode)
+        if rollout_cfg.name == "hf":
+            self.rollout = engine_cls(self.rollout_module, rollout_cfg)
         else:
             # Hybrid engines (vllm, sglang) load the checkpoint themselves and then take the actor's weights through
-            # update_weights; seeding per rank keeps the ranks' samples apart.
-            seed = _seed_of(self.config.actor.get("fsdp_config")) + self.rank
-            self.rollout = engine_cls(self.rollout_module, typed, model_config=self.config.model, seed=seed)
+            # update_weights; seeding per rank keeps the ranks' samples apart (rollout.seed, verl v0.9, else the
+            # actor's fsdp seed).
+            base = self.config.actor.fsdp_config.seed if rollout_cfg.seed is None else rollout_cfg.seed
+            self.rollout = engine_cls(
+                self.rollout_module, rollout_cfg, model_config=self.config.model, seed=base + self.rank
+            )
         self._interactions = {}
-        multi_turn = rollout_cfg.get("multi_turn") or {}
-        if multi_turn.get("enable", False):
-            from verl.utils.interaction_registry import initialize_interactions_from_config
+        if rollout_cfg.multi_turn.enable:
+            from verl.interactions.utils.interaction_registry import initialize_interactions_from_config
 
-            self._interactions = initialize_interactions_from_config(multi_turn.get("interaction_config_path"))
+            self._interactions = initialize_interactions_from_config(rollout_cfg.multi_turn.interaction_config_path)
 
     @register(dispatch_mode=Dispatch.ONE_TO_ALL)
     def init_model(self) -> None:
         """Load the tokenizer and build the models this role needs."""
-        import_external_libs(self.config.model.get("external_lib"), "actor_rollout_ref.model.external_lib")
-        local_path = hf.resolve_model_path(self.config.model.get("path"), "actor_rollout_ref.model.path")
+        import_external_libs(self.config.model.external_lib, "actor_rollout_ref.model.external_lib")
+        local_path = hf.resolve_model_path(self.config.model.path, "actor_rollout_ref.model.path")
         self._load_tokenizer(local_path)
         if self._is_actor:
             self._build_actor(local_path)
@@ -369,7 +368,7 @@ class ActorRolloutRefWorker(_FSDPWorkerBase):
         if self.actor is None:
             raise RuntimeError(f"update_actor needs an actor role; this worker has role {self.role!r}")
         data = data.to(get_device_name())
-        data.meta_info.setdefault("temperature", float(self.config.rollout.get("temperature", 1.0)))
+        data.meta_info.setdefault("temperature", float(self.config.rollout.temperature))
         with _Offload(self.actor_module_fsdp, self.actor_optimizer, self.config.actor.fsdp_config):
             start = time.perf_counter()
             metrics = dict(self.actor.update_policy(data))
@@ -382,11 +381,11 @@ class ActorRolloutRefWorker(_FSDPWorkerBase):
             return DataProto.from_dict(tensors=self.actor.on_policy_log_probs, meta_info={"metrics": metrics}).to("cpu")
         return DataProto(meta_info={"metrics": metrics})
 
-    def _log_prob_meta(self, data: DataProto, node: Any) -> None:
-        data.meta_info["micro_batch_size"] = node.get("log_prob_micro_batch_size_per_gpu")
-        data.meta_info["max_token_len"] = node.get("log_prob_max_token_len_per_gpu")
-        data.meta_info["use_dynamic_bsz"] = bool(node.get("log_prob_use_dynamic_bsz", False))
-        data.meta_info["temperature"] = float(self.config.rollout.get("temperature", 1.0))
+    def _log_prob_meta(self, data: DataProto, node: Any, micro_batch_size: int | None) -> None:
+        data.meta_info["micro_batch_size"] = micro_batch_size
+        data.meta_info["max_token_len"] = node.log_prob_max_token_len_per_gpu
+        data.meta_info["use_dynamic_bsz"] = node.log_prob_use_dynamic_bsz
+        data.meta_info["temperature"] = float(self.config.rollout.temperature)
 
     @register(dispatch_mode=make_nd_compute_dataproto_dispatch_fn(mesh_name="actor"))
     def compute_log_prob(self, data: DataProto) -> DataProto:
@@ -394,7 +393,7 @@ class ActorRolloutRefWorker(_FSDPWorkerBase):
         if self.actor is None:
             raise RuntimeError(f"compute_log_prob needs an actor role; this worker has role {self.role!r}")
         data = data.to(get_device_name())
-        self._log_prob_meta(data, self.config.rollout)
+        self._log_prob_meta(data, self.config.rollout, self._batch.log_prob_micro)
         with _Offload(self.actor_module_fsdp, None, self.config.actor.fsdp_config):
             out = self.actor.compute_log_prob(data, calculate_entropy=True)
         tensors = {"old_log_probs": out["log_probs"], "entropys": out["entropys"]}
@@ -408,8 +407,8 @@ class ActorRolloutRefWorker(_FSDPWorkerBase):
         if self.ref_policy is None:
             raise RuntimeError(f"compute_ref_log_prob needs a ref role; this worker has role {self.role!r}")
         data = data.to(get_device_name())
-        self._log_prob_meta(data, self.config.ref)
-        with _Offload(self.ref_module_fsdp, None, self.config.ref.get("fsdp_config") or {}):
+        self._log_prob_meta(data, self.config.ref, self._batch.ref_micro)
+        with _Offload(self.ref_module_fsdp, None, self.config.ref.fsdp_config):
             out = self.ref_policy.compute_log_prob(data, calculate_entropy=False)
         return DataProto.from_dict(tensors={"ref_log_prob": out["log_probs"]}).to("cpu")
 
@@ -455,7 +454,7 @@ class ActorRolloutRefWorker(_FSDPWorkerBase):
         prompts.meta_info.update(self._special_token_meta())
         start = time.perf_counter()
         self._sync_rollout_weights()
-        if self.config.rollout.get("multi_turn", {}).get("enable", False):
+        if self.config.rollout.multi_turn.enable:
             output = self._generate_multiturn(prompts)
         else:
             output = self.rollout.generate_sequences(prompts)
@@ -538,14 +537,16 @@ class CriticWorker(_FSDPWorkerBase):
     """Value-model training for one rank.
 
     Args:
-        config: the ``critic`` subtree.
+        config: the ``critic`` subtree (``CriticConfig``; a DictConfig is converted).
+        total_training_steps: the run's length for the LR schedule; None reads ``critic.optim.total_training_steps``.
     """
 
-    def __init__(self, config: Any, **kwargs: Any):
+    def __init__(self, config: Any, total_training_steps: int | None = None, **kwargs: Any):
         super().__init__()
-        private = _private_config(config)
-        normalize_critic_batch_sizes(private, self.world_size)
-        self._setup(private, ("critic",), _seed_of(private.model.get("fsdp_config")))
+        config = config if isinstance(config, CriticConfig) else as_config(config, FSDPCriticConfig)
+        self._batch = critic_rank_batch_sizes(config, self.world_size)
+        self._total_training_steps = total_training_steps
+        self._setup(config, ("critic",), config.model.fsdp_config.seed, timeout_s=config.nccl_timeout)
         self.critic = self.critic_module_fsdp = self.critic_optimizer = None
         self.critic_lr_scheduler = self.checkpoint_manager = None
 
@@ -557,38 +558,39 @@ class CriticWorker(_FSDPWorkerBase):
         from verl.workers.critic.dp_critic import DataParallelPPOCritic
 
         cfg, model_cfg = self.config, self.config.model
-        import_external_libs(model_cfg.get("external_lib"), "critic.model.external_lib")
-        fsdp_config = model_cfg.get("fsdp_config") or {}
+        import_external_libs(model_cfg.external_lib, "critic.model.external_lib")
+        fsdp_config = model_cfg.fsdp_config
         _log_offload_on_cpu(fsdp_config, "critic")
-        local_path = hf.resolve_model_path(model_cfg.get("path"), "critic.model.path")
-        tok_path = model_cfg.get("tokenizer_path") or local_path
+        local_path = hf.resolve_model_path(model_cfg.path, "critic.model.path")
+        tok_path = model_cfg.tokenizer_path or local_path
         if tok_path != local_path:
             tok_path = hf.resolve_model_path(tok_path, "critic.model.tokenizer_path")
-        remote = bool(model_cfg.get("trust_remote_code", False))
-        self.tokenizer = hf_tokenizer(tok_path, trust_remote_code=remote)
+        self.tokenizer = hf_tokenizer(tok_path, trust_remote_code=model_cfg.trust_remote_code)
         module = hf.build_value_model(
             local_path,
-            dtype=fsdp_config.get("model_dtype") or "fp32",
-            override_config=model_cfg.get("override_config"),
-            trust_remote_code=remote,
-            seed=_seed_of(fsdp_config),
+            dtype=fsdp_config.model_dtype,
+            override_config=model_cfg.override_config,
+            trust_remote_code=model_cfg.trust_remote_code,
+            seed=fsdp_config.seed,
         )
-        if model_cfg.get("enable_gradient_checkpointing", False):
+        if model_cfg.enable_gradient_checkpointing:
             hf.enable_gradient_checkpointing(module)
-        self.critic_module_fsdp = _build_sharded(
-            module, cfg.get("strategy", "fsdp"), fsdp_config, self._mesh(fsdp_config)
-        )
+        self.critic_module_fsdp = _build_sharded(module, cfg.strategy, fsdp_config, self._mesh(fsdp_config))
         self.critic_optimizer = hf.build_optimizer(self.critic_module_fsdp.parameters(), cfg.optim)
-        self.critic_lr_scheduler = hf.build_lr_scheduler(self.critic_optimizer, cfg.optim)
+        self.critic_lr_scheduler = hf.build_lr_scheduler(self.critic_optimizer, cfg.optim, self._total_training_steps)
         self.critic = DataParallelPPOCritic(
-            omega_conf_to_dataclass(cfg), self.critic_module_fsdp, self.critic_optimizer
+            cfg,
+            self.critic_module_fsdp,
+            self.critic_optimizer,
+            mini_batch_size=self._batch.mini,
+            micro_batch_size=self._batch.micro,
         )
         self.checkpoint_manager = FSDPCheckpointManager(
             model=self.critic_module_fsdp,
             optimizer=self.critic_optimizer,
             lr_scheduler=self.critic_lr_scheduler,
             processing_class=self.tokenizer,
-            checkpoint_config=cfg.get("checkpoint"),
+            checkpoint_config=cfg.checkpoint,
         )
         self._offload = _Offload(self.critic_module_fsdp, self.critic_optimizer, fsdp_config)
         self._offload.__exit__(None, None, None)
@@ -598,9 +600,9 @@ class CriticWorker(_FSDPWorkerBase):
     def compute_values(self, data: DataProto) -> DataProto:
         """``values`` ``(bs, R)`` for this rank's rows."""
         data = data.to(get_device_name())
-        data.meta_info["micro_batch_size"] = self.config.get("forward_micro_batch_size_per_gpu")
-        data.meta_info["max_token_len"] = self.config.get("forward_max_token_len_per_gpu")
-        data.meta_info["use_dynamic_bsz"] = bool(self.config.get("use_dynamic_bsz", False))
+        data.meta_info["micro_batch_size"] = self._batch.log_prob_micro
+        data.meta_info["max_token_len"] = self.config.forward_max_token_len_per_gpu
+        data.meta_info["use_dynamic_bsz"] = self.config.use_dynamic_bsz
         with self._offload:
             values = self.critic.compute_values(data)
         return DataProto.from_dict(tensors={"values": values}).to("cpu")
@@ -640,23 +642,21 @@ class RewardModelWorker(_FSDPWorkerBase):
     """Scores finished responses with a sequence-classification reward model.
 
     Args:
-        config: the ``reward_model`` subtree.
+        config: the ``reward_model`` subtree (``RewardModelConfig``; a DictConfig is converted).
     """
 
     def __init__(self, config: Any, **kwargs: Any):
         super().__init__()
-        private = _private_config(config)
-        micro = per_rank_micro_batch(
+        config = as_config(config, RewardModelConfig)
+        self._micro = per_rank_micro_batch(
             "reward_model",
             "micro_batch_size",
-            private.get("micro_batch_size"),
-            private.get("micro_batch_size_per_gpu"),
+            config.micro_batch_size,
+            config.micro_batch_size_per_gpu,
             self.world_size,
             required=False,
         )
-        with open_dict(private):
-            private.micro_batch_size, private.micro_batch_size_per_gpu = None, micro
-        self._setup(private, ("reward",), _seed_of(private.model.get("fsdp_config")))
+        self._setup(config, ("reward",), config.model.fsdp_config.seed, timeout_s=ActorRolloutRefConfig.nccl_timeout)
         self.reward_module = None
 
     @register(dispatch_mode=Dispatch.ONE_TO_ALL)
@@ -665,25 +665,19 @@ class RewardModelWorker(_FSDPWorkerBase):
         from verl.utils.tokenizer import hf_tokenizer
 
         model_cfg = self.config.model
-        fsdp_config = model_cfg.get("fsdp_config") or {}
-        remote = bool(model_cfg.get("trust_remote_code", False))
-        local_path = hf.resolve_model_path(model_cfg.get("path"), "reward_model.model.path")
+        fsdp_config = model_cfg.fsdp_config
+        remote = model_cfg.trust_remote_code
+        local_path = hf.resolve_model_path(model_cfg.path, "reward_model.model.path")
         self.rm_tokenizer = hf_tokenizer(local_path, trust_remote_code=remote)
         self.input_tokenizer = None
-        if model_cfg.get("input_tokenizer"):
+        if model_cfg.input_tokenizer:
             in_path = hf.resolve_model_path(model_cfg.input_tokenizer, "reward_model.model.input_tokenizer")
             input_tokenizer = hf_tokenizer(in_path, trust_remote_code=remote)
             if not _same_tokenizer(input_tokenizer, self.rm_tokenizer):
                 self.input_tokenizer = input_tokenizer
-        module = hf.build_reward_model(
-            local_path,
-            dtype=fsdp_config.get("model_dtype") or "fp32",
-            override_config=model_cfg.get("override_config"),
-            trust_remote_code=remote,
-        )
+        module = hf.build_reward_model(local_path, dtype=fsdp_config.model_dtype, trust_remote_code=remote)
         module.requires_grad_(False)
-        strategy = self.config.get("strategy", "fsdp")
-        self.reward_module = _build_sharded(module, strategy, fsdp_config, self._mesh(fsdp_config))
+        self.reward_module = _build_sharded(module, self.config.strategy, fsdp_config, self._mesh(fsdp_config))
         self._seed_rngs()
 
     @register(dispatch_mode=make_nd_compute_dataproto_dispatch_fn(mesh_name="reward"))
@@ -696,10 +690,7 @@ class RewardModelWorker(_FSDPWorkerBase):
         rm_data = self._retokenize(data) if self.input_tokenizer is not None else data
         rm_data = rm_data.select(batch_keys=["input_ids", "attention_mask", "position_ids"])
         micro_batches, indices = split_micro_batches(
-            rm_data,
-            bool(self.config.get("use_dynamic_bsz", False)),
-            self.config.get("micro_batch_size_per_gpu"),
-            self.config.get("forward_max_token_len_per_gpu"),
+            rm_data, self.config.use_dynamic_bsz, self._micro, self.config.forward_max_token_len_per_gpu
         )
         self.reward_module.eval()
         with torch.no_grad():
@@ -744,7 +735,7 @@ class RewardModelWorker(_FSDPWorkerBase):
                 texts.append(self.rm_tokenizer.apply_chat_template(chat, tokenize=False))
             else:
                 texts.append("\n".join(m["content"] for m in chat))
-        max_length = self.config.get("max_length")  # None: keep the whole conversation
+        max_length = self.config.max_length  # None: keep the whole conversation
         self.rm_tokenizer.padding_side = "right"
         enc = self.rm_tokenizer(
             texts,

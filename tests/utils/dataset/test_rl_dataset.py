@@ -181,3 +181,86 @@ def test_get_dataset_class_default_and_custom(tmp_path):
     assert cls.__name__ == "MyDataset"
     with pytest.raises(TypeError, match="NotADataset"):
         get_dataset_class(OmegaConf.create({"custom_cls": {"path": str(module), "name": "NotADataset"}}))
+
+
+MAIN_PPO_VALID = [
+    "actor_rollout_ref.rollout.name=hf",
+    "algorithm.adv_estimator=grpo",
+    "data.train_batch_size=8",
+    "actor_rollout_ref.rollout.n=2",
+    "actor_rollout_ref.actor.ppo_mini_batch_size=4",
+    "actor_rollout_ref.actor.ppo_micro_batch_size_per_gpu=2",
+    "actor_rollout_ref.rollout.log_prob_micro_batch_size_per_gpu=2",
+    "actor_rollout_ref.ref.log_prob_micro_batch_size_per_gpu=2",
+    "trainer.n_gpus_per_node=2",
+]
+
+
+def _run_main_ppo(*overrides: str):
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "RAY_USAGE_STATS_ENABLED": "0", "HYDRA_FULL_ERROR": "1"}
+    env.pop("RAY_ADDRESS", None)
+    cmd = [sys.executable, "-m", "verl.trainer.main_ppo", *overrides]
+    repo = Path(__file__).resolve().parents[3]
+    return subprocess.run(cmd, cwd=repo, env=env, capture_output=True, text=True, timeout=120)
+
+
+# ---- multi-modal rows ----------------------------------------------------------------------------------------------
+def test_rows_with_images_are_refused_naming_column_and_file(tmp_path):
+    import pandas as pd
+
+    from verl.utils.dataset.rl_dataset import RLHFDataset
+
+    rows = [
+        {"prompt": [{"role": "user", "content": "hi"}], "images": [], "data_source": "x"},
+        {"prompt": [{"role": "user", "content": "see"}], "images": [{"bytes": b"\x89PNG"}], "data_source": "x"},
+    ]
+    path = tmp_path / "mm.parquet"
+    pd.DataFrame(rows).to_parquet(path)
+    config = OmegaConf.create({"prompt_key": "prompt", "max_prompt_length": 16})
+    with pytest.raises(ValueError) as info:
+        RLHFDataset(str(path), tokenizer=None, config=config)
+    assert "images" in str(info.value) and "mm.parquet" in str(info.value)
+
+
+def test_empty_multi_modal_columns_are_fine(tmp_path):
+    import pandas as pd
+
+    from verl.utils.dataset.rl_dataset import RLHFDataset
+
+    rows = [{"prompt": [{"role": "user", "content": "hi"}], "images": [], "videos": None, "data_source": "x"}]
+    path = tmp_path / "text.parquet"
+    pd.DataFrame(rows).to_parquet(path)
+    config = OmegaConf.create({"prompt_key": "prompt", "max_prompt_length": 16})
+    assert len(RLHFDataset(str(path), tokenizer=None, config=config)) == 1
+
+
+def test_main_ppo_refuses_multi_modal_rows_before_ray_starts(tiny_model_dir, tmp_path):
+    import pandas as pd
+
+    rows = [
+        {
+            "data_source": "openai/gsm8k",
+            "prompt": [{"role": "user", "content": f"What is {i} + 1?"}],
+            "videos": [{"video": "clip.mp4"}] if i == 3 else [],
+            "reward_model": {"style": "rule", "ground_truth": str(i + 1)},
+        }
+        for i in range(8)
+    ]
+    pd.DataFrame(rows).to_parquet(tmp_path / "video.parquet")
+    overrides = [
+        *MAIN_PPO_VALID,
+        "trainer.device=cpu",
+        f"actor_rollout_ref.model.path={tiny_model_dir}",
+        f"data.train_files={tmp_path}/video.parquet",
+        f"data.val_files={tmp_path}/video.parquet",
+    ]
+    result = _run_main_ppo(*overrides)
+    output = result.stdout + result.stderr
+    assert result.returncode != 0, output[-2000:]
+    assert "'videos'" in result.stderr and "video.parquet" in result.stderr, output[-2000:]
+    assert "Started a local Ray instance" not in output

@@ -140,6 +140,8 @@ def parse_rollout_rs(
 class KLControlConfig(BaseConfig):
     """``algorithm.kl_ctrl``: the coefficient of the in-reward KL penalty."""
 
+    _path = "algorithm.kl_ctrl"
+
     type: str = key("fixed", choices=("fixed", "adaptive"))
     """fixed: constant coefficient; adaptive: steered towards target_kl over horizon steps."""
     kl_coef: float = 0.001
@@ -161,6 +163,8 @@ class KLControlConfig(BaseConfig):
 class PFPPOConfig(BaseConfig):
     """``algorithm.pf_ppo``: policy-filtration PPO resampling of the batch by reward."""
 
+    _path = "algorithm.pf_ppo"
+
     reweight_method: str = key("pow", choices=("pow", "max_min", "max_random"))
     """pow | max_min | max_random."""
     weight_pow: float = 2.0
@@ -170,6 +174,8 @@ class PFPPOConfig(BaseConfig):
 @dataclass
 class FilterGroupsConfig(BaseConfig):
     """``algorithm.filter_groups``: DAPO dynamic sampling (drop groups whose metric has zero variance)."""
+
+    _path = "algorithm.filter_groups"
 
     enable: bool = False
     """Turn dynamic sampling on."""
@@ -204,6 +210,8 @@ class RolloutCorrectionConfig(BaseConfig):
     Used by :mod:`verl.trainer.ppo.rollout_corr_helper`. The YAML node defaults ``rollout_is`` to null (off); the
     dataclass default ``"sequence"`` applies where no node is given (e.g. ``actor.policy_loss.rollout_correction``).
     """
+
+    _path = "algorithm.rollout_correction"
 
     rollout_is: str | None = key("sequence", choices=(None, "token", "sequence"))
     """Importance-sampling level: null (off), token or sequence."""
@@ -255,6 +263,8 @@ def _async_save_refusal() -> Refuse:
 class CheckpointConfig(BaseConfig):
     """``*.checkpoint``: what a worker saves and loads."""
 
+    _path = "checkpoint"
+
     save_contents: list[str] = key(factory=lambda: ["model", "optimizer", "extra"])
     """Parts written at each save: model, optimizer, extra (RNG, scheduler), hf_model (HF-format weights)."""
     load_contents: list[str] = key(factory=lambda: ["model", "optimizer", "extra"], follows=".save_contents")
@@ -286,6 +296,8 @@ class CheckpointConfig(BaseConfig):
 class AlgoConfig(BaseConfig):
     """``algorithm``: advantage estimation and reward shaping."""
 
+    _path = "algorithm"
+
     gamma: float = 1.0
     """Discount factor."""
     lam: float = 1.0
@@ -296,7 +308,7 @@ class AlgoConfig(BaseConfig):
     """GRPO: divide by the group std (false gives Dr.GRPO)."""
     use_kl_in_reward: bool = False
     """Subtract beta * KL(actor || ref) from the token rewards (PPO style)."""
-    kl_penalty: str = key("kl", refuse=full_kl_refusal())
+    kl_penalty: str = key("kl", effect="implemented", refuse=full_kl_refusal())
     """KL estimator of the in-reward penalty: kl|k1, abs, mse|k2, low_var_kl|k3 (a trailing + for k2 gradients)."""
     kl_ctrl: KLControlConfig = key(factory=KLControlConfig)
     """Coefficient controller of the in-reward KL penalty."""
@@ -306,7 +318,9 @@ class AlgoConfig(BaseConfig):
     """PF-PPO settings (null: the defaults below)."""
     filter_groups: FilterGroupsConfig | None = key(None, yaml_default=FilterGroupsConfig())
     """DAPO dynamic sampling: drop groups whose metric is identical across the group (null: off)."""
-    rollout_correction: RolloutCorrectionConfig | None = key(None, yaml_default=RolloutCorrectionConfig(rollout_is=None))
+    rollout_correction: RolloutCorrectionConfig | None = key(
+        None, yaml_default=RolloutCorrectionConfig(rollout_is=None)
+    )
     """Importance weighting / rejection of samples where rollout and training log-probs disagree (needs
     actor_rollout_ref.rollout.calculate_log_probs=true; null: off)."""
     gdpo_reward_keys: list[str] | None = None

@@ -6,10 +6,10 @@ problem class, each naming the key(s), the value(s) and a fix:
 1. **refusals**: every key declared with a ``Refuse`` rule holding a value we do not implement (all of them at once);
 2. **generation**: which verl generation the user wrote: v0.9 if any key verl v0.7.1 did not have is set (the
    ``since`` keys are null in the YAML until written); keys whose default changed take that generation's default;
-3. **aliases**: v0.8/v0.9 spellings of v0.7 keys (``critic.fsdp.*`` -> ``critic.model.fsdp_config.*``) are copied
-   onto the v0.7 key; both given with different values is an error naming both;
-4. **types**: the typed tree is built (unknown keys, wrong types and each node's own checks fail naming the key);
-5. **cross-key checks** (:func:`check_trainer_config`): batch-size arithmetic over the ranks, the estimator, inputs
+3. **types**: the typed tree is built (unknown keys, wrong types and each node's own checks fail naming the key);
+   v0.8/v0.9 spellings of v0.7 keys (``critic.fsdp.*`` -> ``critic.model.fsdp_config.*``) are copied onto the v0.7
+   key on the way (``verl.utils.config.build_dataclass``), both given with different values is an error naming both;
+4. **cross-key checks** (:func:`check_trainer_config`): batch-size arithmetic over the ranks, the estimator, inputs
    a feature needs.
 
 Nothing mutates the tree afterwards: facts decided at run time (per-rank batch sizes, the run's length) are
@@ -170,30 +170,6 @@ def _get(data: dict, path: str) -> Any:
     return node
 
 
-def _apply_aliases(data: dict, tree: type) -> None:
-    """Copy written v0.8/v0.9 spellings onto their v0.7 key; then drop the alias node."""
-    for site in list(visit(tree, data)):
-        alias_of = site.info.alias_of
-        if alias_of is None or not site.present:
-            continue
-        value = site.value
-        if isinstance(value, Mapping):
-            canonical = _get(data, alias_of)
-            owner = _dataclass_of(typing.get_type_hints(site.owner).get(site.field.name))
-            defaults = {f.name: _field_default(f) for f in dataclasses.fields(owner)} if owner else {}
-            for name, given in value.items():
-                if name == "_target_" or given is None:
-                    continue
-                current = canonical.get(name) if isinstance(canonical, Mapping) else None
-                if current not in (given, defaults.get(name)):
-                    raise ValueError(
-                        f"{site.path}.{name}={given!r} and {alias_of}.{name}={current!r} disagree (the first is "
-                        f"verl v0.8+'s spelling of the second); set only one of them"
-                    )
-                canonical[name] = given
-        _set(data, site.path, None)
-
-
 def _set(data: dict, path: str, value: Any) -> None:
     parts = path.split(".")
     node = data
@@ -238,7 +214,6 @@ def build_trainer_config(
     data = copy.deepcopy(config) if isinstance(config, dict) else plain_container(config)
     check_refused_keys(data, tree)
     generation, written = key_generation(data, tree)
-    _apply_aliases(data, tree)
     _resolve_generation_defaults(data, tree, generation)
     if device is not None:
         data.setdefault("trainer", {})["device"] = device
@@ -378,9 +353,7 @@ def _data_parallel_size(worker: Any, n_ranks: int, prefix: str) -> int:
     megatron = getattr(worker, "megatron", None)
     if megatron is not None:
         split = (
-            megatron.tensor_model_parallel_size
-            * megatron.pipeline_model_parallel_size
-            * megatron.context_parallel_size
+            megatron.tensor_model_parallel_size * megatron.pipeline_model_parallel_size * megatron.context_parallel_size
         )
         what = f"{prefix}.megatron tp * pp * cp"
     else:
@@ -421,4 +394,3 @@ def validate_config(
     cfg = build_trainer_config(config, n_ranks=n_ranks, check=False)
     check_trainer_config(cfg, use_reference_policy, use_critic, n_ranks)
     return cfg
-

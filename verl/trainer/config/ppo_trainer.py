@@ -103,6 +103,8 @@ class V1Config(BaseConfig):
 class TrainerConfig(BaseConfig):
     """``trainer``: the loop, logging, checkpoints and the cluster."""
 
+    _path = "trainer"
+
     _emit_target = False
 
     balance_batch: bool = True
@@ -263,15 +265,37 @@ class DistillationConfig(BaseConfig):
         ),
     )
     """Distil from teachers (null: false)."""
-    teacher_key: str | None = key(None, since="0.8", v09_default="data_source", effect="inert", reason="distillation off")
+    teacher_key: str | None = key(
+        None,
+        since="0.8",
+        v09_default="data_source",
+        effect="inert",
+        reason="only used with distillation.enabled=true, which is refused",
+    )
     """Column selecting the teacher."""
-    n_gpus_per_node: int | None = key(None, since="0.8", v09_default=8, effect="inert", reason="distillation off")
+    n_gpus_per_node: int | None = key(
+        None,
+        since="0.8",
+        v09_default=8,
+        effect="inert",
+        reason="only used with distillation.enabled=true, which is refused",
+    )
     """Devices per node of the teachers."""
-    nnodes: int | None = key(None, since="0.8", v09_default=0, effect="inert", reason="distillation off")
+    nnodes: int | None = key(
+        None,
+        since="0.8",
+        v09_default=0,
+        effect="inert",
+        reason="only used with distillation.enabled=true, which is refused",
+    )
     """Nodes of the teachers."""
-    distillation_loss: dict[str, Any] | None = key(None, since="0.8", effect="inert", reason="distillation off")
+    distillation_loss: dict[str, Any] | None = key(
+        None, since="0.8", effect="inert", reason="only used with distillation.enabled=true, which is refused"
+    )
     """Loss settings (loss_mode, topk, distillation_loss_coef, ...)."""
-    teacher_models: dict[str, Any] | None = key(None, since="0.8", effect="inert", reason="distillation off")
+    teacher_models: dict[str, Any] | None = key(
+        None, since="0.8", effect="inert", reason="only used with distillation.enabled=true, which is refused"
+    )
     """Teacher models and their inference settings."""
 
 
@@ -294,11 +318,25 @@ class SkipRoleConfig(BaseConfig):
         ),
     )
     """Cache and replay (null: false)."""
-    dump_dir: str | None = key(None, since="0.9", v09_default="~/.verl/rollout_dump", effect="inert", reason="skip off")
+    dump_dir: str | None = key(
+        None,
+        since="0.9",
+        v09_default="~/.verl/rollout_dump",
+        effect="inert",
+        reason="only used when skip.<role>.enable is true, which is refused",
+    )
     """Where the cache lives."""
-    steps: list[int] | None = key(None, since="0.9", effect="inert", reason="skip off")
+    steps: list[int] | None = key(
+        None, since="0.9", effect="inert", reason="only used when skip.<role>.enable is true, which is refused"
+    )
     """Steps to replay."""
-    action: str | None = key(None, since="0.9", v09_default="cache", effect="inert", reason="skip off")
+    action: str | None = key(
+        None,
+        since="0.9",
+        v09_default="cache",
+        effect="inert",
+        reason="only used when skip.<role>.enable is true, which is refused",
+    )
     """cache | replay."""
 
 

@@ -11,6 +11,7 @@ from collections import defaultdict
 import numpy as np
 
 from verl.protocol import DataProto
+from verl.trainer.config.algorithm import PFPPOConfig
 from verl.trainer.ppo import core_algos
 
 __all__ = ["GroupFilter", "compute_pf_ppo_reweight_data", "varied_group_indices"]
@@ -98,7 +99,11 @@ class GroupFilter:
         self._kept, self._prompts, self.num_gen_batches = [], 0, 0
 
 
-def compute_pf_ppo_reweight_data(data: DataProto, reweight_method: str = "pow", weight_pow: float = 2.0) -> DataProto:
+def compute_pf_ppo_reweight_data(
+    data: DataProto,
+    reweight_method: str = PFPPOConfig.reweight_method,
+    weight_pow: float = PFPPOConfig.weight_pow,
+) -> DataProto:
     """PF-PPO: resample the batch's rows with replacement, weighted by their scores (batch size unchanged).
 
     Scores are the row sums of ``token_level_scores``; every tensor, non-tensor column and per-row ``meta_info``

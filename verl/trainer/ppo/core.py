@@ -24,6 +24,7 @@ and on tool/observation tokens of multi-turn rollouts; ``index`` holds one group
 
 from __future__ import annotations
 
+import sys
 import warnings
 from collections.abc import Callable
 from enum import Enum
@@ -67,6 +68,13 @@ ADV_ESTIMATOR_REGISTRY: dict[str, Callable[..., Any]] = {}
 POLICY_LOSS_REGISTRY: dict[str, PolicyLossFn] = {}
 
 
+def _registry(name: str) -> dict:
+    # verl looks its registries up through core_algos' module globals on every call, so a test or recipe may swap
+    # core_algos.ADV_ESTIMATOR_REGISTRY; the facade re-exports these dicts, and a swapped one there wins.
+    swapped = getattr(sys.modules.get("verl.trainer.ppo.core_algos"), name, None)
+    return swapped if swapped is not None else globals()[name]
+
+
 def _enum_value(name_or_enum: str | Enum) -> str:
     return name_or_enum.value if isinstance(name_or_enum, Enum) else name_or_enum
 
@@ -79,11 +87,11 @@ def register_adv_est(name_or_enum: str | AdvantageEstimator) -> Callable[[Callab
     name = _enum_value(name_or_enum)
 
     def decorator(fn: Callable) -> Callable:
-        # Looked up through the module global on every call, so tests may swap the registry dict.
-        existing = ADV_ESTIMATOR_REGISTRY.get(name)
+        registry = _registry("ADV_ESTIMATOR_REGISTRY")
+        existing = registry.get(name)
         if existing is not None and existing is not fn:
             raise ValueError(f"Advantage estimator {name!r} is already registered to {existing!r}; not {fn!r}.")
-        ADV_ESTIMATOR_REGISTRY[name] = fn
+        registry[name] = fn
         return fn
 
     return decorator
@@ -96,9 +104,10 @@ def get_adv_estimator_fn(name_or_enum: str | AdvantageEstimator) -> Callable[...
         ValueError: ``"Unknown advantage estimator simply: <name>"`` plus the registered names.
     """
     name = _enum_value(name_or_enum)
-    if name not in ADV_ESTIMATOR_REGISTRY:
-        raise ValueError(f"Unknown advantage estimator simply: {name}. Registered: {sorted(ADV_ESTIMATOR_REGISTRY)}")
-    return ADV_ESTIMATOR_REGISTRY[name]
+    registry = _registry("ADV_ESTIMATOR_REGISTRY")
+    if name not in registry:
+        raise ValueError(f"Unknown advantage estimator simply: {name}. Registered: {sorted(registry)}")
+    return registry[name]
 
 
 def register_policy_loss(name: str) -> Callable[[PolicyLossFn], PolicyLossFn]:
@@ -108,10 +117,11 @@ def register_policy_loss(name: str) -> Callable[[PolicyLossFn], PolicyLossFn]:
     """
 
     def decorator(fn: PolicyLossFn) -> PolicyLossFn:
-        existing = POLICY_LOSS_REGISTRY.get(name)
+        registry = _registry("POLICY_LOSS_REGISTRY")
+        existing = registry.get(name)
         if existing is not None and existing is not fn:
             warnings.warn(f"policy loss {name!r} re-registered: {existing!r} replaced by {fn!r}", stacklevel=2)
-        POLICY_LOSS_REGISTRY[name] = fn
+        registry[name] = fn
         return fn
 
     return decorator
@@ -119,9 +129,10 @@ def register_policy_loss(name: str) -> Callable[[PolicyLossFn], PolicyLossFn]:
 
 def get_policy_loss_fn(name: str) -> PolicyLossFn:
     """The policy loss registered under ``name``; ``ValueError`` listing the supported modes otherwise."""
-    if name not in POLICY_LOSS_REGISTRY:
-        raise ValueError(f"Unsupported loss mode: {name}. Supported modes are: {list(POLICY_LOSS_REGISTRY)}")
-    return POLICY_LOSS_REGISTRY[name]
+    registry = _registry("POLICY_LOSS_REGISTRY")
+    if name not in registry:
+        raise ValueError(f"Unsupported loss mode: {name}. Supported modes are: {list(registry)}")
+    return registry[name]
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -261,7 +272,9 @@ def _agg_kwargs(config: Any) -> dict[str, Any]:
 def _clip_ratios(config: Any) -> tuple[float, float, float]:
     """``(clip_low, clip_high, clip_ratio_c)`` from an actor config; low/high fall back to ``clip_ratio``."""
     cfg = actor_config(config)
-    return float(cfg.clip_low), float(cfg.clip_high), float(cfg.clip_ratio_c)
+    low = cfg.clip_ratio if cfg.clip_ratio_low is None else cfg.clip_ratio_low
+    high = cfg.clip_ratio if cfg.clip_ratio_high is None else cfg.clip_ratio_high
+    return float(low), float(high), float(cfg.clip_ratio_c)
 
 
 _METRIC_KEYS = ("actor/pg_clipfrac", "actor/ppo_kl", "actor/pg_clipfrac_lower")

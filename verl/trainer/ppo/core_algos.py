@@ -70,4 +70,3 @@ def __getattr__(name: str) -> Any:
 
 def __dir__() -> list[str]:
     return sorted({*globals(), *(n for m in _MODULES for n in vars(m) if not n.startswith("__"))})
-

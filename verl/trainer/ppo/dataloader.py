@@ -13,6 +13,8 @@ from typing import Any
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+from verl.utils.dataset.config import DataConfig
+
 
 class ResumableDataLoader:
     """Batches of a dataset, reshuffled per epoch from ``seed + epoch``, with a position that can be saved.
@@ -21,20 +23,23 @@ class ResumableDataLoader:
         dataset: a map-style dataset.
         batch_size: rows per batch (prompts per step).
         collate_fn: turns a list of items into a batch dict.
-        shuffle: reshuffle every epoch (deterministically) or keep file order.
-        seed: base seed of the shuffle.
+        shuffle: reshuffle every epoch (deterministically) or keep file order (``data.shuffle``).
+        seed: base seed of the shuffle (``data.seed``; null in the config means :attr:`DEFAULT_SEED`).
         drop_last: drop the final short batch (the trainer needs full batches).
         num_workers: DataLoader worker processes.
         sampler: optional user sampler; when given, its order is used as-is (no resume of its internal state).
     """
+
+    DEFAULT_SEED = 1
+    """The shuffle's seed when ``data.seed`` is null."""
 
     def __init__(
         self,
         dataset: Dataset,
         batch_size: int,
         collate_fn: Callable[[list], Any],
-        shuffle: bool = True,
-        seed: int = 1,
+        shuffle: bool = DataConfig.shuffle,
+        seed: int = DEFAULT_SEED,
         drop_last: bool = True,
         num_workers: int = 0,
         sampler=None,

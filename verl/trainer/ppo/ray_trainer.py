@@ -10,6 +10,8 @@ The workers (FSDP actor/rollout/ref, critic, reward model) live in Ray actors; t
 
 from __future__ import annotations
 
+import dataclasses
+import inspect
 import json
 import os
 import shutil
@@ -19,7 +21,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from omegaconf import OmegaConf
 
 from verl.protocol import DataProto, pad_dataproto_to_divisor, unpad_dataproto
 from verl.single_controller.ray import (
@@ -28,6 +29,9 @@ from verl.single_controller.ray import (
     ResourcePoolManager,
     create_colocated_worker_cls,
 )
+from verl.trainer.config.algorithm import AlgoConfig, PFPPOConfig
+from verl.trainer.config.build import build_trainer_config
+from verl.trainer.config.ppo_trainer import PPOTrainerConfig
 from verl.trainer.ppo import core_algos
 from verl.trainer.ppo.batch_selection import GroupFilter, compute_pf_ppo_reweight_data
 from verl.trainer.ppo.core_algos import AdvantageEstimator, agg_loss
@@ -43,6 +47,7 @@ from verl.trainer.ppo.reward import compute_reward
 from verl.trainer.ppo.rollout_corr_helper import apply_bypass_mode, compute_rollout_correction_and_add_to_batch
 from verl.trainer.ppo.utils import Role, WorkerType, need_critic, need_reference_policy, need_reward_model
 from verl.utils.checkpoint.checkpoint_manager import atomic_write_text, find_latest_ckpt_path
+from verl.utils.config import to_plain
 from verl.utils.metric import reduce_metrics
 from verl.utils.profiler import marked_timer
 from verl.utils.torch_functional import masked_mean, response_mask_of
@@ -74,7 +79,9 @@ def compute_response_mask(data: DataProto) -> torch.Tensor:
     return response_mask_of(data.batch)
 
 
-def apply_kl_penalty(data: DataProto, kl_ctrl, kl_penalty: str = "kl") -> tuple[DataProto, dict[str, float]]:
+def apply_kl_penalty(
+    data: DataProto, kl_ctrl, kl_penalty: str = AlgoConfig.kl_penalty
+) -> tuple[DataProto, dict[str, float]]:
     """Subtract ``beta * KL(actor || ref)`` per token from the scores: ``token_level_rewards = scores - beta * kld``."""
     response_mask = data.batch["response_mask"]
     kld = core_algos.kl_penalty(data.batch["old_log_probs"], data.batch["ref_log_prob"], kl_penalty=kl_penalty)
@@ -89,10 +96,10 @@ def apply_kl_penalty(data: DataProto, kl_ctrl, kl_penalty: str = "kl") -> tuple[
 def compute_advantage(
     data: DataProto,
     adv_estimator,
-    gamma: float = 1.0,
-    lam: float = 1.0,
+    gamma: float = AlgoConfig.gamma,
+    lam: float = AlgoConfig.lam,
     num_repeat: int = 1,
-    norm_adv_by_std_in_grpo: bool = True,
+    norm_adv_by_std_in_grpo: bool = AlgoConfig.norm_adv_by_std_in_grpo,
     config=None,
 ) -> DataProto:
     """Fill ``advantages`` and ``returns`` (both ``(bs, R)``) using the registered estimator."""
@@ -154,7 +161,9 @@ class RayPPOTrainer:
         train_sampler=None,
         device_name: str | None = None,
     ):
-        self.config = config
+        # The validated typed tree (a DictConfig from a recipe is built and checked here, once).
+        self.config: PPOTrainerConfig = config if isinstance(config, PPOTrainerConfig) else build_trainer_config(config)
+        config = self.config
         self.tokenizer = tokenizer
         self.processor = processor
         self.reward_fn = reward_fn
@@ -163,23 +172,21 @@ class RayPPOTrainer:
         self.resource_pool_manager = resource_pool_manager
         self.ray_worker_group_cls = ray_worker_group_cls
         self.device_name = device_name or config.trainer.device
-        if not config.actor_rollout_ref.get("hybrid_engine", True):
-            raise ValueError("only actor_rollout_ref.hybrid_engine=True is supported (actor and rollout share workers)")
         self.use_reference_policy = need_reference_policy(config) and Role.RefPolicy in role_worker_mapping
         self.use_rm = need_reward_model(config)
         self.use_critic = need_critic(config)
-        self.ref_in_actor = config.actor_rollout_ref.model.get("lora_rank", 0) > 0
+        self.ref_in_actor = config.actor_rollout_ref.model.lora_rank > 0
         if config.algorithm.use_kl_in_reward:
             self.kl_ctrl_in_reward = core_algos.get_kl_controller(config.algorithm.kl_ctrl)
         self.global_steps = 0
-        filter_groups = config.algorithm.get("filter_groups")
+        filter_groups = config.algorithm.filter_groups
         self.group_filter = None
-        if filter_groups is not None and filter_groups.get("enable", False):
+        if filter_groups is not None and filter_groups.enable:
             self.group_filter = GroupFilter(
                 filter_groups.metric,
                 config.data.train_batch_size,
                 config.actor_rollout_ref.rollout.n,
-                int(filter_groups.get("max_num_gen_batches") or 0),
+                filter_groups.max_num_gen_batches,
             )
         self._create_dataloader(train_dataset, val_dataset, collate_fn, train_sampler)
 
@@ -191,29 +198,28 @@ class RayPPOTrainer:
             collate_fn = default_collate
         data_cfg = self.config.data
         self.train_dataset, self.val_dataset = train_dataset, val_dataset
-        seed = data_cfg.get("seed", None)
         self.train_dataloader = ResumableDataLoader(
             train_dataset,
-            batch_size=data_cfg.get("gen_batch_size") or data_cfg.train_batch_size,
+            batch_size=data_cfg.gen_batch_size or data_cfg.train_batch_size,
             collate_fn=collate_fn,
-            shuffle=data_cfg.get("shuffle", True),
-            seed=1 if seed is None else int(seed),
-            num_workers=data_cfg.get("dataloader_num_workers", 0),
+            shuffle=data_cfg.shuffle,
+            seed=ResumableDataLoader.DEFAULT_SEED if data_cfg.seed is None else data_cfg.seed,
+            num_workers=data_cfg.dataloader_num_workers,
             sampler=train_sampler,
         )
         self.val_dataloader = None
         if val_dataset is not None and len(val_dataset) > 0:
-            val_bs = data_cfg.get("val_batch_size") or len(val_dataset)
+            val_bs = data_cfg.val_batch_size or len(val_dataset)
             self.val_dataloader = ResumableDataLoader(
                 val_dataset,
                 batch_size=min(val_bs, len(val_dataset)),
                 collate_fn=collate_fn,
-                shuffle=data_cfg.get("validation_shuffle", False),
+                shuffle=data_cfg.validation_shuffle,
                 drop_last=False,
                 num_workers=0,
             )
         steps = len(self.train_dataloader) * self.config.trainer.total_epochs
-        if self.config.trainer.get("total_training_steps") is not None:
+        if self.config.trainer.total_training_steps is not None:
             steps = int(self.config.trainer.total_training_steps)
         self.total_training_steps = steps
 
@@ -227,12 +233,14 @@ class RayPPOTrainer:
             pool = self.resource_pool_manager.get_resource_pool(role)
             pool_to_cls[pool][str(role)] = RayClassWithInitArgs(cls=self.role_worker_mapping[role], **cls_kwargs)
 
-        actor_rollout_ref = self._worker_config("actor_rollout_ref", "actor")
-        add(Role.ActorRollout, {"config": actor_rollout_ref, "role": "actor_rollout"})
+        # Each worker gets its typed subtree; what the controller decides (the run's length, bypass-mode rollout
+        # correction) goes as constructor arguments.
+        arr = cfg.actor_rollout_ref
+        add(Role.ActorRollout, self._worker_kwargs(Role.ActorRollout, {"config": arr, "role": "actor_rollout"}))
         if self.use_critic:
-            add(Role.Critic, {"config": self._worker_config("critic", None)})
+            add(Role.Critic, self._worker_kwargs(Role.Critic, {"config": cfg.critic}))
         if self.use_reference_policy and not self.ref_in_actor:
-            add(Role.RefPolicy, {"config": actor_rollout_ref, "role": "ref"})
+            add(Role.RefPolicy, {"config": arr, "role": "ref"})
         if self.use_rm:
             add(Role.RewardModel, {"config": cfg.reward_model})
 
@@ -257,24 +265,33 @@ class RayPPOTrainer:
         self.actor_rollout_wg = all_wg[str(Role.ActorRollout)]
         self.actor_rollout_wg.init_model()
 
-    def _worker_config(self, node: str, trained: str | None):
-        """A worker's config: the user's node plus what the controller derives (a new tree, never written back).
+    def _worker_kwargs(self, role: Role, kwargs: dict) -> dict:
+        """Constructor arguments of a trained role: the run's length and, for the actor, bypass-mode rollout
+        correction. A worker class that does not take them (a recipe's verl-style worker) gets them the way verl hands
+        them over instead: in a new view of its subtree (``optim.total_training_steps``, the actor's policy loss)."""
+        cls = self.role_worker_mapping[role]
+        cls = getattr(cls, "__ray_actor_class__", cls)
+        corr = self.config.algorithm.rollout_correction
+        extra = {"total_training_steps": self.total_training_steps}
+        if role == Role.ActorRollout:
+            extra["rollout_correction"] = corr if corr is not None and corr.bypass_mode else None
+        params = inspect.signature(cls.__init__).parameters
+        if all(name in params for name in extra):
+            return {**kwargs, **extra}
+        from verl.workers.config.actor import bypass_actor_view
 
-        The LR schedule needs the run's length (``optim.total_training_steps``); with bypass-mode rollout correction
-        the actor's policy loss becomes ``bypass_mode`` and carries ``algorithm.rollout_correction``.
-        """
-        node_cfg = self.config[node]
-        derived: dict = {"optim": {"total_training_steps": self.total_training_steps}}
-        rollout_corr = self.config.algorithm.get("rollout_correction")
-        if trained == "actor" and rollout_corr is not None and rollout_corr.get("bypass_mode", False):
-            derived["policy_loss"] = {
-                "loss_mode": "bypass_mode",
-                "rollout_correction": OmegaConf.to_container(rollout_corr, resolve=True),
-            }
-        plain = OmegaConf.create(OmegaConf.to_container(node_cfg, resolve=True))
-        target = plain[trained] if trained else plain
-        target.merge_with(derived)
-        return plain
+        node = kwargs["config"]
+        if role == Role.ActorRollout:
+            actor = bypass_actor_view(node.actor, extra["rollout_correction"])
+            actor = dataclasses.replace(
+                actor, optim=dataclasses.replace(actor.optim, total_training_steps=extra["total_training_steps"])
+            )
+            node = dataclasses.replace(node, actor=actor)
+        else:
+            node = dataclasses.replace(
+                node, optim=dataclasses.replace(node.optim, total_training_steps=extra["total_training_steps"])
+            )
+        return {**kwargs, "config": node}
 
     def shutdown(self) -> None:
         """Release the placement groups (Ray then ends the worker actors), so a later run in the same Ray session
@@ -320,9 +337,8 @@ class RayPPOTrainer:
         if "entropys" in out.batch.keys():
             entropys = out.batch.pop("entropys")
             actor = self.config.actor_rollout_ref.actor
-            scale = actor.get("loss_scale_factor")
             metrics["actor/entropy"] = agg_loss(
-                entropys, batch.batch["response_mask"], actor.loss_agg_mode, loss_scale_factor=scale
+                entropys, batch.batch["response_mask"], actor.loss_agg_mode, loss_scale_factor=actor.loss_scale_factor
             ).item()
         return batch.union(out)
 
@@ -336,16 +352,16 @@ class RayPPOTrainer:
         """
         cfg = self.config
         actor = cfg.actor_rollout_ref.actor
-        if not actor.get("skip_on_policy_old_log_prob", True) or self.config.trainer.critic_warmup > self.global_steps:
+        if not actor.skip_on_policy_old_log_prob or self.config.trainer.critic_warmup > self.global_steps:
             return False
-        if cfg.trainer.get("use_legacy_worker_impl", "auto") == "disable" or int(actor.get("ppo_epochs", 1)) != 1:
+        if cfg.trainer.use_legacy_worker_impl == "disable" or actor.ppo_epochs != 1:
             return False
         if len(batch) > int(actor.ppo_mini_batch_size) * int(cfg.actor_rollout_ref.rollout.n):
             return False
         if cfg.algorithm.use_kl_in_reward or "rollout_log_probs" in batch.batch.keys():
             return False
         optimal_token = str(cfg.algorithm.adv_estimator) in ("optimal_token_baseline", "tir_optimal_token_baseline")
-        if optimal_token or actor.get("calculate_sum_pi_squared", False):
+        if optimal_token or actor.calculate_sum_pi_squared:
             return False
         # Only this package's actor worker hands the log-probs back from update_actor; a user-registered worker
         # class gets the pass as verl would run it.
@@ -374,8 +390,8 @@ class RayPPOTrainer:
             metrics.update(kl_metrics)
         else:
             batch.batch["token_level_rewards"] = batch.batch["token_level_scores"]
-        rollout_corr = algo.get("rollout_correction")
-        if rollout_corr is not None and not rollout_corr.get("bypass_mode") and "rollout_log_probs" in batch.batch:
+        rollout_corr = algo.rollout_correction
+        if rollout_corr is not None and not rollout_corr.bypass_mode and "rollout_log_probs" in batch.batch:
             # Decoupled mode: IS weights and the rejection-sampled response_mask, seen by advantages and updates.
             batch, corr_metrics = compute_rollout_correction_and_add_to_batch(batch, rollout_corr)
             metrics.update(corr_metrics)
@@ -385,23 +401,23 @@ class RayPPOTrainer:
             gamma=algo.gamma,
             lam=algo.lam,
             num_repeat=self.config.actor_rollout_ref.rollout.n,
-            norm_adv_by_std_in_grpo=algo.get("norm_adv_by_std_in_grpo", True),
+            norm_adv_by_std_in_grpo=algo.norm_adv_by_std_in_grpo,
             config=algo,
         )
         if algo.adv_estimator == AdvantageEstimator.GDPO.value:
-            for key in algo.get("gdpo_reward_keys") or []:
+            for key in algo.gdpo_reward_keys or []:
                 values = np.asarray(batch.non_tensor_batch[key], dtype=np.float64)
                 for stat, fn in (("mean", np.mean), ("std", np.std), ("max", np.max), ("min", np.min)):
                     metrics[f"gdpo/{key}/{stat}"] = float(fn(values))
-        if algo.get("use_pf_ppo", False) and algo.adv_estimator == AdvantageEstimator.GAE.value:
-            pf = algo.pf_ppo
+        if algo.use_pf_ppo and algo.adv_estimator == AdvantageEstimator.GAE.value:
+            pf = algo.pf_ppo if algo.pf_ppo is not None else PFPPOConfig()
             batch = compute_pf_ppo_reweight_data(batch, pf.reweight_method, pf.weight_pow)
         return batch
 
     def _tag_global_batch_size(self, batch: DataProto, sequences_per_mini_batch: int) -> None:
         """Engine path (``trainer.use_legacy_worker_impl=disable``): tell the workers the global mini-batch size, so
         the losses normalise by global counts; the legacy path (default) leaves the batch untagged."""
-        if self.config.trainer.get("use_legacy_worker_impl", "auto") == "disable":
+        if self.config.trainer.use_legacy_worker_impl == "disable":
             batch.meta_info["global_batch_size"] = int(sequences_per_mini_batch)
         else:
             batch.meta_info.pop("global_batch_size", None)
@@ -447,12 +463,12 @@ class RayPPOTrainer:
 
     def _train_step(self, batch: DataProto, metrics: dict, timing_raw: dict) -> DataProto:
         """old_log_prob -> ref -> values -> adv -> update_critic -> update_actor on a scored batch."""
-        if self.config.trainer.get("balance_batch", True):
+        if self.config.trainer.balance_batch:
             self._balance_batch(batch, metrics)
         batch.meta_info["global_token_num"] = torch.sum(batch.batch["attention_mask"], dim=-1).tolist()
-        rollout_corr = self.config.algorithm.get("rollout_correction")
+        rollout_corr = self.config.algorithm.rollout_correction
         old_from_update = False
-        if rollout_corr is not None and rollout_corr.get("bypass_mode", False):
+        if rollout_corr is not None and rollout_corr.bypass_mode:
             batch = apply_bypass_mode(batch, rollout_corr)  # old_log_probs := rollout_log_probs, no recompute
         elif self._old_log_prob_from_update(batch):
             old_from_update = True  # the update's forward supplies them (see _old_log_prob_from_update)
@@ -483,7 +499,7 @@ class RayPPOTrainer:
             if old_from_update:
                 batch = self._take_old_log_probs(batch, out, metrics)
             metrics.update(reduce_metrics(update_metrics))
-        if self.config.trainer.get("rollout_data_dir"):
+        if self.config.trainer.rollout_data_dir:
             self._dump_generations(batch, self.config.trainer.rollout_data_dir)
         return batch
 
@@ -497,18 +513,18 @@ class RayPPOTrainer:
             project_name=cfg.trainer.project_name,
             experiment_name=cfg.trainer.experiment_name,
             default_backend=cfg.trainer.logger,
-            config=OmegaConf.to_container(cfg, resolve=True),
+            config=to_plain(cfg),
         )
         self.global_steps = 0
         self._load_checkpoint()
         last_metrics: dict[str, float] = {}
-        if self.val_reward_fn is not None and cfg.trainer.get("val_before_train", True):
+        if self.val_reward_fn is not None and cfg.trainer.val_before_train:
             val_metrics = self._validate()
             logger.log(data=val_metrics, step=self.global_steps)
-            if cfg.trainer.get("val_only", False):
+            if cfg.trainer.val_only:
                 logger.finish()
                 return val_metrics
-        progress = _progress_bar(self.total_training_steps, self.global_steps, cfg.trainer.get("progress_bar", True))
+        progress = _progress_bar(self.total_training_steps, self.global_steps, cfg.trainer.progress_bar)
         self.global_steps += 1
         while self.global_steps <= self.total_training_steps:
             for batch_dict in self.train_dataloader:
@@ -585,7 +601,7 @@ class RayPPOTrainer:
         val_kwargs = cfg.actor_rollout_ref.rollout.val_kwargs
         data_sources, uids, scores, extra = [], [], [], defaultdict(list)
         samples = []
-        dump_dir = cfg.trainer.get("validation_data_dir")  # every validation generation, as JSONL per step
+        dump_dir = cfg.trainer.validation_data_dir  # every validation generation, as JSONL per step
         for batch_dict in self.val_dataloader:
             batch = DataProto.from_single_dict(batch_dict)
             batch.non_tensor_batch["uid"] = np.array([str(uuid.uuid4()) for _ in range(len(batch))], dtype=object)
@@ -614,9 +630,9 @@ class RayPPOTrainer:
                 extra[key].extend(values)
             data_sources.extend(batch.non_tensor_batch.get("data_source", ["unknown"] * len(batch)).tolist())
             uids.extend(batch.non_tensor_batch["uid"].tolist())
-            if dump_dir or len(samples) < cfg.trainer.get("log_val_generations", 0):
+            if dump_dir or len(samples) < cfg.trainer.log_val_generations:
                 samples.extend(self._decode_samples(batch, seq_scores))
-        for s in samples[: cfg.trainer.get("log_val_generations", 0)]:
+        for s in samples[: cfg.trainer.log_val_generations]:
             print(f"[val sample] score={s['score']:.3f} | {s['output'][:200]!r}")
         if dump_dir:
             _write_jsonl(Path(dump_dir) / f"{self.global_steps}.jsonl", samples, self.global_steps)
@@ -654,7 +670,7 @@ class RayPPOTrainer:
         torch.save(self.train_dataloader.state_dict(), step_dir / "data.pt")
         atomic_write_text(root / "latest_checkpointed_iteration.txt", str(self.global_steps))
         trainer_cfg = self.config.trainer
-        keep = [k for k in (trainer_cfg.get("max_actor_ckpt_to_keep"), trainer_cfg.get("max_critic_ckpt_to_keep")) if k]
+        keep = [k for k in (trainer_cfg.max_actor_ckpt_to_keep, trainer_cfg.max_critic_ckpt_to_keep) if k]
         rotate_checkpoints(root, max(keep) if keep else None)
 
     def _load_checkpoint(self) -> int:
@@ -668,7 +684,7 @@ class RayPPOTrainer:
                 print("no checkpoint found: training from scratch")
                 return 0
         elif mode == "resume_path":
-            path = self.config.trainer.get("resume_from_path")
+            path = self.config.trainer.resume_from_path
             if not path or "global_step_" not in str(path):
                 raise ValueError(
                     f"trainer.resume_mode=resume_path needs trainer.resume_from_path pointing at a global_step_N "
@@ -681,7 +697,7 @@ class RayPPOTrainer:
         path = Path(path)
         self.global_steps = int(path.name.split("global_step_")[-1])
         print(f"resuming from {path} (step {self.global_steps})")
-        delete_after = self.config.trainer.get("del_local_ckpt_after_load", False)
+        delete_after = self.config.trainer.del_local_ckpt_after_load
         self.actor_rollout_wg.load_checkpoint(str(path / "actor"), del_local_after_load=delete_after)
         if self.use_critic:
             self.critic_wg.load_checkpoint(str(path / "critic"), del_local_after_load=delete_after)

@@ -25,35 +25,28 @@ import threading
 from collections.abc import Callable
 from typing import Any
 
-from omegaconf import DictConfig, OmegaConf
+from verl.trainer.config.ppo_trainer import CustomRewardFunctionConfig, PPOTrainerConfig
+from verl.workers.config.reward_model import RewardModelConfig, SandboxFusionConfig
 
 __all__ = ["compute_reward", "get_custom_reward_fn", "load_reward_manager"]  # + compute_reward_async (lazy, Ray)
 
 
-def _select(config: Any, key: str, default: Any = None) -> Any:
-    if not isinstance(config, DictConfig):
-        config = OmegaConf.create(config)
-    value = OmegaConf.select(config, key, default=default)
-    if isinstance(value, DictConfig):
-        return OmegaConf.to_container(value, resolve=True)
-    return value
+def _tree(config: Any) -> PPOTrainerConfig:
+    """The typed tree of ``config`` (a composed ``DictConfig`` is built without the trainer's batch checks)."""
+    if isinstance(config, PPOTrainerConfig):
+        return config
+    from verl.trainer.config.build import build_trainer_config
+
+    return build_trainer_config(config, check=False)
 
 
-def _resolve(config: Any, new_key: str, legacy_key: str, legacy_default: Any = None) -> Any:
-    """Value of ``new_key`` when set, else ``legacy_key``; both set (legacy not at its default) and unequal raises."""
-    new, legacy = _select(config, new_key), _select(config, legacy_key)
+def _resolve(new_key: str, new: Any, legacy_key: str, legacy: Any, legacy_default: Any = None) -> Any:
+    """``new`` when set, else ``legacy``; both set (legacy not at its default) and unequal raises."""
     if new is None:
         return legacy
     if legacy is None or legacy == legacy_default or legacy == new:
         return new
     raise ValueError(f"{new_key}={new!r} and {legacy_key}={legacy!r} disagree; set only one of them.")
-
-
-def _merged_kwargs(config: Any, *keys: str) -> dict[str, Any]:
-    merged: dict[str, Any] = {}
-    for key in keys:
-        merged.update(_select(config, key) or {})
-    return merged
 
 
 def _sync_wrapper(fn: Callable[..., Any]) -> Callable[..., Any]:
@@ -80,13 +73,16 @@ def get_custom_reward_fn(config: Any) -> Callable[..., Any] | None:
         RuntimeError: the file raised while being imported.
         AttributeError: the file defines no attribute ``name``.
     """
-    path = _resolve(config, "reward.custom_reward_function.path", "custom_reward_function.path")
+    cfg = _tree(config)
+    new, legacy = cfg.reward.custom_reward_function, cfg.custom_reward_function
+    path = _resolve("reward.custom_reward_function.path", new.path, "custom_reward_function.path", legacy.path)
     if not path:
         return None
+    default_name = CustomRewardFunctionConfig.name
     name = _resolve(
-        config, "reward.custom_reward_function.name", "custom_reward_function.name", legacy_default="compute_score"
+        "reward.custom_reward_function.name", new.name, "custom_reward_function.name", legacy.name, default_name
     )
-    name = name or "compute_score"
+    name = name or default_name
     path = os.path.expanduser(str(path))
     if not os.path.isfile(path):
         raise FileNotFoundError(f"Reward function file {path!r} not found (custom_reward_function.path).")
@@ -104,45 +100,54 @@ def get_custom_reward_fn(config: Any) -> Callable[..., Any] | None:
     fn = getattr(module, name)
     if inspect.iscoroutinefunction(fn):
         fn = _sync_wrapper(fn)
-    reward_kwargs = _merged_kwargs(
-        config, "custom_reward_function.reward_kwargs", "reward.custom_reward_function.reward_kwargs"
-    )
+    reward_kwargs = {**legacy.reward_kwargs, **new.reward_kwargs}
     print(f"using custom reward function {name!r} from {path!r}")
     return functools.partial(fn, **reward_kwargs) if reward_kwargs else fn
 
 
-def _manager_class(config: Any) -> type:
+def _manager_class(cfg: PPOTrainerConfig) -> type:
     from verl.workers.reward_manager import get_reward_manager_cls
 
-    if _select(config, "reward.reward_manager.source") == "importlib":
+    manager = cfg.reward.reward_manager
+    if manager.source == "importlib":
         from verl.utils.import_utils import load_extern_object
 
-        module_path = _select(config, "reward.reward_manager.module.path")
-        if not module_path:
+        if not manager.module.path:
             raise ValueError("reward.reward_manager.source=importlib needs reward.reward_manager.module.path.")
-        return load_extern_object(module_path, _select(config, "reward.reward_manager.module.name"))
-    name = _resolve(config, "reward.reward_manager.name", "reward_model.reward_manager", legacy_default="naive")
-    return get_reward_manager_cls(name or "naive")
+        return load_extern_object(manager.module.path, manager.module.name)
+    default = RewardModelConfig.reward_manager
+    legacy = cfg.reward_model.reward_manager
+    name = _resolve("reward.reward_manager.name", manager.name, "reward_model.reward_manager", legacy, default)
+    return get_reward_manager_cls(name or default)
 
 
-def _default_scorer(config: Any) -> Callable[..., Any]:
+def _default_scorer(cfg: PPOTrainerConfig) -> Callable[..., Any]:
     """``default_compute_score``, bound to the SandboxFusion settings when a URL is configured."""
     from verl.utils.reward_score import default_compute_score
 
-    url = _resolve(config, "reward.sandbox_fusion.url", "reward_model.sandbox_fusion.url")
+    new, legacy = cfg.reward.sandbox_fusion, cfg.reward_model.sandbox_fusion
+    url = _resolve("reward.sandbox_fusion.url", new.url, "reward_model.sandbox_fusion.url", legacy.url)
     if not url:
         return default_compute_score
     max_concurrent = _resolve(
-        config, "reward.sandbox_fusion.max_concurrent", "reward_model.sandbox_fusion.max_concurrent", 64
+        "reward.sandbox_fusion.max_concurrent",
+        new.max_concurrent,
+        "reward_model.sandbox_fusion.max_concurrent",
+        legacy.max_concurrent,
+        SandboxFusionConfig.max_concurrent,
     )
     memory_limit_mb = _resolve(
-        config, "reward.sandbox_fusion.memory_limit_mb", "reward_model.sandbox_fusion.memory_limit_mb", 1024
+        "reward.sandbox_fusion.memory_limit_mb",
+        new.memory_limit_mb,
+        "reward_model.sandbox_fusion.memory_limit_mb",
+        legacy.memory_limit_mb,
+        SandboxFusionConfig.memory_limit_mb,
     )
     return functools.partial(
         default_compute_score,
         sandbox_fusion_url=url,
-        concurrent_semaphore=threading.Semaphore(int(max_concurrent or 64)),
-        memory_limit_mb=int(memory_limit_mb or 1024),
+        concurrent_semaphore=threading.Semaphore(int(max_concurrent)),
+        memory_limit_mb=int(memory_limit_mb),
     )
 
 
@@ -150,7 +155,7 @@ def load_reward_manager(config: Any, tokenizer: Any, num_examine: int = 0, **rew
     """Instantiate the configured reward manager.
 
     Args:
-        config: the full trainer config (``DictConfig`` or a plain nested dict).
+        config: the full trainer config (the typed tree, or a composed ``DictConfig`` that is built into it).
         tokenizer: used by the manager to decode prompts and responses.
         num_examine: rows per data source the manager prints (0 for training, 1 for validation).
         **reward_kwargs: extra manager arguments; they override ``reward_model.reward_kwargs`` /
@@ -159,14 +164,15 @@ def load_reward_manager(config: Any, tokenizer: Any, num_examine: int = 0, **rew
     Returns:
         A callable ``manager(data, return_dict=False)``.
     """
-    manager_cls = _manager_class(config)
-    compute_score = get_custom_reward_fn(config) or _default_scorer(config)
-    kwargs = {**_merged_kwargs(config, "reward_model.reward_kwargs", "reward.reward_kwargs"), **reward_kwargs}
+    cfg = _tree(config)
+    manager_cls = _manager_class(cfg)
+    compute_score = get_custom_reward_fn(cfg) or _default_scorer(cfg)
+    kwargs = {**cfg.reward_model.reward_kwargs, **cfg.reward.reward_kwargs, **reward_kwargs}
     return manager_cls(
         tokenizer=tokenizer,
         num_examine=num_examine,
         compute_score=compute_score,
-        reward_fn_key=_select(config, "data.reward_fn_key", "data_source"),
+        reward_fn_key=cfg.data.reward_fn_key,
         **kwargs,
     )
 

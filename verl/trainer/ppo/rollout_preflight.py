@@ -16,7 +16,7 @@ def check_rollout_setup(config: Any, train_dataset: Any = None, vocab_size: int 
     """Engine importable, interactions loadable and named by the data, full-logit capture within its budget.
 
     Args:
-        config: the whole trainer config.
+        config: the whole trainer config (the typed tree).
         train_dataset: the training dataset (its rows' ``interaction_kwargs.name`` are checked), or None.
         vocab_size: the policy's vocabulary size (for the full-logit budget), or None to skip that check.
 
@@ -25,28 +25,28 @@ def check_rollout_setup(config: Any, train_dataset: Any = None, vocab_size: int 
     """
     rollout = config.actor_rollout_ref.rollout
     _check_engine(rollout)
-    multi_turn = rollout.get("multi_turn") or {}
-    if multi_turn.get("enable", False):
+    multi_turn = rollout.multi_turn
+    if multi_turn.enable:
         if str(rollout.name).startswith("sglang"):
             raise ValueError(
                 f"actor_rollout_ref.rollout.multi_turn.enable=True is not implemented for rollout.name={rollout.name} "
                 "yet; use actor_rollout_ref.rollout.name=vllm or hf for multi-turn rollouts"
             )
-        if not config.data.get("return_raw_chat", False):
+        if not config.data.return_raw_chat:
             raise ValueError(
                 "actor_rollout_ref.rollout.multi_turn.enable=True needs each sample's chat messages for the "
                 "interactions: set data.return_raw_chat=True"
             )
         _check_interactions(multi_turn, train_dataset)
-    capture = rollout.get("logit_capture") or {}
-    if capture.get("enable", False) and vocab_size is not None:
+    capture = rollout.logit_capture
+    if capture.enable and vocab_size is not None:
         _check_capture_budget(config, capture, vocab_size)
 
 
 def _check_engine(rollout: Any) -> None:
     from verl.workers.rollout.base import get_rollout_class
 
-    name, mode = rollout.name, rollout.get("mode") or "sync"
+    name, mode = rollout.name, rollout.mode
     try:
         get_rollout_class(name, mode)
     except ImportError as exc:
@@ -56,9 +56,9 @@ def _check_engine(rollout: Any) -> None:
 def _check_interactions(multi_turn: Any, train_dataset: Any) -> None:
     from pathlib import Path
 
-    from verl.utils.interaction_registry import initialize_interactions_from_config
+    from verl.interactions.utils.interaction_registry import initialize_interactions_from_config
 
-    path = multi_turn.get("interaction_config_path")
+    path = multi_turn.interaction_config_path
     key = "actor_rollout_ref.rollout.multi_turn.interaction_config_path"
     if not path:
         raise ValueError(f"actor_rollout_ref.rollout.multi_turn.enable=True needs {key} (a YAML of interactions)")
@@ -86,7 +86,7 @@ def _check_capture_budget(config: Any, capture: Any, vocab_size: int) -> None:
     if spec is None:
         return
     trainer = config.trainer
-    ranks = max(int(trainer.n_gpus_per_node) * int(trainer.nnodes), 1)
-    rows = int(config.data.train_batch_size) * int(config.actor_rollout_ref.rollout.n)
+    ranks = max(trainer.n_gpus_per_node * trainer.nnodes, 1)
+    rows = config.data.train_batch_size * config.actor_rollout_ref.rollout.n
     per_rank = -(-rows // ranks)  # each rank generates its share of the batch at once
-    check_capture_budget(spec, per_rank, int(config.actor_rollout_ref.rollout.response_length), vocab_size)
+    check_capture_budget(spec, per_rank, config.actor_rollout_ref.rollout.response_length, vocab_size)

@@ -1,9 +1,14 @@
-"""Roles of the worker groups and the rules that decide which ones a run needs."""
+"""Roles of the worker groups, and (re-exported) the rules that decide which ones a run needs."""
 
 from __future__ import annotations
 
 import warnings
 from enum import Enum
+
+# Which roles a run needs: decided from the typed tree, re-exported under verl's names.
+from verl.trainer.config.build import need_critic, need_reference_policy, need_reward_model
+
+__all__ = ["Role", "WorkerType", "need_critic", "need_reference_policy", "need_reward_model", "warn_unused_critic"]
 
 
 class Role(Enum):
@@ -43,28 +48,8 @@ _ROLE_NAMES = {
 WorkerType = type
 
 
-def need_reference_policy(config) -> bool:
-    """A frozen reference policy is needed for the KL term, in the reward or in the loss."""
-    return bool(config.algorithm.use_kl_in_reward or config.actor_rollout_ref.actor.use_kl_loss)
-
-
-def need_reward_model(config) -> bool:
-    rm = config.get("reward_model") or {}
-    return bool(rm.get("enable", False))
-
-
-def need_critic(config) -> bool:
-    """``critic.enable`` wins when set; otherwise a critic runs only for GAE."""
-    enable = config.critic.get("enable", None)
-    if enable is not None:
-        return bool(enable)
-    if config.algorithm.adv_estimator == "gae":
-        return True
-    return False
-
-
 def warn_unused_critic(config) -> None:
-    if config.critic.get("enable") and config.algorithm.adv_estimator != "gae":
+    if config.critic.enable and config.algorithm.adv_estimator != "gae":
         warnings.warn(
             f"critic.enable=True with algorithm.adv_estimator={config.algorithm.adv_estimator}: "
             "the critic is trained but its values are not used by this estimator",

@@ -55,17 +55,30 @@ class ContinuousTokenConfig(BaseConfig):
         None,
         since="0.9",
         v09_default=False,
-        refuse=Refuse(lambda v: not v, "false", "continuous-token inputs are not implemented; set false",
-                      "feeds continuous token embeddings to the model", True),
+        refuse=Refuse(
+            lambda v: not v,
+            "false",
+            "continuous-token inputs are not implemented; set false",
+            "feeds continuous token embeddings to the model",
+            True,
+        ),
     )
     """Continuous-token inputs (null: false)."""
-    model_family: str | None = key(None, since="0.9", v09_default="auto", effect="inert", reason="continuous tokens off")
+    model_family: str | None = key(
+        None,
+        since="0.9",
+        v09_default="auto",
+        effect="inert",
+        reason="only used with continuous_token.enable=true, which is refused",
+    )
     """Model family of the continuous tokens."""
 
 
 @dataclass
 class DataConfig(BaseConfig):
     """``data``: dataset and dataloader."""
+
+    _path = "data"
 
     _emit_target = False
     _open = True  # extra keys (+data.my_key=...) are passed through to custom datasets, as verl does
@@ -159,8 +172,13 @@ class DataConfig(BaseConfig):
     need_tools_kwargs: bool = key(
         False,
         in_yaml=False,
-        refuse=Refuse(lambda v: not v, "false", "tool calling is not implemented; set false",
-                      "requires tools_kwargs in every row's extra_info", True),
+        refuse=Refuse(
+            lambda v: not v,
+            "false",
+            "tool calling is not implemented; set false",
+            "requires tools_kwargs in every row's extra_info",
+            True,
+        ),
     )
     """Require tools_kwargs in every row (dataclass-only key; +data.need_tools_kwargs=...)."""
     audio_key: str | None = key(None, since="0.9", v09_default="audios", effect="inert", reason=_MULTI_MODAL)
@@ -168,8 +186,13 @@ class DataConfig(BaseConfig):
     function_tool_path: str | None = key(
         None,
         since="0.9",
-        refuse=Refuse(_unset, "null", "function tools are not implemented; set null",
-                      "the dataset's copy of rollout.multi_turn.function_tool_path", "/tools/fns.py"),
+        refuse=Refuse(
+            _unset,
+            "null",
+            "function tools are not implemented; set null",
+            "the dataset's copy of rollout.multi_turn.function_tool_path",
+            "/tools/fns.py",
+        ),
     )
     """The dataset's copy of rollout.multi_turn.function_tool_path."""
     mm_processor_kwargs: dict[str, Any] | None = key(None, since="0.9", effect="inert", reason=_MULTI_MODAL)

@@ -33,16 +33,14 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from verl.utils.config import as_config
+from verl.utils.dataset.config import DataConfig
+
 __all__ = ["RLHFDataset", "collate_fn", "get_dataset_class"]
 
 logger = logging.getLogger(__name__)
 
 _FILES_KEY = "data.train_files / data.val_files"
-
-
-def _cfg(config: Any, key: str, default: Any = None) -> Any:
-    value = config.get(key, default) if hasattr(config, "get") else getattr(config, key, default)
-    return default if value is None else value
 
 
 def _to_container(value: Any) -> dict[str, Any]:
@@ -135,23 +133,23 @@ class RLHFDataset(Dataset):
         self.data_files = [os.fspath(f) for f in data_files]
         self.tokenizer = tokenizer
         self.processor = processor
-        self.config = config
+        # A partial mapping (tests, recipes) gets the data node's defaults; the trainer hands the typed node.
+        cfg = as_config(config, DataConfig)
+        self.config = cfg
         self.max_samples = max_samples
-        self.prompt_key = _cfg(config, "prompt_key", "prompt")
-        self.image_key = _cfg(config, "image_key", "images")
-        self.video_key = _cfg(config, "video_key", "videos")
-        self.max_prompt_length = int(_cfg(config, "max_prompt_length", 1024))
-        self.truncation = _cfg(config, "truncation", "error")
-        if self.truncation not in ("error", "left", "right", "middle"):
-            raise ValueError(f"data.truncation={self.truncation!r}; use one of error, left, right, middle.")
-        self.filter_overlong_prompts = bool(_cfg(config, "filter_overlong_prompts", False))
-        self.apply_chat_template_kwargs = _to_container(_cfg(config, "apply_chat_template_kwargs", {}))
-        self.return_raw_chat = bool(_cfg(config, "return_raw_chat", False))
-        self.return_full_prompt = bool(_cfg(config, "return_full_prompt", False))
-        self.return_raw_input_ids = bool(_cfg(config, "return_raw_input_ids", False))
-        self.need_tools_kwargs = bool(_cfg(config, "need_tools_kwargs", False))
-        self.shuffle = bool(_cfg(config, "shuffle", False))
-        self.seed = _cfg(config, "seed", 0)
+        self.prompt_key = cfg.prompt_key
+        self.image_key = cfg.image_key
+        self.video_key = cfg.video_key
+        self.max_prompt_length = cfg.max_prompt_length
+        self.truncation = cfg.truncation
+        self.filter_overlong_prompts = cfg.filter_overlong_prompts
+        self.apply_chat_template_kwargs = _to_container(cfg.apply_chat_template_kwargs)
+        self.return_raw_chat = cfg.return_raw_chat
+        self.return_full_prompt = cfg.return_full_prompt
+        self.return_raw_input_ids = cfg.return_raw_input_ids
+        self.need_tools_kwargs = cfg.need_tools_kwargs
+        self.shuffle = cfg.shuffle
+        self.seed = 0 if cfg.seed is None else cfg.seed  # the subset drawn with max_samples (null data.seed: 0)
         self._load()
 
     # ---- loading -------------------------------------------------------------------------------------------
@@ -295,13 +293,13 @@ def collate_fn(data_list: list[dict[str, Any]]) -> dict[str, Any]:
 
 def get_dataset_class(data_config: Any) -> type:
     """``data.custom_cls.{path,name}`` when set (must subclass ``torch.utils.data.Dataset``), else RLHFDataset."""
-    custom = _cfg(data_config, "custom_cls", None)
-    path = _cfg(custom, "path", None) if custom is not None else None
+    custom = as_config(data_config, DataConfig).custom_cls
+    path = custom.path
     if not path:
         return RLHFDataset
     from verl.utils.import_utils import load_extern_object
 
-    name = _cfg(custom, "name", None)
+    name = custom.name
     if not name:
         raise ValueError(f"data.custom_cls.path={path!r} is set but data.custom_cls.name is empty.")
     cls = load_extern_object(path, name)

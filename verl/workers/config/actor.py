@@ -7,6 +7,7 @@ by ``rollout_n`` and divides by the data-parallel size), micro batches count seq
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from typing import Any
 
@@ -17,6 +18,7 @@ from verl.utils.profiler.config import ProfilerConfig
 from verl.workers.config.engine import FSDPEngineConfig, McoreEngineConfig
 from verl.workers.config.model import refuse_fused
 from verl.workers.config.optimizer import FSDPOptimizerConfig, OptimizerConfig
+from verl.workers.config.reward_model import ulysses_refusal
 
 __all__ = ["LOSS_AGG_MODES", "ActorConfig", "FSDPActorConfig", "McoreActorConfig", "PolicyLossConfig"]
 
@@ -67,6 +69,8 @@ def _megatron_refusal(key_name: str) -> Refuse:
 class PolicyLossConfig(BaseConfig):
     """``actor.policy_loss``: which registered policy loss the actor uses and its extra knobs."""
 
+    _path = "actor_rollout_ref.actor.policy_loss"
+
     loss_mode: str = "vanilla"
     """A name in the policy-loss registry: vanilla, gspo, gpg, clip_cov, kl_cov, geo_mean, cispo, ..."""
     clip_cov_ratio: float = 0.0002
@@ -110,6 +114,8 @@ class PolicyLossConfig(BaseConfig):
 class ActorConfig(BaseConfig):
     """PPO settings of the actor, shared by every backend."""
 
+    _path = "actor_rollout_ref.actor"
+
     _mutable_fields = BaseConfig._mutable_fields | {
         "ppo_mini_batch_size",
         "ppo_micro_batch_size",
@@ -117,7 +123,7 @@ class ActorConfig(BaseConfig):
         "ppo_infer_micro_batch_size_per_gpu",
     }
 
-    strategy: str = key("fsdp", refuse=_megatron_refusal(f"{_A}.strategy"))
+    strategy: str = key("fsdp", effect="implemented", refuse=_megatron_refusal(f"{_A}.strategy"))
     """Training backend: fsdp | fsdp2 (megatron: ppo_megatron_trainer.yaml, not implemented yet)."""
     ppo_mini_batch_size: int = 256
     """Prompts per optimizer step; each update uses ppo_mini_batch_size * rollout.n sequences."""
@@ -167,7 +173,7 @@ class ActorConfig(BaseConfig):
     """GRPO-style KL(actor || ref) term in the loss; turning it on creates the reference policy."""
     kl_loss_coef: float = 0.001
     """Weight of that KL term."""
-    kl_loss_type: str = key("low_var_kl", refuse=full_kl_refusal())
+    kl_loss_type: str = key("low_var_kl", effect="implemented", refuse=full_kl_refusal())
     """kl|k1, abs, mse|k2, low_var_kl|k3 (a trailing + uses the k2 gradient)."""
     use_torch_compile: bool = key(True, effect="inert", reason=_SPEED_ONLY_COMPILE)
     """torch.compile the log-prob helpers."""
@@ -260,7 +266,9 @@ class FSDPActorConfig(ActorConfig):
 
     grad_clip: float = 1.0
     """Gradient-norm clip (legacy worker path; the engine path reads optim.clip_grad, as verl)."""
-    ulysses_sequence_parallel_size: int = 1
+    ulysses_sequence_parallel_size: int = key(
+        1, effect="implemented", refuse=ulysses_refusal("actor_rollout_ref.actor.ulysses_sequence_parallel_size")
+    )
     """Ulysses sequence-parallel ranks (splits long sequences across ranks)."""
     entropy_from_logits_with_chunking: bool = False
     """Compute entropy in chunks to save memory."""
@@ -280,9 +288,7 @@ class FSDPActorConfig(ActorConfig):
         super().__post_init__()
         check_choice(f"{_A}.strategy", self.strategy, ("fsdp", "fsdp2"))
         if self.ulysses_sequence_parallel_size < 1:
-            raise ValueError(
-                f"{_A}.ulysses_sequence_parallel_size={self.ulysses_sequence_parallel_size} must be >= 1"
-            )
+            raise ValueError(f"{_A}.ulysses_sequence_parallel_size={self.ulysses_sequence_parallel_size} must be >= 1")
 
 
 @dataclass
@@ -300,7 +306,7 @@ class McoreActorConfig(ActorConfig):
         }
     )
 
-    strategy: str = key("megatron", refuse=_megatron_refusal(f"{_A}.strategy"))
+    strategy: str = key("megatron", effect="implemented", refuse=_megatron_refusal(f"{_A}.strategy"))
     """Always megatron for this class."""
     grad_clip: float = 1.0
     """Gradient-norm clip."""
@@ -314,10 +320,15 @@ class McoreActorConfig(ActorConfig):
         check_choice(f"{_A}.strategy", self.strategy, ("megatron",))
 
 
-def typed_actor(config: Any) -> ActorConfig:
-    """An :class:`ActorConfig` from a typed config, a DictConfig node or a plain mapping (for the maths' callers)."""
-    if isinstance(config, ActorConfig):
-        return config
-    from verl.utils.config import omega_conf_to_dataclass
+def bypass_actor_view(actor: ActorConfig, rollout_correction: Any) -> ActorConfig:
+    """The actor's view under ``algorithm.rollout_correction.bypass_mode``: the ``bypass_mode`` policy loss with
+    that node; unchanged otherwise. A new object: the validated tree is never written."""
+    from verl.utils.config import as_config
 
-    return omega_conf_to_dataclass(config, FSDPActorConfig)
+    if rollout_correction is None:
+        return actor
+    correction = as_config(rollout_correction, RolloutCorrectionConfig)
+    if not correction.bypass_mode:
+        return actor
+    loss = dataclasses.replace(actor.policy_loss, loss_mode="bypass_mode", rollout_correction=correction)
+    return dataclasses.replace(actor, policy_loss=loss)

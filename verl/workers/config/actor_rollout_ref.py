@@ -14,6 +14,7 @@ from verl.utils.profiler.config import ProfilerConfig
 from verl.workers.config.actor import ActorConfig, FSDPActorConfig, check_micro_batch_exclusive
 from verl.workers.config.engine import FSDPEngineConfig
 from verl.workers.config.model import HFModelConfig
+from verl.workers.config.reward_model import ulysses_refusal
 from verl.workers.config.rollout import RolloutConfig
 
 __all__ = ["ActorRolloutRefConfig", "RefConfig"]
@@ -24,6 +25,8 @@ _R = "actor_rollout_ref.ref"
 @dataclass
 class RefConfig(BaseConfig):
     """``actor_rollout_ref.ref``: the frozen reference policy (created when a KL term needs it)."""
+
+    _path = "actor_rollout_ref.ref"
 
     _emit_target = False
     # The Megatron YAML adds these to the ref node; the FSDP workers do not use them.
@@ -50,13 +53,20 @@ class RefConfig(BaseConfig):
     """Per-role profiler settings."""
     fsdp_config: FSDPEngineConfig = key(factory=FSDPEngineConfig)
     """Sharding and offload of the reference (never holds an optimizer)."""
-    ulysses_sequence_parallel_size: int = key(1, follows="actor_rollout_ref.actor.ulysses_sequence_parallel_size")
+    ulysses_sequence_parallel_size: int = key(
+        1,
+        follows="actor_rollout_ref.actor.ulysses_sequence_parallel_size",
+        effect="implemented",
+        refuse=ulysses_refusal("actor_rollout_ref.ref.ulysses_sequence_parallel_size"),
+    )
     """Ulysses sequence-parallel ranks (follows the actor's)."""
     entropy_from_logits_with_chunking: bool = key(
         False, effect="inert", reason="the reference computes no entropy (log-probs only)"
     )
     """Compute entropy in chunks (the reference computes none)."""
-    entropy_checkpointing: bool = key(False, effect="inert", reason="the reference computes no entropy (log-probs only)")
+    entropy_checkpointing: bool = key(
+        False, effect="inert", reason="the reference computes no entropy (log-probs only)"
+    )
     """Recompute entropy in backward (the reference computes none)."""
 
     def __post_init__(self) -> None:
@@ -102,4 +112,3 @@ class ActorRolloutRefConfig(BaseConfig):
     """The frozen reference policy (created when actor.use_kl_loss or algorithm.use_kl_in_reward is on)."""
     rollout: RolloutConfig = key(factory=RolloutConfig)
     """The generation engine."""
-

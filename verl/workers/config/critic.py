@@ -26,6 +26,7 @@ from verl.workers.config.model import (
     refuse_activation_offload,
 )
 from verl.workers.config.optimizer import FSDPOptimizerConfig, OptimizerConfig
+from verl.workers.config.reward_model import ulysses_refusal
 
 __all__ = ["CriticConfig", "CriticModelConfig", "FSDPCriticConfig", "McoreCriticConfig"]
 
@@ -40,6 +41,8 @@ def _unset(value: Any) -> bool:
 @dataclass
 class CriticModelConfig(BaseConfig):
     """``critic.model``: the value model (a causal LM with a scalar head); defaults follow the actor's model."""
+
+    _path = "critic.model"
 
     path: str = key("~/models/deepseek-llm-7b-chat", follows="actor_rollout_ref.model.path")
     """Local directory of the value model (follows the policy's model; a value head is added on top)."""
@@ -117,6 +120,8 @@ class CriticModelConfig(BaseConfig):
 class CriticConfig(BaseConfig):
     """Value-model training settings shared by every backend."""
 
+    _path = "critic"
+
     _mutable_fields = BaseConfig._mutable_fields | {
         "ppo_mini_batch_size",
         "ppo_micro_batch_size",
@@ -125,8 +130,10 @@ class CriticConfig(BaseConfig):
         "forward_micro_batch_size_per_gpu",
     }
 
-    strategy: str = key("fsdp", refuse=_megatron_refusal("critic.strategy"))
+    strategy: str = key("fsdp", effect="implemented", refuse=_megatron_refusal("critic.strategy"))
     """Training backend: fsdp | fsdp2 (megatron: not implemented yet)."""
+    nccl_timeout: int = 600
+    """Seconds before a stuck collective of the critic's workers aborts."""
     enable: bool | None = None
     """null: on for adv_estimator=gae, off otherwise."""
     rollout_n: int = key(1, follows="actor_rollout_ref.rollout.n")
@@ -189,11 +196,13 @@ class CriticConfig(BaseConfig):
 class FSDPCriticConfig(CriticConfig):
     """Critic trained with FSDP / FSDP2."""
 
-    ulysses_sequence_parallel_size: int = 1
+    ulysses_sequence_parallel_size: int = key(
+        1, effect="implemented", refuse=ulysses_refusal("critic.ulysses_sequence_parallel_size")
+    )
     """Ulysses sequence-parallel ranks."""
     grad_clip: float = 1.0
     """Gradient-norm clip (legacy worker path; the engine path reads optim.clip_grad)."""
-    fsdp: FSDPEngineConfig | None = key(None, since="0.8", alias_of="critic.model.fsdp_config")
+    fsdp: FSDPEngineConfig | None = key(None, since="0.8", alias_of="model.fsdp_config")
     """verl v0.8+ spelling of critic.model.fsdp_config (either works; both set to different values is an error)."""
 
     def __post_init__(self) -> None:
@@ -207,7 +216,7 @@ class McoreCriticConfig(CriticConfig):
 
     _ignored_keys = frozenset({"ulysses_sequence_parallel_size", "fsdp"})
 
-    strategy: str = key("megatron", refuse=_megatron_refusal("critic.strategy"))
+    strategy: str = key("megatron", effect="implemented", refuse=_megatron_refusal("critic.strategy"))
     """Always megatron for this class."""
     grad_clip: float = 1.0
     """Gradient-norm clip."""

@@ -28,6 +28,8 @@ _MEGATRON = Refuse(
 class McoreEngineConfig(BaseConfig):
     """Megatron-core parallel layout of one model (the Megatron backend reads it; see ppo_megatron_trainer.yaml)."""
 
+    _path = "megatron"
+
     tensor_model_parallel_size: int = 1
     """Tensor-parallel ranks."""
     pipeline_model_parallel_size: int = 1

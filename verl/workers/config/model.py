@@ -68,6 +68,8 @@ def refuse_activation_offload(what: str) -> Refuse:
 class LoraConfig(BaseConfig):
     """``model.lora`` (verl v0.9): the Megatron-style LoRA block. Only rank 0 (LoRA off) is accepted."""
 
+    _path = "model.lora"
+
     _emit_target = False
 
     type: str = key("lora", effect="inert", reason=_LORA_OFF)
@@ -89,6 +91,8 @@ class LoraConfig(BaseConfig):
 @dataclass
 class HFModelConfig(BaseConfig):
     """A Hugging Face causal LM and the switches that change how it is built."""
+
+    _path = "actor_rollout_ref.model"
 
     path: str = "~/models/deepseek-llm-7b-chat"
     """Local directory or hub id of the model (nothing is downloaded: give a local directory)."""

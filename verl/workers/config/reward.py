@@ -56,6 +56,8 @@ class RewardManagerModuleConfig(BaseConfig):
 class RewardManagerConfig(BaseConfig):
     """``reward.reward_manager``: which reward manager scores the batch."""
 
+    _path = "reward.reward_manager"
+
     _emit_target = False
 
     source: str = key("register", choices=("register", "importlib"))

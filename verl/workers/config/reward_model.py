@@ -77,6 +77,8 @@ class RewardModelModelConfig(BaseConfig):
 class RewardModelConfig(BaseConfig):
     """``reward_model``: a model-based reward (sequence classifier) and the legacy reward settings."""
 
+    _path = "reward_model"
+
     _emit_target = False
 
     enable: bool = False
@@ -116,5 +118,7 @@ class RewardModelConfig(BaseConfig):
     """Extra keyword arguments of the reward manager (+reward_model.reward_kwargs.max_resp_len=...)."""
     profiler: ProfilerConfig = key(factory=ProfilerConfig)
     """Per-role profiler settings."""
-    ulysses_sequence_parallel_size: int = key(1, refuse=ulysses_refusal("reward_model.ulysses_sequence_parallel_size"))
+    ulysses_sequence_parallel_size: int = key(
+        1, effect="implemented", refuse=ulysses_refusal("reward_model.ulysses_sequence_parallel_size")
+    )
     """Ulysses sequence-parallel ranks."""

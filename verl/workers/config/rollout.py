@@ -61,6 +61,8 @@ def check_sampling(prefix: str, temperature: float, top_p: float, n: int) -> Non
 class SamplingConfig(BaseConfig):
     """Sampling parameters (``rollout.val_kwargs``: used for validation generations)."""
 
+    _path = "actor_rollout_ref.rollout.val_kwargs"
+
     temperature: float = 0.0
     """Softmax temperature; 0 is greedy."""
     top_k: int = -1
@@ -86,6 +88,8 @@ class SamplingConfig(BaseConfig):
 @dataclass
 class MultiTurnConfig(BaseConfig):
     """``rollout.multi_turn``: interactions (and, in verl, tools) between assistant turns."""
+
+    _path = "actor_rollout_ref.rollout.multi_turn"
 
     enable: bool = False
     """Run the multi-turn loop (generate -> interaction -> append)."""
@@ -182,6 +186,8 @@ class CustomAsyncServerConfig(BaseConfig):
 class AgentLoopConfig(BaseConfig):
     """``rollout.agent``: the async agent-loop workers."""
 
+    _path = "actor_rollout_ref.rollout.agent"
+
     num_workers: int = key(8, effect="engine", reason="agent-loop worker processes driving the server engines")
     """Agent-loop worker actors."""
     default_agent_loop: str = key(
@@ -214,10 +220,16 @@ class AgentLoopConfig(BaseConfig):
 class TraceConfig(BaseConfig):
     """``rollout.trace``: tracing of rollouts to an observability backend."""
 
+    _path = "actor_rollout_ref.rollout.trace"
+
     backend: str | None = key(
         None,
         refuse=Refuse(
-            _unset, "null", "rollout tracing is not implemented; set null", "traces rollouts to weave or mlflow", "weave"
+            _unset,
+            "null",
+            "rollout tracing is not implemented; set null",
+            "traces rollouts to weave or mlflow",
+            "weave",
         ),
     )
     """weave, mlflow or null (off)."""
@@ -263,6 +275,8 @@ class PrometheusConfig(BaseConfig):
 class CheckpointEngineConfig(BaseConfig):
     """``rollout.checkpoint_engine`` (verl v0.7): how the actor's weights reach the rollout engine."""
 
+    _path = "actor_rollout_ref.rollout.checkpoint_engine"
+
     _emit_target = False
 
     backend: str = key("naive", effect="engine", reason="transfer backend of the weight sync; " + _ENGINE)
@@ -306,27 +320,49 @@ class DisaggregationConfig(BaseConfig):
         ),
     )
     """Split prefill and decode (null: false)."""
-    prefill_replicas: int | None = key(None, since="0.9", v09_default=1, effect="inert", reason="disaggregation off")
+    prefill_replicas: int | None = key(
+        None,
+        since="0.9",
+        v09_default=1,
+        effect="inert",
+        reason="only used with disaggregation.enabled=true, which is refused",
+    )
     """Prefill replicas."""
-    decode_replicas: int | None = key(None, since="0.9", v09_default=1, effect="inert", reason="disaggregation off")
+    decode_replicas: int | None = key(
+        None,
+        since="0.9",
+        v09_default=1,
+        effect="inert",
+        reason="only used with disaggregation.enabled=true, which is refused",
+    )
     """Decode replicas."""
     decode_tensor_model_parallel_size: int | None = key(
-        None, since="0.9", effect="inert", reason="disaggregation off"
+        None, since="0.9", effect="inert", reason="only used with disaggregation.enabled=true, which is refused"
     )
     """TP of the decode replicas."""
     transfer_backend: str | None = key(
-        None, since="0.9", v09_default="nixl", effect="inert", reason="disaggregation off"
+        None,
+        since="0.9",
+        v09_default="nixl",
+        effect="inert",
+        reason="only used with disaggregation.enabled=true, which is refused",
     )
     """KV transfer backend."""
-    bootstrap_port: int | None = key(None, since="0.9", effect="inert", reason="disaggregation off")
+    bootstrap_port: int | None = key(
+        None, since="0.9", effect="inert", reason="only used with disaggregation.enabled=true, which is refused"
+    )
     """Bootstrap port of the KV transfer."""
-    ib_device: str | None = key(None, since="0.9", effect="inert", reason="disaggregation off")
+    ib_device: str | None = key(
+        None, since="0.9", effect="inert", reason="only used with disaggregation.enabled=true, which is refused"
+    )
     """InfiniBand device of the KV transfer."""
 
 
 @dataclass
 class LogitCaptureConfig(BaseConfig):
     """``rollout.logit_capture`` (not a verl key): what the engine returns per generated token (DESIGN.md §5)."""
+
+    _path = "actor_rollout_ref.rollout.logit_capture"
 
     enable: bool = key(False, ours=True)
     """Capture and carry the values into DataProto, interactions and rewards."""
@@ -368,6 +404,8 @@ def _engine(default: Any, what: str, **kwargs: Any) -> Any:
 @dataclass
 class RolloutConfig(BaseConfig):
     """``actor_rollout_ref.rollout``: the generation engine and its sampling settings."""
+
+    _path = "actor_rollout_ref.rollout"
 
     _mutable_fields = BaseConfig._mutable_fields | {"log_prob_micro_batch_size", "log_prob_micro_batch_size_per_gpu"}
 
@@ -460,6 +498,7 @@ class RolloutConfig(BaseConfig):
     with v0.9 keys)."""
     logprobs_mode: str = key(
         "processed_logprobs",
+        effect="implemented",
         refuse=Refuse(
             lambda v: v in ("processed_logprobs", "raw_logprobs"),
             "processed_logprobs or raw_logprobs",

@@ -87,7 +87,7 @@ def sampling_request(
         calculate_log_probs=bool(meta.get("calculate_log_probs", config.calculate_log_probs)),
         eos_ids=eos_ids,
         pad_id=int(eos_ids[0] if pad is None else pad),
-        ignore_eos=bool(getattr(config, "ignore_eos", False)),
+        ignore_eos=bool(config.ignore_eos),
     )
 
 

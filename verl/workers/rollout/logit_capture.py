@@ -128,13 +128,19 @@ class CaptureSpec:
 
         if cfg is None:
             return None
-        if not isinstance(cfg, LogitCaptureConfig):
-            from verl.utils.config import omega_conf_to_dataclass
+        from verl.utils.config import as_config
 
-            cfg = omega_conf_to_dataclass(cfg, LogitCaptureConfig)
-        if not cfg.enable:
+        logit_capture = as_config(cfg, LogitCaptureConfig)
+        if not logit_capture.enable:
             return None
-        return cls(cfg.mode, cfg.k, tuple(cfg.ids), bool(cfg.raw), _DTYPES[cfg.dtype], cfg.max_bytes)
+        return cls(
+            logit_capture.mode,
+            logit_capture.k,
+            tuple(logit_capture.ids),
+            bool(logit_capture.raw),
+            _DTYPES[logit_capture.dtype],
+            logit_capture.max_bytes,
+        )
 
     def describe(self) -> dict[str, Any]:
         """Plain description for ``meta_info["logit_capture"]`` (rebuilt by :meth:`from_description`)."""

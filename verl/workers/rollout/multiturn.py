@@ -355,12 +355,12 @@ class HFTurnEngine:
             input_ids[i, width - len(ids) :] = torch.tensor(ids)
             attention_mask[i, width - len(ids) :] = 1
         position_ids = (attention_mask.cumsum(-1) - 1).clamp(min=0)
-        greedy = not sampling.get("do_sample", True) or float(sampling.get("temperature", 1.0)) <= 0
+        greedy = not sampling["do_sample"] or float(sampling["temperature"]) <= 0
         params = {
             "do_sample": not greedy,
-            "temperature": float(sampling.get("temperature", 1.0)),
-            "top_p": float(sampling.get("top_p", 1.0)),
-            "top_k": int(sampling.get("top_k", -1)),
+            "temperature": float(sampling["temperature"]),
+            "top_p": float(sampling["top_p"]),
+            "top_k": int(sampling["top_k"]),
         }
         gen_config = self._hf._generation_config(
             params, max(max_new_tokens), self.eos_token_id, self.pad_token_id, self.capture_spec is not None

@@ -134,7 +134,7 @@ class SGLangAdapter(BaseRollout):
             "load_format": cfg.load_format,
             "skip_tokenizer_init": True,
             "random_seed": seed,
-            "trust_remote_code": bool(getattr(self.model_config, "trust_remote_code", False)),
+            "trust_remote_code": self.model_config is not None and self.model_config.trust_remote_code,
         }
         kwargs.update((cfg.engine_kwargs or {}).get("sglang") or {})
         return sglang.Engine(**kwargs)

@@ -89,13 +89,13 @@ class VLLMTurnEngine:
 
     def _request(self, sampling: dict, response_length: int) -> SamplingRequest:
         """``sampling`` (do_sample, temperature, top_p, top_k, seed) resolved as ``HFTurnEngine`` resolves it."""
-        greedy = not sampling.get("do_sample", True) or float(sampling.get("temperature", 1.0)) <= 0
-        top_k = int(sampling.get("top_k", -1))
+        greedy = not sampling["do_sample"] or float(sampling["temperature"]) <= 0
+        top_k = int(sampling["top_k"])
         seed = sampling.get("seed")
         return SamplingRequest(
             greedy=greedy,
-            temperature=1.0 if greedy else float(sampling.get("temperature", 1.0)),
-            top_p=1.0 if greedy else float(sampling.get("top_p", 1.0)),
+            temperature=1.0 if greedy else float(sampling["temperature"]),
+            top_p=1.0 if greedy else float(sampling["top_p"]),
             top_k=-1 if greedy or top_k <= 0 else top_k,
             response_length=response_length,
             seed=None if seed is None else int(seed) + self._calls * _CALL_STRIDE,

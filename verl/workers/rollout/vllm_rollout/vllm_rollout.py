@@ -197,7 +197,7 @@ class ServerAdapter(BaseRollout):
                 "max_num_seqs": cfg.max_num_seqs,
                 "max_num_batched_tokens": max(cfg.max_num_batched_tokens, cfg.prompt_length + cfg.response_length),
                 "logprobs_mode": cfg.logprobs_mode,
-                "trust_remote_code": bool(getattr(self.model_config, "trust_remote_code", False)),
+                "trust_remote_code": self.model_config is not None and self.model_config.trust_remote_code,
                 "disable_log_stats": cfg.disable_log_stats,
             }
             if not on_cpu:

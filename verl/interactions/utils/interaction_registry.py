@@ -9,7 +9,8 @@ YAML format::
 
 Without ``name`` the class's simple name is lower-cased with a trailing ``Interaction`` removed
 (``Gsm8kInteraction`` -> ``gsm8k``). Every problem (missing file, bad YAML, a class that cannot be imported or is
-not a ``BaseInteraction``, a duplicate name) raises ``ValueError`` naming the file and the entry.
+not a ``BaseInteraction``, a duplicate name) raises ``ValueError`` naming the file and the entry; an import failure
+is also the ``ModuleNotFoundError`` / ``AttributeError`` verl raises there, so either ``except`` catches it.
 """
 
 from __future__ import annotations
@@ -25,15 +26,26 @@ __all__ = ["get_interaction_class", "initialize_interactions_from_config"]
 _KEY = "actor_rollout_ref.rollout.multi_turn.interaction_config_path"
 
 
+class InteractionModuleNotFound(ValueError, ModuleNotFoundError):
+    """The module of an interaction's ``class_name`` cannot be imported."""
+
+
+class InteractionClassNotFound(ValueError, AttributeError):
+    """The module imports but has no attribute of that name."""
+
+
 def get_interaction_class(cls_name: str) -> type[BaseInteraction]:
     """Import ``pkg.module.Class``; raises ``ValueError`` when it cannot be imported or is no BaseInteraction."""
     module_name, _, attr = cls_name.rpartition(".")
     if not module_name:
         raise ValueError(f"class_name {cls_name!r} must be a dotted path like 'pkg.module.ClassName'")
     try:
-        cls = getattr(importlib.import_module(module_name), attr)
-    except (ImportError, AttributeError) as exc:
-        raise ValueError(f"class_name {cls_name!r} cannot be imported: {exc}") from exc
+        module = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise InteractionModuleNotFound(f"class_name {cls_name!r} cannot be imported: {exc}") from exc
+    if not hasattr(module, attr):
+        raise InteractionClassNotFound(f"class_name {cls_name!r} cannot be imported: {module_name} has no {attr!r}")
+    cls = getattr(module, attr)
     if not (isinstance(cls, type) and issubclass(cls, BaseInteraction)):
         raise ValueError(f"class_name {cls_name!r} is not a subclass of verl.interactions.base.BaseInteraction")
     return cls
@@ -77,11 +89,11 @@ def initialize_interactions_from_config(path: str) -> dict[str, BaseInteraction]
         name = entry.get("name") or default_interaction_name(cls_name)
         where = f"{where} ({name!r})"
         if name in interactions:
-            raise ValueError(f"{where}: duplicate interaction name {name!r}; names must be unique")
+            raise ValueError(f"{where}: Duplicate interaction name {name!r} found; names must be unique")
         try:
             cls = get_interaction_class(cls_name)
         except ValueError as exc:
-            raise ValueError(f"{where}: {exc}") from exc
+            raise type(exc)(f"{where}: {exc}") from exc
         config = dict(entry.get("config") or {})
         config["name"] = name
         interactions[name] = cls(config=config)

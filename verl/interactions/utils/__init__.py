@@ -1,0 +1,1 @@
+"""Helpers of the interactions: the YAML registry (``interaction_registry``)."""
