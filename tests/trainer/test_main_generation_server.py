@@ -269,7 +269,7 @@ def test_unreachable_replica_is_named_and_finished_rows_are_kept(tmp_path, fake_
 @pytest.mark.parametrize(
     ("extra", "message"),
     [
-        ({"actor_rollout_ref.rollout.temperature": 0}, r"temperature=0 \(greedy\) with rollout.n=2"),
+        ({"actor_rollout_ref.rollout.temperature": 0}, r"temperature=0 with actor_rollout_ref.rollout.n=2 generates 2"),
         ({"actor_rollout_ref.rollout.load_format": "dummy"}, r"load_format=dummy .* randomly initialised model"),
         ({"actor_rollout_ref.rollout.name": "nope"}, r"unknown rollout replica 'nope'.*\['hf', 'sglang', 'vllm'"),
         ({"data.output_path": "null"}, r"data.output_path is not set"),

@@ -393,35 +393,35 @@ def test_a_bad_mini_batch_size_raises_naming_the_key(tiny_model_dir, monkeypatch
 
 
 def test_micro_batch_that_does_not_divide_the_mini_batch_raises():
-    from omegaconf import OmegaConf
+    from verl.utils.batch_sizes import actor_rank_batch_sizes
+    from verl.utils.config import as_config
+    from verl.workers.config import ActorRolloutRefConfig
 
-    from verl.workers.fsdp_workers import normalize_actor_batch_sizes
-
-    cfg = OmegaConf.create(
-        {"actor": {"ppo_mini_batch_size": 4, "ppo_micro_batch_size_per_gpu": 3}, "rollout": {"n": 2}, "ref": {}}
+    cfg = as_config(
+        {"actor": {"ppo_mini_batch_size": 4, "ppo_micro_batch_size_per_gpu": 3}, "rollout": {"n": 2}},
+        ActorRolloutRefConfig,
     )
     with pytest.raises(ValueError, match="ppo_micro_batch_size_per_gpu=3"):
-        normalize_actor_batch_sizes(cfg, "actor", 2)
+        actor_rank_batch_sizes(cfg, "actor", 2)
 
 
-def test_batch_sizes_are_normalised_per_rank():
-    from omegaconf import OmegaConf
+def test_batch_sizes_are_derived_per_rank_without_writing_the_config():
+    from verl.utils.batch_sizes import actor_rank_batch_sizes
+    from verl.utils.config import as_config
+    from verl.workers.config import ActorRolloutRefConfig
 
-    from verl.workers.fsdp_workers import normalize_actor_batch_sizes
-
-    cfg = OmegaConf.create(
+    cfg = as_config(
         {
             "actor": {"ppo_mini_batch_size": 4, "ppo_micro_batch_size": 4, "ppo_micro_batch_size_per_gpu": None},
             "rollout": {"n": 2, "log_prob_micro_batch_size": 8},
             "ref": {"log_prob_micro_batch_size": 4},
-        }
+        },
+        ActorRolloutRefConfig,
     )
-    normalize_actor_batch_sizes(cfg, "actor_rollout_ref", 2)
-    # 4 prompts x n=2 = 8 responses per mini-batch, over 2 ranks = 4 each.
-    assert cfg.actor.ppo_mini_batch_size == 4
-    assert cfg.actor.ppo_micro_batch_size_per_gpu == 2
-    assert cfg.rollout.log_prob_micro_batch_size_per_gpu == 4
-    assert cfg.ref.log_prob_micro_batch_size_per_gpu == 2
+    sizes = actor_rank_batch_sizes(cfg, "actor_rollout_ref", 2)
+    # 4 prompts x n=2 = 8 responses per mini-batch, over 2 ranks = 4 each; the global micro 4 -> 2 per rank.
+    assert (sizes.mini, sizes.micro, sizes.log_prob_micro, sizes.ref_micro) == (4, 2, 4, 2)
+    assert cfg.actor.ppo_mini_batch_size == 4 and cfg.actor.ppo_micro_batch_size == 4  # untouched
 
 
 def test_unreachable_model_path_names_the_config_key():
@@ -432,13 +432,11 @@ def test_unreachable_model_path_names_the_config_key():
 
 
 def test_full_determinism_is_found_anywhere_in_a_worker_config():
-    from omegaconf import OmegaConf
-
+    from verl.utils.config import as_config
+    from verl.workers.config import ActorRolloutRefConfig
     from verl.workers.fsdp_workers import _wants_full_determinism
 
-    off = OmegaConf.create({"actor": {"fsdp_config": {"full_determinism": False}}, "ref": {"fsdp_config": {}}})
-    on = OmegaConf.create(
-        {"actor": {"fsdp_config": {"full_determinism": False}}, "ref": {"fsdp_config": {"full_determinism": True}}}
-    )
+    off = as_config({"actor": {"fsdp_config": {"full_determinism": False}}}, ActorRolloutRefConfig)
+    on = as_config({"ref": {"fsdp_config": {"full_determinism": True}}}, ActorRolloutRefConfig)
     assert not _wants_full_determinism(off)
     assert _wants_full_determinism(on)

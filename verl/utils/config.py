@@ -196,8 +196,7 @@ def build_dataclass(cls: type, data: dict[str, Any], path: str = "") -> Any:
             "or remove the key"
         )
     data = _fold_newer_spellings(cls, data, path)
-    hints = _hints(cls)
-    kwargs = {k: _convert(hints.get(k, Any), v, _join(path, k)) for k, v in data.items() if k in names}
+    kwargs = {k: _convert(_node_type(cls, k), v, _join(path, k)) for k, v in data.items() if k in names}
     try:
         instance = cls(**kwargs)
     except ValueError as err:
@@ -205,6 +204,19 @@ def build_dataclass(cls: type, data: dict[str, Any], path: str = "") -> Any:
     if extras:
         object.__setattr__(instance, "_extras", extras)
     return instance
+
+
+@functools.cache
+def _node_type(cls: type, name: str) -> Any:
+    """The type a field's value is built as: its annotation, or the class of its default node when that is a
+    subclass (``actor: ActorConfig`` defaults to an ``FSDPActorConfig``; a node without ``_target_`` builds one)."""
+    annotation = _hints(cls).get(name, Any)
+    declared = _dataclass_in(annotation)
+    field = next((f for f in dataclasses.fields(cls) if f.name == name), None)
+    if declared is None or field is None or field.default_factory is dataclasses.MISSING:  # type: ignore[misc]
+        return annotation
+    default = field.default_factory()  # type: ignore[misc]
+    return type(default) if isinstance(default, declared) else annotation
 
 
 def _written(value: Any) -> bool:
