@@ -37,7 +37,7 @@ INSTALL_REQUIRES = [
 ]
 
 EXTRAS = {
-    "test": ["pytest>=8", "pytest-timeout", "ruff>=0.6", "sandbox-fusion==0.3.7"],
+    "test": ["pytest>=8", "pytest-timeout", "ruff>=0.6", "sandbox-fusion==0.3.7", "import-linter>=2.1"],
     "wandb": ["wandb"],
     "vllm": ["vllm>=0.8.5"],
     "sglang": ["sglang[srt,openai]>=0.5"],

@@ -288,8 +288,6 @@ class HFRollout(BaseRollout):
 
     def turn_engine(self, tokenizer: Any, pad_token_id: int, eos_token_id: Any, capture_spec: Any = None) -> Any:
         """This engine as a multi-turn ``TurnEngine`` (same module, so weight updates reach it)."""
-        from verl.workers.rollout.multiturn import HFTurnEngine
-
         eos = eos_token_id[0] if isinstance(eos_token_id, (list, tuple)) else eos_token_id
         return HFTurnEngine(self.module, tokenizer, pad_token_id, int(eos), capture_spec)
 
@@ -304,3 +302,66 @@ class HFRollout(BaseRollout):
                 if hasattr(tensor, "full_tensor"):
                     tensor = tensor.full_tensor()
                 targets[name].copy_(tensor.to(device=targets[name].device, dtype=targets[name].dtype))
+
+
+class HFTurnEngine:
+    """``TurnEngine`` on a Hugging Face causal LM: left-padded batched ``generate``, capture from raw logits.
+
+    Generation itself (checkpoint generation defaults hidden, sampling config, raw logits) is ``HFRollout``'s.
+    """
+
+    def __init__(self, module: Any, tokenizer: Any, pad_token_id: int, eos_token_id: int, capture_spec: Any = None):
+        self.tokenizer = tokenizer
+        self.pad_token_id = int(pad_token_id)
+        self.eos_token_id = int(eos_token_id)
+        self.capture_spec = capture_spec
+        self._hf = HFRollout(module, RolloutConfig(name="hf"))
+        self._calls = 0  # a seeded dialogue draws fresh numbers each turn (seed + a per-call offset)
+
+    def generate(
+        self, prompt_ids: list[list[int]], max_new_tokens: list[int], sampling: dict
+    ) -> list[tuple[list[int], Any]]:
+        device = next(self._hf.module.parameters()).device
+        width = max(len(p) for p in prompt_ids)
+        input_ids = torch.full((len(prompt_ids), width), self.pad_token_id, dtype=torch.long)
+        attention_mask = torch.zeros_like(input_ids)
+        for i, ids in enumerate(prompt_ids):
+            input_ids[i, width - len(ids) :] = torch.tensor(ids)
+            attention_mask[i, width - len(ids) :] = 1
+        position_ids = (attention_mask.cumsum(-1) - 1).clamp(min=0)
+        greedy = not sampling["do_sample"] or float(sampling["temperature"]) <= 0
+        params = {
+            "do_sample": not greedy,
+            "temperature": float(sampling["temperature"]),
+            "top_p": float(sampling["top_p"]),
+            "top_k": int(sampling["top_k"]),
+        }
+        gen_config = self._hf._generation_config(
+            params, max(max_new_tokens), self.eos_token_id, self.pad_token_id, self.capture_spec is not None
+        )
+        seed = sampling.get("seed")
+        seed = None if seed is None else int(seed) + 1_000_003 * self._calls
+        self._calls += 1
+        new_tokens, raw_logits = self._hf._generate_with_logits(
+            input_ids.to(device), attention_mask.to(device), position_ids.to(device), gen_config, seed
+        )
+        results = []
+        for i, limit in enumerate(max_new_tokens):
+            row = new_tokens[i, :limit].tolist()
+            n = row.index(self.eos_token_id) + 1 if self.eos_token_id in row else len(row)
+            results.append((row[:n], self._capture(raw_logits, i, row[:n], params, greedy)))
+        return results
+
+    def _capture(self, raw_logits, row: int, ids: list[int], params: dict, greedy: bool):
+        if self.capture_spec is None or raw_logits is None:
+            return None
+        from verl.workers.rollout.logit_capture import capture_from_logits
+
+        return capture_from_logits(
+            raw_logits[row, : len(ids)],  # (L, V)
+            torch.tensor(ids, device=raw_logits.device),
+            self.capture_spec,
+            temperature=1.0 if greedy else params["temperature"],
+            top_k=params["top_k"] if not greedy else -1,
+            top_p=params["top_p"] if not greedy else 1.0,
+        )

@@ -25,14 +25,13 @@ from verl.workers.rollout.engine_io import SamplingRequest
 
 if TYPE_CHECKING:
     from verl.workers.rollout.logit_capture import CaptureSpec, TokenCapture
-    from verl.workers.rollout.vllm_rollout.vllm_rollout import ServerAdapter
 
 __all__ = ["VLLMTurnEngine"]
 
 _CALL_STRIDE = 1_000_003  # > any batch size: seeds of different calls never collide
 
 
-def _turn_logprobs(spec: CaptureSpec, adapter: ServerAdapter) -> tuple[int, list[int] | None]:
+def _turn_logprobs(spec: CaptureSpec, adapter: Any) -> tuple[int, list[int] | None]:
     """``SamplingParams.logprobs`` and ``logprob_token_ids`` for ``spec``, after checking the engine can serve them."""
     from verl.workers.rollout import logit_capture as lc
 
@@ -72,7 +71,7 @@ class VLLMTurnEngine:
 
     def __init__(
         self,
-        adapter: ServerAdapter,
+        adapter: Any,  # vllm_rollout.ServerAdapter (not imported: it imports this module)
         tokenizer: Any,
         pad_token_id: int,
         eos_token_id: int,
