@@ -45,6 +45,14 @@ class BaseConfig(collections.abc.Mapping):
         # from the keys the user wrote before the node is built).
         for f in fields(self):
             info = info_of(f)
+            value = getattr(self, f.name)
+            if isinstance(value, collections.abc.Mapping) and not isinstance(value, BaseConfig):
+                # verl's classes take a plain dict for a node (CriticConfig(model={...})): build the node now
+                from verl.utils.config import _dataclass_in, _hints, build_dataclass
+
+                node_cls = _dataclass_in(_hints(type(self)).get(f.name))
+                if node_cls is not None:
+                    object.__setattr__(self, f.name, build_dataclass(node_cls, dict(value), f.name))
             if getattr(self, f.name) is None and (info.v09_only or info.per_generation):
                 object.__setattr__(self, f.name, info.unwritten_value("0.7"))
             if info.choices is not None:
@@ -107,4 +115,5 @@ def check_choice(key: str, value: Any, allowed: tuple, fix: str = "") -> None:
     if value not in allowed:
         choices = ", ".join(repr(a) for a in allowed)
         hint = f" {fix}" if fix else ""
-        raise ValueError(f"{key}={value!r} is not valid; choose one of {choices}.{hint}")
+        leaf = key.rsplit(".", 1)[-1].split(" ")[0]
+        raise ValueError(f"Invalid {leaf}: {key}={value!r} is not valid; choose one of {choices}.{hint}")

@@ -103,6 +103,20 @@ def test_rotation_keeps_newest_checkpoints(tmp_path):
     assert sorted(os.listdir(tmp_path)) == ["global_step_4"]
 
 
+def test_keeping_one_checkpoint_never_deletes_it_before_the_next_is_saved(tmp_path):
+    mgr = BaseCheckpointManager(None, None)
+    old = tmp_path / "global_step_100"
+    old.mkdir()
+    mgr.register_checkpoint(str(old))
+    mgr.ensure_checkpoint_capacity(max_ckpt_to_keep=1)
+    assert old.exists(), "the only checkpoint was deleted before the new one was written"
+    # the save of step 200 crashes here: step 100 is still there to resume from
+    new = tmp_path / "global_step_200"
+    new.mkdir()
+    mgr.register_checkpoint(str(new), max_ckpt_to_keep=1)  # once saved, the old one goes
+    assert sorted(os.listdir(tmp_path)) == ["global_step_200"]
+
+
 def test_rotation_disabled_by_none_or_nonpositive(tmp_path):
     mgr = BaseCheckpointManager(None, None)
     for step in range(3):

@@ -163,7 +163,7 @@ def test_missing_actor_micro_batch_names_both_keys():
 
 def test_both_actor_micro_batch_keys_set_is_rejected():
     msg = _error(_cfg("actor_rollout_ref.actor.ppo_micro_batch_size=4"))
-    assert "actor_rollout_ref.actor.ppo_micro_batch_size=4" in msg and "both set" in msg
+    assert "actor_rollout_ref.actor.ppo_micro_batch_size=4" in msg and "You have set both" in msg
 
 
 def _worker_view(cfg, role: str, dp: int):

@@ -44,20 +44,21 @@ def per_rank_micro_batch(
     """
     if micro is not None and micro_per_gpu is not None:
         raise ValueError(
-            f"{prefix}.{name}={micro} and {prefix}.{name}_per_gpu={micro_per_gpu} are both set; keep only "
+            f"You have set both {prefix}.{name}={micro} AND {prefix}.{name}_per_gpu={micro_per_gpu}; keep only "
             f"{prefix}.{name}_per_gpu (the global {name} is deprecated)"
         )
     if micro is None and micro_per_gpu is None:
         if required:
             raise ValueError(
-                f"neither {prefix}.{name}_per_gpu nor {prefix}.{name} is set; set {prefix}.{name}_per_gpu=<sequences "
+                f"neither {prefix}.{name}_per_gpu nor {prefix}.{name} is set. Please set at least one: "
+                f"{prefix}.{name}_per_gpu=<sequences "
                 "per rank> (or enable dynamic batch sizes)"
             )
         return None
     if micro_per_gpu is None:
         if micro < dp or micro % dp:
             raise ValueError(
-                f"{prefix}.{name}={micro} (global, deprecated) must be a positive multiple of the {dp} data-parallel "
+                f"{prefix}.{name}={micro} (global, deprecated) must be >= n_gpus and a multiple of the {dp} data-parallel "
                 f"ranks; set {prefix}.{name}_per_gpu instead"
             )
         micro_per_gpu = micro // dp

@@ -420,7 +420,6 @@ def test_bypass_without_a_rollout_correction_node_uses_the_dataclass_defaults():
         ({"rollout_token_veto_threshold": -1.0}, "algorithm.rollout_correction.rollout_token_veto_threshold="),
         ({"rollout_rs_threshold_lower": 0.0}, "algorithm.rollout_correction.rollout_rs_threshold_lower="),
         ({"rollout_rs": "seq_k2", "rollout_rs_threshold": 1.0}, "algorithm.rollout_correction.rollout_rs="),
-        ({"rollout_rs": "token_k2"}, "algorithm.rollout_correction.rollout_rs_threshold="),
     ],
 )
 def test_config_validation_names_the_key(kwargs, key):
@@ -506,3 +505,29 @@ def test_vectorised_rejection_matches_a_per_row_loop(option):
             }
             expected = [float(ok(agg[name.rsplit("_", 1)[0]](stats)))] * len(stats)
         assert new_mask[i][mask[i] > 0].tolist() == expected, i
+
+
+def test_rejection_without_a_threshold_builds_but_is_refused_before_ray():
+    # verl builds the node without a threshold; the pre-flight refuses the run, naming the key
+    assert RolloutCorrectionConfig(rollout_rs="token_k2").rollout_rs_threshold is None
+    from verl.trainer.config.build import build_trainer_config
+    from verl.utils.config import compose_config
+
+    overrides = [
+        "actor_rollout_ref.rollout.name=hf",
+        "algorithm.rollout_correction.rollout_rs=token_k2",
+        "actor_rollout_ref.rollout.calculate_log_probs=true",
+        "actor_rollout_ref.actor.ppo_micro_batch_size_per_gpu=2",
+        "actor_rollout_ref.rollout.log_prob_micro_batch_size_per_gpu=2",
+        "critic.ppo_micro_batch_size_per_gpu=2",
+    ]
+    with pytest.raises(ValueError, match="algorithm.rollout_correction.rollout_rs_threshold=None"):
+        build_trainer_config(compose_config(overrides=overrides), n_ranks=1)
+
+
+def test_presets_match_their_yaml():
+    preset = RolloutCorrectionConfig.decoupled_geo_rs_seq_tis(rs_threshold=1.001)
+    assert (preset.rollout_is, preset.rollout_rs, preset.rollout_rs_threshold) == ("sequence", "seq_mean_k1", 1.001)
+    assert RolloutCorrectionConfig.pg_is().loss_type == "reinforce" and RolloutCorrectionConfig.pg_is().bypass_mode
+    assert RolloutCorrectionConfig.disabled().rollout_is is None
+

@@ -246,7 +246,83 @@ class RolloutCorrectionConfig(BaseConfig):
             value = getattr(self, name)
             if value is not None and (isinstance(value, bool) or value <= 0):
                 raise ValueError(f"{prefix}.{name}={value!r} must be a positive number")
-        parse_rollout_rs(self.rollout_rs, self.rollout_rs_threshold, self.rollout_rs_threshold_lower)
+        if self.rollout_rs and self.rollout_rs_threshold is None:
+            # verl builds the node without a threshold; the trainer's pre-flight refuses the run before Ray
+            parse_rollout_rs(self.rollout_rs, 1.0)  # the option names at least
+        else:
+            parse_rollout_rs(self.rollout_rs, self.rollout_rs_threshold, self.rollout_rs_threshold_lower)
+
+    # ---- verl's presets --------------------------------------------------------------------------------------
+    @classmethod
+    def disabled(cls) -> RolloutCorrectionConfig:
+        """Metrics only: no IS weights, no rejection."""
+        return cls(rollout_is=None, rollout_rs=None)
+
+    @classmethod
+    def decoupled_token_is(cls, threshold: float = 2.0) -> RolloutCorrectionConfig:
+        """Decoupled (3 policies) PPO with truncated per-token IS weights."""
+        return cls(rollout_is="token", rollout_is_threshold=threshold, rollout_rs=None)
+
+    @classmethod
+    def decoupled_seq_is(cls, threshold: float = 2.0) -> RolloutCorrectionConfig:
+        """Decoupled PPO with truncated sequence-level IS weights."""
+        return cls(rollout_is="sequence", rollout_is_threshold=threshold, rollout_rs=None)
+
+    @classmethod
+    def decoupled_seq_is_rs(cls, is_threshold: float = 2.0, rs_threshold: float = 2.0) -> RolloutCorrectionConfig:
+        """Decoupled PPO with sequence IS weights and rejection on the sequence ratio (seq_sum_k1)."""
+        return cls(
+            rollout_is="sequence",
+            rollout_is_threshold=is_threshold,
+            rollout_rs="seq_sum_k1",
+            rollout_rs_threshold=rs_threshold,
+        )
+
+    @classmethod
+    def decoupled_geo_rs(
+        cls, rs_threshold: float = 1.001, veto_threshold: float | None = None
+    ) -> RolloutCorrectionConfig:
+        """Decoupled PPO with rejection on the geometric-mean ratio (seq_mean_k1) and no IS weights."""
+        return cls(
+            rollout_is=None,
+            rollout_rs="seq_mean_k1",
+            rollout_rs_threshold=rs_threshold,
+            rollout_token_veto_threshold=veto_threshold,
+        )
+
+    @classmethod
+    def decoupled_geo_rs_seq_tis(
+        cls, is_threshold: float = 2.0, rs_threshold: float = 1.001
+    ) -> RolloutCorrectionConfig:
+        """Decoupled PPO with geometric-mean rejection (seq_mean_k1) and truncated sequence IS weights."""
+        return cls(
+            rollout_is="sequence",
+            rollout_is_threshold=is_threshold,
+            rollout_rs="seq_mean_k1",
+            rollout_rs_threshold=rs_threshold,
+        )
+
+    @classmethod
+    def ppo_is_bypass(cls, threshold: float = 2.0) -> RolloutCorrectionConfig:
+        """Bypass mode: PPO clipped against the rollout policy, no old-log-prob pass."""
+        return cls(rollout_is="token", rollout_is_threshold=threshold, bypass_mode=True, loss_type="ppo_clip")
+
+    @classmethod
+    def pg_is(cls, threshold: float = 2.0) -> RolloutCorrectionConfig:
+        """Bypass mode: policy gradient (no clipping) with truncated sequence IS weights."""
+        return cls(rollout_is="sequence", rollout_is_threshold=threshold, bypass_mode=True, loss_type="reinforce")
+
+    @classmethod
+    def pg_rs(cls, rs_threshold: float = 1.001, veto_threshold: float | None = None) -> RolloutCorrectionConfig:
+        """Bypass mode: policy gradient with geometric-mean rejection (seq_mean_k1) and no IS weights."""
+        return cls(
+            rollout_is=None,
+            rollout_rs="seq_mean_k1",
+            rollout_rs_threshold=rs_threshold,
+            rollout_token_veto_threshold=veto_threshold,
+            bypass_mode=True,
+            loss_type="reinforce",
+        )
 
 
 def _async_save_refusal() -> Refuse:

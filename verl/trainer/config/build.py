@@ -27,6 +27,7 @@ import warnings
 from collections.abc import Iterator, Mapping
 from typing import Any
 
+from verl.trainer.config.algorithm import parse_rollout_rs
 from verl.trainer.config.ppo_trainer import PPOTrainerConfig
 from verl.utils.batch_sizes import check_log_prob_batch, check_mini_fits_train_batch, check_training_batch
 from verl.utils.config import build_dataclass, plain_container
@@ -308,6 +309,8 @@ def _check_algorithm_inputs(cfg: PPOTrainerConfig) -> None:
     corr = algo.rollout_correction
     bypass = corr is not None and corr.bypass_mode
     wants_corr = corr is not None and (corr.bypass_mode or corr.rollout_is or corr.rollout_rs)
+    if corr is not None and corr.rollout_rs:
+        parse_rollout_rs(corr.rollout_rs, corr.rollout_rs_threshold, corr.rollout_rs_threshold_lower)
     if wants_corr and not rollout.calculate_log_probs:
         raise ValueError(
             "algorithm.rollout_correction (rollout_is / rollout_rs / bypass_mode) compares the rollout's log-probs "

@@ -47,8 +47,13 @@ from verl.workers.config.actor import ActorConfig
 if TYPE_CHECKING:  # verl.protocol pulls in tensordict, which core_algos (importing this module) must not
     from verl.protocol import DataProto
 
+# verl's name of the option list.
+SUPPORTED_ROLLOUT_RS_OPTIONS = ROLLOUT_RS_OPTIONS
+
 __all__ = [
     "ROLLOUT_RS_OPTIONS",
+    "SUPPORTED_ROLLOUT_RS_OPTIONS",
+    "compute_offpolicy_metrics",
     "apply_bypass_mode",
     "compute_policy_loss_bypass_mode",
     "compute_rollout_correction_and_add_to_batch",
@@ -70,11 +75,11 @@ _PREFIX = "rollout_corr/"
 # ---------------------------------------------------------------------------------------------------------------------
 
 
-def _floats(metrics: dict[str, torch.Tensor | float]) -> dict[str, float]:
+def _floats(metrics: dict[str, torch.Tensor | float], prefix: str = _PREFIX) -> dict[str, float]:
     """Tensors -> floats with one device sync, keys prefixed ``rollout_corr/``."""
     keys = list(metrics)
     values = [torch.as_tensor(metrics[k], dtype=torch.float64).detach().cpu() for k in keys]
-    return {_PREFIX + k: v for k, v in zip(keys, torch.stack(values).tolist())} if keys else {}
+    return {prefix + k: v for k, v in zip(keys, torch.stack(values).tolist())} if keys else {}
 
 
 def _summary(values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -305,8 +310,9 @@ def compute_rollout_correction_and_rejection_mask(
     rollout_is_batch_normalize: bool = RolloutCorrectionConfig.rollout_is_batch_normalize,
     rollout_rs_threshold_lower: float | None = None,
     rollout_token_veto_threshold: float | None = None,
-) -> tuple[torch.Tensor | None, torch.Tensor, dict[str, float]]:
-    """IS weights and rejection mask from the training and rollout log-probs (no gradient flows).
+) -> tuple[Any, torch.Tensor, dict[str, float]]:
+    """IS weights and rejection mask from the training and rollout log-probs (no gradient flows), as verl returns
+    them: the weights in a ``DataProto`` (``batch["rollout_is_weights"]``), the mask, and every metric.
 
     Args:
         old_log_prob: ``(bs, response_length)`` log pi_train (in bypass mode: the current log-probs, detached).
@@ -315,9 +321,43 @@ def compute_rollout_correction_and_rejection_mask(
         rollout_is .. rollout_token_veto_threshold: the ``algorithm.rollout_correction`` keys of the same name.
 
     Returns:
-        ``rollout_is_weights (bs, T)`` or ``None`` when ``rollout_is`` is off, the (possibly) rejected
-        ``response_mask (bs, T)``, and the IS and RS metrics.
+        a ``DataProto`` holding ``rollout_is_weights (bs, T)`` (``None`` when ``rollout_is`` is off), the (possibly)
+        rejected ``response_mask (bs, T)``, and the IS, RS and off-policy metrics (``rollout_corr/*``; the
+        off-policy ones on the incoming mask, also when nothing is corrected).
     """
+    weights, new_mask, metrics = _correction_and_mask(
+        old_log_prob,
+        rollout_log_prob,
+        response_mask,
+        rollout_is,
+        rollout_is_threshold,
+        rollout_rs,
+        rollout_rs_threshold,
+        rollout_is_batch_normalize,
+        rollout_rs_threshold_lower,
+        rollout_token_veto_threshold,
+    )
+    metrics.update(compute_rollout_corr_metrics_from_logprobs(old_log_prob, rollout_log_prob, response_mask))
+    if weights is None:
+        return None, new_mask, metrics
+    from verl.protocol import DataProto  # tensordict: imported on first use, the maths import without it
+
+    return DataProto.from_dict(tensors={"rollout_is_weights": weights}), new_mask, metrics
+
+
+def _correction_and_mask(
+    old_log_prob: torch.Tensor,
+    rollout_log_prob: torch.Tensor,
+    response_mask: torch.Tensor,
+    rollout_is: str | None,
+    rollout_is_threshold: float,
+    rollout_rs: str | None,
+    rollout_rs_threshold: str | float | None,
+    rollout_is_batch_normalize: bool,
+    rollout_rs_threshold_lower: float | None,
+    rollout_token_veto_threshold: float | None,
+) -> tuple[torch.Tensor | None, torch.Tensor, dict[str, float]]:
+    """The weights tensor (or None), the rejected mask and the IS/RS metrics."""
     log_ratio = (old_log_prob - rollout_log_prob).detach()
     metrics: dict[str, float] = {}
     new_mask = response_mask
@@ -343,7 +383,15 @@ def compute_rollout_correction_and_rejection_mask(
 def compute_rollout_corr_metrics_from_logprobs(
     log_prob: torch.Tensor, rollout_log_prob: torch.Tensor, response_mask: torch.Tensor
 ) -> dict[str, float]:
-    """Off-policy diagnostics of pi_train (``log_prob``) against pi_rollout, prefixed ``rollout_corr/``.
+    """:func:`compute_offpolicy_metrics`, each name prefixed ``rollout_corr/`` (how the trainer logs them)."""
+    metrics = compute_offpolicy_metrics(log_prob, rollout_log_prob, response_mask)
+    return {f"{_PREFIX}{key}": value for key, value in metrics.items()}
+
+
+def compute_offpolicy_metrics(
+    old_log_prob: torch.Tensor, rollout_log_prob: torch.Tensor | None, response_mask: torch.Tensor
+) -> dict[str, float]:
+    """Off-policy diagnostics of pi_train (``old_log_prob``) against pi_rollout (unprefixed names, as verl's).
 
     Per non-empty row i, ``log_ppl_i = -mean_t log p``; ``training_*``/``rollout_*`` average ``log_ppl_i`` and
     ``exp(log_ppl_i)`` over rows; ``log_ppl_diff`` averages ``train_log_ppl_i - rollout_log_ppl_i`` (its abs, max,
@@ -352,18 +400,24 @@ def compute_rollout_corr_metrics_from_logprobs(
     ``chi2_seq = mean_i exp(2 clamp(sum_t lambda)) - 1``.
 
     Args:
-        log_prob: ``(bs, response_length)`` training log-probs.
-        rollout_log_prob: ``(bs, response_length)`` rollout log-probs.
+        old_log_prob: ``(bs, response_length)`` training log-probs.
+        rollout_log_prob: ``(bs, response_length)`` rollout log-probs, or None (then only ``training_*``).
         response_mask: ``(bs, response_length)``.
 
     Returns:
-        ``rollout_corr/{training_ppl, training_log_ppl, kl, k3_kl, rollout_ppl, rollout_log_ppl, log_ppl_diff,
-        log_ppl_abs_diff, log_ppl_diff_max, log_ppl_diff_min, ppl_ratio, chi2_token, chi2_seq}``.
+        ``{training_ppl, training_log_ppl, kl, k3_kl, rollout_ppl, rollout_log_ppl, log_ppl_diff, log_ppl_abs_diff,
+        log_ppl_diff_max, log_ppl_diff_min, ppl_ratio, chi2_token, chi2_seq}``.
     """
     mask = response_mask.bool()
-    log_prob, rollout_log_prob = log_prob.detach().float(), rollout_log_prob.detach().float()
+    log_prob = old_log_prob.detach().float()
     nonempty = mask.any(dim=-1)
     train_log_ppl = -verl_F.masked_mean(log_prob, mask, axis=-1)[nonempty]  # (n_nonempty,)
+    if rollout_log_prob is None:
+        row_mean = (lambda x: x.mean()) if train_log_ppl.numel() else (lambda x: train_log_ppl.new_zeros(()))
+        return _floats(
+            {"training_ppl": row_mean(torch.exp(train_log_ppl)), "training_log_ppl": row_mean(train_log_ppl)}, ""
+        )
+    rollout_log_prob = rollout_log_prob.detach().float()
     roll_log_ppl = -verl_F.masked_mean(rollout_log_prob, mask, axis=-1)[nonempty]
     diff = train_log_ppl - roll_log_ppl
     log_ratio = torch.clamp(log_prob - rollout_log_prob, -SAFETY_BOUND, SAFETY_BOUND)
@@ -386,7 +440,7 @@ def compute_rollout_corr_metrics_from_logprobs(
         "chi2_token": verl_F.masked_mean(rho.square(), mask) - 1.0,
         "chi2_seq": row_mean(torch.exp(2.0 * seq_log[nonempty])) - 1.0,
     }
-    return _floats(metrics)
+    return _floats(metrics, "")
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -432,9 +486,7 @@ def compute_rollout_correction_and_add_to_batch(
             " (rollout_log_probs) and run it after the old_log_prob pass"
         )
     old, rollout, mask = (batch.batch[k] for k in ("old_log_probs", "rollout_log_probs", "response_mask"))
-    weights, new_mask, metrics = compute_rollout_correction_and_rejection_mask(
-        old, rollout, mask, **_correction_kwargs(cfg)
-    )
+    weights, new_mask, metrics = _correction_and_mask(old, rollout, mask, **_correction_kwargs(cfg))
     metrics.update(compute_rollout_corr_metrics_from_logprobs(old, rollout, mask))
     batch.batch["response_mask"] = new_mask
     if weights is not None:
@@ -498,7 +550,7 @@ def compute_policy_loss_bypass_mode(
     """
     cfg = _as_config(actor_config(config).policy_loss.rollout_correction)
     with torch.no_grad():
-        weights, rs_mask, metrics = compute_rollout_correction_and_rejection_mask(
+        weights, rs_mask, metrics = _correction_and_mask(
             log_prob.detach(), old_log_prob, response_mask, **_correction_kwargs(cfg)
         )
         metrics.update(compute_rollout_corr_metrics_from_logprobs(log_prob, old_log_prob, response_mask))

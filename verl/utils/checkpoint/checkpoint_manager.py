@@ -176,13 +176,15 @@ class BaseCheckpointManager:
                 shutil.rmtree(abs_path, ignore_errors=True)
 
     def ensure_checkpoint_capacity(self, max_ckpt_to_keep: int | None) -> None:
-        """Before saving a new checkpoint, delete the oldest so that at most ``max_ckpt_to_keep`` remain after it.
+        """Before saving a new checkpoint, delete the oldest so that at most ``max_ckpt_to_keep`` remain after it,
+        but never the newest one: with ``max_ckpt_to_keep=1`` the previous checkpoint stays until the new one is
+        saved (``register_checkpoint`` removes it then), so a save that fails leaves a checkpoint to resume from.
 
         ``None`` or a value <= 0 keeps everything.
         """
         if not max_ckpt_to_keep or max_ckpt_to_keep <= 0:
             return
-        excess = len(self.previous_saved_paths) - max_ckpt_to_keep + 1
+        excess = len(self.previous_saved_paths) - max(max_ckpt_to_keep - 1, 1)
         if excess > 0:
             self.remove_previous_save_local_path(self.previous_saved_paths[:excess])
             self.previous_saved_paths = self.previous_saved_paths[excess:]

@@ -6,6 +6,7 @@ is refused before Ray starts; the other keys are accepted and only matter once o
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from typing import Any
 
@@ -43,6 +44,26 @@ class ProfilerConfig(BaseConfig):
     """Where traces go (follows global_profiler.save_path)."""
     tool_config: dict[str, Any] = key(factory=dict, effect="inert", reason=_OFF)
     """Per-tool options."""
+
+    def union(self, other: ProfilerConfig) -> ProfilerConfig:
+        """Profile what either profiles: enabled if either is, all ranks if either says so, the ranks of both."""
+        return dataclasses.replace(
+            self,
+            enable=self.enable or other.enable,
+            all_ranks=self.all_ranks or other.all_ranks,
+            ranks=sorted(set(self.ranks) | set(other.ranks)),
+            tool=self.tool or other.tool,
+        )
+
+    def intersect(self, other: ProfilerConfig) -> ProfilerConfig:
+        """Profile what both profile: enabled if both are, all ranks if both say so, the ranks they share."""
+        return dataclasses.replace(
+            self,
+            enable=self.enable and other.enable,
+            all_ranks=self.all_ranks and other.all_ranks,
+            ranks=sorted(set(self.ranks) & set(other.ranks)),
+            tool=self.tool if self.tool == other.tool else None,
+        )
 
 
 @dataclass

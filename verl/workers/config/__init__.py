@@ -12,7 +12,7 @@ from verl.workers.config.actor_rollout_ref import ActorRolloutRefConfig, RefConf
 from verl.workers.config.critic import CriticConfig, CriticModelConfig, FSDPCriticConfig, McoreCriticConfig
 from verl.workers.config.engine import FSDPEngineConfig, McoreEngineConfig
 from verl.workers.config.model import HFModelConfig, LoraConfig
-from verl.workers.config.optimizer import FSDPOptimizerConfig, OptimizerConfig
+from verl.workers.config.optimizer import FSDPOptimizerConfig, McoreOptimizerConfig, OptimizerConfig
 from verl.workers.config.reward import RewardConfig
 from verl.workers.config.reward_model import RewardModelConfig
 from verl.workers.config.rollout import (
@@ -48,6 +48,7 @@ __all__ = [
     "McoreActorConfig",
     "McoreCriticConfig",
     "McoreEngineConfig",
+    "McoreOptimizerConfig",
     "MultiTurnConfig",
     "OptimizerConfig",
     "PolicyLossConfig",

@@ -39,7 +39,7 @@ def check_micro_batch_exclusive(prefix: str, micro: int | None, micro_per_gpu: i
     """Exactly one of ``<name>`` (global, deprecated) and ``<name>_per_gpu`` may be set."""
     if micro is not None and micro_per_gpu is not None:
         raise ValueError(
-            f"{prefix}.{name}={micro} and {prefix}.{name}_per_gpu={micro_per_gpu} are both set; keep only "
+            f"You have set both {prefix}.{name}={micro} AND {prefix}.{name}_per_gpu={micro_per_gpu}; keep only "
             f"{prefix}.{name}_per_gpu (the global {name} is deprecated)"
         )
 
@@ -249,6 +249,22 @@ class ActorConfig(BaseConfig):
                 _A, self.ppo_micro_batch_size, self.ppo_micro_batch_size_per_gpu, "ppo_micro_batch_size"
             )
 
+    def validate(self, n_gpus: int, train_batch_size: int, model_config: Any = None) -> None:
+        """verl's check of this node against the run: the train batch holds a mini batch, and a deprecated global
+        micro batch covers every rank (the trainer's pre-flight runs the full per-rank checks)."""
+        if not self.use_dynamic_bsz:
+            if train_batch_size < self.ppo_mini_batch_size:
+                raise ValueError(
+                    f"train_batch_size ({train_batch_size}) must be >= {_A}.ppo_mini_batch_size "
+                    f"({self.ppo_mini_batch_size})"
+                )
+            sp_size = getattr(self, "ulysses_sequence_parallel_size", 1)
+            if self.ppo_micro_batch_size is not None and self.ppo_micro_batch_size * sp_size < n_gpus:
+                raise ValueError(
+                    f"{_A}.ppo_micro_batch_size ({self.ppo_micro_batch_size}) * ulysses_sequence_parallel_size "
+                    f"({sp_size}) must be >= n_gpus ({n_gpus})"
+                )
+
     @property
     def clip_low(self) -> float:
         """Effective lower clip epsilon."""
@@ -283,6 +299,16 @@ class FSDPActorConfig(ActorConfig):
         reason="speed only, as actor_rollout_ref.model.use_remove_padding",
     )
     """Follows actor_rollout_ref.model.use_remove_padding."""
+
+    def validate(self, n_gpus: int, train_batch_size: int, model_config: Any = None) -> None:
+        """verl's check, plus: Ulysses sequence parallelism needs the padding-free forward."""
+        super().validate(n_gpus, train_batch_size, model_config)
+        remove_padding = (model_config or {}).get("use_remove_padding", False)
+        if self.ulysses_sequence_parallel_size > 1 and not remove_padding:
+            raise ValueError(
+                "When using sequence parallelism for the actor/ref policy, you must enable `use_remove_padding` "
+                "(actor_rollout_ref.model.use_remove_padding=True)"
+            )
 
     def __post_init__(self) -> None:
         super().__post_init__()

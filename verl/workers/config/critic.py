@@ -190,6 +190,27 @@ class CriticConfig(BaseConfig):
             check_micro_batch_exclusive(
                 "critic", self.ppo_micro_batch_size, self.ppo_micro_batch_size_per_gpu, "ppo_micro_batch_size"
             )
+            micro = self.ppo_micro_batch_size
+            if micro is not None and self.ppo_mini_batch_size % micro:
+                raise ValueError(
+                    f"critic.ppo_mini_batch_size ({self.ppo_mini_batch_size}) must be divisible by "
+                    f"critic.ppo_micro_batch_size ({micro})"
+                )
+
+    def validate(self, n_gpus: int, train_batch_size: int) -> None:
+        """verl's check of this node against the run (the trainer's pre-flight runs the full per-rank checks)."""
+        if not self.use_dynamic_bsz:
+            if train_batch_size < self.ppo_mini_batch_size:
+                raise ValueError(
+                    f"train_batch_size ({train_batch_size}) must be >= critic.ppo_mini_batch_size "
+                    f"({self.ppo_mini_batch_size})"
+                )
+            sp_size = getattr(self, "ulysses_sequence_parallel_size", 1)
+            if self.ppo_micro_batch_size is not None and self.ppo_micro_batch_size * sp_size < n_gpus:
+                raise ValueError(
+                    f"critic.ppo_micro_batch_size ({self.ppo_micro_batch_size}) * ulysses_sequence_parallel_size "
+                    f"({sp_size}) must be >= n_gpus ({n_gpus})"
+                )
 
 
 @dataclass
@@ -208,6 +229,11 @@ class FSDPCriticConfig(CriticConfig):
     def __post_init__(self) -> None:
         super().__post_init__()
         check_choice("critic.strategy", self.strategy, ("fsdp", "fsdp2"))
+        if self.ulysses_sequence_parallel_size > 1 and not self.model.use_remove_padding:
+            raise ValueError(
+                "When using sequence parallelism for critic, you must enable `use_remove_padding` "
+                "(critic.model.use_remove_padding=True)"
+            )
 
 
 @dataclass

@@ -5,6 +5,7 @@
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 from typing import Any
 
@@ -27,6 +28,8 @@ _MEGATRON = Refuse(
 @dataclass
 class McoreEngineConfig(BaseConfig):
     """Megatron-core parallel layout of one model (the Megatron backend reads it; see ppo_megatron_trainer.yaml)."""
+
+    _mutable_fields = BaseConfig._mutable_fields | {"sequence_parallel"}
 
     _path = "megatron"
 
@@ -71,6 +74,11 @@ class McoreEngineConfig(BaseConfig):
 
     def __post_init__(self) -> None:
         super().__post_init__()
+        if self.sequence_parallel and self.tensor_model_parallel_size == 1:
+            warnings.warn(
+                "megatron.sequence_parallel=True needs tensor_model_parallel_size > 1; turned off", UserWarning, 2
+            )
+            self._set("sequence_parallel", False)
         for name in ("tensor_model_parallel_size", "pipeline_model_parallel_size", "context_parallel_size"):
             if getattr(self, name) < 1:
                 raise ValueError(f"megatron.{name}={getattr(self, name)} must be >= 1")
