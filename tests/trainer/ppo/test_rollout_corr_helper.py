@@ -530,4 +530,3 @@ def test_presets_match_their_yaml():
     assert (preset.rollout_is, preset.rollout_rs, preset.rollout_rs_threshold) == ("sequence", "seq_mean_k1", 1.001)
     assert RolloutCorrectionConfig.pg_is().loss_type == "reinforce" and RolloutCorrectionConfig.pg_is().bypass_mode
     assert RolloutCorrectionConfig.disabled().rollout_is is None
-
