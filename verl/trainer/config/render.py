@@ -458,12 +458,25 @@ COMPAT_BEGIN = "<!-- BEGIN GENERATED KEY TABLE: python -m verl.trainer.config --
 COMPAT_END = "<!-- END GENERATED KEY TABLE -->"
 
 
+def _summary_kind(status: str) -> str:
+    for start, kind in (
+        ("implemented", "implemented"),
+        ("refused", "refused"),
+        ("engine", "read by vLLM/SGLang only"),
+        ("accepted", "accepted without effect"),
+        ("v0.8+ spelling", "newer spellings of other keys"),
+    ):
+        if status.startswith(start):
+            return kind
+    raise ValueError(f"unclassified key status {status!r}")
+
+
 def compat_table(tree: type = PPOTrainerConfig) -> str:
     """Markdown: every key we accept, refuse or map, with its generation and default (for docs/compat.md)."""
     counts: dict[str, int] = {}
     rows = []
     for row in key_rows(tree):
-        kind = row.status.split(":")[0].split(" ")[0].rstrip(";")
+        kind = _summary_kind(row.status)
         counts[kind] = counts.get(kind, 0) + 1
         cell = row.status.replace("|", "\\|")
         default = row.default.replace("|", "\\|")

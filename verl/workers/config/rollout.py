@@ -31,7 +31,7 @@ __all__ = [
 
 LOGIT_CAPTURE_MODES = ("logprob", "topk", "full", "token_ids")
 _P = "actor_rollout_ref.rollout"
-_ENGINE = "vLLM/SGLang setting; the hf rollout has no such setting"
+_ENGINE = "the hf rollout has no such setting"
 _TOOLS_OFF = "tool calling only; tool_config_path is refused"
 
 
@@ -398,7 +398,8 @@ class LogitCaptureConfig(BaseConfig):
 
 
 def _engine(default: Any, what: str, **kwargs: Any) -> Any:
-    return key(default, effect="engine", reason=f"{what}; {_ENGINE}", **kwargs)
+    reason = what if "hf rollout" in what else f"{what}; {_ENGINE}"
+    return key(default, effect="engine", reason=reason, **kwargs)
 
 
 @dataclass
