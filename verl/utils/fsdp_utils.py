@@ -458,6 +458,31 @@ def full_params(module: nn.Module):
         yield get_full_state_dict(module)
 
 
+@contextlib.contextmanager
+def generation_weights(module: nn.Module, reshard_after_forward: bool = True):
+    """The module with its full weights for a block of many forwards (generation), freed on exit.
+
+    FSDP2: every unit is unsharded once (one all-gather per unit, in the mixed-precision ``param_dtype``, i.e. the
+    compute dtype) and kept unsharded across the block's forwards; on exit the units reshard (the gathered weights
+    are freed) and get ``reshard_after_forward`` back. A module that is not FSDP2 is yielded as it is.
+    """
+    from torch.distributed.fsdp import FSDPModule
+
+    if not is_fsdp2_module(module):
+        yield module
+        return
+    units = [m for m in module.modules() if isinstance(m, FSDPModule)]
+    try:
+        for unit in units:  # in the same order on every rank
+            unit.unshard()
+            unit.set_reshard_after_forward(False, recurse=False)
+        yield module
+    finally:
+        for unit in units:
+            unit.set_reshard_after_forward(reshard_after_forward, recurse=False)
+            unit.reshard()
+
+
 def load_full_state_dict(module: nn.Module, state_dict: dict[str, torch.Tensor], broadcast_from_rank0: bool = False):
     """Load a full state dict into an FSDP1/FSDP2 (or plain) module.
 

@@ -1,8 +1,13 @@
 """FSDP workers: the Ray-side adapters that own a model shard and call the single-process compute objects.
 
 * :class:`ActorRolloutRefWorker` (roles ``actor``, ``rollout``, ``ref``, ``actor_rollout``, ``actor_rollout_ref``):
-  an FSDP-sharded policy trained by ``DataParallelPPOActor``, a reference policy, and the hf rollout engine, which
-  generates with an unsharded copy of the policy that is refreshed lazily after every update or checkpoint load.
+  an FSDP-sharded policy trained by ``DataParallelPPOActor``, a reference policy, and the rollout engine, driven
+  through verl's hybrid-engine lifecycle around every generation (``_rollout_session``): wake the engine's weights,
+  sync the actor's (only after an update or a checkpoint load; always before the first generation, so
+  ``load_format=dummy`` never samples from random weights), wake the KV cache, generate, then ``sleep`` before
+  training when ``rollout.free_cache_engine``. The hf rollout on an FSDP2 actor generates from the actor's own
+  gathered weights (compute dtype, freed after generation); on FSDP1 it keeps an unsharded copy in the compute dtype,
+  whose storage is released between generations under ``free_cache_engine``.
 * :class:`CriticWorker`: an FSDP value model trained by ``DataParallelPPOCritic``.
 * :class:`RewardModelWorker`: an FSDP sequence-classification reward model scoring finished responses.
 
@@ -21,6 +26,7 @@ constructor arguments too.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import dataclasses
 import logging
@@ -220,7 +226,8 @@ class ActorRolloutRefWorker(_FSDPWorkerBase):
         self.actor = self.ref_policy = self.rollout = None
         self.actor_module_fsdp = self.ref_module_fsdp = self.rollout_module = None
         self.actor_optimizer = self.actor_lr_scheduler = self.checkpoint_manager = None
-        self._rollout_dirty = False
+        self._rollout_dirty = True  # the first generation always syncs (engines may start from dummy weights)
+        self._copy_shapes: dict[str, torch.Size] | None = None  # set while the hf copy's storage is released
 
     # ---------------------------------------------------------------- building
 
@@ -271,11 +278,14 @@ class ActorRolloutRefWorker(_FSDPWorkerBase):
         fsdp_config = actor_cfg.fsdp_config
         _log_offload_on_cpu(fsdp_config, "actor")
         module = self._load_policy(local_path, fsdp_config)
-        if self._is_rollout:
-            self.rollout_module = self._frozen_copy(module)
+        if self._is_rollout and self._rollout_generates_from_module() and actor_cfg.strategy != "fsdp2":
+            # FSDP1 cannot run forwards on gathered weights: an unsharded copy in the compute dtype
+            self.rollout_module = self._frozen_copy(module, fsdp_utils.mixed_precision_dtypes(fsdp_config)[0])
         if self.config.model.enable_gradient_checkpointing:
             hf.enable_gradient_checkpointing(module)
         self.actor_module_fsdp = _build_sharded(module, actor_cfg.strategy, fsdp_config, self._mesh(fsdp_config))
+        if self._is_rollout and self._rollout_generates_from_module() and actor_cfg.strategy == "fsdp2":
+            self.rollout_module = self.actor_module_fsdp  # generates from the actor's gathered shards
         self.actor_optimizer = hf.build_optimizer(self.actor_module_fsdp.parameters(), actor_cfg.optim)
         self.actor_lr_scheduler = hf.build_lr_scheduler(
             self.actor_optimizer, actor_cfg.optim, self._total_training_steps
@@ -299,11 +309,17 @@ class ActorRolloutRefWorker(_FSDPWorkerBase):
         if fsdp_config.optimizer_offload:
             fsdp_utils.offload_fsdp_optimizer(self.actor_optimizer)
 
+    def _rollout_generates_from_module(self) -> bool:
+        """The hf and spd rollouts run the policy module itself; vLLM/SGLang hold their own weights."""
+        return self.config.rollout.name in ("hf", "spd")
+
     @staticmethod
-    def _frozen_copy(module: torch.nn.Module) -> torch.nn.Module:
-        """An unsharded inference copy for the hf rollout engine (made before FSDP takes over the original)."""
+    def _frozen_copy(module: torch.nn.Module, dtype: torch.dtype | None = None) -> torch.nn.Module:
+        """An unsharded inference copy for the hf rollout (made before FSDP takes over the original), in ``dtype``."""
         rollout_module = copy.deepcopy(module).eval()
         rollout_module.requires_grad_(False)
+        if dtype is not None:
+            rollout_module.to(dtype)
         if get_device_name() != "cpu":
             rollout_module.to(get_device_name())
         return rollout_module
@@ -327,19 +343,21 @@ class ActorRolloutRefWorker(_FSDPWorkerBase):
         from verl.workers.rollout.base import get_rollout_class
 
         rollout_cfg = self.config.rollout
-        if self.rollout_module is None:  # role "rollout" alone: the engine owns its own copy from disk
-            self.rollout_module = self._frozen_copy(self._load_policy(local_path, self.config.actor.fsdp_config))
+        from_module = self._rollout_generates_from_module()
+        if from_module and self.rollout_module is None:  # role "rollout" alone: a copy from disk
+            fsdp_config = self.config.actor.fsdp_config
+            dtype = fsdp_utils.mixed_precision_dtypes(fsdp_config)[0]
+            self.rollout_module = self._frozen_copy(self._load_policy(local_path, fsdp_config), dtype)
         engine_cls = get_rollout_class(rollout_cfg.name, rollout_cfg.mode)
         if rollout_cfg.name == "hf":
             self.rollout = engine_cls(self.rollout_module, rollout_cfg)
         else:
-            # Hybrid engines (vllm, sglang) load the checkpoint themselves and then take the actor's weights through
-            # update_weights; seeding per rank keeps the ranks' samples apart (rollout.seed, verl v0.9, else the
-            # actor's fsdp seed).
+            # vllm/sglang start from the checkpoint directory (load_format, dummy by default) and take the actor's
+            # weights before the first generation; seeding per rank keeps the ranks' samples apart (rollout.seed,
+            # verl v0.9, else the actor's fsdp seed).
             base = self.config.actor.fsdp_config.seed if rollout_cfg.seed is None else rollout_cfg.seed
-            self.rollout = engine_cls(
-                self.rollout_module, rollout_cfg, model_config=self.config.model, seed=base + self.rank
-            )
+            model = self.rollout_module if from_module else local_path
+            self.rollout = engine_cls(model, rollout_cfg, model_config=self.config.model, seed=base + self.rank)
         self._interactions = {}
         if rollout_cfg.multi_turn.enable:
             from verl.interactions.utils.interaction_registry import initialize_interactions_from_config
@@ -412,21 +430,64 @@ class ActorRolloutRefWorker(_FSDPWorkerBase):
             out = self.ref_policy.compute_log_prob(data, calculate_entropy=False)
         return DataProto.from_dict(tensors={"ref_log_prob": out["log_probs"]}).to("cpu")
 
+    # ---------------------------------------------------------------- the hybrid-engine lifecycle
+
+    @contextlib.contextmanager
+    def _rollout_session(self):
+        """verl's hybrid-engine order around one generation: wake the weights, sync them if the actor changed, wake
+        the KV cache, generate (the block), then release engine memory before training (``free_cache_engine``)."""
+        from verl.workers.rollout.base import EngineRollout
+
+        engine_rollout = isinstance(self.rollout, EngineRollout)
+        fsdp_config = self.config.actor.fsdp_config
+        generates_from_actor = self.rollout_module is not None and self.rollout_module is self.actor_module_fsdp
+        with contextlib.ExitStack() as stack:
+            if generates_from_actor:  # hf/spd on FSDP2: the actor's own weights, gathered for the block
+                stack.enter_context(_Offload(self.actor_module_fsdp, None, fsdp_config))
+                stack.enter_context(
+                    fsdp_utils.generation_weights(self.actor_module_fsdp, bool(fsdp_config.reshard_after_forward))
+                )
+                self._rollout_dirty = False
+            else:
+                if engine_rollout:
+                    self.rollout.wake_up(["weights"])
+                self._sync_rollout_weights()
+                if engine_rollout:
+                    self.rollout.wake_up(["kv_cache"])
+            try:
+                yield
+            finally:
+                if self.config.rollout.free_cache_engine:
+                    self._release_rollout_memory(engine_rollout)
+
+    def _release_rollout_memory(self, engine_rollout: bool) -> None:
+        if self.rollout_module is not None and self.rollout_module is not self.actor_module_fsdp:
+            if self.actor_module_fsdp is not None:  # the copy is refilled at the next sync
+                self._copy_shapes = {name: p.shape for name, p in self.rollout_module.named_parameters()}
+                for p in self.rollout_module.parameters():
+                    p.data = p.data.new_empty(0)
+                self._rollout_dirty = True
+        elif engine_rollout:
+            self.rollout.sleep()
+
     def _sync_rollout_weights(self) -> None:
-        """Copy the current (gathered) actor weights into the rollout's unsharded module if they changed."""
+        """Bring the rollout's weights up to the actor's if they changed (or were released)."""
         if not self._rollout_dirty or self.actor_module_fsdp is None:
             return
         with (
             _Offload(self.actor_module_fsdp, None, self.config.actor.fsdp_config),
             fsdp_utils.full_params(self.actor_module_fsdp) as state,
         ):
-            if getattr(self.rollout, "module", None) is not self.rollout_module:
+            if self.rollout_module is None:
                 # Engines with their own copy of the weights (vllm, sglang): stream the actor's, bucketed.
-                import asyncio
-
-                asyncio.run(self.rollout.update_weights(iter(state.items())))
+                self.rollout.load_weights(iter(state.items()))
                 self._rollout_dirty = False
                 return
+            if self._copy_shapes is not None:  # storage released after the last generation: allocate it again
+                device = next(iter(state.values())).device
+                for name, p in self.rollout_module.named_parameters():
+                    p.data = torch.empty(self._copy_shapes[name], dtype=p.dtype, device=device)
+                self._copy_shapes = None
             result = self.rollout_module.load_state_dict(state, strict=False)
         tied = {k for k, _ in self.rollout_module.named_parameters(remove_duplicate=False)} - {
             k for k, _ in self.rollout_module.named_parameters()
@@ -453,11 +514,11 @@ class ActorRolloutRefWorker(_FSDPWorkerBase):
         prompts = prompts.to(get_device_name())
         prompts.meta_info.update(self._special_token_meta())
         start = time.perf_counter()
-        self._sync_rollout_weights()
-        if self.config.rollout.multi_turn.enable:
-            output = self._generate_multiturn(prompts)
-        else:
-            output = self.rollout.generate_sequences(prompts)
+        with self._rollout_session():
+            if self.config.rollout.multi_turn.enable:
+                output = self._generate_multiturn(prompts)
+            else:
+                output = self.rollout.generate_sequences(prompts)
         output.meta_info["timing"] = _gather_timing(time.perf_counter() - start)
         if "aborted_rows" in output.meta_info:  # per-rank counts: summed so every rank's meta_info agrees
             output.meta_info["aborted_rows"] = _sum_over_ranks(int(output.meta_info["aborted_rows"]))
@@ -473,9 +534,7 @@ class ActorRolloutRefWorker(_FSDPWorkerBase):
         want_log_probs = bool(prompts.meta_info.get("calculate_log_probs", rollout_cfg.calculate_log_probs))
         if spec is None and want_log_probs:
             spec = CaptureSpec(mode="logprob", raw=rollout_cfg.logprobs_mode == "raw_logprobs")
-        special = prompts.meta_info
-        engine = self.rollout.turn_engine(self.tokenizer, int(special["pad_token_id"]), special["eos_token_id"], spec)
-        return generate_multiturn(prompts, engine, self.tokenizer, rollout_cfg, self._interactions, spec)
+        return generate_multiturn(prompts, self.rollout.engine, self.tokenizer, rollout_cfg, self._interactions, spec)
 
     # ---------------------------------------------------------------- checkpoints
 
@@ -525,8 +584,10 @@ class AsyncActorRolloutRefWorker(ActorRolloutRefWorker):
 
     @register(dispatch_mode=Dispatch.ONE_TO_ALL)
     def update_weights(self, global_steps: int | None = None) -> None:
-        """Push the current actor weights into the rollout copy now (instead of at the next generation)."""
+        """Push the current actor weights into the rollout now (instead of at the next generation)."""
         self._rollout_dirty = True
+        if self.rollout_module is not None and self.rollout_module is self.actor_module_fsdp:
+            return  # generates from the actor's own weights: nothing to push
         self._sync_rollout_weights()
 
 

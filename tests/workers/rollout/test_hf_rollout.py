@@ -238,24 +238,52 @@ def test_update_weights_copies_named_tensors_into_the_module(tiny_model_dir):
     ],
 )
 @pytest.mark.parametrize("early_stop", [False, True])
-def test_lean_decode_gives_generate_s_tokens_exactly(tiny, sampling, early_stop):
-    """hf_decode.lean_sample stands in for module.generate: same seed -> identical output, tensor for tensor."""
-    from verl.workers.rollout.hf_decode import supports_lean_decode
+def test_hf_engine_samples_exactly_what_generate_samples(tiny, sampling, early_stop):
+    """The one hf decode loop (HFEngine) draws the same tokens as transformers' generate from the same RNG state,
+    tensor for tensor; its raw logprobs equal log_softmax of generate's output logits."""
+    from transformers import GenerationConfig
+
+    from verl.utils.torch_functional import get_response_mask
 
     model, tokenizer = tiny
-    assert supports_lean_decode(model)
-    outs = {}
-    for lean in (True, False):
-        rollout = HFRollout(model, _rollout_config(**sampling))
-        rollout.lean_decode = lean
-        prompts = _prompts(tokenizer)
-        prompts.meta_info["seed"] = 11
-        if early_stop:  # a third of the vocabulary ends a row: rows stop at different steps, some all early
-            prompts.meta_info["eos_token_id"] = list(range(4, len(tokenizer) // 3))
-        outs[lean] = rollout.generate_sequences(prompts)
-    lean, reference = outs[True].batch, outs[False].batch
-    assert sorted(lean.keys()) == sorted(reference.keys())
-    for key in reference.keys():
-        assert torch.equal(lean[key], reference[key]), key
+    prompts = _prompts(tokenizer)
+    eos = list(range(4, len(tokenizer) // 3)) if early_stop else tokenizer.eos_token_id
+    prompts.meta_info["eos_token_id"] = eos  # early_stop: a third of the vocabulary ends a row
+    torch.manual_seed(11)
+    out = HFRollout(model, _rollout_config(**sampling)).generate_sequences(prompts).batch
+
+    cfg = {"temperature": 1.0, "top_k": -1, "top_p": 1.0, "do_sample": True, **sampling}
+    pad = tokenizer.pad_token_id
+    gen_config = GenerationConfig(
+        do_sample=cfg["do_sample"],
+        temperature=cfg["temperature"] if cfg["do_sample"] else 1.0,
+        top_k=max(cfg["top_k"], 0) if cfg["do_sample"] else 0,
+        top_p=cfg["top_p"] if cfg["do_sample"] else 1.0,
+        max_new_tokens=RESPONSE_LENGTH,
+        eos_token_id=eos,
+        pad_token_id=pad,
+        return_dict_in_generate=True,
+        output_logits=True,
+    )
+    saved, model.generation_config = model.generation_config, GenerationConfig()  # no checkpoint defaults
+    try:
+        torch.manual_seed(11)
+        ref = model.generate(
+            input_ids=prompts.batch["input_ids"], attention_mask=prompts.batch["attention_mask"], generation_config=gen_config
+        )
+    finally:
+        model.generation_config = saved
+    width = prompts.batch["input_ids"].size(1)
+    tokens = torch.full((len(prompts), RESPONSE_LENGTH), pad)
+    tokens[:, : ref.sequences.size(1) - width] = ref.sequences[:, width:]
+    mask = get_response_mask(tokens, eos_token=eos, dtype=out["response_mask"].dtype)
+    assert torch.equal(out["response_mask"], mask)
+    assert torch.equal(out["responses"], torch.where(mask.bool(), tokens, torch.full_like(tokens, pad)))
     if early_stop:
-        assert (reference["response_mask"].sum(-1) < RESPONSE_LENGTH).any()
+        assert (mask.sum(-1) < RESPONSE_LENGTH).any()
+    if sampling.get("calculate_log_probs"):
+        logits = torch.stack(ref.logits, dim=1).float()  # (bs, L, V) raw
+        steps = logits.size(1)
+        expected = torch.zeros(len(prompts), RESPONSE_LENGTH)
+        expected[:, :steps] = F.log_softmax(logits, -1).gather(-1, tokens[:, :steps, None]).squeeze(-1)
+        torch.testing.assert_close(out["rollout_log_probs"], expected * mask, atol=1e-6, rtol=0)

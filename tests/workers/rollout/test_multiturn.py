@@ -1,5 +1,5 @@
 """The multi-turn loop: batching, turn limits, budget, termination, interaction lookup, the batch layout, and a
-real two-turn dialogue on the tiny model through HFTurnEngine."""
+real two-turn dialogue on the tiny model through the hf engine (HFEngine)."""
 
 from __future__ import annotations
 
@@ -11,8 +11,10 @@ import torch
 
 from verl.interactions.base import BaseInteraction
 from verl.workers.config import RolloutConfig
+from verl.workers.rollout.engine import GenerationOutput, InferenceEngine
+from verl.workers.rollout.hf_engine import HFEngine
 from verl.workers.rollout.logit_capture import CaptureSpec, capture_from_logits
-from verl.workers.rollout.multiturn import HFTurnEngine, TurnLoopSettings, requests_to_batch, run_multiturn
+from verl.workers.rollout.multiturn import TurnLoopSettings, requests_to_batch, run_multiturn
 from verl.workers.rollout.schemas import AsyncRolloutRequest
 
 
@@ -23,23 +25,28 @@ def tokenizer(tiny_model_dir):
     return AutoTokenizer.from_pretrained(tiny_model_dir)
 
 
-class ScriptedEngine:
-    """Answers every prompt with ``reply`` (cut to max_new_tokens), capturing from fixed random logits."""
+class ScriptedEngine(InferenceEngine):
+    """Answers every prompt with ``reply`` (cut to max_tokens), capturing (per the request) from fixed random logits."""
+
+    max_model_len, eos_token_ids, pad_token_id = 1 << 20, (), 0
 
     def __init__(self, reply: list[int], spec: CaptureSpec | None = None, vocab: int = 512):
-        self.reply, self.spec, self.vocab, self.calls = reply, spec, vocab, []
+        self.reply, self.spec, self.vocab_size, self.calls = reply, spec, vocab, []
 
-    def generate(self, prompt_ids, max_new_tokens, sampling):
-        self.calls.append({"batch": len(prompt_ids), "max_new_tokens": list(max_new_tokens), "sampling": sampling})
+    def generate(self, prompts, params):
+        self.calls.append(
+            {"batch": len(prompts), "max_new_tokens": [p.max_tokens for p in params], "sampling": params[0]}
+        )
         out = []
-        for limit in max_new_tokens:
-            ids = self.reply[:limit]
+        for p in params:
+            ids = self.reply[: p.max_tokens]
             capture = None
-            if self.spec is not None:
+            if p.capture is not None:
+                assert p.capture == self.spec, "the loop asks for the capture it was given"
                 gen = torch.Generator().manual_seed(len(self.calls))
-                logits = torch.randn(len(ids), self.vocab, generator=gen)
-                capture = capture_from_logits(logits, torch.tensor(ids), self.spec)
-            out.append((list(ids), capture))
+                logits = torch.randn(len(ids), self.vocab_size, generator=gen)
+                capture = capture_from_logits(logits, torch.tensor(ids), p.capture)
+            out.append(GenerationOutput(list(ids), capture, "length" if len(ids) == p.max_tokens else "stop"))
         return out
 
 
@@ -177,7 +184,8 @@ def test_config_forms_are_accepted(tokenizer):
     (req,) = run(make_requests(tokenizer), engine, inter, tokenizer, cfg)
     assert req.assistant_turns == 2 and req.max_response_len == 32
     assert req.tokenization_sanity_check_mode.value == "disable"
-    assert engine.calls[0]["sampling"] == {"do_sample": True, "temperature": 0.7, "top_p": 1.0, "top_k": 5}
+    sampled = engine.calls[0]["sampling"]
+    assert (sampled.greedy, sampled.temperature, sampled.top_p, sampled.top_k) == (False, 0.7, 1.0, 5)
     typed = TurnLoopSettings.from_config(RolloutConfig(response_length=16))
     assert (typed.response_length, typed.max_assistant_turns) == (16, None)
 
@@ -215,12 +223,12 @@ def test_requests_to_batch_layout(tokenizer):
     assert list(no_capture["generation_logits"]) == [None, None]
 
 
-class RecordingEngine(HFTurnEngine):
+class RecordingEngine(HFEngine):
     """Records what the model generated; caps turns at 6 tokens (the untrained model rarely emits EOS)."""
 
-    def generate(self, prompt_ids, max_new_tokens, sampling):
-        out = super().generate(prompt_ids, [min(m, 6) for m in max_new_tokens], sampling)
-        self.generated = getattr(self, "generated", []) + [[ids for ids, _ in out]]
+    def generate(self, prompts, params):
+        out = super().generate(prompts, [p.replace(max_tokens=min(p.max_tokens, 6)) for p in params])
+        self.generated = getattr(self, "generated", []) + [[o.token_ids for o in out]]
         return out
 
 
@@ -235,7 +243,7 @@ def test_hf_two_turn_dialog_keeps_every_generated_token(tiny_model_dir, tokenize
     model = AutoModelForCausalLM.from_pretrained(tiny_model_dir).eval()
     yes, no = tok.encode("yes", add_special_tokens=False)[0], tok.encode("no", add_special_tokens=False)[0]
     spec = CaptureSpec("token_ids", ids=(yes, no))
-    engine = RecordingEngine(model, tok, tok.pad_token_id, tok.eos_token_id, spec)
+    engine = RecordingEngine(model, eos_token_ids=tok.eos_token_id, pad_token_id=tok.pad_token_id)
     inter = MultiTurnDialogInteraction(
         {"name": "dialog", "prob_weight": 0.5, "label_token_ids": {"yes": yes, "no": no}}
     )

@@ -20,24 +20,31 @@ rollout_contract = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(rollout_contract)
 check_rollout_output = rollout_contract.check_rollout_output
 
-EOS, PAD, R, VOCAB = 2, 3, 4, 512
+_spec = importlib.util.spec_from_file_location("sglang_double", Path(__file__).with_name("sglang_double.py"))
+sglang_double = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(sglang_double)
+SGLangEngineDouble, LoopConflict = sglang_double.SGLangEngineDouble, sglang_double.LoopConflict
 
-# Two rows as SGLang 0.5.2 returns them for return_logprob=True, top_logprobs_num=2: row 0 stops at EOS (the EOS is
-# in output_ids), row 1 runs to max_new_tokens. input_token_logprobs is [(None, last prompt id, None)] by default.
+EOS, PAD, R, VOCAB = 2, 3, 4, 512  # the tiny tokenizer's EOS and pad ids, and its vocabulary
+
+# Two rows as SGLang 0.5.23 returns them for return_logprob=True, top_logprobs_num=2 (skip_tokenizer_init): row 0
+# stops at EOS (the EOS is in output_ids), row 1 runs to max_new_tokens. input_token_logprobs starts at the first
+# prompt token with a None logprob (SGLang's default logprob_start_len).
 OUTPUTS = [
     {
-        "text": " yes no",
         "output_ids": [40, 41, 2],
         "meta_info": {
             "id": "r0",
             "finish_reason": {"type": "stop", "matched": 2},
             "prompt_tokens": 3,
+            "weight_version": "default",
+            "num_retractions": 0,
+            "reasoning_tokens": 0,
             "completion_tokens": 3,
             "cached_tokens": 0,
-            "weight_version": "default",
-            "e2e_latency": 0.12,
-            "input_token_logprobs": [(None, 12, None)],
+            "input_token_logprobs": [(None, 10, None)],
             "output_token_logprobs": [(-1.5, 40, None), (-0.25, 41, None), (-0.75, 2, None)],
+            "output_token_logprobs_length": 3,
             "input_top_logprobs": [None],
             "output_top_logprobs": [
                 [(-0.5, 7, None), (-1.5, 40, None)],
@@ -47,18 +54,19 @@ OUTPUTS = [
         },
     },
     {
-        "text": " one two three four",
         "output_ids": [50, 51, 52, 53],
         "meta_info": {
             "id": "r1",
             "finish_reason": {"type": "length", "length": 4},
             "prompt_tokens": 2,
+            "weight_version": "default",
+            "num_retractions": 0,
+            "reasoning_tokens": 0,
             "completion_tokens": 4,
             "cached_tokens": 0,
-            "weight_version": "default",
-            "e2e_latency": 0.12,
-            "input_token_logprobs": [(None, 21, None)],
+            "input_token_logprobs": [(None, 20, None)],
             "output_token_logprobs": [(-1.0, 50, None), (-2.0, 51, None), (-3.0, 52, None), (-0.5, 53, None)],
+            "output_token_logprobs_length": 4,
             "input_top_logprobs": [None],
             "output_top_logprobs": [
                 [(-0.5, 6, None), (-1.0, 50, None)],
@@ -71,22 +79,9 @@ OUTPUTS = [
 ]
 
 
-class FakeEngine:
-    """Records the calls an adapter makes and answers with literal SGLang response dicts."""
-
-    def __init__(self, outputs):
-        self.outputs = outputs
-        self.calls = []
-
-    def generate(self, **kwargs):
-        self.calls.append(("generate", kwargs))
-        return self.outputs
-
-    def update_weights_from_tensor(self, named_tensors, load_format=None, flush_cache=True):
-        self.calls.append(("update", [n for n, _ in named_tensors], flush_cache))
-
-    def flush_cache(self):
-        self.calls.append(("flush",))
+@pytest.fixture(scope="module")
+def model_dir(tiny_model_dir):
+    return tiny_model_dir
 
 
 def _config(**overrides) -> RolloutConfig:
@@ -105,17 +100,17 @@ def _prompts(**meta) -> DataProto:
     )
 
 
-def _adapter(outputs=OUTPUTS, **overrides):
-    engine = FakeEngine(outputs)
-    return SGLangAdapter(None, _config(**overrides), engine=engine, vocab_size=VOCAB), engine
+def _adapter(model_dir, outputs=OUTPUTS, engine=None, **overrides):
+    engine = engine if engine is not None else SGLangEngineDouble(outputs=outputs)
+    return SGLangAdapter(model_dir, _config(**overrides), engine=engine), engine
 
 
-def test_request_carries_unpadded_ids_and_the_sampling_params():
-    adapter, engine = _adapter()
+def test_request_carries_unpadded_ids_and_the_sampling_params(model_dir):
+    adapter, engine = _adapter(model_dir)
     adapter.generate_sequences(_prompts())
     (_, kwargs) = engine.calls[0]
     assert kwargs["input_ids"] == [[10, 11, 12], [20, 21]]  # left padding removed, one request per row
-    assert kwargs["sampling_params"] == {
+    row = {
         "max_new_tokens": R,
         "temperature": 0.9,
         "top_p": 0.95,
@@ -125,19 +120,29 @@ def test_request_carries_unpadded_ids_and_the_sampling_params():
         "skip_special_tokens": False,
         "n": 1,
     }
-    assert kwargs["return_logprob"] is True and kwargs["top_logprobs_num"] == 0
+    assert kwargs["sampling_params"] == [row, row]
+    assert kwargs["return_logprob"] == [True, True] and kwargs["top_logprobs_num"] == [0, 0]
 
 
-def test_validate_is_greedy_and_logprobs_are_asked_only_when_needed():
-    adapter, engine = _adapter(calculate_log_probs=False)
+def test_seeds_are_sent_only_to_a_deterministic_engine(model_dir):
+    adapter, engine = _adapter(model_dir)
+    adapter.generate_sequences(_prompts(seed=7))
+    assert all("sampling_seed" not in row for row in engine.calls[0][1]["sampling_params"])
+    adapter.engine.seeded = True  # started with engine_kwargs.sglang.enable_deterministic_inference=True
+    adapter.generate_sequences(_prompts(seed=7))
+    assert [row["sampling_seed"] for row in engine.calls[1][1]["sampling_params"]] == [7, 8]
+
+
+def test_validate_is_greedy_and_logprobs_are_asked_only_when_needed(model_dir):
+    adapter, engine = _adapter(model_dir, calculate_log_probs=False)
     adapter.generate_sequences(_prompts(validate=True))
-    params = engine.calls[0][1]["sampling_params"]
+    params = engine.calls[0][1]["sampling_params"][0]
     assert (params["temperature"], params["top_p"], params["top_k"]) == (0.0, 1.0, -1)
-    assert "return_logprob" not in engine.calls[0][1]
+    assert engine.calls[0][1]["return_logprob"] is False  # the double records SGLang's default when not sent
 
 
-def test_outputs_become_the_rollout_contract():
-    adapter, _ = _adapter()
+def test_outputs_become_the_rollout_contract(model_dir):
+    adapter, _ = _adapter(model_dir)
     prompts = _prompts()
     out = adapter.generate_sequences(prompts)
     check_rollout_output(out, prompts, R, EOS, PAD)
@@ -148,50 +153,138 @@ def test_outputs_become_the_rollout_contract():
     assert out.meta_info["aborted_rows"] == 0
 
 
-def test_misaligned_logprobs_are_an_error():
+def test_misaligned_logprobs_are_an_error(model_dir):
     broken = [dict(OUTPUTS[0]), OUTPUTS[1]]
     broken[0]["meta_info"] = dict(OUTPUTS[0]["meta_info"], output_token_logprobs=[(-1.5, 40, None)])
-    adapter, _ = _adapter(broken)
+    adapter, _ = _adapter(model_dir, broken)
     with pytest.raises(ValueError, match="do not match output_ids"):
         adapter.generate_sequences(_prompts())
 
 
-def test_an_aborted_request_keeps_its_tokens():
+def test_an_aborted_request_keeps_its_tokens(model_dir):
     aborted = {
         "output_ids": [40],
         "meta_info": {
             "id": "r0",
             "finish_reason": {"type": "abort", "message": "Abort before decode", "status_code": 400, "err_type": None},
             "prompt_tokens": 3,
+            "weight_version": "default",
+            "num_retractions": 0,
+            "reasoning_tokens": 0,
             "completion_tokens": 1,
             "cached_tokens": 0,
-            "input_token_logprobs": [(None, 12, None)],
+            "input_token_logprobs": [(None, 10, None)],
             "output_token_logprobs": [(-1.5, 40, None)],
+            "output_token_logprobs_length": 1,
         },
     }
-    adapter, _ = _adapter([aborted, OUTPUTS[1]])
+    adapter, _ = _adapter(model_dir, [aborted, OUTPUTS[1]])
     prompts = _prompts()
     out = adapter.generate_sequences(prompts)
     check_rollout_output(out, prompts, R, EOS, PAD)
     assert out.batch["response_mask"][0].tolist() == [1, 0, 0, 0] and out.meta_info["aborted_rows"] == 1
 
 
-def test_topk_capture_through_logit_capture():
-    adapter, engine = _adapter(logit_capture={"enable": True, "mode": "topk", "k": 2})
+def test_topk_capture_through_logit_capture(model_dir):
+    adapter, engine = _adapter(model_dir, logit_capture={"enable": True, "mode": "topk", "k": 2})
     out = adapter.generate_sequences(_prompts())
     kwargs = engine.calls[0][1]
-    assert (kwargs["return_logprob"], kwargs["top_logprobs_num"], kwargs["token_ids_logprob"]) == (True, 2, None)
+    assert (kwargs["return_logprob"], kwargs["top_logprobs_num"], kwargs["token_ids_logprob"]) == (
+        [True, True],
+        [2, 2],
+        None,
+    )
     topk = out.batch["rollout_topk_logprobs"]  # (B, R, k), sorted best first, 0 on padding
     assert topk[0].tolist() == [[-0.5, -1.5], [-0.25, -2.0], [-0.75, -1.0], [0.0, 0.0]]
     assert out.batch["rollout_topk_ids"][1].tolist() == [[6, 50], [5, 51], [4, 52], [53, 5]]
     assert out.batch["rollout_log_probs"][0].tolist() == [-1.5, -0.25, -0.75, 0.0]
 
 
-def test_weight_sync_goes_bucket_by_bucket_then_flushes():
-    adapter, engine = _adapter()
+def test_full_capture_is_refused_with_what_to_use(model_dir):
+    with pytest.raises(ValueError, match=r"SGLang returns log-probabilities, never logits; use mode=topk with k=512"):
+        _adapter(model_dir, logit_capture={"enable": True, "mode": "full"})
+
+
+def test_weight_sync_goes_bucket_by_bucket_then_flushes_off_the_event_loop(model_dir):
+    adapter, engine = _adapter(model_dir)
     weights = [("a", torch.zeros(4)), ("b", torch.zeros(4)), ("c", torch.zeros(8))]  # 16, 16, 32 bytes
+    # verl's async face runs inside asyncio.run: SGLang's blocking methods must not see the running loop
     asyncio.run(adapter.update_weights(weights, bucket_bytes=32))
-    assert engine.calls == [("update", ["a", "b"], False), ("update", ["c"], False), ("flush",)]
+    adapter.load_weights(weights, bucket_bytes=32)  # and the worker's blocking call
+    expected = [
+        ("update_weights_from_tensor", {"names": ["a", "b"], "flush_cache": False}),
+        ("update_weights_from_tensor", {"names": ["c"], "flush_cache": False}),
+        ("flush_cache", {}),
+    ]
+    assert engine.calls == expected + expected
+
+
+def test_the_double_fails_like_sglang_inside_a_running_loop():
+    engine = SGLangEngineDouble(replies=[[5, EOS]])
+
+    async def call_directly():
+        engine.flush_cache()
+
+    with pytest.raises(LoopConflict, match="Cannot run the event loop while another loop is running"):
+        asyncio.run(call_directly())
+
+
+def test_sleep_and_wake_release_and_resume_the_engine_memory(model_dir):
+    adapter, engine = _adapter(model_dir, free_cache_engine=True)
+    adapter.sleep()
+    with pytest.raises(RuntimeError, match="released"):
+        adapter.generate_sequences(_prompts())
+    adapter.wake_up(["weights"])
+    adapter.load_weights([("a", torch.zeros(2))])
+    adapter.wake_up(["kv_cache"])
+    adapter.generate_sequences(_prompts())
+    names = [c[0] for c in engine.calls]
+    assert names == [
+        "release_memory_occupation",
+        "generate",  # refused by the double: the memory was released
+        "resume_memory_occupation",
+        "update_weights_from_tensor",
+        "flush_cache",
+        "resume_memory_occupation",
+        "generate",
+    ]
+    assert [c[1]["tags"] for c in engine.calls if c[0].endswith("occupation")] == [None, ["weights"], ["kv_cache"]]
+    adapter_off, engine_off = _adapter(model_dir, free_cache_engine=False)
+    adapter_off.sleep()
+    adapter_off.wake_up()
+    assert engine_off.calls == []  # no memory saver: nothing to release
+
+
+def test_real_generation_on_the_double_matches_the_model_and_follows_weight_syncs(model_dir):
+    """The double generates with the tiny model: SGLang-shaped logprobs (log_softmax(z / T)) equal a teacher-forced
+    forward, and after a weight sync they follow the new weights."""
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval()
+    engine = SGLangEngineDouble(model=model)
+    adapter, _ = _adapter(model_dir, engine=engine, top_k=-1, top_p=1.0, temperature=0.7)
+    prompts = _prompts()
+
+    def teacher_forced(out, module):
+        with torch.no_grad():
+            logits = module(
+                input_ids=out.batch["input_ids"],
+                attention_mask=out.batch["attention_mask"],
+                position_ids=out.batch["position_ids"],
+            ).logits[:, -R - 1 : -1]
+        logp = torch.log_softmax(logits.float() / 0.7, -1).gather(-1, out.batch["responses"][..., None]).squeeze(-1)
+        return logp * out.batch["response_mask"]
+
+    out = adapter.generate_sequences(prompts)
+    check_rollout_output(out, prompts, R, EOS, PAD)
+    torch.testing.assert_close(out.batch["rollout_log_probs"], teacher_forced(out, model), atol=1e-5, rtol=0)
+    trained = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval()
+    with torch.no_grad():
+        for p in trained.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    adapter.load_weights(trained.state_dict().items())
+    out = adapter.generate_sequences(prompts)
+    torch.testing.assert_close(out.batch["rollout_log_probs"], teacher_forced(out, trained), atol=1e-5, rtol=0)
 
 
 @pytest.mark.skipif(importlib.util.find_spec("sglang") is not None, reason="SGLang is installed here")
@@ -215,6 +308,12 @@ def test_real_sglang_meets_the_contract(tiny_model_dir, name):
     tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
     config = _config(name=name, load_format="auto", tensor_model_parallel_size=1, dtype="float32")
     rollout = get_rollout_class(name, "async")(tiny_model_dir, config)
+    # the weight sync and the memory lifecycle on the real engine, from plain code and inside an event loop
+    from transformers import AutoModelForCausalLM
+
+    state = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32).state_dict()
+    rollout.load_weights(state.items())
+    asyncio.run(rollout.update_weights(state.items()))
     chats = [
         tokenizer.apply_chat_template([{"role": "user", "content": t}], tokenize=False, add_generation_prompt=True)
         for t in ("say yes", "count one two three")
@@ -227,4 +326,4 @@ def test_real_sglang_meets_the_contract(tiny_model_dir, name):
     )
     out = rollout.generate_sequences(prompts)
     check_rollout_output(out, prompts, R, tokenizer.eos_token_id, tokenizer.pad_token_id)
-    rollout.engine.shutdown()
+    rollout.engine.close()

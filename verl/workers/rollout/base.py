@@ -7,16 +7,19 @@ pulls in vLLM or SGLang. ``mode`` is ``"sync"`` (the engine lives in the trainin
 
 from __future__ import annotations
 
+import asyncio
 import importlib
-from collections.abc import Iterable
+import time
+from collections.abc import Iterable, Sequence
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     import torch
 
     from verl.protocol import DataProto
+    from verl.workers.rollout.engine import InferenceEngine
 
-__all__ = ["BaseRollout", "get_rollout_class", "register_rollout"]
+__all__ = ["BaseRollout", "EngineRollout", "get_rollout_class", "register_rollout"]
 
 _ROLLOUT_REGISTRY: dict[tuple[str, str], str] = {
     ("hf", "sync"): "verl.workers.rollout.hf_rollout.HFRollout",
@@ -70,6 +73,92 @@ class BaseRollout:
 
     async def release(self) -> None:
         """Free engine memory (weights, KV cache) while training runs. No-op by default."""
+
+
+async def _off_the_loop(fn, *args: Any) -> Any:
+    """Run a blocking engine call on a worker thread (SGLang's blocking methods run an event loop of their own and
+    fail inside a running one), on the caller's CUDA device."""
+    import torch
+
+    device = torch.cuda.current_device() if torch.cuda.is_available() and torch.cuda.is_initialized() else None
+
+    def call() -> Any:
+        if device is not None:
+            torch.cuda.set_device(device)
+        return fn(*args)
+
+    return await asyncio.get_running_loop().run_in_executor(None, call)
+
+
+class EngineRollout(BaseRollout):
+    """``generate_sequences`` and the hybrid-engine lifecycle over an :class:`~verl.workers.rollout.engine.
+    InferenceEngine`: the one implementation behind ``hf``, ``vllm``, ``sglang`` and ``sglang_with_logit``.
+
+    Subclasses build ``self.engine`` and only translate. The worker drives the lifecycle with the blocking methods
+    (``wake_up`` -> ``load_weights`` -> ``generate_sequences`` -> ``sleep``); verl's ``async`` faces (``resume``,
+    ``update_weights``, ``release``) run the same calls off the event loop.
+
+    Meta keys of the prompts override the config: ``validate`` (-> ``val_kwargs``), ``do_sample``, ``temperature``,
+    ``top_p``, ``top_k``, ``response_length``, ``seed`` (row i samples with ``seed + i``), ``calculate_log_probs``,
+    ``eos_token_id``, ``pad_token_id``.
+    """
+
+    engine: InferenceEngine
+    #: capture the sampled token's logprob even when ``logit_capture.enable`` is off (the with-logit engine).
+    capture_by_default = False
+
+    def __init__(self, config: Any, model_config: Any = None, device_mesh: Any = None, *args, **kwargs):
+        super().__init__(config, model_config, device_mesh, *args, **kwargs)
+        from verl.workers.rollout.logit_capture import CaptureSpec
+
+        spec = CaptureSpec.from_config(self.config.logit_capture)
+        self.capture_spec = CaptureSpec() if spec is None and self.capture_by_default else spec
+
+    def generate_sequences(self, prompts: DataProto) -> DataProto:
+        """One response per prompt row (the trainer repeats rows for ``n``); output keys as in ``hf_rollout``."""
+        from verl.workers.rollout.engine_io import assemble_output, prompt_token_lists, rollout_sampling
+        from verl.workers.rollout.logit_capture import check_capture_budget
+
+        start = time.perf_counter()
+        engine = self.engine
+        sampling = rollout_sampling(
+            self.config, prompts.meta_info, engine.eos_token_ids, engine.pad_token_id, self.capture_spec
+        )
+        token_prompts = prompt_token_lists(prompts)
+        if self.capture_spec is not None:
+            check_capture_budget(self.capture_spec, len(token_prompts), sampling.response_length, engine.vocab_size)
+        outputs = engine.generate(token_prompts, [sampling.row(i) for i in range(len(token_prompts))])
+        out = assemble_output(prompts, outputs, sampling)
+        out.meta_info["timing"] = {"generate_sequences": time.perf_counter() - start}
+        return out
+
+    # ---- the hybrid-engine lifecycle, blocking (what the worker calls) ----
+    def wake_up(self, tags: Sequence[str] | None = None) -> None:
+        """Re-acquire weights / KV cache (``tags``; None = all) after ``sleep``."""
+        self.engine.wake_up(tags)
+
+    def sleep(self) -> None:
+        """Free engine memory while training runs (``rollout.free_cache_engine``)."""
+        self.engine.sleep()
+
+    def load_weights(self, weights: Iterable[tuple[str, torch.Tensor]], bucket_bytes: int | None = None) -> None:
+        """Load HF-named weights, ``rollout.update_weights_bucket_megabytes`` per engine call."""
+        size = bucket_bytes or int(self.config.update_weights_bucket_megabytes) << 20
+        self.engine.update_weights(weights, size)
+
+    def abort_all(self) -> None:
+        """Stop the ``generate_sequences`` in flight (rows keep their tokens; ``meta_info["aborted_rows"]``)."""
+        self.engine.abort_all()
+
+    # ---- verl's async faces ----
+    async def resume(self, tags: list[str]) -> None:
+        await _off_the_loop(self.wake_up, tags)
+
+    async def update_weights(self, weights: Iterable[tuple[str, torch.Tensor]], **kwargs) -> None:
+        await _off_the_loop(self.load_weights, weights, kwargs.get("bucket_bytes"))
+
+    async def release(self) -> None:
+        await _off_the_loop(self.sleep)
 
 
 def register_rollout(name: str, mode: str, target: str) -> None:

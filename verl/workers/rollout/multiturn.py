@@ -1,6 +1,6 @@
 """The multi-turn rollout loop, engine-agnostic: generate -> interaction -> append, until the dialogue ends.
 
-One round generates for every unfinished request in one batched ``TurnEngine.generate`` call, then has each
+One round generates for every unfinished request in one batched ``InferenceEngine.generate_async`` call, then has each
 request's interaction (``interaction_kwargs["name"]``) judge the turn (its score goes to
 ``reward_scores[interaction.name]``) and reply; the reply is appended as a user turn (loss mask 0), and the loop
 repeats. A request ends when its interaction says so, when ``multi_turn.max_assistant_turns`` /
@@ -23,12 +23,12 @@ import asyncio
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 
-from verl.workers.rollout.hf_rollout import HFTurnEngine  # the hf engine's TurnEngine, re-exported
+from verl.workers.rollout.engine import InferenceEngine, SamplingParams
 from verl.workers.rollout.schemas import (
     AsyncRolloutRequest,
     AsyncRolloutRequestStateEnum,
@@ -38,11 +38,8 @@ from verl.workers.rollout.schemas import (
 
 if TYPE_CHECKING:
     from verl.interactions.base import BaseInteraction
-    from verl.workers.rollout.logit_capture import TokenCapture
 
 __all__ = [
-    "HFTurnEngine",
-    "TurnEngine",
     "TurnLoopSettings",
     "generate_multiturn",
     "requests_to_batch",
@@ -50,17 +47,6 @@ __all__ = [
 ]
 
 _S = AsyncRolloutRequestStateEnum
-
-
-class TurnEngine(Protocol):
-    """What the turn loop needs from an engine: batched token-in/token-out generation with optional capture."""
-
-    def generate(
-        self, prompt_ids: list[list[int]], max_new_tokens: list[int], sampling: dict
-    ) -> list[tuple[list[int], TokenCapture | None]]:
-        """Per prompt: the generated ids (ending with EOS when it stopped by itself, at most ``max_new_tokens[i]``)
-        and this turn's capture (one row per id) or None. ``sampling``: do_sample, temperature, top_p, top_k."""
-        ...
 
 
 @dataclass(frozen=True)
@@ -95,6 +81,22 @@ class TurnLoopSettings:
         )
 
 
+def turn_sampling(sampling: dict, response_length: int, engine: Any, capture_spec: Any = None) -> SamplingParams:
+    """The ``SamplingParams`` of every assistant turn from the loop's sampling dict (``do_sample``,
+    ``temperature``, ``top_p``, ``top_k``, optional ``seed`` and ``stop_token_ids``)."""
+    greedy = not sampling["do_sample"] or float(sampling["temperature"]) <= 0
+    stop = sampling.get("stop_token_ids") or getattr(engine, "eos_token_ids", ())
+    return SamplingParams(
+        max_tokens=response_length,
+        temperature=0.0 if greedy else float(sampling["temperature"]),
+        top_p=1.0 if greedy else float(sampling["top_p"]),
+        top_k=-1 if greedy else int(sampling["top_k"]),
+        seed=sampling.get("seed"),
+        stop_token_ids=tuple(stop),
+        capture=capture_spec,
+    )
+
+
 def _check_interaction_names(requests: list[AsyncRolloutRequest], interactions: dict[str, Any]) -> None:
     for req in requests:
         name = req.interaction_kwargs.get("name")
@@ -106,16 +108,26 @@ def _check_interaction_names(requests: list[AsyncRolloutRequest], interactions: 
             )
 
 
-def _generate_round(active: list[AsyncRolloutRequest], engine: TurnEngine, tokenizer: Any, sampling: dict) -> None:
-    """One batched assistant turn for ``active`` (each asks for at most its remaining budget)."""
+_CALL_STRIDE = 1_000_003  # > any batch size: the seeds of different rounds never collide
+
+
+async def _generate_round(
+    active: list[AsyncRolloutRequest], engine: InferenceEngine, tokenizer: Any, params: SamplingParams, round_: int
+) -> None:
+    """One batched assistant turn for ``active``: each asks for at most its remaining budget; with a seed, row ``i``
+    of round ``c`` samples with ``seed + c * 1_000_003 + i`` (later turns do not replay the first one's stream)."""
     for req in active:
         req.transition(_S.RUNNING)
+    row_params = []
+    for i, req in enumerate(active):
+        seed = None if params.seed is None else params.seed + round_ * _CALL_STRIDE + i
+        row_params.append(params.replace(max_tokens=req.remaining_budget, seed=seed))
     start = time.perf_counter()
-    outputs = engine.generate([req.input_ids for req in active], [req.remaining_budget for req in active], sampling)
+    outputs = await engine.generate_async([req.input_ids for req in active], row_params)
     latency = time.perf_counter() - start
-    for req, (ids, capture) in zip(active, outputs, strict=True):
-        req.add_assistant_tokens(ids, capture, tokenizer=tokenizer)
-        req.update_metrics(generated_tokens=len(ids), generate_latency_s=latency)
+    for req, out in zip(active, outputs, strict=True):
+        req.add_assistant_tokens(list(out.token_ids), out.capture, tokenizer=tokenizer)
+        req.update_metrics(generated_tokens=len(out.token_ids), generate_latency_s=latency)
 
 
 async def _interact(
@@ -150,7 +162,7 @@ async def _interact(
 
 async def run_multiturn(
     requests: list[AsyncRolloutRequest],
-    engine: TurnEngine,
+    engine: InferenceEngine,
     interactions: dict[str, BaseInteraction],
     tokenizer: Any,
     config: Any,
@@ -162,19 +174,20 @@ async def run_multiturn(
     Args:
         requests: PENDING requests (``AsyncRolloutRequest.from_messages``); ``max_response_len`` is set to
             ``rollout.response_length`` when larger.
-        engine: a ``TurnEngine``; it captures per ``capture_spec`` itself (``capture_spec`` is passed for
-            symmetry with ``requests_to_batch`` and is not read here).
+        engine: the rollout's ``InferenceEngine`` (``verl.workers.rollout.engine``).
         interactions: ``{name: interaction}`` from ``initialize_interactions_from_config``.
         tokenizer: the policy's tokenizer (chat template, decoding, user-turn deltas).
         config: ``actor_rollout_ref.rollout`` (typed, DictConfig or dict) or a ``TurnLoopSettings``.
-        sampling: overrides the config's do_sample/temperature/top_p/top_k (e.g. validation's ``val_kwargs``).
+        capture_spec: ``CaptureSpec`` of every assistant turn, or None.
+        sampling: overrides the config's do_sample/temperature/top_p/top_k (e.g. validation's ``val_kwargs``),
+            ``seed``, and ``stop_token_ids`` (default: the engine's EOS ids; a turn ends at, and keeps, the first).
 
     Raises:
         ValueError: a request names an unknown interaction (before anything is generated).
     """
     settings = config if isinstance(config, TurnLoopSettings) else TurnLoopSettings.from_config(config)
     _check_interaction_names(requests, interactions)
-    sampling = {**settings.sampling, **(sampling or {})}
+    params = turn_sampling({**settings.sampling, **(sampling or {})}, settings.response_length, engine, capture_spec)
     instance_ids: dict[str, str] = {}
     for req in requests:
         req.max_response_len = min(req.max_response_len, settings.response_length)
@@ -183,8 +196,10 @@ async def run_multiturn(
         interaction = interactions[req.interaction_kwargs["name"]]
         instance_ids[req.request_id] = await interaction.start_interaction(req.request_id, **req.interaction_kwargs)
     try:
+        round_ = 0
         while active := [req for req in requests if not req.is_finished]:
-            _generate_round(active, engine, tokenizer, sampling)
+            await _generate_round(active, engine, tokenizer, params, round_)
+            round_ += 1
             await asyncio.gather(
                 *(
                     _interact(
@@ -273,7 +288,7 @@ def requests_to_batch(
 
 def generate_multiturn(
     prompts: Any,
-    engine: TurnEngine,
+    engine: InferenceEngine,
     tokenizer: Any,
     config: Any,
     interactions: dict[str, BaseInteraction],
@@ -285,8 +300,8 @@ def generate_multiturn(
         prompts: ``DataProto`` with left-padded ``input_ids``/``attention_mask`` (B, P), non-tensor ``raw_prompt``
             (the chat messages; ``data.return_raw_chat=True``) and ``interaction_kwargs`` (``name`` picks the
             interaction; with a single registered interaction it may be omitted); meta ``validate``, ``seed``,
-            ``pad_token_id``.
-        engine: the ``TurnEngine`` of the configured rollout engine.
+            ``pad_token_id``, ``eos_token_id`` (the ids that end a turn; default the engine's).
+        engine: the rollout's ``InferenceEngine``.
         config: typed ``actor_rollout_ref.rollout``.
         capture_spec: ``CaptureSpec`` or None (then ``calculate_log_probs`` still yields ``rollout_log_probs``).
 
@@ -322,6 +337,9 @@ def generate_multiturn(
         sampling = {"do_sample": val.do_sample, "temperature": val.temperature, "top_p": val.top_p, "top_k": val.top_k}
     if meta.get("seed") is not None:
         sampling["seed"] = int(meta["seed"])
+    eos = meta.get("eos_token_id")
+    if eos is not None:
+        sampling["stop_token_ids"] = tuple(eos if isinstance(eos, (list, tuple)) else [eos])
     asyncio.run(run_multiturn(requests, engine, interactions, tokenizer, config, capture_spec, sampling))
     pad = meta.get("pad_token_id", tokenizer.pad_token_id)
     tensors, non_tensors = requests_to_batch(requests, ids.size(1), config.response_length, int(pad), capture_spec)

@@ -1,13 +1,14 @@
 """An OpenAI-compatible HTTP server (FastAPI) over a generation backend (``generation_backend``).
 
 Endpoints: ``POST /v1/completions``, ``POST /v1/chat/completions``, ``GET /v1/models``, ``GET /health``.
-Request parameters: ``n``, ``stop``, ``max_tokens``, ``temperature`` (0 is greedy), ``top_p``, ``seed``, ``stream``
+Request parameters: ``n``, ``stop``, ``max_tokens``, ``temperature`` (0 is greedy), ``top_p``, ``seed``, vLLM's
+``top_k`` and ``ignore_eos``, ``stream``
 (server-sent events ending with ``data: [DONE]``, ``stream_options.include_usage``), ``logprobs`` (completions: an
 int -> ``{tokens, token_logprobs, top_logprobs, text_offset}``; chat: ``logprobs: true`` + ``top_logprobs: k`` ->
 ``logprobs.content[{token, logprob, bytes, top_logprobs}]``) and ``usage`` in every answer.
 
-This module only translates: pydantic request models -> ``SamplingParams`` and prompt ids -> one backend call per
-choice (all choices of all requests run concurrently, so the backend batches them) -> OpenAI response JSON.
+This module only translates: pydantic request models -> ``GenerationJob`` (the engine's ``SamplingParams`` plus
+stop strings) and prompt ids -> one backend call per choice (all choices of all requests run concurrently, so the backend batches them) -> OpenAI response JSON.
 Every error is OpenAI-shaped, ``{"error": {"message", "type", "param", "code"}}``: 400 for an invalid or malformed
 body (FastAPI's 422 is rewritten, naming the field), 400 when the prompt plus ``max_tokens`` exceeds the model's
 length, 404 for an unknown model, 401 for a missing or wrong bearer key.
@@ -38,7 +39,14 @@ from typing import Any, Literal
 from fastapi import Request
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from verl.workers.rollout.generation_backend import GenerationResult, SamplingParams, TokenStep, make_backend
+from verl.workers.rollout.engine import SamplingParams
+from verl.workers.rollout.generation_backend import (
+    GenerationJob,
+    GenerationResult,
+    TokenStep,
+    logprobs_capture,
+    make_backend,
+)
 
 __all__ = ["ChatCompletionRequest", "CompletionRequest", "OpenAIServer", "create_app"]
 
@@ -52,6 +60,10 @@ class _Request(BaseModel):
     max_tokens: int | None = Field(None, ge=1)
     temperature: float = Field(1.0, ge=0.0, le=2.0)
     top_p: float = Field(1.0, gt=0.0, le=1.0)
+    top_k: int | None = None
+    """vLLM's extension: keep the k most likely tokens (-1, 0 or None: all)."""
+    ignore_eos: bool = False
+    """vLLM's extension: keep generating after the end-of-sequence token."""
     seed: int | None = None
     stop: str | list[str] | None = None
     stream: bool = False
@@ -274,13 +286,23 @@ class _Handler:
             limit = self.backend.max_model_len
             raise OpenAIError(400, f"the prompt has {len(prompt)} tokens, no room left in {limit}", "messages")
         seed = None if req.seed is None else req.seed + i  # choice i of n gets its own stream
-        params = SamplingParams(max_tokens, req.temperature, req.top_p, seed, logprobs, req.stop_list)
+        params = SamplingParams(
+            max_tokens=max_tokens,
+            temperature=req.temperature,
+            top_p=req.top_p,
+            top_k=req.top_k or -1,
+            seed=seed,
+            stop_token_ids=self.backend.eos_ids,
+            ignore_eos=req.ignore_eos,
+            capture=logprobs_capture(logprobs),
+        )
+        job = GenerationJob(params, req.stop_list)
         try:
-            self.backend.check_prompt(prompt, params)
+            self.backend.check_prompt(prompt, job)
         except ValueError as exc:
             param = "max_tokens" if max_tokens <= self.backend.max_model_len else "prompt"
             raise OpenAIError(400, str(exc), param, "context_length_exceeded") from None
-        return params
+        return job
 
     # ------------------------------------------------------------ internal -> response
     def completion_logprobs(self, result: GenerationResult) -> CompletionLogprobs:
@@ -320,7 +342,7 @@ class _Handler:
         return text, ("stop" if stopped else result.finish_reason)
 
     # ------------------------------------------------------------ endpoints
-    async def _run_all(self, jobs: list[tuple[list[int], SamplingParams]]) -> list[GenerationResult]:
+    async def _run_all(self, jobs: list[tuple[list[int], GenerationJob]]) -> list[GenerationResult]:
         return list(await asyncio.gather(*(self.backend.generate(p, s) for p, s in jobs)))
 
     async def completions(self, req: CompletionRequest) -> Any:
@@ -369,7 +391,7 @@ class _Handler:
         """Server-sent events: one chunk per generated token per choice, then the finish chunks, usage, [DONE]."""
         events: asyncio.Queue = asyncio.Queue()
 
-        async def pump(index: int, prompt: list[int], params: SamplingParams) -> None:
+        async def pump(index: int, prompt: list[int], params: GenerationJob) -> None:
             try:
                 async for step in self.backend.generate_stream(prompt, params):
                     await events.put((index, step))
@@ -417,7 +439,7 @@ class _Handler:
 class _ChoiceStream:
     """The text emitted so far for one streamed choice; holds back what could still become a stop string."""
 
-    def __init__(self, handler: _Handler, params: SamplingParams):
+    def __init__(self, handler: _Handler, params: GenerationJob):
         self.h, self.params = handler, params
         self.ids: list[int] = []
         self.sent = 0

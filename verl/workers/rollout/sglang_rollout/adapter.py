@@ -1,101 +1,285 @@
-"""SGLang rollout: our request -> ``sglang.Engine.generate`` -> our output contract. Imports without SGLang.
+"""SGLang rollout: the engine contract over ``sglang.Engine`` (``SGLangEngine``) and the rollout on it. Imports without
+SGLang.
 
-The engine is a seam: anything with SGLang's offline-engine methods (``generate``, and for syncs
-``update_weights_from_tensor`` / ``flush_cache``, for memory ``release_memory_occupation`` /
-``resume_memory_occupation``) can be passed as ``engine=``; tests pass a fake returning literal dicts shaped as
-SGLang 0.5.2 returns them (``reference/engine_logprobs.md`` 1.3). Without one, ``sglang.Engine`` is started.
+The engine object is a seam: ``SGLangEngine(engine=...)`` takes anything with SGLang's offline-engine methods; the
+tests pass a double whose outputs are shaped as SGLang 0.5.23 builds them and check every call against the installed
+package's source (``tests/workers/rollout/test_sglang_contract.py``). Without one, ``sglang.Engine`` is started.
 
-Translation (facts from SGLang's documented API):
+Facts from SGLang 0.5.23's source (``sglang/srt/entrypoints/engine.py``, ``managers/tokenizer_manager.py``):
 
-* Request: ``generate(input_ids=[[ids] per row], sampling_params={...}, return_logprob=..., top_logprobs_num=...,
-  token_ids_logprob=...)``; one request per row (``n`` is the trainer's repeat). ``sampling_params`` holds
-  ``max_new_tokens``, ``temperature`` (0 = greedy), ``top_p``, ``top_k``, ``stop_token_ids``, ``ignore_eos``,
-  ``skip_special_tokens=False``. SGLang 0.5.2 has no per-request seed, so ``meta_info["seed"]`` is not forwarded.
-* Response (one dict per row): ``output_ids`` are the generated ids including the EOS; with ``return_logprob``,
-  ``meta_info["output_token_logprobs"]`` is ``[(logprob, token_id, text|None), ...]`` of the same length (checked);
-  ``input_token_logprobs`` starts with ``None`` and is ignored. ``finish_reason["type"] == "abort"`` keeps the
-  tokens generated so far.
-* Logprob semantics: SGLang 0.5.x returns ``log_softmax(z / T)`` without top-k/top-p renormalisation (greedy:
-  ``log_softmax(z)``), which equals the actor's recomputation for any top-k/top-p.
+* ``Engine.generate``, ``update_weights_from_tensor``, ``flush_cache``, ``release_memory_occupation`` and
+  ``resume_memory_occupation`` are plain methods that run the engine's own event loop
+  (``self.loop.run_until_complete``): they must not be called from a thread whose event loop is running. This adapter
+  calls them from plain code; inside an event loop (the multi-turn loop, verl's ``async`` faces) they run on a worker
+  thread. ``async_generate`` is the only ``async def`` we could use and is not (it is bound to the loop the engine was
+  started in).
+* Request: ``generate(input_ids=[[ids] per row], sampling_params=[{...} per row], return_logprob=...,
+  top_logprobs_num=..., token_ids_logprob=...)``; ``sampling_params`` holds ``max_new_tokens``, ``temperature``
+  (0 = greedy), ``top_p``, ``top_k``, ``stop_token_ids``, ``ignore_eos``, ``skip_special_tokens=False``,
+  ``sampling_seed`` (per request; SGLang honours it only when started with ``enable_deterministic_inference``, so it
+  is sent only then).
+* Response, with ``skip_tokenizer_init=True``: one dict per row, ``output_ids`` (generated ids including the stop
+  token) and ``meta_info`` (``id``, ``finish_reason`` = ``{"type": "stop"|"length"|"abort", ...}``,
+  ``prompt_tokens``, ``completion_tokens``, ...; with ``return_logprob``: ``output_token_logprobs`` =
+  ``[(logprob, token_id, None), ...]`` of the same length, ``output_top_logprobs``, ``output_token_ids_logprobs``;
+  ``input_token_logprobs`` starts with ``None`` and is ignored).
+* Logprob semantics: SGLang returns ``log_softmax(z / T)`` without top-k/top-p renormalisation (greedy:
+  ``log_softmax(z)``), or of the raw logits with ``SGLANG_RETURN_ORIGINAL_LOGPROB=1``. It never returns logits, so
+  capture mode ``full`` is refused (``check_capture``).
 """
 
 from __future__ import annotations
 
+import asyncio
+import concurrent.futures
 import os
-import time
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
 import torch
 
-from verl.protocol import DataProto
-from verl.workers.rollout.base import BaseRollout
-from verl.workers.rollout.engine_io import SamplingRequest, assemble_output, prompt_token_lists, sampling_request
+from verl.workers.rollout.base import EngineRollout
+from verl.workers.rollout.engine import GenerationOutput, InferenceEngine, SamplingParams
 from verl.workers.rollout.hf_rollout import as_rollout_config
 from verl.workers.rollout.sglang_rollout.utils import get_named_tensor_buckets
 
-__all__ = ["SGLangAdapter", "parse_generate_output", "sglang_generate_kwargs"]
+__all__ = ["SGLangAdapter", "SGLangEngine", "parse_generate_output", "sglang_generate_kwargs", "sglang_server_kwargs"]
 
 
-def sglang_generate_kwargs(
-    token_prompts: list[list[int]], req: SamplingRequest, capture: Any = None, vocab_size: int | None = None
-) -> dict[str, Any]:
-    """The keyword arguments of ``Engine.generate`` for one batch (one request per row)."""
-    sampling = {
-        "max_new_tokens": req.response_length,
-        "temperature": 0.0 if req.greedy else req.temperature,
-        "top_p": req.top_p,
-        "top_k": req.top_k,
-        "stop_token_ids": list(req.eos_ids),
-        "ignore_eos": req.ignore_eos,
-        "skip_special_tokens": False,
-        "n": 1,
+def sglang_server_kwargs(model_path: str, cfg: Any, seed: int = 0, trust_remote_code: bool = False) -> dict[str, Any]:
+    """``sglang.Engine(**kwargs)`` (``ServerArgs`` fields) for ``actor_rollout_ref.rollout`` (typed ``RolloutConfig``).
+
+    ``engine_kwargs.sglang`` is applied last (it wins). The hybrid engine runs one engine per training rank, so its
+    ``tp_size`` is 1 (``rollout.tensor_model_parallel_size > 1`` is refused before Ray, ``rollout_preflight``).
+    """
+    kwargs = {
+        "model_path": os.fspath(model_path),
+        "dtype": cfg.dtype,
+        "mem_fraction_static": cfg.gpu_memory_utilization,
+        "enable_memory_saver": cfg.free_cache_engine,
+        "tp_size": 1,
+        "load_format": cfg.load_format,
+        "skip_tokenizer_init": True,
+        "random_seed": seed,
+        "trust_remote_code": trust_remote_code,
     }
-    kwargs: dict[str, Any] = {"input_ids": [list(p) for p in token_prompts], "sampling_params": sampling}
-    if capture is not None:
-        from verl.workers.rollout.logit_capture import sglang_sampling_kwargs
-
-        kwargs.update(sglang_sampling_kwargs(capture, vocab_size))
-    elif req.calculate_log_probs:
-        kwargs.update(return_logprob=True, top_logprobs_num=0)
+    kwargs.update((cfg.engine_kwargs or {}).get("sglang") or {})
     return kwargs
 
 
-def parse_generate_output(output: Mapping[str, Any], req: SamplingRequest) -> tuple[list[int], list[float] | None]:
-    """One response dict -> (generated ids, sampled-token logprobs or None).
+def sglang_generate_kwargs(
+    prompts: Sequence[Sequence[int]],
+    params: Sequence[SamplingParams],
+    vocab_size: int | None = None,
+    seeded: bool = False,
+) -> dict[str, Any]:
+    """The keyword arguments of ``Engine.generate`` for one batch: one request per row, per-row lists.
+
+    ``seeded``: the engine honours ``sampling_seed`` (started with ``enable_deterministic_inference``)."""
+    from verl.workers.rollout.logit_capture import sglang_sampling_kwargs
+
+    sampling, return_logprob, top_num, token_ids = [], [], [], []
+    for p in params:
+        row = {
+            "max_new_tokens": p.max_tokens,
+            "temperature": 0.0 if p.greedy else p.temperature,
+            "top_p": p.top_p,
+            "top_k": p.top_k,
+            "stop_token_ids": list(p.stop_token_ids),
+            "ignore_eos": p.ignore_eos,
+            "skip_special_tokens": False,
+            "n": 1,
+        }
+        if seeded and p.seed is not None:
+            row["sampling_seed"] = p.seed
+        sampling.append(row)
+        request = {"return_logprob": False, "top_logprobs_num": 0, "token_ids_logprob": None}
+        if p.capture is not None:
+            request = sglang_sampling_kwargs(p.capture, vocab_size)
+        return_logprob.append(request["return_logprob"])
+        top_num.append(request["top_logprobs_num"])
+        token_ids.append(request["token_ids_logprob"])
+    kwargs: dict[str, Any] = {"input_ids": [list(p) for p in prompts], "sampling_params": sampling}
+    if any(return_logprob):
+        kwargs.update(return_logprob=return_logprob, top_logprobs_num=top_num)
+        if any(ids is not None for ids in token_ids):
+            kwargs["token_ids_logprob"] = token_ids
+    return kwargs
+
+
+def parse_generate_output(output: Mapping[str, Any], params: SamplingParams) -> GenerationOutput:
+    """One response dict -> ``GenerationOutput`` (capture per ``params.capture``).
 
     Raises:
-        ValueError: more ids than ``response_length``, or logprobs that do not line up with ``output_ids``.
+        ValueError: more ids than ``max_tokens``, or logprobs that do not line up with ``output_ids``.
     """
     tokens = [int(t) for t in output["output_ids"]]
-    if len(tokens) > req.response_length:
-        raise ValueError(f"SGLang returned {len(tokens)} tokens for max_new_tokens={req.response_length}")
-    pairs = (output.get("meta_info") or {}).get("output_token_logprobs")
-    if pairs is None:
-        return tokens, None
-    if len(pairs) != len(tokens) or any(int(p[1]) != t for p, t in zip(pairs, tokens)):
+    if len(tokens) > params.max_tokens:
+        raise ValueError(f"SGLang returned {len(tokens)} tokens for max_new_tokens={params.max_tokens}")
+    meta = output.get("meta_info") or {}
+    reason = (meta.get("finish_reason") or {}).get("type")
+    result = GenerationOutput(tokens, None, reason if reason in ("stop", "length", "abort") else "length")
+    if params.capture is None:
+        return result
+    pairs = meta.get("output_token_logprobs")
+    if pairs is None or len(pairs) != len(tokens) or any(int(p[1]) != t for p, t in zip(pairs, tokens)):
+        got = "none" if pairs is None else f"{len(pairs)} entries"
         raise ValueError(
-            f"SGLang output_token_logprobs ({len(pairs)} entries) do not match output_ids ({len(tokens)} ids); "
-            "see reference/engine_logprobs.md pitfall 5"
+            f"SGLang output_token_logprobs ({got}) do not match output_ids ({len(tokens)} ids); see "
+            "reference/engine_logprobs.md pitfall 5"
         )
-    return tokens, [float(p[0]) for p in pairs]
+    from verl.workers.rollout.logit_capture import capture_from_sglang
+
+    result.capture = capture_from_sglang(output, params.capture)
+    return result
 
 
-class SGLangAdapter(BaseRollout):
-    """The SGLang engine behind the rollout interface; ``ServerAdapter`` / ``SGLangRolloutWithLogit`` subclass it.
+def _in_running_loop() -> bool:
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return False
+    return True
+
+
+def _blocking(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+    """Call one of SGLang's blocking methods; from a thread whose event loop runs, on a worker thread instead."""
+    if not _in_running_loop():
+        return fn(*args, **kwargs)
+    with concurrent.futures.ThreadPoolExecutor(max_workers=1) as pool:
+        return pool.submit(fn, *args, **kwargs).result()
+
+
+class SGLangEngine(InferenceEngine):
+    """``sglang.Engine`` behind the engine contract (``verl.workers.rollout.engine``).
 
     Args:
-        model: the HF model directory (or None with ``model_config.path``); unused when ``engine`` is given.
+        engine: an ``sglang.Engine`` (or a double with its methods).
+        vocab_size, max_model_len, eos_token_ids, pad_token_id: the model's.
+        memory_saver: the engine was started with ``enable_memory_saver`` (``sleep``/``wake_up`` reach it).
+        seeded: the engine was started with ``enable_deterministic_inference`` (per-request seeds are honoured).
+    """
+
+    def __init__(
+        self,
+        engine: Any,
+        vocab_size: int,
+        max_model_len: int,
+        eos_token_ids: Sequence[int],
+        pad_token_id: int,
+        memory_saver: bool = False,
+        seeded: bool = False,
+    ):
+        self.engine = engine
+        self.seeded = bool(seeded)
+        self.vocab_size = int(vocab_size)
+        self.max_model_len = int(max_model_len)
+        self.eos_token_ids = tuple(int(e) for e in eos_token_ids)
+        self.pad_token_id = int(pad_token_id)
+        self.memory_saver = bool(memory_saver)
+        self.asleep = False
+
+    @classmethod
+    def from_rollout_config(
+        cls, model_path: str, cfg: Any, seed: int = 0, trust_remote_code: bool = False, engine: Any = None
+    ) -> SGLangEngine:
+        """Start ``sglang.Engine`` for ``model_path`` (or wrap ``engine``), reading the model's facts from its files."""
+        from transformers import AutoConfig, AutoTokenizer, GenerationConfig
+
+        path = os.fspath(model_path)
+        server_kwargs = sglang_server_kwargs(path, cfg, seed, trust_remote_code)
+        if engine is None:
+            import sglang
+
+            engine = sglang.Engine(**server_kwargs)
+        config = AutoConfig.from_pretrained(path, trust_remote_code=trust_remote_code)
+        text = config.get_text_config() if hasattr(config, "get_text_config") else config
+        tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
+        eos = tokenizer.eos_token_id
+        try:
+            eos = GenerationConfig.from_pretrained(path).eos_token_id or eos
+        except OSError:
+            pass
+        eos_ids = [int(e) for e in (eos if isinstance(eos, (list, tuple)) else [eos]) if e is not None]
+        pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else (eos_ids[0] if eos_ids else 0)
+        max_len = cfg.max_model_len or cfg.prompt_length + cfg.response_length
+        seeded = bool(server_kwargs.get("enable_deterministic_inference", False))
+        return cls(engine, text.vocab_size, max_len, eos_ids, pad, memory_saver=cfg.free_cache_engine, seeded=seeded)
+
+    # ------------------------------------------------------------------ generation
+    def check_capture(self, spec: Any) -> None:
+        if spec.mode == "full":
+            raise ValueError(
+                "actor_rollout_ref.rollout.logit_capture.mode=full: SGLang returns log-probabilities, never logits; "
+                f"use mode=topk with k={self.vocab_size} for the whole log-distribution, or rollout.name=vllm / hf "
+                "for logits"
+            )
+
+    def generate(self, prompts: Sequence[Sequence[int]], params: Sequence[SamplingParams]) -> list[GenerationOutput]:
+        if len(prompts) != len(params):
+            raise ValueError(f"{len(prompts)} prompts but {len(params)} SamplingParams")
+        for i, (prompt, p) in enumerate(zip(prompts, params)):
+            self.check_request(prompt, p, where=f"request {i}")
+        rows = [i for i, p in enumerate(params) if p.max_tokens > 0]
+        results = [GenerationOutput() for _ in prompts]
+        if not rows:
+            return results
+        kwargs = sglang_generate_kwargs(
+            [prompts[i] for i in rows], [params[i] for i in rows], self.vocab_size, self.seeded
+        )
+        outputs = _blocking(self.engine.generate, **kwargs)
+        if isinstance(outputs, Mapping):
+            outputs = [outputs]
+        if len(outputs) != len(rows):
+            raise ValueError(f"SGLang returned {len(outputs)} outputs for {len(rows)} prompts")
+        for i, output in zip(rows, outputs):
+            results[i] = parse_generate_output(output, params[i])
+        return results
+
+    async def generate_async(
+        self, prompts: Sequence[Sequence[int]], params: Sequence[SamplingParams]
+    ) -> list[GenerationOutput]:
+        return await asyncio.get_running_loop().run_in_executor(None, self.generate, prompts, params)
+
+    # ------------------------------------------------------------------ weights and memory
+    def update_weights(self, weights: Iterable[tuple[str, torch.Tensor]], bucket_bytes: int) -> None:
+        """HF-named weights bucket by bucket (``update_weights_from_tensor``), then one ``flush_cache``."""
+        for bucket in get_named_tensor_buckets(weights, bucket_bytes):
+            named = [(n, t.full_tensor() if hasattr(t, "full_tensor") else t) for n, t in bucket]
+            _blocking(self.engine.update_weights_from_tensor, named_tensors=named, load_format=None, flush_cache=False)
+        _blocking(self.engine.flush_cache)
+
+    def sleep(self) -> None:
+        """Release weights and KV cache (``release_memory_occupation``; engine started with the memory saver)."""
+        if self.memory_saver and not self.asleep:
+            _blocking(self.engine.release_memory_occupation, tags=None)
+            self.asleep = True
+
+    def wake_up(self, tags: Sequence[str] | None = None) -> None:
+        """Re-acquire ``tags`` (``weights``, ``kv_cache``; None = all) after ``sleep``."""
+        if self.memory_saver and self.asleep:
+            tag_list = list(tags) if tags else None
+            _blocking(self.engine.resume_memory_occupation, tags=tag_list)
+            if tag_list is None or "kv_cache" in tag_list:
+                self.asleep = False
+
+    def close(self) -> None:
+        if hasattr(self.engine, "shutdown"):
+            self.engine.shutdown()
+
+
+class SGLangAdapter(EngineRollout):
+    """The SGLang rollout: ``EngineRollout`` over :class:`SGLangEngine`; ``ServerAdapter`` / ``SGLangRolloutWithLogit``
+    subclass it.
+
+    Args:
+        model: the HF model directory (or None with ``model_config.path``).
         config: typed ``RolloutConfig`` (a DictConfig or dict is converted).
         model_config: ``actor_rollout_ref.model``, optional.
         device_mesh: unused.
         engine: an engine object (the seam); None starts ``sglang.Engine``.
-        vocab_size: the model's vocabulary size (read from the model's config.json when None).
         seed: the engine's ``random_seed``.
     """
-
-    #: capture the sampled token's logprob even when ``logit_capture.enable`` is off (the with-logit engine).
-    capture_by_default = False
 
     def __init__(
         self,
@@ -104,118 +288,16 @@ class SGLangAdapter(BaseRollout):
         model_config: Any = None,
         device_mesh: Any = None,
         engine: Any = None,
-        vocab_size: int | None = None,
         seed: int = 0,
         **_,
     ):
         typed, _micro = as_rollout_config(config)
         super().__init__(typed, model_config, device_mesh)
-        from verl.workers.rollout.logit_capture import CaptureSpec
-
-        self.capture = CaptureSpec.from_config(typed.logit_capture)
-        if self.capture is None and self.capture_by_default:
-            self.capture = CaptureSpec()
         self.path = model if isinstance(model, (str, os.PathLike)) else getattr(model_config, "path", None)
-        self.engine = engine if engine is not None else self._start_engine(seed)
-        self.vocab_size = vocab_size or self._read_vocab_size()
-
-    def _start_engine(self, seed: int) -> Any:
-        import sglang
-
-        cfg = self.config
         if not self.path:
             raise ValueError("the SGLang rollout needs the model directory (first argument or model_config.path)")
-        kwargs = {
-            "model_path": os.fspath(self.path),
-            "dtype": cfg.dtype,
-            "mem_fraction_static": cfg.gpu_memory_utilization,
-            "enable_memory_saver": cfg.free_cache_engine,
-            "tp_size": cfg.tensor_model_parallel_size,
-            "load_format": cfg.load_format,
-            "skip_tokenizer_init": True,
-            "random_seed": seed,
-            "trust_remote_code": self.model_config is not None and self.model_config.trust_remote_code,
-        }
-        kwargs.update((cfg.engine_kwargs or {}).get("sglang") or {})
-        return sglang.Engine(**kwargs)
-
-    def _read_vocab_size(self) -> int | None:
-        if not self.path:
-            return None
-        from transformers import AutoConfig
-
-        return int(AutoConfig.from_pretrained(os.fspath(self.path)).vocab_size)
-
-    def _default_special_ids(self) -> tuple[Any, int | None]:
-        if not self.path:
-            return None, None
-        from transformers import AutoTokenizer
-
-        tokenizer = AutoTokenizer.from_pretrained(os.fspath(self.path))
-        return tokenizer.eos_token_id, tokenizer.pad_token_id
-
-    def generate_sequences(self, prompts: DataProto) -> DataProto:
-        """One response per prompt row; output keys as in ``hf_rollout`` (plus the capture tensors when on)."""
-        start = time.perf_counter()
-        meta = prompts.meta_info
-        defaults = (None, None) if "eos_token_id" in meta else self._default_special_ids()
-        req = sampling_request(self.config, meta, *defaults)
-        token_prompts = prompt_token_lists(prompts)
-        if self.capture is not None:
-            from verl.workers.rollout.logit_capture import check_capture_budget
-
-            check_capture_budget(self.capture, len(token_prompts), req.response_length, self.vocab_size or 0)
-        outputs = self.engine.generate(**sglang_generate_kwargs(token_prompts, req, self.capture, self.vocab_size))
-        if isinstance(outputs, Mapping):
-            outputs = [outputs]
-        if len(outputs) != len(token_prompts):
-            raise ValueError(f"SGLang returned {len(outputs)} outputs for {len(token_prompts)} prompts")
-        parsed = [parse_generate_output(o, req) for o in outputs]
-        tokens = [t for t, _ in parsed]
-        extra, log_probs = None, None
-        if self.capture is not None:
-            from verl.workers.rollout.logit_capture import capture_from_sglang, captures_to_tensors
-
-            captures = [capture_from_sglang(o, self.capture) for o in outputs]
-            extra = captures_to_tensors(captures, req.response_length, self.capture)
-        elif req.calculate_log_probs:
-            log_probs = [lp or [] for _, lp in parsed]
-        out = assemble_output(prompts, tokens, log_probs, req, extra)
-        if extra is not None:
-            out.batch["rollout_log_probs"] = out.batch["rollout_log_probs"] * out.batch["response_mask"].float()
-        aborted = sum(((o.get("meta_info") or {}).get("finish_reason") or {}).get("type") == "abort" for o in outputs)
-        out.meta_info["timing"] = {"generate_sequences": time.perf_counter() - start}
-        out.meta_info["aborted_rows"] = int(aborted)
-        if self.capture is not None:  # tells consumers (reward managers) the capture tensors are there
-            out.meta_info["logit_capture"] = self.capture.describe()
-        return out
-
-    @property
-    def capture_spec(self) -> Any:
-        """The ``CaptureSpec`` this engine captures with, or None."""
-        return self.capture
-
-    def turn_engine(self, tokenizer: Any, pad_token_id: int, eos_token_id: Any, capture_spec: Any = None) -> Any:
-        """Multi-turn generation is not wired to SGLang yet: use rollout.name=hf or vllm for multi-turn rollouts."""
-        raise NotImplementedError(
-            "actor_rollout_ref.rollout.multi_turn with the SGLang engine is not implemented yet; use "
-            "actor_rollout_ref.rollout.name=vllm or hf for multi-turn rollouts"
-        )
-
-    async def update_weights(self, weights: Iterable[tuple[str, torch.Tensor]], **kwargs) -> None:
-        """Send HF-named weights bucket by bucket (``update_weights_from_tensor``), then flush the prefix cache."""
-        size = kwargs.get("bucket_bytes") or int(self.config.update_weights_bucket_megabytes) << 20
-        for bucket in get_named_tensor_buckets(weights, size):
-            named = [(n, t.full_tensor() if hasattr(t, "full_tensor") else t) for n, t in bucket]
-            self.engine.update_weights_from_tensor(named_tensors=named, load_format=None, flush_cache=False)
-        self.engine.flush_cache()
-
-    async def resume(self, tags: Sequence[str]) -> None:
-        """Re-acquire ``tags`` (``weights``, ``kv_cache``) after ``release`` (engine started with the memory saver)."""
-        if self.config.free_cache_engine:
-            self.engine.resume_memory_occupation(tags=list(tags) if tags else None)
-
-    async def release(self) -> None:
-        """Free weights and KV cache while training runs (engine started with the memory saver)."""
-        if self.config.free_cache_engine:
-            self.engine.release_memory_occupation()
+        trust = model_config is not None and bool(getattr(model_config, "trust_remote_code", False))
+        self.engine = SGLangEngine.from_rollout_config(self.path, typed, seed, trust, engine=engine)
+        if self.capture_spec is not None:
+            self.engine.check_capture(self.capture_spec)
+        self.vocab_size = self.engine.vocab_size

