@@ -31,7 +31,8 @@ from verl.interactions.multiturn_dialog_interaction import MultiTurnDialogIntera
 from verl.protocol import DataProto  # noqa: E402
 from verl.workers.config import RolloutConfig  # noqa: E402
 from verl.workers.rollout.logit_capture import CaptureSpec, generation_logits_from_batch  # noqa: E402
-from verl.workers.rollout.multiturn import HFTurnEngine, TurnLoopSettings, run_multiturn  # noqa: E402
+from verl.workers.rollout.hf_engine import HFEngine  # noqa: E402
+from verl.workers.rollout.multiturn import TurnLoopSettings, run_multiturn  # noqa: E402
 from verl.workers.rollout.schemas import AsyncRolloutRequest  # noqa: E402
 
 ATOL = 1e-4
@@ -81,12 +82,12 @@ def left_padded_prompts(tok, texts: list[str], **meta) -> DataProto:
     )
 
 
-class ShortTurns(HFTurnEngine):
-    """The real HF turn engine with turns cut at 6 tokens: an untrained model rarely emits EOS, and two turns must
-    fit the response budget."""
+class ShortTurns(HFEngine):
+    """The real hf engine with turns cut at 6 tokens: an untrained model rarely emits EOS, and two turns must fit the
+    response budget."""
 
-    def generate(self, prompt_ids, max_new_tokens, sampling):
-        return super().generate(prompt_ids, [min(m, 6) for m in max_new_tokens], sampling)
+    def generate(self, prompts, params):
+        return super().generate(prompts, [p.replace(max_tokens=min(p.max_tokens, 6)) for p in params])
 
 
 class RecordingDialog(MultiTurnDialogInteraction):
@@ -106,12 +107,12 @@ class RecordingDialog(MultiTurnDialogInteraction):
 
 # ---- the 3 tests ---------------------------------------------------------------------------------------------------
 def test_interaction_receives_logits():
-    """A real two-turn rollout (HFTurnEngine, token_ids capture of yes/no): after every assistant turn the dialog
+    """A real two-turn rollout (the hf engine, token_ids capture of yes/no): after every assistant turn the dialog
     interaction gets that turn's ``generation_logits`` with shapes (L,), (L,), (L, 2), values equal to a teacher-
     forced pass, and its label probability is computed from them."""
     model, tok, yes, no = tiny()
     spec = CaptureSpec("token_ids", ids=(yes, no))
-    engine = ShortTurns(model, tok, tok.pad_token_id, tok.eos_token_id, spec)
+    engine = ShortTurns(model, eos_token_ids=tok.eos_token_id, pad_token_id=tok.pad_token_id)
     dialog = RecordingDialog({"name": "dialog", "prob_weight": 0.5, "label_token_ids": {"yes": yes, "no": no}})
     questions = [{"question": "Paper A?", "label": "yes"}, {"question": "And paper B?", "label": "no"}]
     reqs = [

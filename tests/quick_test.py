@@ -127,7 +127,9 @@ def check_logit_imports() -> None:
     modules = {
         "verl.workers.rollout.logit_capture": ["CaptureSpec", "TokenCapture", "capture_from_sglang", "bytes_per_token"],
         "verl.workers.rollout.schemas": ["AsyncRolloutRequest"],
-        "verl.workers.rollout.multiturn": ["run_multiturn", "requests_to_batch", "HFTurnEngine"],
+        "verl.workers.rollout.multiturn": ["run_multiturn", "requests_to_batch", "turn_sampling"],
+        "verl.workers.rollout.engine": ["InferenceEngine", "SteppableEngine", "SamplingParams", "GenerationOutput"],
+        "verl.workers.rollout.hf_engine": ["HFEngine"],
         "verl.workers.rollout.sglang_rollout.adapter": ["SGLangAdapter", "parse_generate_output"],
         "verl.interactions.base": ["BaseInteraction"],
         "verl.interactions.multiturn_dialog_interaction": ["MultiTurnDialogInteraction"],

@@ -3,12 +3,13 @@
 Run from the repository root with ``python tests/test_sglang_rollout_with_logit.py`` (no pytest needed). Prints
 PASS/FAIL per test and ends with ``Total: X/8 tests passed``; the exit code is 1 when any test fails.
 
-SGLang has no CPU build, so the engine here is ``FakeSGLangEngine``: it answers ``Engine.generate(**kwargs)`` with
-dicts shaped exactly as SGLang 0.5.2 returns them (``reference/engine_logprobs.md`` 1.3: ``(logprob, token_id, None)``
-tuples, the leading ``None`` input logprob, ``output_top_logprobs`` / ``output_token_ids_logprobs`` only when
-requested), built from known logits so every captured value has an independent expected value. Everything after
-the engine is the real code: ``capture_from_sglang`` -> ``AsyncRolloutRequest`` -> ``DataProto`` -> interaction.
-The pytest suite (``tests/workers/rollout/test_logit_capture.py``, ``test_sglang_rollout.py``) goes deeper per piece.
+SGLang has no CPU build, so the engine here is the double of ``tests/workers/rollout/sglang_double.py``: it answers
+``Engine.generate`` with dicts shaped exactly as SGLang 0.5.23 returns them (``(logprob, token_id, None)`` tuples, the
+leading ``None`` input logprob, ``output_top_logprobs`` / ``output_token_ids_logprobs`` only when requested), built
+from known logits so every captured value has an independent expected value, and fails like SGLang when one of its
+blocking methods is called inside a running event loop (``test_sglang_contract.py`` checks the double against the
+installed SGLang source). Everything after the engine is the real code: ``SGLangRolloutWithLogit`` and its engine
+adapter, the multi-turn loop, ``capture_from_sglang`` -> ``AsyncRolloutRequest`` -> ``DataProto`` -> interaction.
 """
 
 from __future__ import annotations
@@ -52,6 +53,12 @@ from verl.workers.rollout.logit_capture import (  # noqa: E402
 from verl.workers.rollout.multiturn import TurnLoopSettings, requests_to_batch, run_multiturn  # noqa: E402
 from verl.workers.rollout.schemas import AsyncRolloutRequest, AsyncRolloutRequestStateEnum  # noqa: E402
 
+_spec = importlib.util.spec_from_file_location(
+    "sglang_double", Path(__file__).resolve().parent / "workers" / "rollout" / "sglang_double.py"
+)
+sglang_double = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(sglang_double)
+
 VOCAB = 512  # the tiny tokenizer's size, so multi-turn replies decode
 EOS, PAD = 2, 3  # the tiny tokenizer's <|im_end|> and <|pad|>
 YES, NO = 360, 370  # label tokens for the dialogue tests (360 is "yes" in the tiny tokenizer)
@@ -94,83 +101,52 @@ def sglang_response(
     top_logprobs_num: int = 0,
     token_ids_logprob: Sequence[int] | None = None,
 ) -> dict:
-    """One SGLang 0.5.2 response with ``return_logprob=True``; logprobs are ``log_softmax(logits)`` (T = 1)."""
-    logp = torch.log_softmax(logits.float(), dim=-1)  # (L, V)
-
-    def entry(pos: int, tid: int) -> tuple:
-        return (float(logp[pos, tid]), int(tid), None)
-
+    """One SGLang 0.5.23 answer with ``return_logprob=True``; logprobs are ``log_softmax(logits)`` (T = 1)."""
     length = len(tokens)
     finish = {"type": "stop", "matched": EOS} if tokens and tokens[-1] == EOS else {"type": "length", "length": length}
-    meta = {
-        "id": f"req-{prompt[-1]}",
-        "finish_reason": finish,
-        "prompt_tokens": len(prompt),
-        "completion_tokens": length,
-        "cached_tokens": 0,
-        "weight_version": "default",
-        "e2e_latency": 0.01,
-        "input_token_logprobs": [(None, int(prompt[-1]), None)],  # logprob_start_len=-1: one None entry
-        "output_token_logprobs": [entry(i, t) for i, t in enumerate(tokens)],
-    }
-    if top_logprobs_num:
-        meta["input_top_logprobs"] = [None]
-        tops = torch.topk(logp, top_logprobs_num, dim=-1).indices.tolist()
-        meta["output_top_logprobs"] = [[entry(i, t) for t in tops[i]] for i in range(length)]
-    if token_ids_logprob is not None:
-        meta["input_token_ids_logprobs"] = [None]
-        meta["output_token_ids_logprobs"] = [[entry(i, t) for t in token_ids_logprob] for i in range(length)]
-    return {"output_ids": list(tokens), "meta_info": meta}
+    return sglang_double.sglang_response(
+        f"req-{prompt[-1]}", prompt, tokens, logits, 1.0, finish, True, top_logprobs_num, token_ids_logprob
+    )
 
 
-class FakeSGLangEngine:
-    """``sglang.Engine`` stand-in: ``generate(**kwargs)`` answers each row with ``replies[row]`` (cut to
-    ``max_new_tokens``) and ``known_logits(salt + row)``; the logprob fields present follow the request."""
+def scripted_engine(replies: Sequence[Sequence[int]], salt: int = 0, per_call: int = 100):
+    """The SGLang double answering row ``r`` of its ``c``-th generate call with ``replies[min(c, last)]`` (cut to
+    max_new_tokens) and the logits ``known_logits(salt + per_call * c + r)``."""
+    replies = [list(r) for r in replies]
 
-    def __init__(self, replies: Sequence[Sequence[int]], salt: int = 0):
-        self.replies, self.salt, self.calls = [list(r) for r in replies], salt, []
+    class Scripted(sglang_double.SGLangEngineDouble):
+        def generate(self, **kwargs):
+            call = sum(1 for c in self.calls if c[0] == "generate")
+            self.replies = [replies[min(call, len(replies) - 1)]]
+            return super().generate(**kwargs)
 
-    def logits(self, row: int, length: int) -> torch.Tensor:
-        return known_logits(self.salt + row, length)
-
-    def generate(self, input_ids, sampling_params, return_logprob=False, top_logprobs_num=0, token_ids_logprob=None):
-        self.calls.append(dict(sampling_params, top_logprobs_num=top_logprobs_num, token_ids_logprob=token_ids_logprob))
-        outputs = []
-        for row, prompt in enumerate(input_ids):
-            ids = self.replies[row % len(self.replies)][: sampling_params["max_new_tokens"]]
-            out = sglang_response(self.logits(row, len(ids)), ids, prompt, top_logprobs_num, token_ids_logprob)
-            if not return_logprob:
-                out["meta_info"] = {k: v for k, v in out["meta_info"].items() if "logprob" not in k}
-            outputs.append(out)
-        return outputs
-
-    def update_weights_from_tensor(self, named_tensors, load_format=None, flush_cache=True):
-        self.calls.append({"update": [n for n, _ in named_tensors]})
-
-    def flush_cache(self):
-        self.calls.append({"flush": True})
+    return Scripted(replies=replies, logits=lambda call, row, n: known_logits(salt + per_call * call + row, n))
 
 
-class SGLangTurnEngine:
-    """A multi-turn ``TurnEngine`` over ``FakeSGLangEngine``: one engine call per round (its salt changes per turn,
-    so turns have different logits), captures through ``capture_from_sglang`` as ``SGLangRolloutWithLogit``'s."""
+_MODEL_DIR = None
 
-    def __init__(self, replies: Sequence[Sequence[int]], spec: CaptureSpec):
-        self.replies, self.spec, self.turn, self.captures = replies, spec, 0, []
 
-    def generate(self, prompt_ids, max_new_tokens, sampling):
-        engine = FakeSGLangEngine([self.replies[min(self.turn, len(self.replies) - 1)]], salt=100 * self.turn)
-        self.turn += 1
-        outputs = engine.generate(
-            input_ids=prompt_ids,
-            sampling_params={"max_new_tokens": max(max_new_tokens)},
-            **sglang_sampling_kwargs(self.spec, VOCAB),
-        )
-        for out, limit in zip(outputs, max_new_tokens, strict=True):
-            assert len(out["output_ids"]) <= limit, "replies in these tests fit the response budget"
-        results = [(out["output_ids"], capture_from_sglang(out, self.spec)) for out in outputs]
-        self.captures.append([c for _, c in results])
-        return results
+def model_dir() -> str:
+    """A tiny model directory (config + tokenizer; the SGLang rollout reads the model's facts from it), built once."""
+    global _MODEL_DIR
+    if _MODEL_DIR is None:
+        import tempfile
+
+        from verl.utils.testing.tiny import build_tiny_model
+
+        _MODEL_DIR = tempfile.mkdtemp(prefix="tiny-sglang-")
+        build_tiny_model(_MODEL_DIR, seed=0)
+    return _MODEL_DIR
+
+
+def with_logit_rollout(engine, **config):
+    """``SGLangRolloutWithLogit`` over ``engine`` (see ``_with_logit_class``)."""
+    config = RolloutConfig(**{"name": "sglang_with_logit", "response_length": 4, **config})
+    return _with_logit_class()(model_dir(), config, engine=engine)
+
+
+def generate_calls(engine) -> list[dict]:
+    return [kwargs for name, kwargs in engine.calls if name == "generate"]
 
 
 class RecordingInteraction(BaseInteraction):
@@ -257,15 +233,15 @@ def test_extract_logits_from_sglang_output():
             got.logits = want.logits = None
         same_capture(got, want)
 
-    # The adapter (the translation under SGLangRolloutWithLogit) asks for the mode's fields and packs them.
-    from verl.workers.rollout.sglang_rollout.adapter import SGLangAdapter
-
-    engine = FakeSGLangEngine([[YES, 41, EOS], [50, 51, 52, 53]])
-    config = RolloutConfig(name="sglang_with_logit", response_length=4, logit_capture={"enable": True, "mode": "topk"})
-    adapter = SGLangAdapter(None, config, engine=engine, vocab_size=VOCAB)
-    out = adapter.generate_sequences(prompts_proto())
-    assert engine.calls[0]["top_logprobs_num"] == 20 and out.batch["rollout_topk_logprobs"].shape == (2, 4, 20)
-    want = capture_from_logits(engine.logits(1, 4), torch.tensor([50, 51, 52, 53]), CaptureSpec("topk"))
+    # SGLangRolloutWithLogit asks the engine for the mode's fields and packs them.
+    engine = sglang_double.SGLangEngineDouble(
+        replies=[[YES, 41, EOS], [50, 51, 52, 53]], logits=lambda call, row, n: known_logits(row, n)
+    )
+    rollout = with_logit_rollout(engine, logit_capture={"enable": True, "mode": "topk"})
+    out = rollout.generate_sequences(prompts_proto())
+    assert generate_calls(engine)[0]["top_logprobs_num"] == [20, 20]
+    assert out.batch["rollout_topk_logprobs"].shape == (2, 4, 20)
+    want = capture_from_logits(known_logits(1, 4), torch.tensor([50, 51, 52, 53]), CaptureSpec("topk"))
     close(out.batch["rollout_topk_logprobs"][1], want.topk_logprobs)
 
 
@@ -335,16 +311,13 @@ def test_pass_through_dataproto():
     check(pickle.loads(pickle.dumps(data)))
     check(DataProto.concat(data.chunk(2)))
 
-    # The same through the adapter's own output (token_ids mode).
-    from verl.workers.rollout.sglang_rollout.adapter import SGLangAdapter
-
-    engine = FakeSGLangEngine(replies)
+    # The same through the rollout's own output (token_ids mode).
+    engine = sglang_double.SGLangEngineDouble(replies=replies, logits=lambda call, row, n: known_logits(row, n))
     capture_cfg = {"enable": True, "mode": "token_ids", "ids": [YES, NO]}
-    config = RolloutConfig(name="sglang_with_logit", response_length=R, logit_capture=capture_cfg)
-    out = SGLangAdapter(None, config, engine=engine, vocab_size=VOCAB).generate_sequences(prompts_proto())
+    out = with_logit_rollout(engine, response_length=R, logit_capture=capture_cfg).generate_sequences(prompts_proto())
     out = DataProto.concat(pickle.loads(pickle.dumps(out)).chunk(2))
     for i, r in enumerate(replies):
-        want = capture_from_logits(engine.logits(i, len(r)), torch.tensor(r), CaptureSpec("token_ids", ids=(YES, NO)))
+        want = capture_from_logits(known_logits(i, len(r)), torch.tensor(r), CaptureSpec("token_ids", ids=(YES, NO)))
         same_capture(generation_logits_from_batch(out.batch, i, out.batch["response_mask"][i]), want)
 
 
@@ -356,24 +329,26 @@ def test_pass_through_interaction_kwargs():
     spec = CaptureSpec("token_ids", ids=(YES, NO))
     recorder = RecordingInteraction({"name": "rec", "turns": 1})
     reqs = dialog_requests(2, "rec", topic="papers", threshold=0.5)
-    engine = SGLangTurnEngine([[YES, EOS]], spec)
+    rollout = with_logit_rollout(scripted_engine([[YES, EOS]]), logit_capture={"enable": True, **spec.describe()})
     settings = TurnLoopSettings(32, None, None, {"do_sample": True, "temperature": 1.0, "top_p": 1.0, "top_k": -1})
-    asyncio.run(run_multiturn(reqs, engine, {"rec": recorder}, tokenizer(), settings, spec))
+    # the worker's path: the rollout's engine inside the loop's event loop (SGLang's blocking calls go off the loop)
+    asyncio.run(run_multiturn(reqs, rollout.engine, {"rec": recorder}, tokenizer(), settings, spec))
     assert len(recorder.seen) == 2
     for row, kwargs in enumerate(recorder.seen):
         assert kwargs["topic"] == "papers" and kwargs["threshold"] == 0.5 and kwargs["name"] == "rec"
         logits = kwargs["generation_logits"]
         assert logits["mode"] == "token_ids" and logits["ids"] == [YES, NO] and logits["raw"] is False
         assert logits["id_logprobs"].shape == (2, 2) and logits["token_ids"].tolist() == [YES, EOS]
-        same_capture(logits, engine.captures[0][row])
+        want = capture_from_logits(known_logits(row, 2), torch.tensor([YES, EOS]), spec)
+        same_capture(logits, want)
 
     # The worked example reads P(label) from them: score = 0.5 * exact + 0.5 * P(yes) at the answer position.
     dialog = MultiTurnDialogInteraction(
         {"name": "dialog", "prob_weight": 0.5, "label_token_ids": {"yes": YES, "no": NO}}
     )
     reqs = dialog_requests(1, "dialog", questions=[{"question": "Paper A?", "label": "yes"}])
-    engine = SGLangTurnEngine([[YES, EOS]], spec)
-    asyncio.run(run_multiturn(reqs, engine, {"dialog": dialog}, tokenizer(), settings, spec))
+    rollout = with_logit_rollout(scripted_engine([[YES, EOS]]), logit_capture={"enable": True, **spec.describe()})
+    asyncio.run(run_multiturn(reqs, rollout.engine, {"dialog": dialog}, tokenizer(), settings, spec))
     p_yes = float(torch.softmax(known_logits(0, 2)[0], -1)[YES])
     score = reqs[0].reward_scores["dialog"][0]
     assert abs(score - (0.5 * 1.0 + 0.5 * p_yes)) < 1e-5, (score, p_yes)
@@ -413,7 +388,7 @@ def test_shape_and_value_checks():
         else:
             assert torch.equal(torch.isfinite(values), kept)
 
-    # SGLang 0.5.2 does not filter: every value it returns is finite; padded batch rows stay 0 / -1.
+    # SGLang 0.5.23 does not filter: every value it returns is finite; padded batch rows stay 0 / -1.
     spec = CaptureSpec("topk", k=5)
     caps = [
         capture_from_sglang(sglang_response(known_logits(i, 3), [5, 6, EOS], top_logprobs_num=5), spec) for i in (0, 1)
@@ -430,12 +405,20 @@ def test_capture_across_multiple_turns():
     spec = CaptureSpec("token_ids", ids=(YES, NO))
     interaction = RecordingInteraction({"name": "rec", "turns": 2})
     reqs = dialog_requests(2, "rec")
-    engine = SGLangTurnEngine([[YES, 41, EOS], [NO, 42, 43, EOS]], spec)
+    replies = [[YES, 41, EOS], [NO, 42, 43, EOS]]
+    engine = scripted_engine(replies)
+    rollout = with_logit_rollout(engine, logit_capture={"enable": True, **spec.describe()})
     settings = TurnLoopSettings(48, 2, None, {"do_sample": True, "temperature": 1.0, "top_p": 1.0, "top_k": -1})
-    asyncio.run(run_multiturn(reqs, engine, {"rec": interaction}, tokenizer(), settings, spec))
+    asyncio.run(run_multiturn(reqs, rollout.engine, {"rec": interaction}, tokenizer(), settings, spec))
+
+    def expected(turn: int, row: int) -> TokenCapture:  # the double's logits for that call and row
+        tokens = replies[turn]
+        return capture_from_logits(known_logits(100 * turn + row, len(tokens)), torch.tensor(tokens), spec)
+
+    captures = [[expected(turn, row) for row in range(2)] for turn in range(2)]
     tensors, non_tensors = requests_to_batch(reqs, 32, 48, PAD, spec)
     data = pickle.loads(pickle.dumps(DataProto.from_dict(tensors=tensors, non_tensors=non_tensors)))
-    assert [len(seen) for seen in engine.captures] == [2, 2]
+    assert [len(call["input_ids"]) for call in generate_calls(engine)] == [2, 2]  # one batched call per round
     for i, req in enumerate(reqs):
         assert req.assistant_turns == 2 and req.user_turns == 1 and len(req.generation_logits) == 2
         (s0, e0), (s1, e1) = req.assistant_spans
@@ -443,7 +426,7 @@ def test_capture_across_multiple_turns():
         mask = tensors["response_mask"][i]
         assert mask.nonzero().flatten().tolist() == req.assistant_positions()
         for turn, (start, end) in enumerate(req.assistant_spans):
-            want = engine.captures[turn][i]
+            want = captures[turn][i]
             close(tensors["rollout_log_probs"][i, start:end], want.logprobs)
             close(tensors["rollout_token_id_logprobs"][i, start:end], want.id_logprobs)
         user = (mask == 0) & (tensors["attention_mask"][i, 32:] == 1)  # user tokens (not padding)
@@ -453,12 +436,12 @@ def test_capture_across_multiple_turns():
         # The per-sample view (what reward functions get) holds both turns, in order, with their columns.
         per_sample = non_tensors["generation_logits"][i]
         assert per_sample["positions"] == req.assistant_positions()
-        both_turns = TokenCapture.concat([engine.captures[0][i], engine.captures[1][i]])
+        both_turns = TokenCapture.concat([captures[0][i], captures[1][i]])
         same_capture(per_sample, both_turns)
         same_capture(generation_logits_from_batch(data.batch, i, data.batch["response_mask"][i], spec), both_turns)
     # Each round the interaction saw only that turn's capture (rows 0, 1 of turn 1, then of turn 2).
     seen = [kw["generation_logits"] for kw in interaction.seen]
-    for got, want in zip(seen, engine.captures[0] + engine.captures[1], strict=True):
+    for got, want in zip(seen, captures[0] + captures[1], strict=True):
         same_capture(got, want)
 
 
@@ -491,16 +474,16 @@ def test_memory_per_mode():
     except ValueError as err:
         assert "4194304 bytes" in str(err) and "max_bytes=1048576" in str(err), err
 
-    from verl.workers.rollout.sglang_rollout.adapter import SGLangAdapter
-
-    engine = FakeSGLangEngine([[YES, EOS]])
-    capture_cfg = {"enable": True, "mode": "full", "max_bytes": 1024}
-    config = RolloutConfig(name="sglang_with_logit", response_length=4, logit_capture=capture_cfg)
-    try:
-        SGLangAdapter(None, config, engine=engine, vocab_size=VOCAB).generate_sequences(prompts_proto())
-        raise AssertionError("full mode over budget generated")
+    engine = sglang_double.SGLangEngineDouble(replies=[[YES, EOS]])
+    capture_cfg = {"enable": True, "mode": "topk", "k": 20, "max_bytes": 1024}
+    rollout = with_logit_rollout(engine, logit_capture=capture_cfg)
+    rollout.generate_sequences(prompts_proto())  # the budget is for full mode only
+    try:  # full mode is refused on SGLang (it returns log-probabilities, never logits), before any generation
+        with_logit_rollout(engine, logit_capture={"enable": True, "mode": "full", "max_bytes": 1024})
+        raise AssertionError("full mode was accepted on SGLang")
     except ValueError as err:
-        assert "max_bytes=1024" in str(err) and engine.calls == [], err  # refused before the engine was called
+        assert "never logits" in str(err) and "mode=topk" in str(err), err
+    assert len(generate_calls(engine)) == 1
 
 
 def _with_logit_class() -> type:
@@ -547,15 +530,21 @@ def test_imports_and_methods():
         assert callable(getattr(cls, method)), method
     assert asyncio.iscoroutinefunction(cls.update_weights) and asyncio.iscoroutinefunction(cls.release)
 
-    engine = FakeSGLangEngine([[YES, 41, EOS]])
-    rollout = cls(None, RolloutConfig(name="sglang_with_logit", response_length=4), engine=engine, vocab_size=VOCAB)
-    assert rollout.capture == CaptureSpec("logprob")  # logit_capture.enable=false still captures the logprob
+    engine = sglang_double.SGLangEngineDouble(
+        replies=[[YES, 41, EOS]], logits=lambda call, row, n: known_logits(row, n)
+    )
+    rollout = cls(model_dir(), RolloutConfig(name="sglang_with_logit", response_length=4), engine=engine)
+    assert rollout.capture_spec == CaptureSpec("logprob")  # logit_capture.enable=false still captures the logprob
     out = rollout.generate_sequences(prompts_proto())
-    want = capture_from_logits(engine.logits(0, 3), torch.tensor([YES, 41, EOS]), CaptureSpec("logprob"))
+    want = capture_from_logits(known_logits(0, 3), torch.tensor([YES, 41, EOS]), CaptureSpec("logprob"))
     close(out.batch["rollout_log_probs"][0, :3], want.logprobs)
-    assert engine.calls[0]["top_logprobs_num"] == 0
-    asyncio.run(rollout.update_weights([("w", torch.zeros(2))], bucket_bytes=64))  # through SGLang's sync API
-    assert engine.calls[-2:] == [{"update": ["w"]}, {"flush": True}]
+    assert generate_calls(engine)[0]["top_logprobs_num"] == [0, 0]
+    # verl's async face inside asyncio.run: SGLang's blocking API runs off the loop (the double fails otherwise)
+    asyncio.run(rollout.update_weights([("w", torch.zeros(2))], bucket_bytes=64))
+    assert engine.calls[-2:] == [
+        ("update_weights_from_tensor", {"names": ["w"], "flush_cache": False}),
+        ("flush_cache", {}),
+    ]
 
 
 TESTS = [

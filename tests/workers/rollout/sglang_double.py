@@ -165,7 +165,7 @@ class SGLangEngineDouble:
         tops = _per_request(top_logprobs_num or 0, n)
         ids_lists = token_ids_logprob if (token_ids_logprob and isinstance(token_ids_logprob[0], list)) else None
         ids_per_row = ids_lists if ids_lists is not None else [token_ids_logprob] * n
-        call = len([c for c in self.calls if c[0] == "generate"])
+        call = sum(1 for c in self.calls if c[0] == "generate") - 1  # 0 for the first call
         if self.model is not None:
             produced = self._generate_with_model(prompts, sampling)
         else:

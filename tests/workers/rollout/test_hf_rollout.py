@@ -269,7 +269,9 @@ def test_hf_engine_samples_exactly_what_generate_samples(tiny, sampling, early_s
     try:
         torch.manual_seed(11)
         ref = model.generate(
-            input_ids=prompts.batch["input_ids"], attention_mask=prompts.batch["attention_mask"], generation_config=gen_config
+            input_ids=prompts.batch["input_ids"],
+            attention_mask=prompts.batch["attention_mask"],
+            generation_config=gen_config,
         )
     finally:
         model.generation_config = saved

@@ -18,6 +18,7 @@ import torch.nn.functional as F
 
 from verl.protocol import DataProto
 from verl.workers.config import RolloutConfig
+from verl.workers.rollout.engine import InferenceEngine, SamplingParams
 
 _spec = importlib.util.spec_from_file_location("rollout_contract", Path(__file__).with_name("rollout_contract.py"))
 rollout_contract = importlib.util.module_from_spec(_spec)
@@ -116,7 +117,9 @@ def test_engine_starts_and_is_the_registered_class(engine):
     from verl.workers.rollout.base import get_rollout_class
 
     assert get_rollout_class("vllm", "async") is type(engine) is get_rollout_class("vllm", "sync")
-    print(f"vLLM import + in-process engine start: {engine.setup_seconds:.1f} s (engine {engine.start_seconds:.1f} s)")
+    print(
+        f"vLLM import + in-process engine start: {engine.setup_seconds:.1f} s (engine {engine.engine.start_seconds:.1f} s)"
+    )
     assert engine.vocab_size == 512
 
 
@@ -218,12 +221,24 @@ def test_abort_all_stops_in_flight_requests(engine, hf, monkeypatch):
 
 
 @pytest.mark.vllm
-def test_release_and_resume_are_safe_on_cpu(engine, hf):
-    _, tokenizer = hf
+def test_sleep_and_wake_reach_the_real_engine_and_generation_goes_on(engine, hf):
+    """free_cache_engine: LLM.sleep / LLM.wake_up run on the real engine (on CPU vLLM pauses its scheduler and drops
+    the prefix cache; its CPU worker has no memory to release), through verl's async faces and the blocking calls."""
+    model, tokenizer = hf
+    vllm_engine = engine.engine
+    assert vllm_engine.sleep_mode  # free_cache_engine=True (verl's default)
+    start = len(vllm_engine.lifecycle)
     asyncio.run(engine.release())
-    asyncio.run(engine.resume(["weights", "kv_cache"]))
+    assert vllm_engine.asleep and vllm_engine.engine.is_sleeping()  # vLLM's own state
+    asyncio.run(engine.resume(["weights"]))
+    engine.load_weights(model.state_dict().items())
+    engine.wake_up(["kv_cache"])
+    assert not vllm_engine.asleep and not vllm_engine.engine.is_sleeping()
+    assert vllm_engine.lifecycle[start:] == ["sleep", "wake_up:weights", "update_weights", "wake_up:kv_cache"]
     out = engine.generate_sequences(_prompts(tokenizer, seed=0))
     assert out.batch["responses"].shape == (len(TEXTS), R)
+    diff = (out.batch["rollout_log_probs"] - _teacher_forced(model, out, 1.0)).abs().max().item()
+    assert diff < 1e-4, diff
 
 
 @pytest.mark.vllm
@@ -233,23 +248,19 @@ def test_logit_capture_matches_teacher_forcing_and_modes_agree(engine, hf, monke
     model, tokenizer = hf
     got = {}
     ids = (5, 17, 300)
-    # The shared engine runs processed_logprobs with max_logprobs=-1: exactly what raw=False captures need.
-    for spec in (CaptureSpec("full"), CaptureSpec("topk", k=5), CaptureSpec("token_ids", ids=ids), CaptureSpec()):
-        monkeypatch.setattr(engine, "capture", spec)
+    # The shared engine runs processed_logprobs with max_logprobs=-1: what the raw=False log-prob captures need
+    # (full mode needs an engine started with processed_logits; the engine refuses it here, see the test below).
+    for spec in (CaptureSpec("topk", k=5), CaptureSpec("token_ids", ids=ids), CaptureSpec()):
+        monkeypatch.setattr(engine, "capture_spec", spec)
         prompts = _prompts(tokenizer, seed=11, temperature=0.8)
         got[spec.mode] = engine.generate_sequences(prompts)
-    full = got["full"].batch["rollout_logits"].float()  # (B, R, V) processed logits: z / T
-    mask = got["full"].batch["response_mask"].bool()
+    mask = got["logprob"].batch["response_mask"].bool()
     for out in got.values():  # same seed, same engine: the same samples in every mode
-        assert torch.equal(out.batch["responses"], got["full"].batch["responses"])
+        assert torch.equal(out.batch["responses"], got["logprob"].batch["responses"])
     expected = _teacher_forced(model, got["logprob"], 0.8)
     diff = (got["logprob"].batch["rollout_log_probs"] - expected).abs().max().item()
     assert diff < 1e-4, diff
-    full_lp = torch.log_softmax(full, -1)
-    top_values, _ = full_lp.topk(5, dim=-1)
-    assert torch.allclose(got["topk"].batch["rollout_topk_logprobs"][mask], top_values[mask], atol=1e-5)
-    assert torch.allclose(got["token_ids"].batch["rollout_token_id_logprobs"][mask], full_lp[..., list(ids)][mask])
-    batch = got["full"].batch
+    batch = got["logprob"].batch
     with torch.no_grad():
         logits = model(
             input_ids=batch["input_ids"],
@@ -257,9 +268,11 @@ def test_logit_capture_matches_teacher_forcing_and_modes_agree(engine, hf, monke
             position_ids=batch["position_ids"],
             use_cache=False,
         ).logits[:, -R - 1 : -1]
-    logits = logits / 0.8
-    # Logits are defined up to a per-row constant; compare the distributions.
-    assert torch.allclose(full_lp[mask], torch.log_softmax(logits, -1)[mask], atol=1e-4)
+    full_lp = torch.log_softmax(logits.float() / 0.8, -1)  # (B, R, V): the distribution sampled from
+    top_values, _ = full_lp.topk(5, dim=-1)
+    assert torch.allclose(got["topk"].batch["rollout_topk_logprobs"][mask], top_values[mask], atol=1e-4)
+    token_id_lp = got["token_ids"].batch["rollout_token_id_logprobs"][mask]
+    assert torch.allclose(token_id_lp, full_lp[..., list(ids)][mask], atol=1e-4)
 
 
 @pytest.mark.vllm
@@ -274,45 +287,47 @@ def test_token_ids_per_id_request_equals_the_whole_vocabulary_request(engine, hf
     _, tok = hf
     yes = tok.encode("yes", add_special_tokens=False)[0]
     spec = CaptureSpec("token_ids", ids=(5, 17, 300, yes))
-    monkeypatch.setattr(engine, "capture", spec)
-    sent, run = [], engine._run
-    monkeypatch.setattr(engine, "_run", lambda prompts, params: sent.append(params) or run(prompts, params))
-    sampling = {"do_sample": True, "temperature": 0.8, "top_p": 0.9, "top_k": 20, "seed": 3}
+    monkeypatch.setattr(engine, "capture_spec", spec)
+    sent, translate = [], engine.engine._vllm_params
+    monkeypatch.setattr(engine.engine, "_vllm_params", lambda params: sent.append(translate(params)) or sent[-1])
+    turn = SamplingParams(R, 0.8, top_p=0.9, top_k=20, seed=3, stop_token_ids=(tok.eos_token_id,), capture=spec)
 
     def both() -> tuple:
         out = engine.generate_sequences(_prompts(tok, seed=11, temperature=0.8, top_k=20, top_p=0.9))
-        turns = engine.turn_engine(tok, tok.pad_token_id, tok.eos_token_id, spec)
         prompt_ids = [tok.encode(t) for t in TEXTS]
-        return out, turns.generate(prompt_ids, [R] * len(TEXTS), sampling)
+        return out, engine.engine.generate(prompt_ids, [turn] * len(TEXTS))
 
     fast, fast_turns = both()
-    assert all(p.logprob_token_ids == list(spec.ids) and p.logprobs == spec.n for ps in sent for p in ps)
+    assert sent and all(p.logprob_token_ids == list(spec.ids) and p.logprobs == spec.n for p in sent)
     sent.clear()
     monkeypatch.setattr(logit_capture, "vllm_max_logprob_token_ids", lambda: 0)  # the pre-0.32 path
     whole, whole_turns = both()
-    assert all(p.logprob_token_ids is None and p.logprobs == -1 for ps in sent for p in ps)
+    assert sent and all(p.logprob_token_ids is None and p.logprobs == -1 for p in sent)
 
     assert torch.equal(fast.batch["responses"], whole.batch["responses"])
     got, want = fast.batch["rollout_token_id_logprobs"], whole.batch["rollout_token_id_logprobs"]
     assert torch.isinf(want).any() and torch.isfinite(want).any()  # top_k=20 filters some of the ids
     torch.testing.assert_close(got, want, atol=1e-6, rtol=0)
     torch.testing.assert_close(fast.batch["rollout_log_probs"], whole.batch["rollout_log_probs"], atol=1e-6, rtol=0)
-    for (ids_a, cap_a), (ids_b, cap_b) in zip(fast_turns, whole_turns, strict=True):
-        assert ids_a == ids_b
-        torch.testing.assert_close(cap_a.id_logprobs, cap_b.id_logprobs, atol=1e-6, rtol=0)
-        torch.testing.assert_close(cap_a.logprobs, cap_b.logprobs, atol=1e-6, rtol=0)
+    for a, b in zip(fast_turns, whole_turns, strict=True):
+        assert a.token_ids == b.token_ids
+        torch.testing.assert_close(a.capture.id_logprobs, b.capture.id_logprobs, atol=1e-6, rtol=0)
+        torch.testing.assert_close(a.capture.logprobs, b.capture.logprobs, atol=1e-6, rtol=0)
 
 
-# ---------------------------------------------------------------- multi-turn through the vLLM turn engine
-class _Recording:
-    """Wraps a TurnEngine: caps turns at 6 tokens (the untrained model rarely emits EOS) and records each turn."""
+# ---------------------------------------------------------------- multi-turn on the vLLM engine
+class _Recording(InferenceEngine):
+    """Wraps an engine: caps turns at 6 tokens (the untrained model rarely emits EOS), records turns and seeds."""
 
     def __init__(self, engine):
-        self.engine, self.generated = engine, []
+        self.engine, self.generated, self.seeds = engine, [], []
+        self.vocab_size, self.max_model_len = engine.vocab_size, engine.max_model_len
+        self.eos_token_ids, self.pad_token_id = engine.eos_token_ids, engine.pad_token_id
 
-    def generate(self, prompt_ids, max_new_tokens, sampling):
-        out = self.engine.generate(prompt_ids, [min(m, 6) for m in max_new_tokens], sampling)
-        self.generated.append([ids for ids, _ in out])
+    def generate(self, prompts, params):
+        self.seeds.append([p.seed for p in params])
+        out = self.engine.generate(prompts, [p.replace(max_tokens=min(p.max_tokens, 6)) for p in params])
+        self.generated.append([o.token_ids for o in out])
         return out
 
 
@@ -340,7 +355,7 @@ def _dialog(tokenizer, engine, sampling, spec):
     ]
     recording = _Recording(engine)
     asyncio.run(run_multiturn(reqs, recording, {"dialog": inter}, tok, TurnLoopSettings(48, 2, None, sampling), spec))
-    return reqs, recording.generated
+    return reqs, recording.generated, recording.seeds
 
 
 @pytest.mark.vllm
@@ -353,13 +368,8 @@ def test_vllm_two_turn_dialog_keeps_every_generated_token(engine, hf, monkeypatc
     model, tok = hf
     yes, no = tok.encode("yes", add_special_tokens=False)[0], tok.encode("no", add_special_tokens=False)[0]
     spec = CaptureSpec("token_ids", ids=(yes, no))  # processed_logprobs, whole vocabulary: the shared engine's
-    turns = engine.turn_engine(tok, tok.pad_token_id, [tok.eos_token_id], spec)
     sampling = {"do_sample": True, "temperature": 1.0, "top_p": 1.0, "top_k": -1, "seed": 5}
-    seeds, run = [], engine._run
-    monkeypatch.setattr(
-        engine, "_run", lambda prompts, params: seeds.append([p.seed for p in params]) or run(prompts, params)
-    )
-    reqs, generated = _dialog(tok, turns, sampling, spec)
+    reqs, generated, seeds = _dialog(tok, engine.engine, sampling, spec)
     # Row i of call c samples with seed + c * stride + i: a dialogue's second turn does not replay its first's stream.
     assert seeds == [[5, 6], [5 + 1_000_003, 6 + 1_000_003]]
 
@@ -394,12 +404,12 @@ def test_vllm_two_turn_dialog_keeps_every_generated_token(engine, hf, monkeypatc
 
 @pytest.mark.vllm
 def test_vllm_greedy_turns_equal_hf_greedy_turns(engine, hf):
-    from verl.workers.rollout.multiturn import HFTurnEngine
+    from verl.workers.rollout.hf_engine import HFEngine
 
     model, tok = hf
     greedy = {"do_sample": False, "temperature": 1.0, "top_p": 1.0, "top_k": -1}
-    ours, ours_turns = _dialog(tok, engine.turn_engine(tok, tok.pad_token_id, tok.eos_token_id), greedy, None)
-    ref, ref_turns = _dialog(tok, HFTurnEngine(model, tok, tok.pad_token_id, tok.eos_token_id), greedy, None)
+    ours, ours_turns, _ = _dialog(tok, engine.engine, greedy, None)
+    ref, ref_turns, _ = _dialog(tok, HFEngine(model, tok.eos_token_id, tok.pad_token_id), greedy, None)
     assert ours_turns == ref_turns
     assert [r.response_ids for r in ours] == [r.response_ids for r in ref]
     assert [r.response_loss_mask for r in ours] == [r.response_loss_mask for r in ref]
@@ -407,15 +417,17 @@ def test_vllm_greedy_turns_equal_hf_greedy_turns(engine, hf):
 
 
 @pytest.mark.vllm
-def test_turn_engine_refuses_a_capture_the_engine_cannot_serve(engine, hf):
+def test_the_engine_refuses_a_capture_it_cannot_serve_before_generating(engine, hf):
     from verl.workers.rollout.logit_capture import CaptureSpec
 
     _, tok = hf
+    prompt = [tok.encode("say yes")]
     # The shared engine runs processed_logprobs; raw capture and full (logits) need other engine modes.
     with pytest.raises(ValueError, match="needs vLLM logprobs_mode='raw_logprobs', but the engine runs"):
-        engine.turn_engine(tok, tok.pad_token_id, tok.eos_token_id, CaptureSpec("logprob", raw=True))
+        engine.engine.generate(prompt, [SamplingParams(4, capture=CaptureSpec("logprob", raw=True))])
     with pytest.raises(ValueError, match="logprobs_mode='processed_logits'"):
-        engine.turn_engine(tok, tok.pad_token_id, tok.eos_token_id, CaptureSpec("full"))
+        engine.engine.generate(prompt, [SamplingParams(4, capture=CaptureSpec("full"))])
     # The worker's logprob-only spec (capture off, calculate_log_probs on) matches rollout.logprobs_mode.
-    assert engine.turn_engine(tok, tok.pad_token_id, tok.eos_token_id, CaptureSpec("logprob")) is not None
+    (out,) = engine.engine.generate(prompt, [SamplingParams(4, capture=CaptureSpec("logprob"))])
+    assert len(out.capture) == len(out.token_ids) == 4
     assert engine.capture_spec is None  # what the hybrid worker reads
