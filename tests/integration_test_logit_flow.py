@@ -30,8 +30,8 @@ import torch  # noqa: E402
 from verl.interactions.multiturn_dialog_interaction import MultiTurnDialogInteraction  # noqa: E402
 from verl.protocol import DataProto  # noqa: E402
 from verl.workers.config import RolloutConfig  # noqa: E402
-from verl.workers.rollout.logit_capture import CaptureSpec, generation_logits_from_batch  # noqa: E402
 from verl.workers.rollout.hf_engine import HFEngine  # noqa: E402
+from verl.workers.rollout.logit_capture import CaptureSpec, generation_logits_from_batch  # noqa: E402
 from verl.workers.rollout.multiturn import TurnLoopSettings, run_multiturn  # noqa: E402
 from verl.workers.rollout.schemas import AsyncRolloutRequest  # noqa: E402
 
