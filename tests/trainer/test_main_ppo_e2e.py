@@ -197,10 +197,12 @@ def test_bypass_mode_trains_on_rollout_log_probs(tmp_path, tiny_model_dir, ray_c
 
 
 @pytest.mark.vllm
-def test_grpo_with_vllm_rollout_keeps_engine_weights_in_sync(tmp_path, tiny_model_dir, ray_cluster, monkeypatch):
+@pytest.mark.parametrize("tp", [1, 2])
+def test_grpo_with_vllm_rollout_keeps_engine_weights_in_sync(tp, tmp_path, tiny_model_dir, ray_cluster, monkeypatch):
     pytest.importorskip("vllm")
     extra = [
         "actor_rollout_ref.rollout.name=vllm",
+        f"actor_rollout_ref.rollout.tensor_model_parallel_size={tp}",
         "actor_rollout_ref.rollout.calculate_log_probs=True",
         "actor_rollout_ref.actor.optim.lr=1e-2",  # large steps: a stale engine would be far off the actor
         # engine path: rollout_corr/* are the driver's (rollout vs actor before the update); the legacy actor

@@ -228,6 +228,7 @@ class ActorRolloutRefWorker(_FSDPWorkerBase):
         self.actor_optimizer = self.actor_lr_scheduler = self.checkpoint_manager = None
         self._rollout_dirty = True  # the first generation always syncs (engines may start from dummy weights)
         self._copy_shapes: dict[str, torch.Size] | None = None  # set while the hf copy's storage is released
+        self._rollout_tp, self._rollout_tp_group = 1, None
 
     # ---------------------------------------------------------------- building
 
@@ -309,6 +310,39 @@ class ActorRolloutRefWorker(_FSDPWorkerBase):
         if fsdp_config.optimizer_offload:
             fsdp_utils.offload_fsdp_optimizer(self.actor_optimizer)
 
+    def _make_rollout_tp_group(self) -> Any:
+        """vLLM with rollout TP > 1: the process group of this rank's engine (consecutive ranks); None otherwise."""
+        rollout_cfg = self.config.rollout
+        self._rollout_tp = rollout_cfg.tensor_model_parallel_size if rollout_cfg.name == "vllm" else 1
+        if self._rollout_tp == 1:
+            return None
+        if self.world_size % self._rollout_tp:
+            raise ValueError(
+                f"actor_rollout_ref.rollout.tensor_model_parallel_size={self._rollout_tp} must divide the "
+                f"{self.world_size} ranks"
+            )
+        groups = [
+            dist.new_group(list(range(start, start + self._rollout_tp)))
+            for start in range(0, self.world_size, self._rollout_tp)
+        ]  # every rank creates every group, in the same order
+        return groups[self.rank // self._rollout_tp]
+
+    def _generate_in_tp_group(self, prompts: DataProto) -> DataProto:
+        """The ranks of one sharded engine generate their prompts together (vLLM needs identical calls on every rank
+        of a group); each keeps its own rows. Aborted rows are counted once per group."""
+        parts: list[Any] = [None] * self._rollout_tp
+        dist.all_gather_object(parts, prompts.to("cpu"), group=self._rollout_tp_group)
+        whole = DataProto.concat(parts).to(get_device_name())
+        whole.meta_info = dict(prompts.meta_info)
+        output = self.rollout.generate_sequences(whole)
+        local = self.rank % self._rollout_tp
+        start = sum(len(p) for p in parts[:local])
+        mine = output[start : start + len(prompts)]
+        mine.meta_info = dict(output.meta_info)
+        if local != 0 and "aborted_rows" in mine.meta_info:
+            mine.meta_info["aborted_rows"] = 0
+        return mine
+
     def _rollout_generates_from_module(self) -> bool:
         """The hf and spd rollouts run the policy module itself; vLLM/SGLang hold their own weights."""
         return self.config.rollout.name in ("hf", "spd")
@@ -353,11 +387,13 @@ class ActorRolloutRefWorker(_FSDPWorkerBase):
             self.rollout = engine_cls(self.rollout_module, rollout_cfg)
         else:
             # vllm/sglang start from the checkpoint directory (load_format, dummy by default) and take the actor's
-            # weights before the first generation; seeding per rank keeps the ranks' samples apart (rollout.seed,
-            # verl v0.9, else the actor's fsdp seed).
+            # weights before the first generation; seeding per engine keeps their samples apart (rollout.seed, verl
+            # v0.9, else the actor's fsdp seed). The ranks of a tensor-parallel group share one engine and one seed.
             base = self.config.actor.fsdp_config.seed if rollout_cfg.seed is None else rollout_cfg.seed
             model = self.rollout_module if from_module else local_path
-            self.rollout = engine_cls(model, rollout_cfg, model_config=self.config.model, seed=base + self.rank)
+            self._rollout_tp_group = self._make_rollout_tp_group()
+            seed = base + self.rank // self._rollout_tp
+            self.rollout = engine_cls(model, rollout_cfg, model_config=self.config.model, seed=seed)
         self._interactions = {}
         if rollout_cfg.multi_turn.enable:
             from verl.interactions.utils.interaction_registry import initialize_interactions_from_config
@@ -517,6 +553,8 @@ class ActorRolloutRefWorker(_FSDPWorkerBase):
         with self._rollout_session():
             if self.config.rollout.multi_turn.enable:
                 output = self._generate_multiturn(prompts)
+            elif self._rollout_tp_group is not None:
+                output = self._generate_in_tp_group(prompts)
             else:
                 output = self.rollout.generate_sequences(prompts)
         output.meta_info["timing"] = _gather_timing(time.perf_counter() - start)

@@ -286,6 +286,7 @@ def check_trainer_config(
             f"cannot be split evenly over {step_ranks} ranks (trainer.n_gpus_per_node * trainer.nnodes); choose a "
             f"train_batch_size or n whose product is a multiple of {step_ranks}"
         )
+    _check_rollout_parallelism(arr.rollout, n_ranks)
     check_mini_fits_train_batch("actor_rollout_ref.actor", arr.actor.ppo_mini_batch_size, train_bsz)
     check_training_batch("actor_rollout_ref.actor", arr.actor, n, dp)
     check_log_prob_batch("actor_rollout_ref.rollout", arr.rollout, dp)
@@ -349,6 +350,25 @@ def _check_algorithm_inputs(cfg: PPOTrainerConfig) -> None:
                 "algorithm.filter_groups.metric=seq_final_reward with algorithm.use_kl_in_reward=True is not supported "
                 "(groups are filtered before the KL penalty is computed); use metric=seq_reward"
             )
+
+
+def _check_rollout_parallelism(rollout: Any, n_ranks: int) -> None:
+    """vLLM's rollout tensor parallelism spans consecutive training ranks: the group size must divide them."""
+    tp = rollout.tensor_model_parallel_size
+    if rollout.name != "vllm" or tp == 1:
+        return
+    key = "actor_rollout_ref.rollout.tensor_model_parallel_size"
+    if n_ranks % tp:
+        raise ValueError(
+            f"{key}={tp} must divide the {n_ranks} training ranks (trainer.n_gpus_per_node * trainer.nnodes): each "
+            f"group of {tp} consecutive ranks runs one sharded vLLM engine; set it to a divisor of {n_ranks} (1 runs "
+            "one whole engine per rank)"
+        )
+    if rollout.multi_turn.enable:
+        raise ValueError(
+            f"actor_rollout_ref.rollout.multi_turn.enable=True with {key}={tp} is not supported yet (the ranks of an "
+            f"engine group would have to run the interactions in lockstep); set {key}=1"
+        )
 
 
 def _data_parallel_size(worker: Any, n_ranks: int, prefix: str) -> int:

