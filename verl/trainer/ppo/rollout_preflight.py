@@ -27,11 +27,6 @@ def check_rollout_setup(config: Any, train_dataset: Any = None, vocab_size: int 
     _check_engine(rollout)
     multi_turn = rollout.multi_turn
     if multi_turn.enable:
-        if str(rollout.name).startswith("sglang"):
-            raise ValueError(
-                f"actor_rollout_ref.rollout.multi_turn.enable=True is not implemented for rollout.name={rollout.name} "
-                "yet; use actor_rollout_ref.rollout.name=vllm or hf for multi-turn rollouts"
-            )
         if not config.data.return_raw_chat:
             raise ValueError(
                 "actor_rollout_ref.rollout.multi_turn.enable=True needs each sample's chat messages for the "
@@ -39,6 +34,12 @@ def check_rollout_setup(config: Any, train_dataset: Any = None, vocab_size: int 
             )
         _check_interactions(multi_turn, train_dataset)
     capture = rollout.logit_capture
+    if capture.enable and capture.mode == "full" and str(rollout.name).startswith("sglang"):
+        raise ValueError(
+            f"actor_rollout_ref.rollout.logit_capture.mode=full with rollout.name={rollout.name}: SGLang returns "
+            "log-probabilities, never logits; use logit_capture.mode=topk with k=<vocabulary size> for the whole "
+            "log-distribution, or rollout.name=vllm / hf for logits"
+        )
     if capture.enable and vocab_size is not None:
         _check_capture_budget(config, capture, vocab_size)
 

@@ -320,7 +320,12 @@ def _hf_backend(
     from verl.workers.rollout.hf_engine import HFEngine
 
     engine = HFEngine.from_pretrained(
-        model_path, device=device, dtype=dtype, max_batch_size=max_batch_size, max_model_len=max_model_len
+        model_path,
+        device,
+        dtype,
+        trust_remote_code=False,  # the OpenAI server loads plain checkpoints
+        max_batch_size=max_batch_size,
+        max_model_len=max_model_len,
     )
     return EngineBackend(engine, model_path, max_batch_size, max_wait_ms, seed, seed_requests=True)
 

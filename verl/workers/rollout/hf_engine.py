@@ -133,7 +133,7 @@ class HFEngine(SteppableEngine):
 
     @classmethod
     def from_pretrained(
-        cls, model_path: str, device: str = "auto", dtype: str = "float32", trust_remote_code: bool = False, **kwargs
+        cls, model_path: str, device: str, dtype: str, *, trust_remote_code: bool, **kwargs: Any
     ) -> HFEngine:
         """Load ``model_path`` (weights, tokenizer's special ids) onto ``device`` (``auto``: CUDA when present)."""
         from transformers import AutoModelForCausalLM, AutoTokenizer

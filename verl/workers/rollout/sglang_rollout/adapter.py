@@ -46,7 +46,7 @@ from verl.workers.rollout.sglang_rollout.utils import get_named_tensor_buckets
 __all__ = ["SGLangAdapter", "SGLangEngine", "parse_generate_output", "sglang_generate_kwargs", "sglang_server_kwargs"]
 
 
-def sglang_server_kwargs(model_path: str, cfg: Any, seed: int = 0, trust_remote_code: bool = False) -> dict[str, Any]:
+def sglang_server_kwargs(model_path: str, cfg: Any, seed: int, trust_remote_code: bool) -> dict[str, Any]:
     """``sglang.Engine(**kwargs)`` (``ServerArgs`` fields) for ``actor_rollout_ref.rollout`` (typed ``RolloutConfig``).
 
     ``engine_kwargs.sglang`` is applied last (it wins). The hybrid engine runs one engine per training rank, so its
@@ -181,7 +181,7 @@ class SGLangEngine(InferenceEngine):
 
     @classmethod
     def from_rollout_config(
-        cls, model_path: str, cfg: Any, seed: int = 0, trust_remote_code: bool = False, engine: Any = None
+        cls, model_path: str, cfg: Any, seed: int, trust_remote_code: bool, engine: Any = None
     ) -> SGLangEngine:
         """Start ``sglang.Engine`` for ``model_path`` (or wrap ``engine``), reading the model's facts from its files."""
         from transformers import AutoConfig, AutoTokenizer, GenerationConfig
@@ -296,7 +296,7 @@ class SGLangAdapter(EngineRollout):
         self.path = model if isinstance(model, (str, os.PathLike)) else getattr(model_config, "path", None)
         if not self.path:
             raise ValueError("the SGLang rollout needs the model directory (first argument or model_config.path)")
-        trust = model_config is not None and bool(getattr(model_config, "trust_remote_code", False))
+        trust = model_config is not None and bool(model_config.trust_remote_code)
         self.engine = SGLangEngine.from_rollout_config(self.path, typed, seed, trust, engine=engine)
         if self.capture_spec is not None:
             self.engine.check_capture(self.capture_spec)

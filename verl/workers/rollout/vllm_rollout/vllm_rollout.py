@@ -159,13 +159,13 @@ class VLLMEngine(SteppableEngine):
         # rank's process RNG and the ranks' sequences would diverge. Such requests get seeds from one stream that is
         # the same on every rank of the group (same engine seed, same calls).
         tp = int(kwargs.get("tensor_parallel_size", 1) or 1)
-        self._group_seeds = itertools.count(int(kwargs.get("seed", 0)) * 1_000_003) if tp > 1 else None
+        self._group_seeds = itertools.count(int(kwargs["seed"]) * 1_000_003) if tp > 1 else None
         self.lifecycle: list[str] = []
         """The lifecycle calls made on the engine, in order (``sleep``, ``wake_up:<tags>``, ``update_weights``)."""
 
     @classmethod
     def from_rollout_config(
-        cls, model_path: str, cfg: Any, seed: int = 0, trust_remote_code: bool = False, capture_spec: Any = None
+        cls, model_path: str, cfg: Any, seed: int, trust_remote_code: bool, capture_spec: Any = None
     ) -> VLLMEngine:
         """The engine of ``actor_rollout_ref.rollout`` (typed ``RolloutConfig``) for ``model_path``.
 
@@ -357,7 +357,7 @@ class ServerAdapter(EngineRollout):
         typed, _micro = as_rollout_config(config)
         super().__init__(typed, model_config, device_mesh)
         self.path = _model_path(model, model_config)
-        trust = model_config is not None and bool(getattr(model_config, "trust_remote_code", False))
+        trust = model_config is not None and bool(model_config.trust_remote_code)
         self.engine = VLLMEngine.from_rollout_config(self.path, typed, seed, trust, self.capture_spec)
         self.llm = self.engine.llm
         self.vocab_size = self.engine.vocab_size
