@@ -241,6 +241,7 @@ def _multiturn_example(tmp_path: Path, model_dir: str, engine: str) -> list[str]
         "data.max_response_length=48",
         "data.return_raw_chat=True",
         f"actor_rollout_ref.rollout.name={engine}",
+        "actor_rollout_ref.rollout.tensor_model_parallel_size=1",  # as the example script (one engine per rank)
         "actor_rollout_ref.rollout.multi_turn.enable=True",
         "actor_rollout_ref.rollout.multi_turn.max_assistant_turns=2",
         f"actor_rollout_ref.rollout.multi_turn.interaction_config_path={yaml_path}",

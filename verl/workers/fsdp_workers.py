@@ -371,7 +371,8 @@ class ActorRolloutRefWorker(_FSDPWorkerBase):
         else:
             self.ref_module_fsdp = _build_sharded(module, ref_cfg.strategy, fsdp_config, self._mesh(fsdp_config))
         # The reference policy only scores: its typed view carries the forward's settings, no PPO knobs.
-        self.ref_policy = DataParallelPPOActor(ref_cfg.scoring_actor_config(), self.ref_module_fsdp, None)
+        scoring = ref_cfg.scoring_actor_config(self.config.model.use_remove_padding)
+        self.ref_policy = DataParallelPPOActor(scoring, self.ref_module_fsdp, None)
 
     def _build_rollout(self, local_path: str) -> None:
         from verl.workers.rollout.base import get_rollout_class

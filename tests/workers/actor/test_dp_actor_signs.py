@@ -55,6 +55,7 @@ def _config(**overrides):
         "kl_loss_coef": 0.0,
         "kl_loss_type": "low_var_kl",
         "grad_clip": 1e9,
+        "use_remove_padding": False,  # FreeLogits reads its rows from the padded layout
     }
     cfg.update(overrides)
     return OmegaConf.create(cfg)

@@ -292,13 +292,9 @@ class FSDPActorConfig(ActorConfig):
     """Recompute entropy in backward to save memory."""
     fsdp_config: FSDPEngineConfig = key(factory=FSDPEngineConfig)
     """Sharding and offload of the actor."""
-    use_remove_padding: bool = key(
-        False,
-        follows="actor_rollout_ref.model.use_remove_padding",
-        effect="inert",
-        reason="speed only, as actor_rollout_ref.model.use_remove_padding",
-    )
-    """Follows actor_rollout_ref.model.use_remove_padding."""
+    use_remove_padding: bool = key(True, follows="actor_rollout_ref.model.use_remove_padding")
+    """Pack each micro-batch's real tokens into one row (no FLOPs on padding); follows
+    actor_rollout_ref.model.use_remove_padding."""
 
     def validate(self, n_gpus: int, train_batch_size: int, model_config: Any = None) -> None:
         """verl's check, plus: Ulysses sequence parallelism needs the padding-free forward."""

@@ -76,10 +76,12 @@ class RefConfig(BaseConfig):
                 _R, self.log_prob_micro_batch_size, self.log_prob_micro_batch_size_per_gpu, "log_prob_micro_batch_size"
             )
 
-    def scoring_actor_config(self) -> FSDPActorConfig:
-        """The actor view the reference's log-prob forward runs with (its forward settings, no PPO knobs)."""
+    def scoring_actor_config(self, use_remove_padding: bool) -> FSDPActorConfig:
+        """The actor view the reference's log-prob forward runs with (its forward settings, no PPO knobs);
+        ``use_remove_padding`` is the policy model's (actor_rollout_ref.model.use_remove_padding)."""
         return FSDPActorConfig(
             strategy=self.strategy,
+            use_remove_padding=use_remove_padding,
             ulysses_sequence_parallel_size=self.ulysses_sequence_parallel_size,
             fsdp_config=self.fsdp_config,
         )

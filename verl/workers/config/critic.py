@@ -60,14 +60,9 @@ class CriticModelConfig(BaseConfig):
     """Recompute activations in backward."""
     enable_activation_offload: bool = key(False, refuse=refuse_activation_offload("the critic's"))
     """Offload activations to CPU."""
-    use_remove_padding: bool | None = key(
-        None,
-        v07_default=False,
-        v09_default=True,
-        effect="inert",
-        reason="speed only, as actor_rollout_ref.model.use_remove_padding",
-    )
-    """Pack sequences without padding (null: false with v0.7 keys, true with v0.9 keys)."""
+    use_remove_padding: bool | None = key(None, v07_default=False, v09_default=True)
+    """Pack each micro-batch's real tokens into one row for the value forward (null: false with v0.7 keys, true with
+    v0.9 keys)."""
     fsdp_config: FSDPEngineConfig = key(factory=FSDPEngineConfig)
     """Sharding and offload of the critic (verl v0.8+: critic.fsdp)."""
     lora_rank: int = key(0, refuse=lora_rank_refusal("critic.model.lora_rank"))

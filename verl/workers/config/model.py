@@ -15,10 +15,6 @@ from verl.utils.config_keys import Refuse, key
 __all__ = ["HFModelConfig", "LoraConfig"]
 
 _LORA_OFF = "only used with LoRA (lora_rank > 0), which is refused"
-_REMOVE_PADDING = (
-    "speed only: packing without pad tokens gives the same logits; the padded forward is used (the actor, reference "
-    "and critic follow their own copies of this key)"
-)
 
 
 def _zero(value: Any) -> bool:
@@ -124,8 +120,9 @@ class HFModelConfig(BaseConfig):
     """Recompute activations in backward to save memory."""
     enable_activation_offload: bool = key(False, refuse=refuse_activation_offload("the actor's"))
     """Offload activations to CPU during forward."""
-    use_remove_padding: bool = key(False, effect="inert", reason=_REMOVE_PADDING)
-    """Pack sequences without pad tokens (varlen attention); the actor and ref follow this value."""
+    use_remove_padding: bool = True
+    """Pack each micro-batch's real tokens into one row with per-sequence positions (no FLOPs on padding; varlen
+    flash attention with flash_attention_2 on CUDA); the actor and reference follow this value."""
     lora_rank: int = key(0, refuse=lora_rank_refusal("actor_rollout_ref.model.lora_rank"))
     """0 trains all weights; > 0 trains LoRA adapters (the reference is then the base model without adapters)."""
     lora_alpha: int = key(16, effect="inert", reason=_LORA_OFF)

@@ -62,7 +62,7 @@ class RewardModelModelConfig(BaseConfig):
     use_shm: bool = key(False, effect="inert", reason="the reward model is loaded from its local directory")
     """Copy the model to /dev/shm before loading."""
     use_remove_padding: bool = key(
-        False, effect="inert", reason="speed only, as actor_rollout_ref.model.use_remove_padding"
+        False, effect="inert", reason="speed only: the reward model scores with the padded forward (the same scores)"
     )
     """Pack sequences without padding."""
     use_fused_kernels: bool = key(

@@ -22,7 +22,13 @@ from verl.utils.config import as_config
 from verl.utils.py_functional import append_to_dict
 from verl.utils.seqlen_balancing import restore_dynamic_batch
 from verl.utils.torch_functional import masked_mean, response_mask_of
-from verl.workers.actor.dp_actor import clip_grad_and_step, forward_logits, micro_batch_scales, split_micro_batches
+from verl.workers.actor.dp_actor import (
+    clip_grad_and_step,
+    forward_logits,
+    forward_packed,
+    micro_batch_scales,
+    split_micro_batches,
+)
 from verl.workers.config import FSDPCriticConfig
 from verl.workers.critic.base import BasePPOCritic
 
@@ -74,10 +80,17 @@ class DataParallelPPOCritic(BasePPOCritic):
         if self.config.ulysses_sequence_parallel_size > 1:
             raise ValueError("ulysses_sequence_parallel_size > 1 is not supported; set it to 1")
         self.skipped_steps = 0
+        # critic.model.use_remove_padding (null until the tree is built: v0.7's false, v0.9's true)
+        self.use_remove_padding = bool(self.config.model.use_remove_padding)
 
     def _forward_micro_batch(self, micro_batch: DataProto) -> torch.Tensor:
         """Values ``(b, R)`` of the response positions (unmasked)."""
         response_length = micro_batch.batch["responses"].size(-1)
+        if self.use_remove_padding:
+            values = forward_packed(self.critic_module, micro_batch, response_length)  # (b, R, 1)
+            if values.size(-1) != 1:
+                raise ValueError(f"critic output has {values.size(-1)} channels per token; a value head needs 1")
+            return values.squeeze(-1).float()
         values = forward_logits(self.critic_module, micro_batch)  # (b, T, 1) or (b, T)
         if values.dim() == 3:
             if values.size(-1) != 1:
