@@ -134,8 +134,12 @@ def test_uninstalled_engine_is_named_before_ray(tiny_model_dir, good_data):
         pytest.skip("sglang is installed here")
     except ImportError:
         pass
-    result = _main_ppo(*_base(tiny_model_dir, good_data), "actor_rollout_ref.rollout.name=sglang")
+    sglang = ("actor_rollout_ref.rollout.name=sglang", "actor_rollout_ref.rollout.tensor_model_parallel_size=1")
+    result = _main_ppo(*_base(tiny_model_dir, good_data), *sglang)
     _assert_fails_naming(result, "actor_rollout_ref.rollout.name=sglang", "verl[sglang]")
+    # verl's default rollout TP (2) is refused for the hybrid SGLang engine first, naming the key and the fix
+    result = _main_ppo(*_base(tiny_model_dir, good_data), sglang[0])
+    _assert_fails_naming(result, "actor_rollout_ref.rollout.tensor_model_parallel_size=2", "set 1")
 
 
 def test_misspelt_logit_capture_mode_is_named(tiny_model_dir, good_data):
