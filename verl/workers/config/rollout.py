@@ -33,6 +33,11 @@ LOGIT_CAPTURE_MODES = ("logprob", "topk", "full", "token_ids")
 _P = "actor_rollout_ref.rollout"
 _ENGINE = "the hf rollout has no such setting"
 _TOOLS_OFF = "tool calling only; tool_config_path is refused"
+_CHECKPOINT_ENGINE = (
+    "verl's checkpoint engine moves weights to rollout servers outside the training processes (standalone or "
+    "disaggregated rollouts, refused here); the hybrid engine syncs in process, rollout.update_weights_bucket_megabytes "
+    "per engine call"
+)
 
 
 def _off(value: Any) -> bool:
@@ -217,7 +222,12 @@ class AgentLoopConfig(BaseConfig):
 
     _path = "actor_rollout_ref.rollout.agent"
 
-    num_workers: int = key(8, effect="engine", reason="agent-loop worker processes driving the server engines")
+    num_workers: int = key(
+        8,
+        effect="inert",
+        reason="worker processes of verl's agent loop; here the hybrid workers drive their engines themselves (the "
+        "same rollouts)",
+    )
     """Agent-loop worker actors."""
     default_agent_loop: str = key(
         "single_turn_agent",
@@ -308,13 +318,11 @@ class CheckpointEngineConfig(BaseConfig):
 
     _emit_target = False
 
-    backend: str = key("naive", effect="engine", reason="transfer backend of the weight sync; " + _ENGINE)
+    backend: str = key("naive", effect="inert", reason=_CHECKPOINT_ENGINE)
     """naive: bucketed in-process tensors."""
-    update_weights_bucket_megabytes: int = key(
-        2048, effect="engine", reason="bucket size of the weight sync (0.7 spelling); " + _ENGINE
-    )
-    """Bucket size of the weight sync."""
-    engine_kwargs: dict[str, Any] = key(factory=dict, effect="engine", reason="backend arguments; " + _ENGINE)
+    update_weights_bucket_megabytes: int = key(2048, effect="inert", reason=_CHECKPOINT_ENGINE)
+    """Bucket size of the checkpoint engine's transfer."""
+    engine_kwargs: dict[str, Any] = key(factory=dict, effect="inert", reason=_CHECKPOINT_ENGINE)
     """Arguments of the transfer backend."""
     custom_backend_module: str | None = key(
         None,
@@ -474,7 +482,9 @@ class RolloutConfig(BaseConfig):
     """Keep generating past EOS (benchmarking)."""
     enforce_eager: bool = _engine(False, "disables CUDA graphs")
     """Disable CUDA graphs."""
-    cudagraph_capture_sizes: list[int] | None = _engine(None, "batch sizes captured as CUDA graphs")
+    cudagraph_capture_sizes: list[int] | None = _engine(
+        None, "batch sizes captured as CUDA graphs (vLLM; SGLang: engine_kwargs.sglang.cuda_graph_bs_decode)"
+    )
     """Batch sizes captured as CUDA graphs."""
     free_cache_engine: bool = _engine(True, "frees the KV cache between steps")
     """Release the KV cache between rollouts (hybrid engine)."""
@@ -521,7 +531,12 @@ class RolloutConfig(BaseConfig):
     """Reuse the KV cache of shared prefixes."""
     load_format: str = _engine("dummy", "how the engine loads its first weights before the actor's arrive")
     """dummy: start from random weights, then receive the actor's."""
-    layered_summon: bool = _engine(False, "gathers FSDP weights layer by layer for the engine")
+    layered_summon: bool = key(
+        False,
+        effect="inert",
+        reason="memory only: the sync streams the gathered weights to the engine bucket by bucket "
+        "(update_weights_bucket_megabytes); the same weights arrive",
+    )
     """Gather FSDP weights layer by layer when syncing to the engine."""
     log_prob_micro_batch_size: int | None = None
     """Deprecated global micro batch of the old_log_prob recomputation."""
@@ -544,7 +559,12 @@ class RolloutConfig(BaseConfig):
         ),
     )
     """Fraction of extra requests sent so slow ones can be aborted."""
-    multi_stage_wake_up: bool = _engine(False, "resumes engine memory in stages")
+    multi_stage_wake_up: bool = key(
+        False,
+        effect="inert",
+        reason="the hybrid worker always wakes the engine in stages (weights, sync, then KV cache), verl's multi-stage "
+        "order; the same rollouts",
+    )
     """Wake weights and KV cache in separate stages to lower peak memory."""
     calculate_log_probs: bool | None = key(None, v07_default=False, v09_default=True)
     """Return the engine's logprob of each sampled token as rollout_log_probs (null: false with v0.7 keys, true
@@ -562,7 +582,9 @@ class RolloutConfig(BaseConfig):
         ),
     )
     """raw_logprobs | processed_logprobs (after temperature / top-p)."""
-    scheduling_policy: str = _engine("fcfs", "engine request scheduling (fcfs/priority)")
+    scheduling_policy: str = _engine(
+        "fcfs", "vLLM's request scheduling (fcfs/priority); SGLang keeps its own (engine_kwargs.sglang.schedule_policy)"
+    )
     """Engine request scheduling: fcfs or priority."""
     skip_tokenizer_init: bool = _engine(True, "engine tokenizer loading")
     """Engine works on token ids only."""

@@ -49,8 +49,12 @@ __all__ = ["SGLangAdapter", "SGLangEngine", "parse_generate_output", "sglang_gen
 def sglang_server_kwargs(model_path: str, cfg: Any, seed: int, trust_remote_code: bool) -> dict[str, Any]:
     """``sglang.Engine(**kwargs)`` (``ServerArgs`` fields) for ``actor_rollout_ref.rollout`` (typed ``RolloutConfig``).
 
-    ``engine_kwargs.sglang`` is applied last (it wins). The hybrid engine runs one engine per training rank, so its
-    ``tp_size`` is 1 (``rollout.tensor_model_parallel_size > 1`` is refused before Ray, ``rollout_preflight``).
+    Maps ``dtype``, ``gpu_memory_utilization`` (``mem_fraction_static``), ``free_cache_engine``
+    (``enable_memory_saver``), ``load_format``, ``skip_tokenizer_init``, ``max_model_len`` (``context_length``),
+    ``enforce_eager`` (``disable_cuda_graph``), ``enable_prefix_caching`` (``disable_radix_cache``),
+    ``max_num_batched_tokens`` / ``enable_chunked_prefill`` (``chunked_prefill_size``) and ``max_num_seqs``
+    (``max_running_requests``); ``engine_kwargs.sglang`` is applied last (it wins). The hybrid engine runs one engine
+    per training rank, so its ``tp_size`` is 1 (``rollout.tensor_model_parallel_size > 1`` is refused before Ray).
     """
     kwargs = {
         "model_path": os.fspath(model_path),
@@ -59,10 +63,16 @@ def sglang_server_kwargs(model_path: str, cfg: Any, seed: int, trust_remote_code
         "enable_memory_saver": cfg.free_cache_engine,
         "tp_size": 1,
         "load_format": cfg.load_format,
-        "skip_tokenizer_init": True,
+        "skip_tokenizer_init": cfg.skip_tokenizer_init,
         "random_seed": seed,
         "trust_remote_code": trust_remote_code,
+        "context_length": cfg.max_model_len or cfg.prompt_length + cfg.response_length,
+        "disable_cuda_graph": cfg.enforce_eager,
+        "disable_radix_cache": not cfg.enable_prefix_caching,
+        "chunked_prefill_size": cfg.max_num_batched_tokens if cfg.enable_chunked_prefill else -1,
     }
+    if cfg.max_num_seqs:
+        kwargs["max_running_requests"] = cfg.max_num_seqs
     kwargs.update((cfg.engine_kwargs or {}).get("sglang") or {})
     return kwargs
 

@@ -151,7 +151,10 @@ class VLLMEngine(SteppableEngine):
         model_config = self.engine.model_config
         self.vocab_size = int(model_config.get_vocab_size())
         self.max_model_len = int(model_config.max_model_len)
-        self.tokenizer = self.llm.get_tokenizer()
+        from transformers import AutoTokenizer  # the engine may run without one (skip_tokenizer_init)
+
+        trust = bool(llm_kwargs.get("trust_remote_code"))
+        self.tokenizer = AutoTokenizer.from_pretrained(self.path, trust_remote_code=trust)
         self.eos_token_ids, self.pad_token_id = _special_ids(self.path, self.tokenizer)
         self.sleep_mode = bool(sleep_mode)
         self.asleep = False
@@ -171,7 +174,8 @@ class VLLMEngine(SteppableEngine):
 
         Reads ``dtype`` (float32 on CPU), ``enforce_eager``, ``max_model_len`` (default prompt + response length),
         ``load_format`` (``dummy``: random weights until the first ``update_weights``), ``enable_prefix_caching``,
-        ``max_num_seqs``, ``max_num_batched_tokens``, ``logprobs_mode``, ``disable_log_stats``,
+        ``enable_chunked_prefill``, ``max_num_seqs``, ``max_num_batched_tokens``, ``logprobs_mode``,
+        ``disable_log_stats``, ``scheduling_policy``, ``skip_tokenizer_init``, ``cudagraph_capture_sizes`` (GPU),
         ``gpu_memory_utilization`` and ``free_cache_engine`` (sleep mode; GPU), ``tensor_model_parallel_size`` (> 1:
         vLLM's ``external_launcher`` on the caller's torch.distributed world, every rank of a group of consecutive
         ranks making the same calls), and ``engine_kwargs.vllm`` last (it wins).
@@ -185,12 +189,17 @@ class VLLMEngine(SteppableEngine):
             "seed": seed,
             "load_format": cfg.load_format,
             "enable_prefix_caching": cfg.enable_prefix_caching,
+            "enable_chunked_prefill": cfg.enable_chunked_prefill,
             "max_num_seqs": cfg.max_num_seqs,
             "max_num_batched_tokens": max(cfg.max_num_batched_tokens, cfg.prompt_length + cfg.response_length),
             "logprobs_mode": cfg.logprobs_mode,
             "trust_remote_code": trust_remote_code,
             "disable_log_stats": cfg.disable_log_stats,
+            "scheduling_policy": cfg.scheduling_policy,
+            "skip_tokenizer_init": cfg.skip_tokenizer_init,
         }
+        if cfg.cudagraph_capture_sizes and not on_cpu:
+            kwargs["compilation_config"] = {"cudagraph_capture_sizes": list(cfg.cudagraph_capture_sizes)}
         if cfg.tensor_model_parallel_size > 1:
             # one sharded engine per group of consecutive training ranks, on the training process group
             kwargs.update(
