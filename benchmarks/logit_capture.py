@@ -101,7 +101,7 @@ def rollout_config(engine: str, capture: dict | None, new_tokens: int, prompt_le
 
 
 class StageTimer:
-    """Wraps two (private) methods of a rollout object: the engine's generation and our capture code after it.
+    """Wraps two methods of an engine object: its generation step and our capture code.
 
     A method that no longer exists is not timed (its column shows "n/a"): the split is a diagnosis, not a result.
     """
@@ -153,12 +153,13 @@ class Cell:
             from verl.workers.rollout.hf_rollout import HFRollout
 
             self.rollout = HFRollout(model, config)
-            self.timer = StageTimer(self.rollout, "_generate_with_logits", "_logit_outputs")
+            # the decode loop's step (its forward and sampling, and the capture inside it) vs the capture alone
+            self.timer = StageTimer(self.rollout.engine, "step", "_captures")
         else:
             from verl.workers.rollout.vllm_rollout import ServerAdapter
 
             self.rollout = ServerAdapter(model_dir, config)
-            self.timer = StageTimer(self.rollout, "_run", "_captures")
+            self.timer = StageTimer(self.rollout.engine, "step", "build_capture")
         self.setup = time.perf_counter() - start
         self.out = self.rollout.generate_sequences(prompts)  # warm-up
         self.seconds, self.split, self.tokens = float("inf"), None, None
@@ -286,9 +287,10 @@ def main(argv: list[str] | None = None) -> int:
     print(table(rows))
     print(
         "\ncost vs off = wall time of generate_sequences / the same engine's off time - 1. engine generate = the "
-        "engine's own call (hf: model.generate; vllm: the engine loop incl. vLLM building its logprob dicts); capture "
-        "code = our logit_capture work after it. The tiny model makes a decoding step nearly free, so a fixed "
-        "per-token capture cost weighs far more here than next to a real model's forward."
+        "engine's steps (hf: HFEngine.step, which includes its per-step capture; vllm: LLMEngine.step incl. vLLM "
+        "building its logprob dicts); capture code = our logit_capture work (hf: HFEngine._captures inside the steps; "
+        "vllm: build_capture after them). The tiny model makes a decoding step nearly free, so a fixed per-token "
+        "capture cost weighs far more here than next to a real model's forward."
     )
     for title, text in profiles:
         print(f"\nprofile, {title}: top functions by own time (one generate_sequences call)\n{text}")

@@ -6,7 +6,7 @@ Everything here is monkeypatching done from the outside, in the driver and (thro
 * worker side, per call of ``generate_sequences`` / ``compute_log_prob`` / ``compute_ref_log_prob`` /
   ``update_actor``: the method's own time, split into exclusive buckets -- ``forward`` (the HF model class's
   ``forward``), ``backward`` (``Tensor.backward``), ``optimizer`` (``clip_grad_and_step``: clip + ``step``),
-  ``generate`` (HF ``generate`` or ``hf_decode.lean_sample`` minus their forwards), ``weight_sync`` (``_sync_rollout_weights``), ``collective``
+  ``generate`` (the hf engine's decode steps, ``HFEngine.step``, minus their forwards), ``weight_sync`` (``_sync_rollout_weights``), ``collective``
   (``torch.distributed`` calls and ``Work.wait``, which includes waiting for the other rank), ``fsdp`` (FSDP2's
   ``FSDPParamGroup`` pre/post forward/backward, unshard, reshard: copy-in/out and bookkeeping) -- and the rest (Python: ``DataProto`` moves, micro-batching,
   padding, log-prob gathers, metrics); plus the ``DataProto`` (de)serialisation Ray does around the call.
@@ -236,17 +236,14 @@ def install_worker(worker: ActorRolloutRefWorker) -> None:
             _patch(FSDPParamGroup, name, "fsdp", key=f"FSDPParamGroup.{name}")
     except ImportError:
         pass
-    for module in (worker.actor_module_fsdp, worker.ref_module_fsdp, worker.rollout_module):
-        if module is not None:
-            patch_model_forward(module)
-    if worker.rollout_module is not None:
-        worker.rollout_module.generate = timed("generate", worker.rollout_module.generate)
-        from verl.workers.rollout import hf_rollout
-
-        # the hf rollout's own sampling loop, in place of generate (absent in older trees: nothing to patch)
-        if hasattr(hf_rollout, "lean_sample") and "hf_rollout.lean_sample" not in _PATCHED:
-            _PATCHED.add("hf_rollout.lean_sample")
-            hf_rollout.lean_sample = timed("generate", hf_rollout.lean_sample)
+    modules = {
+        id(m): m for m in (worker.actor_module_fsdp, worker.ref_module_fsdp, worker.rollout_module) if m is not None
+    }
+    for module in modules.values():  # the hf rollout on FSDP2 generates with the actor module itself
+        patch_model_forward(module)
+    engine = getattr(worker.rollout, "engine", None)
+    if engine is not None and hasattr(engine, "step"):
+        engine.step = timed("generate", engine.step)  # the hf engine's decode loop, one token per call
     if worker.actor_module_fsdp is not None:
         worker._sync_rollout_weights = timed("weight_sync", worker._sync_rollout_weights)
     for name in METHOD_STAGE:

@@ -490,6 +490,7 @@ class RolloutConfig(BaseConfig):
     """Release the KV cache between rollouts (hybrid engine)."""
     tensor_model_parallel_size: int = key(
         2,
+        effect="implemented",
         refuse=Refuse(
             _one,
             "1 with rollout.name=sglang / sglang_with_logit",
