@@ -3,8 +3,9 @@
 Measured in one run, per engine (hf always; vLLM when ``vllm`` imports), on the tiny offline model:
 
 * workload: ``--prompts`` chat prompts x ``--new-tokens`` sampled tokens (temperature 1, the same seed in every mode,
-  so every mode generates the same tokens); one warm-up, then the best of ``--repeats`` timed
-  ``generate_sequences`` calls, taken round-robin over the modes;
+  so every mode generates the same tokens); one warm-up, then ``--repeats`` rounds, each timing one
+  ``generate_sequences`` call per mode back to back; a mode's cost is the median over rounds of its time over the
+  off mode's time in the same round (on a small shared machine single timings swing by +-10 %);
 * modes: off (no capture, no logprobs), ``logprob``, ``topk`` (k=20), ``token_ids`` (2 ids: "yes", "no"), ``full``
   (fp32); each configured through ``rollout.logit_capture`` exactly as a user would (vLLM: one engine per mode,
   since ``logprobs_mode`` / ``max_logprobs`` are engine settings);
@@ -163,6 +164,7 @@ class Cell:
         self.setup = time.perf_counter() - start
         self.out = self.rollout.generate_sequences(prompts)  # warm-up
         self.seconds, self.split, self.tokens = float("inf"), None, None
+        self.rounds: list[float] = []  # every timed call, one per round
 
     def run(self) -> None:
         self.timer.reset()
@@ -171,6 +173,7 @@ class Cell:
         elapsed = time.perf_counter() - start
         tokens = int(out.batch["response_mask"].sum())
         assert self.tokens in (None, tokens), "the workload changed between calls"
+        self.rounds.append(elapsed)
         if elapsed < self.seconds:
             self.seconds, self.split, self.tokens, self.out = elapsed, dict(self.timer.seconds), tokens, out
 
@@ -178,6 +181,7 @@ class Cell:
         from verl.workers.rollout.logit_capture import CAPTURE_TENSOR_KEYS, CaptureSpec
 
         row = {"engine": self.engine, "mode": self.name, "seconds": self.seconds, "tokens": self.tokens}
+        row["rounds"] = list(self.rounds)
         row["split"] = self.split
         if self.capture is not None:
             spec = CaptureSpec.from_config(self.capture)
@@ -202,6 +206,15 @@ def profile(rollout, prompts, top: int = 12) -> str:
     return "\n".join(lines[start : start + top + 1])
 
 
+def paired_cost(row: dict, off: dict) -> float:
+    """Cost vs off in %: the median over rounds of (this mode's time / off's time in the same round) - 1. Each round
+    runs every mode once, back to back, so a slow spell of the machine hits both sides of a ratio."""
+    import statistics
+
+    ratios = [a / b for a, b in zip(row["rounds"], off["rounds"])]
+    return 100.0 * (statistics.median(ratios) - 1.0)
+
+
 def table(rows: list[dict]) -> str:
     """The markdown table; costs are relative to the same engine's "off" row."""
     head = (
@@ -215,7 +228,7 @@ def table(rows: list[dict]) -> str:
         return "n/a" if seconds is None else f"{1e3 * seconds:.1f}"
 
     for r in rows:
-        cost = 100.0 * (r["seconds"] / off[r["engine"]]["seconds"] - 1.0)
+        cost = paired_cost(r, off[r["engine"]])
         target = TARGETS.get(r["mode"])
         verdict = "" if target is None else f"< {target:.0f} %: " + ("met" if cost < target else "MISSED")
         capture = r["split"].get("capture")
@@ -232,9 +245,16 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--prompts", type=int, default=16)
     parser.add_argument("--new-tokens", type=int, default=32)
-    parser.add_argument("--repeats", type=int, default=5, help="timed calls per mode (best is kept)")
+    parser.add_argument("--repeats", type=int, default=15, help="rounds of timed calls (one per mode per round)")
     parser.add_argument("--engines", default="hf,vllm", help="comma-separated; vllm is skipped when it cannot import")
     parser.add_argument("--profile-all", action="store_true", help="profile every capture mode, not only misses")
+    parser.add_argument(
+        "--model-size",
+        default="tiny",
+        choices=["tiny", "small"],
+        help="tiny: 0.4M parameters (a decoding step costs almost nothing, so fixed per-step costs dominate); small: "
+        "8 layers x 512 wide, ~25M parameters, the same vocabulary",
+    )
     # One thread by default: on a small shared machine torch's intra-op threads spin against other processes and
     # the hf timings swung 10x between identical calls; the tiny model gains nothing from more threads.
     parser.add_argument("--threads", type=int, default=1, help="torch threads for the hf engine (0: torch's default)")
@@ -255,13 +275,19 @@ def main(argv: list[str] | None = None) -> int:
         engines.remove("vllm")
     rows, profiles = [], []
     with tempfile.TemporaryDirectory() as model_dir:
-        build_tiny_model(model_dir, seed=0)
+        from verl.utils.testing.tiny import TinyModelSpec
+
+        spec = TinyModelSpec()
+        if args.model_size == "small":
+            spec = TinyModelSpec(hidden_size=512, intermediate_size=1408, num_layers=8, num_heads=8, num_kv_heads=4)
+        build_tiny_model(model_dir, seed=0, spec=spec)
         tok = AutoTokenizer.from_pretrained(model_dir)
         model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval()
         yes, no = (tok.encode(w, add_special_tokens=False)[0] for w in ("yes", "no"))
         print(
-            f"workload: {args.prompts} prompts x {args.new_tokens} new tokens, temperature 1, seed 0; warm-up + best of "
-            f"{args.repeats}; torch threads {torch.get_num_threads()}; vocabulary {len(tok)}; load average "
+            f"workload: {args.prompts} prompts x {args.new_tokens} new tokens, temperature 1, seed 0; warm-up + "
+            f"{args.repeats} rounds; model {args.model_size} ({sum(p.numel() for p in model.parameters()) / 1e6:.1f}M "
+            f"parameters); torch threads {torch.get_num_threads()}; vocabulary {len(tok)}; load average "
             f"{os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs"
         )
         prompts = make_prompts(tok, args.prompts, args.new_tokens)
@@ -274,7 +300,7 @@ def main(argv: list[str] | None = None) -> int:
                     cell.run()
             off = cells[0]
             for cell in cells:
-                cost = 100.0 * (cell.seconds / off.seconds - 1.0)
+                cost = paired_cost(cell.row(), off.row())
                 print(
                     f"  {engine:<5} {cell.name:<10} {cell.seconds * 1e3:8.1f} ms {cost:+7.1f} %  (setup {cell.setup:.1f} s)"
                 )
@@ -286,7 +312,8 @@ def main(argv: list[str] | None = None) -> int:
     print()
     print(table(rows))
     print(
-        "\ncost vs off = wall time of generate_sequences / the same engine's off time - 1. engine generate = the "
+        "\ncost vs off = median over rounds of (this mode's generate_sequences time / the same engine's off time in that "
+        "round) - 1; tokens/s and the time split are the best call's. engine generate = the "
         "engine's steps (hf: HFEngine.step, which includes its per-step capture; vllm: LLMEngine.step incl. vLLM "
         "building its logprob dicts); capture code = our logit_capture work (hf: HFEngine._captures inside the steps; "
         "vllm: build_capture after them). The tiny model makes a decoding step nearly free, so a fixed per-token "

@@ -235,6 +235,70 @@ def test_vllm_per_id_output_gives_the_whole_vocabulary_capture(raw):
     torch.testing.assert_close(per_id.id_logprobs, capture_from_logits(z, tokens, spec, **kw).id_logprobs)
 
 
+@dataclass
+class _Flat:
+    """The layout of vLLM's ``FlatLogprobs`` (``flat_logprobs=True``): per position, the sampled token first, then the
+    top-k in rank order (or the requested ids, or the whole vocabulary), in flat primitive lists."""
+
+    start_indices: list
+    end_indices: list
+    token_ids: list
+    logprobs: list
+
+    def __iter__(self):  # the Sequence view (a dict per position), which the generic path reads
+        for s, e in zip(self.start_indices, self.end_indices):
+            yield {t: Logprob(v, None, None) for t, v in zip(self.token_ids[s:e][::-1], self.logprobs[s:e][::-1])}
+
+
+def _flat(values: torch.Tensor, tokens: torch.Tensor, columns: list[list[int]], steps: int = 3) -> list[_Flat]:
+    """Split ``len(tokens)`` positions into ``steps`` parts (one per engine step, as DELTA outputs arrive)."""
+    parts, bounds = [], torch.linspace(0, len(tokens), steps + 1).long().tolist()
+    for a, b in zip(bounds[:-1], bounds[1:]):
+        flat = _Flat([], [], [], [])
+        for pos in range(a, b):
+            flat.start_indices.append(len(flat.logprobs))
+            for t in [int(tokens[pos]), *columns[pos]]:
+                flat.token_ids.append(t)
+                flat.logprobs.append(float(values[pos, t]))
+            flat.end_indices.append(len(flat.logprobs))
+        parts.append(flat)
+    return parts
+
+
+@pytest.mark.parametrize("raw", [True, False])
+def test_vllm_flat_logprobs_give_the_same_capture_as_the_dicts(raw):
+    from verl.workers.rollout.logit_capture import capture_from_vllm_flat
+
+    z = _logits(seed=11)
+    kw = {"temperature": T, "top_k": TOP_K, "top_p": 1.0}
+    logp = torch.log_softmax(z, -1) if raw else _reference_processed_logprobs(z, **kw)
+    tokens = logp.argsort(-1, descending=True)[:, 2]
+    ranked = logp.argsort(-1, descending=True).tolist()
+    for spec, columns, values, vocab in (
+        (CaptureSpec(mode="logprob", raw=raw), [[] for _ in ranked], logp, None),
+        (CaptureSpec(mode="topk", k=3, raw=raw), [r[:3] for r in ranked], logp, None),
+        (CaptureSpec(mode="token_ids", ids=(3, 30), raw=raw), [[3, 30] for _ in ranked], logp, V),
+        (CaptureSpec(mode="full", raw=raw), [list(range(V)) for _ in ranked], logp, V),
+    ):
+        flat = capture_from_vllm_flat(tokens.tolist(), _flat(values, tokens, columns), spec, vocab)
+        expected = capture_from_logits(z, tokens, spec, **kw)
+        for name in ("token_ids", "logprobs", "topk_logprobs", "topk_ids", "id_logprobs"):
+            if getattr(expected, name) is not None:
+                torch.testing.assert_close(getattr(flat, name), getattr(expected, name), rtol=0, atol=1e-5)
+        if spec.mode == "full":  # logits up to a per-row constant: the same distribution
+            torch.testing.assert_close(
+                torch.log_softmax(flat.logits, -1), expected.logits.log_softmax(-1), atol=1e-5, rtol=0
+            )
+    # a layout it cannot read in one pass (ids in another order) goes through the dicts, with the same values
+    spec = CaptureSpec(mode="token_ids", ids=(3, 30), raw=raw)
+    flat = capture_from_vllm_flat(tokens.tolist(), _flat(logp, tokens, [[30, 3]] * len(tokens)), spec, V)
+    torch.testing.assert_close(
+        flat.id_logprobs, capture_from_logits(z, tokens, spec, **kw).id_logprobs, atol=1e-5, rtol=0
+    )
+    with pytest.raises(ValueError, match=f"for {len(tokens)} positions, {len(tokens) - 1} tokens"):
+        capture_from_vllm_flat(tokens.tolist()[:-1], _flat(logp, tokens, [[]] * len(tokens)), CaptureSpec(), None)
+
+
 def test_vllm_accepts_plain_floats_and_names_missing_ids():
     lps = [{4: -0.1, 2: -2.5}, {1: -0.3}]
     cap = capture_from_vllm([4, 1], lps, CaptureSpec())
@@ -501,3 +565,4 @@ def test_spec_from_config_accepts_typed_dictconfig_and_dict():
         CaptureSpec.from_config({"enable": True, "top_k": 3})
     with pytest.raises(ValueError, match="needs token ids"):
         CaptureSpec(mode="token_ids")
+

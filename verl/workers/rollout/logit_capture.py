@@ -63,6 +63,7 @@ __all__ = [
     "capture_from_logits",
     "capture_from_sglang",
     "capture_from_vllm",
+    "capture_from_vllm_flat",
     "captures_to_tensors",
     "check_capture_budget",
     "estimate_capture_bytes",
@@ -400,6 +401,57 @@ def capture_from_vllm(
             raise ValueError(f"vLLM logprobs at position {i} lack the sampled token {tok}")
         sampled.append(_value(entries[tok]))
     return _from_entries(tokens, sampled, logprobs, spec, vocab_size, "vLLM", "vllm_sampling_logprobs")
+
+
+def capture_from_vllm_flat(
+    token_ids: Sequence[int], parts: Sequence[Any], spec: CaptureSpec, vocab_size: int | None = None
+) -> TokenCapture:
+    """:func:`capture_from_vllm` for logprobs vLLM returned flat (``SamplingParams.flat_logprobs=True``): a list of
+    ``FlatLogprobs`` (one per engine step, in order), read as arrays instead of one dict of ``Logprob`` per token.
+
+    vLLM's sampler puts the sampled token first at every position, then the top-k in rank order (or the requested
+    ``logprob_token_ids`` in request order, or the whole vocabulary): positions with that exact layout are read in one
+    vectorised pass; anything else goes through :func:`capture_from_vllm` with the same result.
+    """
+    import numpy as np
+
+    tokens = [int(t) for t in token_ids]
+    ids: list[int] = []
+    values: list[float] = []
+    starts: list[int] = []
+    ends: list[int] = []
+    for part in parts:
+        offset = len(values)
+        ids.extend(part.token_ids)
+        values.extend(part.logprobs)
+        starts.extend(offset + i for i in part.start_indices)
+        ends.extend(offset + i for i in part.end_indices)
+    if len(starts) != len(tokens):
+        raise ValueError(f"vLLM returned logprobs for {len(starts)} positions, {len(tokens)} tokens were generated")
+    if not tokens:
+        return capture_from_vllm(tokens, [], spec, vocab_size)
+    ids_a, values_a = np.asarray(ids, dtype=np.int64), np.asarray(values, dtype=np.float32)
+    starts_a, counts = np.asarray(starts, dtype=np.int64), np.asarray(ends, dtype=np.int64) - np.asarray(starts)
+    if (counts < 1).any() or (ids_a[starts_a] != np.asarray(tokens)).any():
+        return capture_from_vllm(tokens, [p for part in parts for p in part], spec, vocab_size)
+    extra = {"topk": spec.k, "token_ids": spec.n, "full": vocab_size or int(counts[0]) - 1}.get(spec.mode, 0)
+    if spec.mode != "logprob" and (counts != extra + 1).any():
+        return capture_from_vllm(tokens, [p for part in parts for p in part], spec, vocab_size)
+    columns = starts_a[:, None] + 1 + np.arange(extra)[None, :]  # (L, extra): the entries after the sampled token
+    if spec.mode == "token_ids" and (ids_a[columns] != np.asarray(spec.ids)[None, :]).any():
+        return capture_from_vllm(tokens, [p for part in parts for p in part], spec, vocab_size)
+    if spec.mode == "full":
+        z = torch.full((len(tokens), extra), float("nan"))
+        z.scatter_(1, torch.from_numpy(ids_a[columns]), torch.from_numpy(values_a[columns]))
+        return _from_distribution(torch.log_softmax(z, dim=-1), tokens, spec, z)
+    capture = _new(spec, torch.tensor(tokens, dtype=torch.long), torch.from_numpy(values_a[starts_a]))
+    if spec.mode == "topk":
+        capture.topk_logprobs = torch.from_numpy(values_a[columns])
+        capture.topk_ids = torch.from_numpy(ids_a[columns])
+    elif spec.mode == "token_ids":
+        _check_ids(spec, vocab_size)
+        capture.id_logprobs = torch.from_numpy(values_a[columns])
+    return capture
 
 
 # ---- SGLang --------------------------------------------------------------------------------------------------------

