@@ -87,3 +87,42 @@ def test_the_config_path_imports_no_torch_or_ray(statement):
     code = f"import sys; {statement}; print(sorted(m for m in ('torch', 'ray') if m in sys.modules))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True)
     assert out.stdout.strip() == "[]"
+
+
+# ---------------------------------------------------------------------------------------------- one engine contract
+ROLLOUT = REPO / "verl" / "workers" / "rollout"
+
+
+def _rollout_sources() -> dict[str, str]:
+    return {str(p.relative_to(REPO)): p.read_text() for p in sorted(ROLLOUT.rglob("*.py"))}
+
+
+def _where(pattern: str, sources: dict[str, str]) -> set[str]:
+    import re
+
+    return {path for path, text in sources.items() if re.search(pattern, text)}
+
+
+def test_one_token_sampling_loop_and_one_sampling_type_under_the_rollout_package():
+    """Generation is written once per backend: token sampling and KV-cached decoding live in the hf engine alone
+    (vLLM and SGLang sample inside their engines), no rollout module calls transformers' ``generate``, and the one
+    runtime sampling type is ``engine.SamplingParams``."""
+    import ast
+
+    sources = _rollout_sources()
+    assert _where(r"torch\.multinomial\(", sources) == {"verl/workers/rollout/hf_engine.py"}
+    assert _where(r"past_key_values", sources) == {"verl/workers/rollout/hf_engine.py"}
+    assert _where(r"\.generate\(\s*input_ids=", sources) == set()  # transformers' generate
+    sampling_types = set()
+    for path, text in sources.items():
+        for node in ast.walk(ast.parse(text)):
+            if isinstance(node, ast.ClassDef) and "Sampling" in node.name and "Params" in node.name:
+                sampling_types.add(f"{path}:{node.name}")
+    assert sampling_types == {"verl/workers/rollout/engine.py:SamplingParams"}, sampling_types
+    # every backend implements the contract
+    from verl.workers.rollout.engine import InferenceEngine, SteppableEngine
+    from verl.workers.rollout.hf_engine import HFEngine
+    from verl.workers.rollout.sglang_rollout.adapter import SGLangEngine
+
+    assert issubclass(HFEngine, SteppableEngine) and issubclass(SGLangEngine, InferenceEngine)
+    assert "class VLLMEngine(SteppableEngine)" in sources["verl/workers/rollout/vllm_rollout/vllm_rollout.py"]

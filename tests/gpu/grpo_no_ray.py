@@ -213,6 +213,15 @@ def main(argv: list[str] | None = None) -> dict:
         "steps": steps,
         "peak_device_memory_gb": torch.cuda.max_memory_allocated() / 2**30 if device == "cuda" else None,
         "lifecycle": list(getattr(getattr(worker.rollout, "engine", None), "lifecycle", []) or []),
+        # the hf rollout's weights between generations: the actor's own (FSDP2) or a copy released to 0 elements
+        "rollout_generates_from_actor": worker.rollout_module is not None
+        and worker.rollout_module is worker.actor_module_fsdp,
+        "rollout_copy_elements_between_generations": None
+        if worker.rollout_module is None or worker.rollout_module is worker.actor_module_fsdp
+        else sum(p.numel() for p in worker.rollout_module.parameters()),
+        "rollout_copy_dtype": None
+        if worker.rollout_module is None or worker.rollout_module is worker.actor_module_fsdp
+        else str(next(worker.rollout_module.parameters()).dtype),
     }
     if rank == 0 and args.out:
         Path(args.out).write_text(json.dumps(summary, indent=1))

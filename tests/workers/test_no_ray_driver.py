@@ -34,9 +34,17 @@ def _run(tmp_path: Path, model_dir: str, *args: str) -> dict:
     return json.loads(out.read_text())
 
 
-def test_grpo_steps_run_through_the_worker_classes_without_ray(tmp_path, tiny_model_dir):
-    summary = _run(tmp_path, tiny_model_dir, "--steps", "2", "--rollout", "hf")
+@pytest.mark.parametrize("strategy", ["fsdp2", "fsdp"])
+def test_grpo_steps_run_through_the_worker_classes_without_ray(tmp_path, tiny_model_dir, strategy):
+    """The hf rollout keeps no resident copy of the weights: on FSDP2 it generates from the actor's gathered shards;
+    on FSDP1 its unsharded copy is released after every generation (free_cache_engine) and refilled at the sync."""
+    summary = _run(tmp_path, tiny_model_dir, "--steps", "2", "--rollout", "hf", "--strategy", strategy)
     assert [r["step"] for r in summary["steps"]] == [1, 2] and summary["use_remove_padding"]
+    if strategy == "fsdp2":
+        assert summary["rollout_generates_from_actor"] and summary["rollout_copy_elements_between_generations"] is None
+    else:
+        assert not summary["rollout_generates_from_actor"]
+        assert summary["rollout_copy_elements_between_generations"] == 0
     for row in summary["steps"]:
         # the hf rollout generates from the actor's gathered FSDP2 weights: the same numbers as the packed recompute
         assert row["engine_vs_actor_max_abs_logprob_gap"] < 1e-5, row

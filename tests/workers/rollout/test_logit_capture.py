@@ -565,4 +565,3 @@ def test_spec_from_config_accepts_typed_dictconfig_and_dict():
         CaptureSpec.from_config({"enable": True, "top_k": 3})
     with pytest.raises(ValueError, match="needs token ids"):
         CaptureSpec(mode="token_ids")
-
