@@ -1,0 +1,1 @@
+"""Helpers of verl's engine workers (``verl.workers.utils``)."""
