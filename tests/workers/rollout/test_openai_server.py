@@ -5,11 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import socket
-import subprocess
-import sys
-import time
 import urllib.request
 
 import pytest
@@ -231,43 +227,9 @@ def _free_port() -> int:
 
 
 @pytest.fixture(scope="module")
-def vllm_address(tiny_model_dir, tmp_path_factory):
-    """A real ``vllm.entrypoints.openai.api_server`` subprocess on the tiny model (reference/vllm_cpu.md section 4)."""
-    port = _free_port()
-    log = tmp_path_factory.mktemp("vllm") / "server.log"
-    env = {
-        **os.environ,
-        "TORCHDYNAMO_DISABLE": "1",
-        "VLLM_ENABLE_V1_MULTIPROCESSING": "0",
-        "VLLM_CPU_KVCACHE_SPACE": "1",
-        "VLLM_NO_USAGE_STATS": "1",
-        "DO_NOT_TRACK": "1",
-    }
-    cmd = [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", tiny_model_dir]
-    cmd += ["--served-model-name", MODEL, "--host", "127.0.0.1", "--port", str(port), "--dtype", "float32"]
-    cmd += ["--max-model-len", "256", "--enforce-eager", "--seed", "0", "--generation-config", "vllm"]
-    with open(log, "wb") as sink:
-        proc = subprocess.Popen(cmd, stdout=sink, stderr=subprocess.STDOUT, env=env, start_new_session=True)
-    address = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 300
-        while True:
-            if proc.poll() is not None or time.monotonic() > deadline:
-                pytest.fail(f"vLLM server did not start (rc={proc.poll()}):\n{log.read_text()[-3000:]}")
-            try:
-                with urllib.request.urlopen(f"{address}/health", timeout=2) as resp:
-                    if resp.status == 200:
-                        break
-            except OSError:
-                time.sleep(1)
-        yield address
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+def vllm_address(vllm_server_address):
+    """The session's real vLLM OpenAI server (tests/conftest.py), served as ``tiny``."""
+    return vllm_server_address
 
 
 def _scenarios(base: str) -> dict:
