@@ -331,7 +331,7 @@ class VLLMEngine(SteppableEngine):
         stream: Iterable[tuple[str, torch.Tensor]] = gathered()
         if not _in_process(self.llm):  # a multiprocess engine needs a picklable argument
             stream = list(stream)
-        with _keep_process_state(), torch.no_grad():
+        with _keep_process_state(), torch.no_grad(), _quiet_vllm():
             self.llm.collective_rpc("reload_weights", kwargs={"weights_iterator": stream, "is_checkpoint_format": True})
             self.llm.reset_prefix_cache()
         self.lifecycle.append("update_weights")
@@ -341,7 +341,7 @@ class VLLMEngine(SteppableEngine):
         and drops its prefix cache (vLLM's CPU worker has no device memory to release)."""
         if not self.sleep_mode or self.asleep:
             return
-        with _quiet_cpu_worker():
+        with _quiet_vllm():
             self.llm.sleep(level=1)
         self.asleep = True
         self.lifecycle.append("sleep")
@@ -351,7 +351,7 @@ class VLLMEngine(SteppableEngine):
         if not self.sleep_mode or not self.asleep:
             return
         tag_list = list(tags) if tags else None
-        with _quiet_cpu_worker():
+        with _quiet_vllm():
             self.llm.wake_up(tags=tag_list)
         self.lifecycle.append(f"wake_up:{','.join(tag_list or ['all'])}")
         if tag_list is None or "kv_cache" in tag_list:
@@ -429,17 +429,20 @@ def _remove_stale_cpu_shm() -> None:
 
 
 @contextlib.contextmanager
-def _quiet_cpu_worker() -> Iterator[None]:
-    """vLLM's CPU worker logs a warning on every sleep/wake ("not supported on CPU"); the call is still made."""
+def _quiet_vllm() -> Iterator[None]:
+    """The lifecycle calls made every step (sleep, wake, weight reload) log several INFO lines per call and rank, and
+    vLLM's CPU worker a warning ("sleep mode is not supported on CPU"); only errors pass while they run."""
     import logging
 
-    logger = logging.getLogger("vllm.v1.worker.cpu_worker")
-    level = logger.level
-    logger.setLevel(logging.ERROR)
+    loggers = [logging.getLogger("vllm"), logging.getLogger("vllm.v1.worker.cpu_worker")]
+    levels = [logger.level for logger in loggers]
+    for logger in loggers:
+        logger.setLevel(logging.ERROR)
     try:
         yield
     finally:
-        logger.setLevel(level)
+        for logger, level in zip(loggers, levels):
+            logger.setLevel(level)
 
 
 @functools.lru_cache(maxsize=1)
