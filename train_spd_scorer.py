@@ -9,8 +9,15 @@ complete the hybrid prefix ``c + d_1..d_{j-1} + t_j`` at temperature 0 and score
 
 Example (CPU, tiny models, the target served by ``python -m verl.serve``)::
 
-    python train_spd_scorer.py --model_path models/tiny --target_model_url http://127.0.0.1:8000/v1/completions \\
-        --n_gpus 2 --train_files outputs/spd/data.parquet --total_training_steps 20 --output_dir outputs/spd/run
+    python -m verl.utils.dataset.spd_dataset --draft_model_path models/draft --target_model_path models/target \\
+        --prompts prompts.parquet                                   # writes data/spd/train.parquet
+    python train_spd_scorer.py --model_path models/draft --target_model_url http://127.0.0.1:8000/v1/completions \\
+        --n_gpus 2
+
+Defaults: ``--train_files data/spd/train.parquet`` (where the dataset builder writes), ``--total_training_steps``
+from ``--total_epochs`` (1) x full batches per epoch, ``--output_dir checkpoints/spd_scorer/<experiment name>``
+(the experiment name defaults to the ``--model_path`` directory's name). ``--dry_run`` prepares everything (output
+directory, scorer, trainer config) and prints the plan without training.
 
 Anything of the form ``key=value`` after the flags is passed to the trainer as a Hydra override, e.g.
 ``actor_rollout_ref.actor.optim.lr=1e-5 trainer.logger=[console,wandb]``.
@@ -21,35 +28,91 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import sys
 from pathlib import Path
 
 import numpy as np
 
+from verl.utils.dataset.spd_dataset import DEFAULT_SPD_DATA, build_command
+
 SPD_METRIC_PREFIX = "spd/"
+PROG = "train_spd_scorer"
+DEFAULT_CHECKPOINT_ROOT = "checkpoints/spd_scorer"
+"""``--output_dir`` defaults to ``<this>/<experiment name>`` (relative to the working directory)."""
+
+
+class UsageError(Exception):
+    """A problem with the command's inputs: reported as one line, exit status 2."""
+
+
+class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Adds "(default: X)" to a flag's help unless the help states its default already or there is none."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        if action.required or action.default in (None, False, argparse.SUPPRESS) or "default" in text:
+            return text
+        return super()._get_help_string(action)
 
 
 def parse_args(argv: list[str] | None = None) -> tuple[argparse.Namespace, list[str]]:
     parser = argparse.ArgumentParser(
+        prog="train_spd_scorer.py",
         description=__doc__.split("\n\n")[0],
         epilog="Further arguments key=value are Hydra overrides of verl's ppo_trainer config.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=_HelpFormatter,
     )
-    parser.add_argument("--model_path", required=True, help="scorer checkpoint, or a causal LM to start a scorer from")
     parser.add_argument(
-        "--target_model_url", required=True, help="the target's OpenAI-compatible completions URL (or its base)"
+        "--model_path",
+        required=True,
+        help="required: a scorer checkpoint, or a local causal LM (the draft) to start a scorer from",
+    )
+    parser.add_argument(
+        "--target_model_url",
+        required=True,
+        help="required: the target's OpenAI-compatible completions URL (or its base)",
     )
     parser.add_argument("--target_model_name", default=None, help="model name to send to the target (default: any)")
     parser.add_argument("--target_tokenizer", default=None, help="tokenizer of the target (default: from the data)")
     parser.add_argument("--n_gpus", type=int, default=1, help="training ranks (CPU processes on a CPU machine)")
     parser.add_argument("--nnodes", type=int, default=1, help="nodes")
-    parser.add_argument("--train_files", required=True, help="SPD parquet from verl.utils.dataset.spd_dataset")
+    parser.add_argument(
+        "--train_files",
+        default=DEFAULT_SPD_DATA,
+        help=f"SPD parquet from python -m verl.utils.dataset.spd_dataset (default: {DEFAULT_SPD_DATA}, where that "
+        "command writes by default)",
+    )
     parser.add_argument("--val_files", default=None, help="held-out SPD parquet (default: train_files)")
-    parser.add_argument("--total_training_steps", type=int, required=True, help="GRPO steps")
-    parser.add_argument("--output_dir", required=True, help="checkpoints, metrics.jsonl and the reward curve")
+    parser.add_argument(
+        "--total_training_steps",
+        type=int,
+        default=None,
+        help="GRPO steps (default: total_epochs x full batches per epoch, i.e. rows // batch_size)",
+    )
+    parser.add_argument(
+        "--total_epochs", type=int, default=1, help="passes over the data when --total_training_steps is not given"
+    )
+    parser.add_argument(
+        "--output_dir",
+        default=None,
+        help=f"checkpoints, metrics.jsonl and the scorer (default: {DEFAULT_CHECKPOINT_ROOT}/EXPERIMENT_NAME, created)",
+    )
+    parser.add_argument(
+        "--experiment_name",
+        default=None,
+        help="trainer.experiment_name (default: the --output_dir's name, else the --model_path directory's name)",
+    )
     parser.add_argument("--batch_size", type=int, default=8, help="samples (prompts) per step")
     parser.add_argument("--rollout_n", type=int, default=4, help="decision vectors sampled per sample (GRPO group)")
-    parser.add_argument("--mini_batch_size", type=int, default=None, help="samples per optimizer step")
-    parser.add_argument("--micro_batch_size", type=int, default=None, help="sequences per forward/backward per rank")
+    parser.add_argument(
+        "--mini_batch_size", type=int, default=None, help="samples per optimizer step (default: batch_size)"
+    )
+    parser.add_argument(
+        "--micro_batch_size",
+        type=int,
+        default=None,
+        help="sequences per forward/backward per rank (default: mini batch x rollout_n / ranks)",
+    )
     parser.add_argument("--lr", type=float, default=1e-4, help="learning rate of the scorer")
     parser.add_argument("--alpha", type=float, default=0.5, help="scenario A bonus: 1 + alpha * accepted / K")
     parser.add_argument("--beta", type=float, default=1.0, help="scenario C penalty: -beta")
@@ -64,18 +127,73 @@ def parse_args(argv: list[str] | None = None) -> tuple[argparse.Namespace, list[
     )
     parser.add_argument("--save_freq", type=int, default=None, help="checkpoint every N steps (default: at the end)")
     parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto", help="training device")
+    parser.add_argument(
+        "--dry_run",
+        action="store_true",
+        help="check the inputs, create the output directory and scorer, compose the trainer config, print the plan "
+        "and exit without training",
+    )
     args, rest = parser.parse_known_args(argv)
     unknown = [a for a in rest if "=" not in a or a.startswith("--")]
     if unknown:
         parser.error(f"unrecognised arguments: {' '.join(unknown)} (overrides must look like key=value)")
+    for name in ("total_training_steps", "total_epochs", "batch_size", "rollout_n", "n_gpus", "nnodes"):
+        value = getattr(args, name)
+        if value is not None and value < 1:
+            parser.error(f"--{name} must be >= 1, got {value}")
     return args, rest
+
+
+def resolve_defaults(args: argparse.Namespace) -> argparse.Namespace:
+    """Fill in what was left out: the experiment name, ``output_dir`` and ``total_training_steps`` (which needs the
+    data's row count). Writes nothing.
+
+    Raises:
+        UsageError: the data file is missing (the message has the command that builds it), or has fewer rows than
+            one batch.
+    """
+    if not Path(args.train_files).is_file():
+        build = build_command(draft_model_path=args.model_path, output=args.train_files)
+        raise UsageError(f"no SPD data at {args.train_files} (--train_files); build it with: {build}")
+    if args.experiment_name is None:
+        source = args.output_dir if args.output_dir is not None else args.model_path
+        args.experiment_name = Path(os.path.abspath(os.path.expanduser(source))).name or "run"
+    if args.output_dir is None:
+        args.output_dir = f"{DEFAULT_CHECKPOINT_ROOT}/{args.experiment_name}"
+    if args.total_training_steps is None:
+        rows = data_rows(args.train_files)
+        per_epoch = rows // args.batch_size  # the trainer drops the last short batch
+        if per_epoch == 0:
+            raise UsageError(
+                f"{args.train_files} has {rows} rows, fewer than one batch (--batch_size {args.batch_size}); "
+                "lower --batch_size or add rows"
+            )
+        args.total_training_steps = args.total_epochs * per_epoch
+        args.steps_from = (
+            f"--total_epochs {args.total_epochs} x {per_epoch} batches per epoch: {rows} rows // --batch_size "
+            f"{args.batch_size}"
+        )
+    else:
+        args.steps_from = "--total_training_steps"
+    return args
+
+
+def data_rows(train_files: str) -> int:
+    import pyarrow.parquet as pq
+
+    try:
+        return pq.ParquetFile(train_files).metadata.num_rows
+    except Exception as exc:  # pyarrow raises several types for a damaged or non-parquet file
+        raise UsageError(
+            f"--train_files {train_files} is not a readable parquet ({type(exc).__name__}: {exc})"
+        ) from exc
 
 
 def scorer_dir(model_path: str, output_dir: Path) -> str:
     """``model_path`` if it is a scorer checkpoint, else a new scorer built on it under ``output_dir``."""
     config = Path(model_path) / "config.json"
     if not config.is_file():
-        raise FileNotFoundError(f"--model_path {model_path}: no config.json (a local model directory is required)")
+        raise UsageError(f"--model_path {model_path}: no config.json (a local model directory is required)")
     if json.loads(config.read_text()).get("model_type") == "spd_scoring_actor":
         return model_path
     from spd_scorer import build_scorer_dir
@@ -91,12 +209,13 @@ def data_shape(train_files: str) -> tuple[int, int, str | None]:
     """(longest draft K, longest context in tokens, the target tokenizer named by the data)."""
     import pandas as pd
 
-    frame = pd.read_parquet(train_files)
+    try:
+        frame = pd.read_parquet(train_files)
+    except Exception as exc:  # pyarrow raises several types for a damaged or non-parquet file
+        raise UsageError(f"{train_files} is not a readable parquet ({type(exc).__name__}: {exc})") from exc
     for column in ("spd_draft_ids", "spd_target_ids", "extra_info"):
         if column not in frame.columns:
-            raise ValueError(
-                f"{train_files} has no {column!r} column; build the data with python -m verl.utils.dataset.spd_dataset"
-            )
+            raise UsageError(f"{train_files} has no {column!r} column; build the data with: {build_command()}")
     k = int(max(len(ids) for ids in frame["spd_draft_ids"]))
     infos = [info if isinstance(info, dict) else {} for info in frame["extra_info"]]
     contexts = [len(info["context_ids"]) if info.get("context_ids") is not None else 0 for info in infos]
@@ -152,12 +271,13 @@ def overrides(args: argparse.Namespace, scorer: str, k: int, context_len: int, t
         f"trainer.n_gpus_per_node={args.n_gpus}",
         f"trainer.nnodes={args.nnodes}",
         f"trainer.total_training_steps={args.total_training_steps}",
+        # steps given explicitly may span several passes over the data; the trainer stops at total_training_steps
         "trainer.total_epochs=1000",
         f"trainer.default_local_dir={out / 'checkpoints'}",
         f"trainer.save_freq={args.save_freq or args.total_training_steps}",
         "actor_rollout_ref.actor.checkpoint.save_contents=[model,optimizer,extra,hf_model]",
         "trainer.project_name=spd_scorer",
-        f"trainer.experiment_name={out.name}",
+        f"trainer.experiment_name={args.experiment_name}",
         "trainer.logger=[console,file]",
         "trainer.test_freq=-1",
         "trainer.val_before_train=False",
@@ -218,22 +338,45 @@ def _make_trainer_cls():
     return SPDTrainer
 
 
-def main(argv: list[str] | None = None) -> None:
-    args, extra = parse_args(argv)
+def build_config(args: argparse.Namespace, extra: list[str]) -> tuple[object, Path]:
+    """Prepare a run: resolve the defaults, create the output directory, build the scorer if needed and compose
+    verl's trainer config. Returns ``(config, output_dir)``."""
+    resolve_defaults(args)
     out = Path(args.output_dir)
-    out.mkdir(parents=True, exist_ok=True)
     k, context_len, _ = data_shape(args.train_files)
+    out.mkdir(parents=True, exist_ok=True)
     scorer = scorer_dir(args.model_path, out)
-    os.environ.setdefault("VERL_FILE_LOGGER_PATH", str(out / "metrics.jsonl"))
-    from verl.trainer.main_ppo import TaskRunner, run_ppo
     from verl.utils.config import compose_config
-    from verl.utils.device import auto_set_device
 
     config = compose_config("ppo_trainer", [*overrides(args, scorer, k, context_len, args.target_tokenizer), *extra])
+    return config, out
+
+
+def main(argv: list[str] | None = None) -> None:
+    args, extra = parse_args(argv)
+    try:
+        config, out = build_config(args, extra)
+    except UsageError as exc:
+        print(f"{PROG}: error: {exc}", file=sys.stderr)
+        sys.exit(2)
+    print(
+        f"{PROG}: {args.total_training_steps} steps ({args.steps_from}) on {args.train_files}; output in {out}",
+        flush=True,
+    )
+    if args.dry_run:
+        print(
+            f"{PROG}: dry run; trainer.total_training_steps={config.trainer.total_training_steps} "
+            f"trainer.default_local_dir={config.trainer.default_local_dir}"
+        )
+        return
+    os.environ.setdefault("VERL_FILE_LOGGER_PATH", str(out / "metrics.jsonl"))
+    from verl.trainer.main_ppo import TaskRunner, run_ppo
+    from verl.utils.device import auto_set_device
+
     auto_set_device(config)
     runner = type("SPDTaskRunner", (TaskRunner,), {"trainer_cls": _make_trainer_cls()})
     run_ppo(config, task_runner_class=runner)
-    print(f"train_spd_scorer: done; metrics in {out / 'metrics.jsonl'}, checkpoints in {out / 'checkpoints'}")
+    print(f"{PROG}: done; metrics in {out / 'metrics.jsonl'}, checkpoints in {out / 'checkpoints'}")
 
 
 if __name__ == "__main__":

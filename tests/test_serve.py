@@ -44,6 +44,29 @@ def test_help_lists_the_options():
         assert option in out.stdout.lower()
 
 
+def test_no_arguments_prints_what_to_pass_and_an_example(tmp_path):
+    out = subprocess.run([sys.executable, "-m", "verl.serve"], cwd=tmp_path, capture_output=True, text=True, timeout=60)
+    assert out.returncode == 2
+    assert "Traceback" not in out.stderr
+    lines = out.stderr.strip().splitlines()
+    assert len(lines) <= 5, out.stderr  # short: not argparse's list of every option
+    assert lines[0].startswith("usage: python -m verl.serve MODEL_PATH")
+    assert "MODEL_PATH is required" in out.stderr
+    assert "example: python -m verl.serve models/tiny --port 8000" in out.stderr
+    assert "python -m verl.utils.testing.tiny models/tiny" in out.stderr
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_model_path_that_does_not_exist_is_named_without_a_traceback(tmp_path):
+    missing = str(tmp_path / "no" / "such" / "model")
+    out = subprocess.run(
+        [sys.executable, "-m", "verl.serve", missing], cwd=tmp_path, capture_output=True, text=True, timeout=60
+    )
+    assert out.returncode == 2
+    assert "Traceback" not in out.stderr
+    assert f"MODEL_PATH {missing}: no such directory" in out.stderr
+
+
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
 def test_serve_starts_answers_and_stops_on_signal(tiny_model_dir, sig):
     cmd = [sys.executable, "-m", "verl.serve", tiny_model_dir, "--host", "127.0.0.1", "--port", "0"]

@@ -113,7 +113,11 @@ class BaseConfig(collections.abc.Mapping):
 def check_choice(key: str, value: Any, allowed: tuple, fix: str = "") -> None:
     """Raise ``ValueError`` unless ``value`` is one of ``allowed``; the message names the key and the choices."""
     if value not in allowed:
+        import difflib
+
         choices = ", ".join(repr(a) for a in allowed)
         hint = f" {fix}" if fix else ""
         leaf = key.rsplit(".", 1)[-1].split(" ")[0]
-        raise ValueError(f"Invalid {leaf}: {key}={value!r} is not valid; choose one of {choices}.{hint}")
+        near = difflib.get_close_matches(str(value), [str(a) for a in allowed], n=1, cutoff=0.6)
+        guess = f" did you mean {near[0]!r}?" if near else ""
+        raise ValueError(f"Invalid {leaf}: {key}={value!r} is not valid;{guess} choose one of {choices}.{hint}")

@@ -14,6 +14,7 @@ Example::
 from __future__ import annotations
 
 import argparse
+import os
 import signal
 import sys
 import threading
@@ -47,8 +48,27 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+SHORT_USAGE = """\
+usage: python -m verl.serve MODEL_PATH [--host HOST] [--port PORT] [--served-model-name NAME] [--api-key KEY]
+python -m verl.serve: error: MODEL_PATH is required: a Hugging Face model directory (config.json, weights, tokenizer)
+example: python -m verl.serve models/tiny --port 8000   (make models/tiny with: python -m verl.utils.testing.tiny \
+models/tiny)
+every option: python -m verl.serve --help"""
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if not argv:  # a bare `python -m verl.serve`: say what to pass, not argparse's full option list
+        print(SHORT_USAGE, file=sys.stderr)
+        return 2
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    path = args.model_path
+    # a path that is neither a directory here nor shaped like a hub id ("name", "org/name") cannot load
+    if not os.path.isdir(os.path.expanduser(path)) and (os.path.isabs(path) or path[:1] in ".~" or path.count("/") > 1):
+        parser.error(
+            f"MODEL_PATH {path}: no such directory (make a tiny one with python -m verl.utils.testing.tiny DIR)"
+        )
     from verl.workers.rollout.openai_server import OpenAIServer
 
     server = OpenAIServer(

@@ -371,6 +371,33 @@ def test_two_standalone_vllm_replicas_generate_n_responses(tmp_path, tiny_model_
     assert (df["completion_tokens"] > 0).all() and (df["response_tokens"] <= 8).all()
 
 
+def test_no_arguments_names_the_missing_inputs_and_the_example(tmp_path):
+    cmd = [sys.executable, "-m", "verl.trainer.main_generation_server"]
+    out = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 2
+    assert "Traceback" not in out.stderr + out.stdout
+    assert "main_generation_server: error: missing input:" in out.stderr
+    assert "data.output_path is not set" in out.stderr
+    assert "data.train_files=~/data/rlhf/gsm8k/train.parquet does not exist" in out.stderr
+    assert "actor_rollout_ref.model.path=~/models/deepseek-llm-7b-chat does not exist" in out.stderr
+    assert 'main_generation_server --config-path "$PWD/examples/phase0" --config-name phase0_eval' in out.stderr
+    assert len(out.stderr.strip().splitlines()) <= 8, out.stderr
+
+
+def test_only_the_inputs_still_missing_are_named(tmp_path):
+    data = _write_prompts(tmp_path / "p.parquet", 2)
+    cmd = [sys.executable, "-m", "verl.trainer.main_generation_server", f"data.train_files={data}"]
+    cmd += ["data.output_path=o.parquet", "actor_rollout_ref.model.path=models/nope"]
+    out = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 2
+    assert "Traceback" not in out.stderr + out.stdout
+    problems = [line.strip() for line in out.stderr.splitlines() if line.startswith("  ") and "=" in line]
+    assert problems[0] == "actor_rollout_ref.model.path=models/nope does not exist (the model the replicas serve)"
+    assert "data.output_path" not in out.stderr.split("usage:")[0]
+    assert "data.train_files" not in out.stderr.split("usage:")[0]
+    assert not (tmp_path / "o.parquet").exists()
+
+
 def test_phase0_example_config_composes_and_validates(tiny_model_dir):
     cfg = compose_config(
         "phase0_eval",

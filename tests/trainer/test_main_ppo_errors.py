@@ -9,12 +9,11 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import pandas as pd
 import pytest
-
-REPO = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(scope="module")
@@ -40,7 +39,7 @@ def _main_ppo(*overrides: str) -> subprocess.CompletedProcess:
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "RAY_USAGE_STATS_ENABLED": "0", "HYDRA_FULL_ERROR": "1"}
     return subprocess.run(
         [sys.executable, "-m", "verl.trainer.main_ppo", *overrides],
-        cwd=REPO,
+        cwd=tempfile.mkdtemp(prefix="main_ppo_errors_"),  # Hydra's outputs/ folder goes there, not into the repo
         env=env,
         capture_output=True,
         text=True,

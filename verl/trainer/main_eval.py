@@ -30,10 +30,17 @@ from omegaconf import OmegaConf
 
 from verl.trainer.ppo import eval_metrics
 
+COMMAND = "python -m verl.trainer.main_eval"
+
 
 @hydra.main(config_path="config", config_name="evaluation", version_base=None)
 def main(config) -> None:
-    run_eval(config)
+    from verl.utils.cli_errors import exit_on_user_error, preflight
+
+    with exit_on_user_error(COMMAND):
+        with preflight():  # the data file and its columns are read first; a problem there is the user's to fix
+            frame = load_responses(config.data)
+        run_eval(config, frame=frame)
 
 
 def load_responses(data_config) -> Any:
@@ -188,9 +195,10 @@ def report(metrics: dict[str, float], records: list[dict[str, Any]], config) -> 
         tracker.finish()
 
 
-def run_eval(config) -> dict[str, float]:
-    """Judge every response of ``data.path``, report, and return the metrics."""
-    frame = load_responses(config.data)
+def run_eval(config, frame: Any = None) -> dict[str, float]:
+    """Judge every response of ``data.path`` (or of ``frame``, already loaded from it), report, return the metrics."""
+    if frame is None:
+        frame = load_responses(config.data)
     records = judge_responses(frame, config)
     if not records:
         raise ValueError(f"data.path={config.data.path!r} has no responses to judge.")
@@ -200,4 +208,7 @@ def run_eval(config) -> dict[str, float]:
 
 
 if __name__ == "__main__":
-    main()
+    from verl.utils.cli_errors import run_hydra_cli
+
+    config_dir = os.path.join(os.path.dirname(os.path.abspath(__file__)), "config")
+    run_hydra_cli(main, config_dir=config_dir, config_name="evaluation", command=COMMAND)

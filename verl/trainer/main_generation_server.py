@@ -20,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import importlib.util
 import os
+import sys
 
 import hydra
 
@@ -27,10 +28,52 @@ from verl.trainer.config.generation import GenerationServerConfig
 from verl.trainer.generation.client import RequestSettings, check_replicas, generate_rows
 from verl.trainer.generation.io import ProgressLog, load_prompts, write_output
 
+EXAMPLE = 'python -m verl.trainer.main_generation_server --config-path "$PWD/examples/phase0" --config-name phase0_eval'
+"""The shipped example (run from the repository root after ``python -m verl.utils.testing.tiny models/tiny``)."""
+
 
 @hydra.main(config_path="config", config_name="generation_server", version_base=None)
 def main(config) -> None:
+    problems = missing_inputs(config)
+    if problems:
+        print(usage_message(problems), file=sys.stderr, flush=True)
+        sys.exit(2)
     run_generation(config)
+
+
+def missing_inputs(config) -> list[str]:
+    """One line per mandatory input that is unset or absent: ``data.output_path``, every ``data.train_files``
+    parquet, and ``actor_rollout_ref.model.path`` when replicas are to be started (no ``server_addresses``)."""
+    problems = []
+    data = config.data
+    if not data.get("output_path"):
+        problems.append("data.output_path is not set (the parquet to write the generations to)")
+    files = data.get("train_files")
+    files = [] if files is None else [files] if isinstance(files, str) else list(files)
+    if not files:
+        problems.append("data.train_files is not set (the prompts parquet: a chat message list per row)")
+    for file in files:
+        if not os.path.isfile(os.path.expanduser(str(file))):
+            problems.append(
+                f"data.train_files={file} does not exist (the prompts parquet: a chat message list per row)"
+            )
+    if not config.get("generation", {}).get("server_addresses"):
+        model = str(config.actor_rollout_ref.model.path)
+        if not os.path.exists(os.path.expanduser(model)):
+            problems.append(f"actor_rollout_ref.model.path={model} does not exist (the model the replicas serve)")
+    return problems
+
+
+def usage_message(problems: list[str]) -> str:
+    """What is missing, which keys to set, and the shipped example."""
+    lines = ["main_generation_server: error: missing input:"]
+    lines += [f"  {problem}" for problem in problems]
+    lines += [
+        "usage: python -m verl.trainer.main_generation_server [--config-path DIR --config-name NAME] key=value ...",
+        "  e.g. data.train_files=prompts.parquet data.output_path=out.parquet actor_rollout_ref.model.path=MODEL_DIR",
+        f"example (from the repository root, after python -m verl.utils.testing.tiny models/tiny): {EXAMPLE}",
+    ]
+    return "\n".join(lines)
 
 
 def load_generation_config(config) -> GenerationServerConfig:

@@ -19,10 +19,15 @@ from verl.trainer.config.build import need_critic, need_reference_policy, need_r
 from verl.trainer.config.ppo_trainer import PPOTrainerConfig
 from verl.trainer.ppo.utils import Role
 
+COMMAND = "python -m verl.trainer.main_ppo"
+
 
 @hydra.main(config_path="config", config_name="ppo_trainer", version_base=None)
 def main(config) -> None:
-    run_ppo(load_config(config))
+    from verl.utils.cli_errors import exit_on_user_error
+
+    with exit_on_user_error(COMMAND):  # bad input: one paragraph, no stack trace (HYDRA_FULL_ERROR=1 shows it)
+        run_ppo(load_config(config))
 
 
 def load_config(config) -> PPOTrainerConfig:
@@ -30,11 +35,13 @@ def load_config(config) -> PPOTrainerConfig:
     if isinstance(config, PPOTrainerConfig):
         return config
     from verl.trainer.config.build import build_trainer_config, check_refused_keys, describe_generation
+    from verl.utils.cli_errors import preflight
 
-    check_refused_keys(config)  # before torch and Ray are even imported: a refused key costs a second
-    from verl.utils.device import resolve_device
+    with preflight():
+        check_refused_keys(config)  # before torch and Ray are even imported: a refused key costs a second
+        from verl.utils.device import resolve_device
 
-    cfg = build_trainer_config(config, device=resolve_device(config.trainer.device))
+        cfg = build_trainer_config(config, device=resolve_device(config.trainer.device))
     print(f"config: {describe_generation(cfg)}")
     return cfg
 
@@ -147,29 +154,33 @@ class TaskRunner:
 
     def run(self, config) -> None:
         from verl.trainer.ppo.ray_trainer import RayPPOTrainer
-        from verl.trainer.ppo.reward import load_reward_manager
+        from verl.trainer.ppo.reward import check_data_sources, load_reward_manager
         from verl.trainer.ppo.rollout_preflight import check_rollout_setup
+        from verl.utils.cli_errors import preflight
         from verl.utils.dataset.rl_dataset import collate_fn
-        from verl.utils.fs import copy_to_local
         from verl.utils.import_utils import import_external_libs
         from verl.utils.tokenizer import hf_processor, hf_tokenizer
 
         print(f"TaskRunner on {socket.gethostname()} (pid {os.getpid()})")
         # 1. cheap checks first: a bad config or path must fail before Ray starts (the tree is validated once)
-        config = load_config(config)
-        use_critic = need_critic(config)
-        # A model registered by an external library must be importable here too: fail now, not inside a worker.
-        import_external_libs(config.actor_rollout_ref.model.external_lib, "actor_rollout_ref.model.external_lib")
-        model_cfg = config.actor_rollout_ref.model
-        local_path = copy_to_local(model_cfg.path, use_shm=model_cfg.use_shm)
-        trust = config.data.trust_remote_code or model_cfg.trust_remote_code
-        tokenizer = hf_tokenizer(local_path, trust_remote_code=trust)
-        processor = hf_processor(local_path, trust_remote_code=trust, use_fast=True)
-        train_dataset = create_rl_dataset(config.data.train_files, config.data, tokenizer, processor, is_train=True)
-        val_dataset = create_rl_dataset(config.data.val_files, config.data, tokenizer, processor, is_train=False)
-        reward_fn = load_reward_manager(config, tokenizer, num_examine=0)
-        val_reward_fn = load_reward_manager(config, tokenizer, num_examine=1)
-        check_rollout_setup(config, train_dataset, _vocab_size_if_needed(config, local_path, trust))
+        with preflight():
+            config = load_config(config)
+            use_critic = need_critic(config)
+            # A model registered by an external library must be importable here too: fail now, not in a worker.
+            import_external_libs(config.actor_rollout_ref.model.external_lib, "actor_rollout_ref.model.external_lib")
+            model_cfg = config.actor_rollout_ref.model
+            local_path = model_directory("actor_rollout_ref.model.path", model_cfg.path, model_cfg.use_shm)
+            if use_critic:
+                model_directory("critic.model.path", config.critic.model.path, config.critic.model.use_shm)
+            trust = config.data.trust_remote_code or model_cfg.trust_remote_code
+            tokenizer = hf_tokenizer(local_path, trust_remote_code=trust)
+            processor = hf_processor(local_path, trust_remote_code=trust, use_fast=True)
+            train_dataset = create_rl_dataset(config.data.train_files, config.data, tokenizer, processor, True)
+            val_dataset = create_rl_dataset(config.data.val_files, config.data, tokenizer, processor, False)
+            reward_fn = load_reward_manager(config, tokenizer, num_examine=0)
+            val_reward_fn = load_reward_manager(config, tokenizer, num_examine=1)
+            check_rollout_setup(config, train_dataset, _vocab_size_if_needed(config, local_path, trust))
+            check_data_sources(config, train_dataset, val_dataset)
         # 2. workers and Ray
         actor_cls, wg_cls = self.add_actor_rollout_worker(config)
         if use_critic:
@@ -199,6 +210,23 @@ class TaskRunner:
             trainer.shutdown()
 
 
+def model_directory(key: str, path: str, use_shm: bool = False) -> str:
+    """The local directory of the model named by config ``key``; a missing one is an error saying what to do."""
+    from verl.utils.fs import copy_to_local
+
+    fix = (
+        "Expected a Hugging Face model directory (config.json, weights, tokenizer files; nothing is downloaded). "
+        f"For an offline tiny model: python -m verl.utils.testing.tiny models/tiny, then {key}=models/tiny"
+    )
+    try:
+        local = copy_to_local(path, use_shm=use_shm)
+    except FileNotFoundError as err:
+        raise FileNotFoundError(f"{key}={path!r} does not exist. {fix}") from err
+    if not os.path.isfile(os.path.join(local, "config.json")):
+        raise FileNotFoundError(f"{key}={path!r} has no config.json, so it is not a model directory. {fix}")
+    return local
+
+
 def _vocab_size_if_needed(config, local_path: str, trust_remote_code: bool) -> int | None:
     """The policy's vocabulary size, read only when full-logit capture must check its memory budget."""
     capture = config.actor_rollout_ref.rollout.logit_capture
@@ -219,6 +247,7 @@ def create_rl_dataset(data_paths, data_config, tokenizer, processor, is_train: b
 
     if data_paths is None:
         return None
+    _check_data_files("data.train_files" if is_train else "data.val_files", data_paths)
     data_config = as_config(data_config, DataConfig)
     cls = get_dataset_class(data_config)
     if not issubclass(cls, Dataset):
@@ -228,6 +257,22 @@ def create_rl_dataset(data_paths, data_config, tokenizer, processor, is_train: b
     return cls(
         data_files=data_paths, tokenizer=tokenizer, processor=processor, config=data_config, max_samples=max_samples
     )
+
+
+def _check_data_files(key: str, paths) -> None:
+    """Each local data file named by ``key`` exists; a missing one is an error saying what is expected there."""
+    from verl.utils.fs import is_non_local, local_path
+
+    listed = [paths] if isinstance(paths, str) else list(paths)
+    for path in listed:
+        if is_non_local(str(path)) or os.path.exists(local_path(str(path))):
+            continue
+        shown = path if len(listed) == 1 else f"[..., {path!r}, ...]"
+        raise FileNotFoundError(
+            f"{key}={shown!r}: no such file. Expected parquet file(s) with a chat-message `prompt` column "
+            "(data.prompt_key), as examples/data_preprocess/*.py write them; the quick start's toy task is "
+            "built with: python examples/quickstart/make_data.py --out data/quickstart"
+        )
 
 
 def create_rl_sampler(data_config, dataset):
@@ -266,4 +311,7 @@ def _print_help(argv: list[str]) -> bool:
 
 if __name__ == "__main__":
     if not _print_help(sys.argv[1:]):
-        main()
+        from verl.utils.cli_errors import run_hydra_cli
+
+        config_dir = os.path.join(os.path.dirname(os.path.abspath(__file__)), "config")
+        run_hydra_cli(main, config_dir=config_dir, config_name="ppo_trainer", command=COMMAND, key_help=True)

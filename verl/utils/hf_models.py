@@ -38,6 +38,7 @@ __all__ = [
     "build_reward_model",
     "build_value_model",
     "enable_gradient_checkpointing",
+    "kv_cache_arg",
     "load_generation_config",
     "load_hf_config",
     "resolve_model_path",
@@ -47,6 +48,17 @@ __all__ = [
 def forward_accepts(module: nn.Module, *names: str) -> bool:
     """Whether ``module``'s class's ``forward`` takes every keyword in ``names`` (cached per class)."""
     return _forward_params(type(module)).issuperset(names)
+
+
+def kv_cache_arg(module: nn.Module) -> str | None:
+    """The keyword ``module``'s ``forward`` takes its KV cache by, or None when it takes none.
+
+    transformers up to 5.19 names it ``past_key_values``; later releases name it ``cache`` (the old name is a deprecated
+    alias that warns and is left out of the signature). The model's output returns the updated cache under the same
+    name, so ``getattr(output, kv_cache_arg(module))`` reads it on either version.
+    """
+    params = _forward_params(type(module))
+    return next((name for name in ("cache", "past_key_values") if name in params), None)
 
 
 @functools.lru_cache(maxsize=64)

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import difflib
 import logging
 import sys
 import typing
@@ -396,8 +397,10 @@ def _check_adv_estimator(name: str, n: int) -> None:
     core_algos = sys.modules.get("verl.trainer.ppo.core_algos")
     known |= set(getattr(core_algos, "ADV_ESTIMATOR_REGISTRY", {}) or {})
     if name not in known:
+        near = difflib.get_close_matches(str(name), sorted(known), n=1, cutoff=0.6)
+        guess = f" did you mean {near[0]!r}?" if near else ""
         raise ValueError(
-            f"algorithm.adv_estimator={name!r} is not a known advantage estimator; choose one of "
+            f"algorithm.adv_estimator={name!r} is not a known advantage estimator;{guess} choose one of "
             f"{', '.join(sorted(known))} (or register yours with core_algos.register_adv_est before validating)"
         )
     if name in GROUP_ADV_ESTIMATORS and n < 2:

@@ -177,6 +177,39 @@ def load_reward_manager(config: Any, tokenizer: Any, num_examine: int = 0, **rew
     )
 
 
+def check_data_sources(config: Any, *datasets: Any) -> None:
+    """Before Ray: every data source of the datasets has a scorer when the built-in rules score them.
+
+    Applies only where ``default_compute_score`` will be called (no custom reward function, no reward model, a
+    built-in reward manager); an unknown source would otherwise stop the run at its first reward.
+
+    Raises:
+        ValueError: naming the data source, its key (``data.reward_fn_key``) and the two ways to fix it.
+    """
+    from verl.utils.reward_score import has_scorer, known_data_sources
+
+    cfg = _tree(config)
+    model_scored = cfg.reward_model.enable or getattr(cfg.reward.reward_model, "enable", False)
+    if model_scored or get_custom_reward_fn(cfg) is not None:
+        return
+    if not _manager_class(cfg).__module__.startswith("verl.workers.reward_manager"):
+        return  # a user's manager may score any source its own way
+    key = cfg.data.reward_fn_key
+    for dataset in datasets:
+        rows = getattr(dataset, "rows", None)
+        if not rows:
+            continue
+        sources = {str(row.get(key)) for row in rows if isinstance(row, dict)}
+        unknown = sorted(s for s in sources if not has_scorer(s))
+        if unknown:
+            raise ValueError(
+                f"no reward rule for {key}={unknown[0]!r} (column {key!r} of the data, data.reward_fn_key); "
+                f"the built-in rules know: {', '.join(known_data_sources())}. Either point "
+                "custom_reward_function.path=FILE.py custom_reward_function.name=FUNCTION at your scorer, or "
+                "write a known data source in that column."
+            )
+
+
 def _accepts_return_dict(reward_fn: Callable[..., Any]) -> bool:
     try:
         params = inspect.signature(reward_fn).parameters.values()

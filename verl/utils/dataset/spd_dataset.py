@@ -20,7 +20,10 @@ Draft and target must share a vocabulary (speculative decoding compares token id
 CLI::
 
     python -m verl.utils.dataset.spd_dataset --draft_model_path D --target_model_path T \\
-        --prompts IN.parquet --output OUT.parquet [--max_draft_tokens 16] [--prompt_key prompt] [--device cpu]
+        --prompts IN.parquet [--output data/spd/train.parquet] [--max_draft_tokens 16] [--prompt_key prompt]
+
+``--output`` defaults to :data:`DEFAULT_SPD_DATA` (relative to the working directory), which is also where
+``train_spd_scorer.py`` looks when ``--train_files`` is not given.
 """
 
 from __future__ import annotations
@@ -30,9 +33,41 @@ import os
 from collections.abc import Sequence
 from typing import Any
 
-__all__ = ["build_spd_dataset", "greedy_drafts", "main", "render_context", "target_greedy_tokens"]
+__all__ = [
+    "DEFAULT_SPD_DATA",
+    "build_command",
+    "build_spd_dataset",
+    "greedy_drafts",
+    "main",
+    "render_context",
+    "target_greedy_tokens",
+]
 
 DATA_SOURCE = "spd_scorer"
+DEFAULT_SPD_DATA = "data/spd/train.parquet"
+"""Where the CLI writes the SPD dataset and where ``train_spd_scorer.py`` reads it by default (relative to the cwd)."""
+
+
+def build_command(
+    draft_model_path: str = "DRAFT_MODEL_DIR",
+    target_model_path: str = "TARGET_MODEL_DIR",
+    prompts: str = "PROMPTS.parquet",
+    output: str = DEFAULT_SPD_DATA,
+) -> str:
+    """The shell command that writes the SPD dataset to ``output`` (``--output`` left out when it is the default)."""
+    cmd = f"python -m verl.utils.dataset.spd_dataset --draft_model_path {draft_model_path} "
+    cmd += f"--target_model_path {target_model_path} --prompts {prompts}"
+    return cmd if output == DEFAULT_SPD_DATA else f"{cmd} --output {output}"
+
+
+class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Adds "(default: X)" to a flag's help unless the help states its default already or there is none."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        if action.required or action.default in (None, False, argparse.SUPPRESS) or "default" in text:
+            return text
+        return super()._get_help_string(action)
 
 
 def _as_chat(prompt: Any) -> list[dict] | str:
@@ -77,6 +112,9 @@ def greedy_drafts(model: Any, contexts: Sequence[Sequence[int]], k: int, pad_id:
     """
     import torch
 
+    from verl.utils.hf_models import kv_cache_arg
+
+    cache_arg = kv_cache_arg(model) or "past_key_values"  # ``cache`` on transformers after 5.19
     device = next(model.parameters()).device
     ids, mask, positions = _left_pad(contexts, pad_id, device)
     drafts = [[] for _ in contexts]
@@ -84,8 +122,8 @@ def greedy_drafts(model: Any, contexts: Sequence[Sequence[int]], k: int, pad_id:
     past, step_ids = None, ids
     with torch.no_grad():
         for _ in range(k):
-            out = model(input_ids=step_ids, attention_mask=mask, position_ids=positions, past_key_values=past)
-            past = out.past_key_values
+            out = model(input_ids=step_ids, attention_mask=mask, position_ids=positions, **{cache_arg: past})
+            past = getattr(out, cache_arg)
             next_ids = out.logits[:, -1].argmax(dim=-1)  # (B,)
             for i, token in enumerate(next_ids.tolist()):
                 if not done[i]:
@@ -242,18 +280,35 @@ def build_spd_dataset(
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(
-        description="Build the SPD dataset: greedy draft continuations and the target's greedy token at each position."
+        prog="python -m verl.utils.dataset.spd_dataset",
+        description="Build the SPD dataset: greedy draft continuations and the target's greedy token at each position.",
+        formatter_class=_HelpFormatter,
     )
-    parser.add_argument("--draft_model_path", required=True, help="draft causal LM (HF directory or hub name)")
-    parser.add_argument("--target_model_path", required=True, help="target causal LM, same vocabulary as the draft")
-    parser.add_argument("--prompts", required=True, help="input parquet in verl's schema")
-    parser.add_argument("--output", required=True, help="output parquet")
+    parser.add_argument(
+        "--draft_model_path", required=True, help="required: draft causal LM (HF directory or hub name)"
+    )
+    parser.add_argument(
+        "--target_model_path", required=True, help="required: target causal LM, same vocabulary as the draft"
+    )
+    parser.add_argument(
+        "--prompts",
+        required=True,
+        help="required: input parquet in verl's schema (a chat list per row, reward_model.ground_truth)",
+    )
+    parser.add_argument(
+        "--output",
+        default=DEFAULT_SPD_DATA,
+        help=f"output parquet, parent directories created (default: {DEFAULT_SPD_DATA}, where train_spd_scorer.py "
+        "reads by default)",
+    )
     parser.add_argument("--max_draft_tokens", type=int, default=16, help="K, draft tokens per prompt")
     parser.add_argument("--prompt_key", default="prompt", help="column holding the chat list")
     parser.add_argument("--device", default="cpu", help="cpu or cuda[:i]")
     parser.add_argument("--dtype", default="auto", help="auto (float32 on CPU, bfloat16 on CUDA) or a torch dtype")
     parser.add_argument("--batch_size", type=int, default=8, help="prompts per forward pass")
-    parser.add_argument("--target_model_url", default="", help="stored in extra_info for the reward (optional)")
+    parser.add_argument(
+        "--target_model_url", default="", help="stored in extra_info for the reward (default: empty, the trainer's)"
+    )
     args = parser.parse_args(argv)
     try:
         out = build_spd_dataset(

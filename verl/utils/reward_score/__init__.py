@@ -92,6 +92,13 @@ def known_data_sources() -> list[str]:
     return sorted(names) + [prefix + "*" for prefix, _ in _MODULE_BY_PREFIX]
 
 
+def has_scorer(data_source: str) -> bool:
+    """Whether :func:`default_compute_score` has a rule for ``data_source``."""
+    source = str(data_source)
+    known = source in _REGISTERED or source in _MODULE_WITH_EXTRA_INFO or source in CODE_DATA_SOURCES
+    return known or _scorer_module(source) is not None
+
+
 def _scorer_module(data_source: str) -> str | None:
     if data_source in _MODULE_BY_SOURCE:
         return _MODULE_BY_SOURCE[data_source]

@@ -34,7 +34,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from verl.utils.hf_models import forward_accepts
+from verl.utils.hf_models import forward_accepts, kv_cache_arg
 from verl.workers.rollout.engine import SamplingParams, StepOutput, SteppableEngine
 from verl.workers.rollout.logit_capture import TokenCapture, capture_from_logits, processed_logits
 
@@ -129,7 +129,9 @@ class HFEngine(SteppableEngine):
         self.batch_sizes: list[int] = []
         """Rows of every batch decoded so far (the server reports its batching with it)."""
         self._keep_last = forward_accepts(module, "logits_to_keep")
-        self._cached = forward_accepts(module, "past_key_values")
+        # the KV-cache keyword: ``past_key_values`` up to transformers 5.19, ``cache`` after (None: no KV cache)
+        self._cache_arg = kv_cache_arg(module)
+        self._cached = self._cache_arg is not None
 
     @classmethod
     def from_pretrained(
@@ -275,7 +277,7 @@ class HFEngine(SteppableEngine):
                 from transformers import DynamicCache
 
                 batch.cache = DynamicCache(config=self.module.config)  # what generate and the model would create
-            kwargs.update(past_key_values=batch.cache, use_cache=True)
+            kwargs.update({self._cache_arg: batch.cache, "use_cache": True})
             positions = batch.position_ids
         else:  # a forward without a KV cache: the whole sequence every step
             batch.sequence = step_ids if batch.sequence is None else torch.cat([batch.sequence, step_ids], dim=-1)
@@ -285,7 +287,7 @@ class HFEngine(SteppableEngine):
             input_ids=step_ids, attention_mask=batch.attention_mask, position_ids=positions, return_dict=True, **kwargs
         )
         if self._cached:
-            batch.cache = out.past_key_values
+            batch.cache = getattr(out, self._cache_arg)
         return out.logits[:, -1].to(copy=True, dtype=torch.float32)
 
     def _sample(self, logits: torch.Tensor, batch: _Batch) -> tuple[torch.Tensor, list[TokenCapture | None]]:
