@@ -21,6 +21,38 @@ os.environ.setdefault("RAY_DEDUP_LOGS", "0")
 os.environ.setdefault("TORCH_COMPILE_DISABLE", "1")
 
 
+# ---- a suite that dies must say where --------------------------------------------------------------------------
+# tests/run_all_tests.sh sets VERL_TEST_PROGRESS_FILE: the test running now is written there, so that when the pytest
+# process dies (a signal, the OOM killer, a native crash, os._exit) the script can name the test and show its log.
+_PROGRESS_FILE = os.environ.get("VERL_TEST_PROGRESS_FILE")
+_MAIN_PID = os.getpid()
+
+
+def pytest_runtest_logstart(nodeid, location):
+    if _PROGRESS_FILE:
+        with open(_PROGRESS_FILE, "w") as f:
+            f.write(nodeid + "\n")
+
+
+def _loud_os_exit(real_exit):
+    def _exit(code):
+        # Only the pytest process itself: forked helpers (multiprocessing, Ray) leave through os._exit routinely.
+        # pytest captures fd 2 while a test runs and os._exit drops that capture, so the stack goes to a file that
+        # run_all_tests.sh prints.
+        if os.getpid() == _MAIN_PID and _PROGRESS_FILE:
+            import traceback
+
+            with open(_PROGRESS_FILE + ".exit", "w") as f:
+                f.write(f"os._exit({code}) was called in the pytest process; stack:\n")
+                traceback.print_stack(file=f)
+        real_exit(code)
+
+    return _exit
+
+
+os._exit = _loud_os_exit(os._exit)
+
+
 # Standalone scripts (run by tests/run_all_tests.sh with plain python, each counted once there), not pytest modules.
 collect_ignore = ["test_sglang_rollout_with_logit.py"]
 

@@ -38,6 +38,11 @@ check() {  # check NAME CMD...: run a standalone check, count it, show its tail 
   fi
 }
 
+checkout_files() {  # untracked and ignored files of the checkout (bytecode caches aside): tests must not add any
+  git -C "$ROOT" status --porcelain --ignored --untracked-files=all 2>/dev/null | grep -v -e '__pycache__/' -e '\.pyc$' | sort
+}
+checkout_before="$(checkout_files)"
+
 echo "== static checks"
 check "ruff check" "$PY" -m ruff check .
 check "ruff format --check" "$PY" -m ruff format --check .
@@ -51,10 +56,11 @@ for script in tests/quick_test.py tests/test_sglang_rollout_with_logit.py tests/
 done
 
 echo "== pytest suite"
-"$PY" -m pytest tests -q -p no:cacheprovider --timeout=900 --junitxml="$LOGDIR/junit.xml" "$@"
-rc=$?
-if [[ -f "$LOGDIR/junit.xml" ]]; then
-  read -r p f s < <("$PY" - "$LOGDIR/junit.xml" <<'PYEOF'
+export VERL_TEST_PROGRESS_FILE="$LOGDIR/current_test"
+"$PY" -m pytest tests -q -p no:cacheprovider --timeout=900 --junitxml="$LOGDIR/junit.xml" "$@" 2>&1 | tee "$LOGDIR/pytest.log"
+rc=${PIPESTATUS[0]}
+if [[ -f "$LOGDIR/junit.xml" && $rc -le 1 ]]; then
+  "$PY" - "$LOGDIR/junit.xml" > "$LOGDIR/junit.txt" <<'PYEOF'
 import sys
 import xml.etree.ElementTree as ET
 root = ET.parse(sys.argv[1]).getroot()
@@ -63,16 +69,45 @@ tests = sum(int(s.get("tests", 0)) for s in suites)
 fail = sum(int(s.get("failures", 0)) + int(s.get("errors", 0)) for s in suites)
 skip = sum(int(s.get("skipped", 0)) for s in suites)
 print(tests - fail - skip, fail, skip)
+for case in root.iter("testcase"):
+    for bad in list(case.findall("failure")) + list(case.findall("error")):
+        name = case.get("classname", "").replace(".", "/") + ".py::" + case.get("name", "")
+        first = (bad.get("message") or "").strip().splitlines()
+        print(f"pytest: {name} ({bad.tag}: {first[0][:150] if first else '?'})")
 PYEOF
-)
+  read -r p f s < "$LOGDIR/junit.txt"
   passed=$((passed + p)); failed=$((failed + f)); skipped=$((skipped + s))
-  [[ "$f" -gt 0 ]] && failures+=("pytest: $f failing")
+  while IFS= read -r line; do failures+=("$line"); done < <(tail -n +2 "$LOGDIR/junit.txt")
 elif [[ $rc -ne 5 ]]; then
-  failed=$((failed + 1)); failures+=("pytest did not run (exit $rc)")
+  # pytest did not finish: name the test it was running, why it stopped, and the last lines it printed.
+  failed=$((failed + 1))
+  how="exit $rc"
+  [[ $rc -gt 128 ]] && how="killed by signal $((rc - 128)) ($(kill -l $((rc - 128)) 2>/dev/null || echo '?'))"
+  current="$(cat "$VERL_TEST_PROGRESS_FILE" 2>/dev/null || echo 'before the first test')"
+  failures+=("pytest died ($how) while running $current")
+  echo "!! pytest died ($how) while running: $current"
+  echo "!! its last 40 lines:"; tail -40 "$LOGDIR/pytest.log" | sed 's/^/   | /'
+  [[ -f "$VERL_TEST_PROGRESS_FILE.exit" ]] && tail -25 "$VERL_TEST_PROGRESS_FILE.exit" | sed 's/^/!! /'
+  for ray_log in /tmp/ray/session_latest/logs/raylet.out /tmp/ray/session_latest/logs/gcs_server.out; do
+    [[ -f "$ray_log" ]] || continue
+    echo "!! last lines of $ray_log:"; tail -8 "$ray_log" | sed 's/^/   | /'
+  done
+  dmesg 2>/dev/null | grep -i -E 'out of memory|killed process' | tail -3 | sed 's/^/!! kernel: /'
+fi
+
+checkout_after="$(checkout_files)"
+added="$(comm -13 <(echo "$checkout_before") <(echo "$checkout_after"))"
+if [[ -n "$added" ]]; then
+  failed=$((failed + 1)); failures+=("the tests left files in the checkout (they must write under temporary folders)")
+  echo "!! files the tests left in the checkout:"; echo "$added" | head -20 | sed 's/^/   | /'
 fi
 
 echo "== summary"
 for item in "${failures[@]+"${failures[@]}"}"; do echo "  failed: $item"; done
-rm -rf "$LOGDIR"
+if [[ $failed -eq 0 ]]; then
+  rm -rf "$LOGDIR"
+else
+  echo "  logs kept in $LOGDIR (pytest.log: the whole pytest output)"
+fi
 echo "$passed passed, $failed failed, $skipped skipped"
 [[ $failed -eq 0 ]]
