@@ -333,6 +333,7 @@ def test_v09_style_grpo_command_runs(tmp_path):
     env.pop("RAY_ADDRESS", None)
     script = REPO / "examples" / "grpo_trainer" / "run_v09_style_grpo_cpu.sh"
     overrides = ["actor_rollout_ref.rollout.name=hf", "trainer.total_training_steps=2", "trainer.test_freq=-1"]
+    overrides.append(f"hydra.run.dir={tmp_path / 'hydra'}")  # the script runs from the checkout: keep it clean
     result = subprocess.run(
         ["bash", str(script), *overrides], cwd=REPO, env=env, capture_output=True, text=True, timeout=600
     )

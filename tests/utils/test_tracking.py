@@ -89,6 +89,7 @@ def test_tensorboard_default_dir(clean_env, tmp_path):
 def test_log_can_target_one_backend(clean_env, tmp_path, capsys):
     clean_env.setenv("VERL_FILE_LOGGER_PATH", str(tmp_path / "m.jsonl"))
     tracker = Tracking("p", "e", default_backend=["console", "file"])
+    assert capsys.readouterr().out.startswith("metrics (one JSON line per step) are written to ")
     tracker.log({"a": 1}, step=1, backend=["file"])
     tracker.finish()
     assert capsys.readouterr().out == ""

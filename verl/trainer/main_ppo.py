@@ -71,10 +71,13 @@ def init_ray(config: PPOTrainerConfig) -> None:
     if config.trainer.device == "cpu" and "num_cpus" not in ray_init:
         # CPU ranks are Ray CPU resources; logical CPUs may exceed physical cores (each rank is one process).
         ray_init["num_cpus"] = max(os.cpu_count() or 1, 2 * world + 2)
+    from verl.utils.console import quiet_third_party
+
     env = {
         "TOKENIZERS_PARALLELISM": "false",
         "RAY_DEDUP_LOGS": "0",
         "HF_HUB_DISABLE_PROGRESS_BARS": "1",
+        **quiet_third_party(local_ray_cluster=not ray_init.get("address")),
     }
     if config.trainer.device == "cpu" and "OMP_NUM_THREADS" not in os.environ:
         env["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 1) // max(world, 1)))

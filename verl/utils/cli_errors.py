@@ -37,7 +37,7 @@ __all__ = [
 ]
 
 _MARK = "_verl_user_error"
-_USER_ERROR_TYPES = (ValueError, TypeError, KeyError, FileNotFoundError, NotADirectoryError, IsADirectoryError)
+_USER_ERROR_TYPES = (ValueError, TypeError, KeyError, AttributeError, ImportError, OSError)
 
 
 def full_error_requested() -> bool:

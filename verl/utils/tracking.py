@@ -156,7 +156,7 @@ class _FileLogger:
             os.makedirs(parent, exist_ok=True)
         self.path = path
         self._fp = open(path, "a", encoding="utf-8")  # noqa: SIM115 - kept open for the whole run
-        logger.info("file tracking backend writes %s", path)
+        print(f"metrics (one JSON line per step) are written to {path}")
 
     def log(self, data: Mapping[str, Any], step: int) -> None:
         if self._fp.closed:

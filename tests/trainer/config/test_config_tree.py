@@ -16,6 +16,7 @@ import os
 import re
 import subprocess
 import sys
+import tempfile
 import time
 import tokenize
 import typing
@@ -353,7 +354,8 @@ def _run_main_ppo(command: list[str], *overrides: str) -> tuple[subprocess.Compl
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "RAY_USAGE_STATS_ENABLED": "0", "HYDRA_FULL_ERROR": "1"}
     env.pop("RAY_ADDRESS", None)  # never attach to a cluster that happens to be running
     start = time.monotonic()
-    result = subprocess.run([*command, *overrides], cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
+    cwd = tempfile.mkdtemp(prefix="config_tree_")  # Hydra's outputs/ folder goes there, not into the checkout
+    result = subprocess.run([*command, *overrides], cwd=cwd, env=env, capture_output=True, text=True, timeout=120)
     return result, time.monotonic() - start
 
 

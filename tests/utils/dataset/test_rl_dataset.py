@@ -200,13 +200,14 @@ def _run_main_ppo(*overrides: str):
     import os
     import subprocess
     import sys
-    from pathlib import Path
 
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "RAY_USAGE_STATS_ENABLED": "0", "HYDRA_FULL_ERROR": "1"}
     env.pop("RAY_ADDRESS", None)
+    import tempfile
+
     cmd = [sys.executable, "-m", "verl.trainer.main_ppo", *overrides]
-    repo = Path(__file__).resolve().parents[3]
-    return subprocess.run(cmd, cwd=repo, env=env, capture_output=True, text=True, timeout=120)
+    cwd = tempfile.mkdtemp(prefix="rl_dataset_")  # Hydra's outputs/ folder goes there, not into the checkout
+    return subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=120)
 
 
 # ---- multi-modal rows ----------------------------------------------------------------------------------------------

@@ -91,6 +91,9 @@ class Worker:
 
     def _configure_process(self) -> None:
         """Once per process: make the env contract visible to libraries that read ``os.environ`` directly."""
+        from verl.utils.console import quiet_third_party
+
+        quiet_third_party()  # engines started in this worker keep their start-up notes to themselves
         # ROCm exposes devices through its own variables; code downstream only looks at CUDA_VISIBLE_DEVICES.
         for key in ("HIP_VISIBLE_DEVICES", "ROCR_VISIBLE_DEVICES"):
             if key in os.environ and "CUDA_VISIBLE_DEVICES" not in os.environ:

@@ -741,4 +741,7 @@ def _file_logger_path(config) -> Path | None:
 def _progress_bar(total: int, initial: int, enabled: bool):
     from tqdm.auto import tqdm
 
-    return tqdm(total=total, initial=initial, desc="Training Progress", disable=not enabled, dynamic_ncols=True)
+    # disable=None: tqdm draws the bar only on a terminal (a log file gets the step lines, not carriage returns)
+    return tqdm(
+        total=total, initial=initial, desc="Training Progress", disable=None if enabled else True, dynamic_ncols=True
+    )

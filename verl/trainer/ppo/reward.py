@@ -49,6 +49,9 @@ def _resolve(new_key: str, new: Any, legacy_key: str, legacy: Any, legacy_defaul
     raise ValueError(f"{new_key}={new!r} and {legacy_key}={legacy!r} disagree; set only one of them.")
 
 
+_ANNOUNCED: set[tuple[str, str]] = set()  # custom reward functions already announced (train, val and checks load it)
+
+
 def _sync_wrapper(fn: Callable[..., Any]) -> Callable[..., Any]:
     """Let the managers call an ``async def`` reward function like a plain one."""
 
@@ -101,7 +104,9 @@ def get_custom_reward_fn(config: Any) -> Callable[..., Any] | None:
     if inspect.iscoroutinefunction(fn):
         fn = _sync_wrapper(fn)
     reward_kwargs = {**legacy.reward_kwargs, **new.reward_kwargs}
-    print(f"using custom reward function {name!r} from {path!r}")
+    if (path, name) not in _ANNOUNCED:
+        _ANNOUNCED.add((path, name))
+        print(f"using custom reward function {name!r} from {path!r}")
     return functools.partial(fn, **reward_kwargs) if reward_kwargs else fn
 
 

@@ -180,7 +180,6 @@ class RLHFDataset(Dataset):
             f"filter_overlong_prompts: dropped {dropped} of {len(self.rows)} prompts longer than "
             f"data.max_prompt_length={self.max_prompt_length} tokens"
         )
-        logger.info(message)
         print(message)
         self.rows = [self.rows[i] for i in keep]
         self.row_files = [self.row_files[i] for i in keep]

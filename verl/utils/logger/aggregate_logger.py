@@ -1,7 +1,7 @@
 """Console metric logging and rank-aware log helpers.
 
 :class:`LocalLogger` is the ``console`` tracking backend: one line per step, ``step:3 - critic/score/mean:0.5 - ...``,
-numeric values only. It prints through ``tqdm.write`` when tqdm is installed, so a progress bar drawn by the
+numeric values only (on a terminal, a compact line of the main metrics instead). It prints through ``tqdm.write`` when tqdm is installed, so a progress bar drawn by the
 trainer is redrawn below the line instead of being torn in half.
 """
 
@@ -68,9 +68,15 @@ class LocalLogger:
         self.print_to_console = print_to_console
 
     def log(self, data: Mapping[str, Any], step: int) -> None:
-        """Print ``data`` for ``step`` as a single line."""
+        """Print ``data`` for ``step`` as a single line: verl's full ``key:value`` line, or on a terminal a compact
+        line of the main metrics (:mod:`verl.utils.console`; ``VERL_CONSOLE=full|compact`` chooses)."""
         if self.print_to_console:
-            _write_line(concat_dict_to_str(data, step=step))
+            from verl.utils.console import compact_step_line, console_style
+
+            if console_style() == "compact":
+                _write_line(compact_step_line(data, step=step))
+            else:
+                _write_line(concat_dict_to_str(data, step=step))
 
     def flush(self) -> None:
         """Nothing is buffered; present so every backend has the same methods."""
