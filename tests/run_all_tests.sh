@@ -55,6 +55,23 @@ for script in tests/quick_test.py tests/test_sglang_rollout_with_logit.py tests/
   [[ -n "$summary" ]] && echo "      $summary"
 done
 
+echo "== the newest transformers"
+# setup.py accepts any transformers >= 4.51 while CI pins one (scripts/constraints.txt); the hf decode loop, the chat
+# templates and the tiny model builder are also run against the newest release in a throw-away venv.
+NEWEST_TRANSFORMERS=5.25.0
+newest_transformers() {
+  local venv="$LOGDIR/transformers-$NEWEST_TRANSFORMERS"
+  "$PY" -m venv --system-site-packages "$venv" &&
+    "$venv/bin/python" -m pip install -q --disable-pip-version-check -c <(echo "torch==$("$PY" -c 'import torch; print(torch.__version__.split("+")[0])')") \
+      "transformers==$NEWEST_TRANSFORMERS" &&
+    "$venv/bin/python" -c "import transformers; assert transformers.__version__ == '$NEWEST_TRANSFORMERS'" &&
+    "$venv/bin/python" -m pytest -q -p no:cacheprovider -m "not vllm and not gpu" tests/workers/rollout/test_hf_rollout.py \
+      tests/workers/rollout/test_multiturn.py tests/utils/dataset/test_spd_dataset.py tests/utils/test_tiny_model.py
+}
+check "hf paths on transformers $NEWEST_TRANSFORMERS" newest_transformers
+summary="$(grep -E '^[0-9]+ passed' "$(log_of "hf paths on transformers $NEWEST_TRANSFORMERS")" | tail -1)"
+[[ -n "$summary" ]] && echo "      $summary"
+
 echo "== pytest suite"
 export VERL_TEST_PROGRESS_FILE="$LOGDIR/current_test"
 "$PY" -m pytest tests -q -p no:cacheprovider --timeout=900 --junitxml="$LOGDIR/junit.xml" "$@" 2>&1 | tee "$LOGDIR/pytest.log"

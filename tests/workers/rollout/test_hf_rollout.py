@@ -289,3 +289,30 @@ def test_hf_engine_samples_exactly_what_generate_samples(tiny, sampling, early_s
         expected = torch.zeros(len(prompts), RESPONSE_LENGTH)
         expected[:, :steps] = F.log_softmax(logits, -1).gather(-1, tokens[:, :steps, None]).squeeze(-1)
         torch.testing.assert_close(out["rollout_log_probs"], expected * mask, atol=1e-6, rtol=0)
+
+
+def test_hf_engine_decodes_from_its_kv_cache(tiny):
+    """After the prefill each step feeds one new token per row (the cache keyword is ``past_key_values`` up to
+    transformers 5.19 and ``cache`` from 5.2x: the engine must find it, or it silently recomputes every prefix)."""
+    from verl.workers.rollout.engine import SamplingParams
+    from verl.workers.rollout.hf_engine import HFEngine
+
+    model, tokenizer = tiny
+    engine = HFEngine(model)
+    assert engine._cached, "no KV-cache keyword found on the model's forward"
+    widths = []
+    real_forward = model.forward
+
+    def counting_forward(*args, **kwargs):
+        widths.append(int(kwargs["input_ids"].shape[1]))
+        return real_forward(*args, **kwargs)
+
+    model.forward = counting_forward
+    try:
+        prompts = [tokenizer("hello there").input_ids, tokenizer("a longer prompt than the other").input_ids]
+        params = SamplingParams(max_tokens=12, temperature=0.0, ignore_eos=True)
+        outputs = engine.generate(prompts, [params, params])
+    finally:
+        del model.forward  # back to the class's method
+    assert all(len(o.token_ids) == 12 for o in outputs)
+    assert widths[0] == max(len(p) for p in prompts) and widths[1:] == [1] * 11, widths

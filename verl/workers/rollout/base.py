@@ -181,10 +181,11 @@ def get_rollout_class(rollout_name: str, mode: str = "async") -> type[BaseRollou
 
         known = ", ".join(f"({n!r}, {m!r})" for n, m in sorted(_ROLLOUT_REGISTRY))
         names = sorted({n for n, _ in _ROLLOUT_REGISTRY})
-        near = difflib.get_close_matches(str(rollout_name), names, n=1, cutoff=0.6)
+        near = [n for n in difflib.get_close_matches(str(rollout_name), names, n=1, cutoff=0.6) if n != rollout_name]
         guess = f" did you mean actor_rollout_ref.rollout.name={near[0]}?" if near else ""
         raise ValueError(
-            f"unknown rollout engine actor_rollout_ref.rollout.name={rollout_name!r} (mode {mode!r});{guess} "
+            f"unknown rollout engine {rollout_name!r} with mode {mode!r} (actor_rollout_ref.rollout.name / .mode);"
+            f"{guess} "
             f"registered (name, mode) keys: {known}. Set actor_rollout_ref.rollout.name / .mode to one of them."
         )
     module_path, _, class_name = _ROLLOUT_REGISTRY[key].rpartition(".")
