@@ -67,4 +67,16 @@ export VERL_FILE_LOGGER_PATH="$OUT/metrics.jsonl"
     trainer.total_training_steps="${STEPS:-10}" \
     trainer.total_epochs=100 \
     "$@"
+"$PY" - "$OUT/metrics.jsonl" <<'PYEOF'
+import json, sys
+rows = [json.loads(line)["data"] for line in open(sys.argv[1])]
+scores = [r["critic/score/mean"] for r in rows if "critic/score/mean" in r]
+if len(scores) >= 6:
+    k = min(5, len(scores) // 2)
+    first, last = sum(scores[:k]) / k, sum(scores[-k:]) / k
+    print(f"score: mean of the first {k} steps {first:.4f} -> last {k} steps {last:.4f} ({last / max(first, 1e-9):.1f}x)")
+    print("The score blends exact match with the probability the policy gives the correct label token (read from the")
+    print("captured logits). On the 0.4M-parameter tiny model exact answers stay rare, so the score stays small: its")
+    print("rise is that probability growing. 10 steps show the loop working; STEPS=60 (~3 min) shows the rise.")
+PYEOF
 echo "outputs in $OUT: metrics.jsonl, metrics.reward_curve.png"
