@@ -205,3 +205,14 @@ def test_suggestions_prefer_siblings_then_the_same_leaf_elsewhere():
     text = unknown_key_message("optim.lr", "1", known)
     assert "'a.optim.lr'" in text and "+optim.lr=1" in text
     assert "Did you mean" not in unknown_key_message("zzz.qqq", "1", known)
+
+
+def test_main_generation_server_names_a_misspelt_key(tmp_path):
+    examples = os.path.join(os.path.dirname(CONFIG_DIR), "..", "..", "examples", "phase0")
+    args = ["--config-path", os.path.abspath(examples), "--config-name", "phase0_eval"]
+    result = _run(
+        "verl.trainer.main_generation_server", *args, "actor_rollout_ref.rollout.respone_length=64", cwd=tmp_path
+    )
+    _assert_paragraph(
+        result, 2, "'actor_rollout_ref.rollout.respone_length'", "'actor_rollout_ref.rollout.response_length'"
+    )

@@ -28,6 +28,7 @@ from verl.trainer.config.generation import GenerationServerConfig
 from verl.trainer.generation.client import RequestSettings, check_replicas, generate_rows
 from verl.trainer.generation.io import ProgressLog, load_prompts, write_output
 
+COMMAND = "python -m verl.trainer.main_generation_server"
 EXAMPLE = 'python -m verl.trainer.main_generation_server --config-path "$PWD/examples/phase0" --config-name phase0_eval'
 """The shipped example (run from the repository root after ``python -m verl.utils.testing.tiny models/tiny``)."""
 
@@ -38,7 +39,10 @@ def main(config) -> None:
     if problems:
         print(usage_message(problems), file=sys.stderr, flush=True)
         sys.exit(2)
-    run_generation(config)
+    from verl.utils.cli_errors import exit_on_user_error
+
+    with exit_on_user_error(COMMAND):  # bad input: one paragraph, no stack trace (HYDRA_FULL_ERROR=1 shows it)
+        run_generation(config)
 
 
 def missing_inputs(config) -> list[str]:
@@ -157,11 +161,14 @@ def run_generation(config):
     """Generate ``data.output_path`` from ``config``; return the written dataframe."""
     from tqdm import tqdm
 
-    config = load_generation_config(config)
-    settings, n_replicas = validate_generation_config(config)
-    gen = config.generation
-    train_files = config.data.train_files
-    df, prompts = load_prompts(train_files, config.data.prompt_key)
+    from verl.utils.cli_errors import preflight
+
+    with preflight():  # config, prompts and paths are checked before any replica starts
+        config = load_generation_config(config)
+        settings, n_replicas = validate_generation_config(config)
+        gen = config.generation
+        train_files = config.data.train_files
+        df, prompts = load_prompts(train_files, config.data.prompt_key)
     output_path = os.path.expanduser(str(config.data.output_path))
     header = {"train_files": train_files, "rows": len(df)}
     header.update({"prompt_key": config.data.prompt_key, "model": settings.model, "sampling": settings.sampling})
@@ -246,4 +253,7 @@ def _run_eval(config, output_path: str) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    from verl.utils.cli_errors import run_hydra_cli
+
+    config_dir = os.path.join(os.path.dirname(os.path.abspath(__file__)), "config")
+    run_hydra_cli(main, config_dir=config_dir, config_name="generation_server", command=COMMAND)
