@@ -44,7 +44,7 @@ EXTRAS = {
     "wandb": ["wandb"],
     "vllm": ["vllm>=0.8.5"],
     "sglang": ["sglang[srt,openai]>=0.5"],
-    "megatron": ["megatron-core>=0.12"],
+    "megatron": ["megatron-core>=0.14"],
     "gpu": ["flash-attn", "liger-kernel"],
 }
 

@@ -54,7 +54,9 @@ if "$PY" -c "import torch" 2>/dev/null; then
 else
   TORCH_VER="2.13.0"
   echo "[install] installing torch==$TORCH_VER (CPU build where no CUDA wheel is wanted)"
-  "$PY" -m pip install -q "torch==$TORCH_VER" 2>&1 | grep -v "is ignored: it is neither a file nor a directory" || true
+  # numpy with it: torch warns "Failed to initialize NumPy" at every import while numpy is missing
+  "$PY" -m pip install -q "torch==$TORCH_VER" "$(grep '^numpy==' scripts/constraints.txt)" 2>&1 |
+    grep -v "is ignored: it is neither a file nor a directory" || true
   "$PY" -c "import torch" || { echo "[install] torch==$TORCH_VER failed to install" >&2; exit 1; }
 fi
 { printf 'torch==%s\n' "$TORCH_VER"; grep -v '^#' scripts/constraints.txt; } > "$CONSTRAINTS"
