@@ -123,6 +123,8 @@ def quiet_third_party(local_ray_cluster: bool = False) -> dict[str, str]:
         chosen["PYTHONWARNINGS"] = ",".join([w for w in [present] if w] + filters)
     for message, category in _QUIET_WARNINGS:  # ... and for this one
         warnings.filterwarnings("ignore", message=re.escape(message), category=category)
+    # megatron-core's import-time notes (no Apex / Transformer Engine: the torch fallbacks are used; deprecations)
+    warnings.filterwarnings("ignore", category=UserWarning, module=r"megatron\.")
     os.environ.update(chosen)
     for name in _QUIET_LOGGERS:
         logging.getLogger(name).setLevel(logging.ERROR)

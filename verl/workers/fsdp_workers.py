@@ -219,16 +219,39 @@ class ActorRolloutRefWorker(_FSDPWorkerBase):
         self._is_rollout = role in ("rollout", "actor_rollout", "actor_rollout_ref")
         self._is_ref = role in ("ref", "actor_rollout_ref")
         config = as_config(config, ActorRolloutRefConfig)
-        self._batch = actor_rank_batch_sizes(config, role, self.world_size)  # fail before any process-group work
+        # fail before any process-group work
+        self._batch = actor_rank_batch_sizes(config, role, self._data_parallel_size(config))
         self._total_training_steps = total_training_steps
         self._actor_view = bypass_actor_view(config.actor, rollout_correction)
-        self._setup(config, ("actor", "rollout"), config.actor.fsdp_config.seed, config.nccl_timeout)
+        self._setup(config, ("actor", "rollout"), self._model_seed(config), config.nccl_timeout)
         self.actor = self.ref_policy = self.rollout = None
         self.actor_module_fsdp = self.ref_module_fsdp = self.rollout_module = None
         self.actor_optimizer = self.actor_lr_scheduler = self.checkpoint_manager = None
         self._rollout_dirty = True  # the first generation always syncs (engines may start from dummy weights)
         self._copy_shapes: dict[str, torch.Size] | None = None  # set while the hf copy's storage is released
         self._rollout_tp, self._rollout_tp_group = 1, None
+
+    # ---------------------------------------------------------------- what a training back-end decides
+
+    def _data_parallel_size(self, config: ActorRolloutRefConfig) -> int:
+        """Ranks that each train on their own rows (FSDP: every rank)."""
+        return self.world_size
+
+    @staticmethod
+    def _model_seed(config: ActorRolloutRefConfig) -> int:
+        return config.actor.fsdp_config.seed
+
+    def _actor_offload(self, with_optimizer: bool = True):
+        """The actor's parameters (and optimizer state) on the device for the block, back after (offload keys)."""
+        return _Offload(
+            self.actor_module_fsdp, self.actor_optimizer if with_optimizer else None, self.config.actor.fsdp_config
+        )
+
+    @contextlib.contextmanager
+    def _actor_weights(self):
+        """The actor's whole weights under Hugging Face names, for the rollout (gathered for the block)."""
+        with self._actor_offload(with_optimizer=False), fsdp_utils.full_params(self.actor_module_fsdp) as state:
+            yield state
 
     # ---------------------------------------------------------------- building
 
@@ -390,7 +413,7 @@ class ActorRolloutRefWorker(_FSDPWorkerBase):
             # vllm/sglang start from the checkpoint directory (load_format, dummy by default) and take the actor's
             # weights before the first generation; seeding per engine keeps their samples apart (rollout.seed, verl
             # v0.9, else the actor's fsdp seed). The ranks of a tensor-parallel group share one engine and one seed.
-            base = self.config.actor.fsdp_config.seed if rollout_cfg.seed is None else rollout_cfg.seed
+            base = self._seed if rollout_cfg.seed is None else rollout_cfg.seed
             model = self.rollout_module if from_module else local_path
             self._rollout_tp_group = self._make_rollout_tp_group()
             seed = base + self.rank // self._rollout_tp
@@ -424,7 +447,7 @@ class ActorRolloutRefWorker(_FSDPWorkerBase):
             raise RuntimeError(f"update_actor needs an actor role; this worker has role {self.role!r}")
         data = data.to(get_device_name())
         data.meta_info.setdefault("temperature", float(self.config.rollout.temperature))
-        with _Offload(self.actor_module_fsdp, self.actor_optimizer, self.config.actor.fsdp_config):
+        with self._actor_offload():
             start = time.perf_counter()
             metrics = dict(self.actor.update_policy(data))
             metrics["perf/update_actor_s"] = time.perf_counter() - start
@@ -449,7 +472,7 @@ class ActorRolloutRefWorker(_FSDPWorkerBase):
             raise RuntimeError(f"compute_log_prob needs an actor role; this worker has role {self.role!r}")
         data = data.to(get_device_name())
         self._log_prob_meta(data, self.config.rollout, self._batch.log_prob_micro)
-        with _Offload(self.actor_module_fsdp, None, self.config.actor.fsdp_config):
+        with self._actor_offload(with_optimizer=False):
             out = self.actor.compute_log_prob(data, calculate_entropy=True)
         tensors = {"old_log_probs": out["log_probs"], "entropys": out["entropys"]}
         if out.get("sum_pi_squared") is not None:  # actor.calculate_sum_pi_squared (optimal-token baselines)
@@ -476,11 +499,11 @@ class ActorRolloutRefWorker(_FSDPWorkerBase):
         from verl.workers.rollout.base import EngineRollout
 
         engine_rollout = isinstance(self.rollout, EngineRollout)
-        fsdp_config = self.config.actor.fsdp_config
         generates_from_actor = self.rollout_module is not None and self.rollout_module is self.actor_module_fsdp
         with contextlib.ExitStack() as stack:
             if generates_from_actor:  # hf/spd on FSDP2: the actor's own weights, gathered for the block
-                stack.enter_context(_Offload(self.actor_module_fsdp, None, fsdp_config))
+                fsdp_config = self.config.actor.fsdp_config
+                stack.enter_context(self._actor_offload(with_optimizer=False))
                 stack.enter_context(
                     fsdp_utils.generation_weights(self.actor_module_fsdp, bool(fsdp_config.reshard_after_forward))
                 )
@@ -511,10 +534,7 @@ class ActorRolloutRefWorker(_FSDPWorkerBase):
         """Bring the rollout's weights up to the actor's if they changed (or were released)."""
         if not self._rollout_dirty or self.actor_module_fsdp is None:
             return
-        with (
-            _Offload(self.actor_module_fsdp, None, self.config.actor.fsdp_config),
-            fsdp_utils.full_params(self.actor_module_fsdp) as state,
-        ):
+        with self._actor_weights() as state:
             if self.rollout_module is None:
                 # Engines with their own copy of the weights (vllm, sglang): stream the actor's, bucketed.
                 self.rollout.load_weights(iter(state.items()))
@@ -584,7 +604,7 @@ class ActorRolloutRefWorker(_FSDPWorkerBase):
         """Save the actor's shards, optimizer, scheduler and RNG (see ``FSDPCheckpointManager``)."""
         if not self._has_checkpoint_manager(self.checkpoint_manager, f"save_checkpoint(role={self.role})"):
             return
-        with _Offload(self.actor_module_fsdp, self.actor_optimizer, self.config.actor.fsdp_config):
+        with self._actor_offload():
             self.checkpoint_manager.save_checkpoint(local_path, hdfs_path, global_step, max_ckpt_to_keep)
 
     @register(dispatch_mode=Dispatch.ONE_TO_ALL)
@@ -592,7 +612,7 @@ class ActorRolloutRefWorker(_FSDPWorkerBase):
         """Restore the actor from ``local_path``; the rollout copy is refreshed before the next generation."""
         if not self._has_checkpoint_manager(self.checkpoint_manager, f"load_checkpoint(role={self.role})"):
             return
-        with _Offload(self.actor_module_fsdp, self.actor_optimizer, self.config.actor.fsdp_config):
+        with self._actor_offload():
             self.checkpoint_manager.load_checkpoint(local_path, hdfs_path, del_local_after_load)
         self._rollout_dirty = True
 

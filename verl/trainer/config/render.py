@@ -203,7 +203,7 @@ _MEGATRON_HEADER = """\
 # PPO / GRPO with Megatron-core workers: ppo_trainer.yaml with the actor, reference and critic switched to the
 # megatron strategy and their parallel layout under `megatron` (the reference follows the actor's layout).
 #   python -m verl.trainer.main_ppo --config-name=ppo_megatron_trainer actor_rollout_ref.actor.megatron.tensor_model_parallel_size=2 ...
-# The Megatron workers are not implemented yet: the megatron strategy is refused before Ray starts.
+# verl.workers.megatron_workers trains the actor (tensor parallel; the Megatron critic is not implemented yet).
 
 defaults:
   - ppo_trainer

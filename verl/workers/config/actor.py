@@ -55,13 +55,14 @@ def refuse_shuffle(who: str) -> Refuse:
 
 
 def _megatron_refusal(key_name: str) -> Refuse:
+    """``strategy=megatron`` on an FSDP node: verl's Megatron workers come with their own config file."""
     return Refuse(
         lambda v: v in ("fsdp", "fsdp2"),
         "fsdp or fsdp2",
-        "the Megatron workers are not implemented yet; train with fsdp or fsdp2",
+        "the Megatron workers read verl's Megatron config: run with --config-name ppo_megatron_trainer (and set the "
+        "layout under actor_rollout_ref.actor.megatron)",
         "megatron trains with megatron-core (TP/PP/CP) workers",
         "megatron",
-        example_extra=() if key_name == "critic.strategy" else (),
     )
 
 
@@ -315,7 +316,7 @@ class FSDPActorConfig(ActorConfig):
 
 @dataclass
 class McoreActorConfig(ActorConfig):
-    """Actor trained with Megatron-core (the backend lands in a later issue; the layout is read from ``megatron``)."""
+    """Actor trained with Megatron-core (``verl.workers.megatron_workers``; the layout is read from ``megatron``)."""
 
     # The Megatron YAML reuses ppo_trainer.yaml, whose actor node carries these FSDP-only keys.
     _ignored_keys = frozenset(
@@ -328,7 +329,7 @@ class McoreActorConfig(ActorConfig):
         }
     )
 
-    strategy: str = key("megatron", effect="implemented", refuse=_megatron_refusal(f"{_A}.strategy"))
+    strategy: str = key("megatron", effect="implemented")
     """Always megatron for this class."""
     grad_clip: float = 1.0
     """Gradient-norm clip."""

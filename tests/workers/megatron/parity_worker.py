@@ -1,0 +1,116 @@
+"""One rank of the FSDP-vs-Megatron parity check (run by test_megatron_workers.py under torchrun, without Ray).
+
+The real ``ActorRolloutRefWorker`` of the chosen strategy scores and trains on one fixed batch (left-padded prompts,
+right-padded responses, fixed advantages) exactly as a worker group would call it. FSDP runs on one rank (the whole
+batch), Megatron on two tensor-parallel ranks (one data-parallel group: the whole batch on both). Rank 0 writes
+the log-probs before and after one PPO update and the update's metrics to a JSON file.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+
+import torch
+import torch.distributed as dist
+
+
+def batch(tokenizer, prompts: int = 6, prompt_len: int = 12, response_len: int = 8):
+    from verl.protocol import DataProto
+
+    gen = torch.Generator().manual_seed(0)
+    vocab = int(tokenizer.vocab_size)
+    pad = tokenizer.pad_token_id
+    prompt = torch.randint(4, vocab, (prompts, prompt_len), generator=gen)
+    prompt_mask = torch.ones_like(prompt)
+    for row, lead in enumerate([0, 3, 5, 1, 0, 7]):
+        prompt[row, :lead], prompt_mask[row, :lead] = pad, 0
+    response = torch.randint(4, vocab, (prompts, response_len), generator=gen)
+    response_mask = torch.ones_like(response)
+    for row, tail in enumerate([0, 2, 0, 5, 1, 3]):
+        if tail:
+            response[row, -tail:], response_mask[row, -tail:] = pad, 0
+    input_ids = torch.cat([prompt, response], dim=1)
+    attention_mask = torch.cat([prompt_mask, response_mask], dim=1)
+    position_ids = (attention_mask.cumsum(1) - 1).clamp(min=0)
+    advantages = torch.randn(prompts, response_len, generator=gen) * response_mask
+    return DataProto.from_dict(
+        tensors={
+            "prompts": prompt,
+            "responses": response,
+            "input_ids": input_ids,
+            "attention_mask": attention_mask,
+            "position_ids": position_ids,
+            "response_mask": response_mask,
+            "advantages": advantages,
+        },
+        meta_info={"temperature": 1.0},
+    )
+
+
+def main(strategy: str, model_dir: str, out: str) -> None:
+    from verl.trainer.config.build import build_trainer_config
+    from verl.utils.config import compose_config
+
+    world = int(os.environ["WORLD_SIZE"])
+    os.environ.setdefault("LOCAL_RANK", os.environ["RANK"])
+    overrides = [
+        "algorithm.adv_estimator=grpo",
+        f"actor_rollout_ref.model.path={model_dir}",
+        "actor_rollout_ref.model.enable_gradient_checkpointing=False",
+        "actor_rollout_ref.model.use_remove_padding=False",
+        "actor_rollout_ref.actor.optim.lr=1e-2",
+        "actor_rollout_ref.actor.ppo_mini_batch_size=6",
+        "actor_rollout_ref.actor.ppo_micro_batch_size_per_gpu=3",
+        "actor_rollout_ref.actor.use_kl_loss=True",
+        "actor_rollout_ref.actor.kl_loss_coef=0.1",
+        "actor_rollout_ref.rollout.name=hf",
+        "actor_rollout_ref.rollout.n=1",
+        "actor_rollout_ref.rollout.log_prob_micro_batch_size_per_gpu=3",
+        "actor_rollout_ref.ref.log_prob_micro_batch_size_per_gpu=3",
+        "data.train_batch_size=6",
+        f"trainer.n_gpus_per_node={world}",
+        "trainer.device=cpu",
+    ]
+    if strategy == "megatron":
+        config_name = "ppo_megatron_trainer"
+        overrides += [f"actor_rollout_ref.actor.megatron.tensor_model_parallel_size={world}"]
+        overrides += ["actor_rollout_ref.actor.megatron.dtype=float32"]
+    else:
+        config_name = "ppo_trainer"
+        overrides += ["actor_rollout_ref.actor.strategy=fsdp2"]
+    config = build_trainer_config(compose_config(config_name, overrides=overrides))
+    if strategy == "megatron":
+        from verl.workers.megatron_workers import ActorRolloutRefWorker
+    else:
+        from verl.workers.fsdp_workers import ActorRolloutRefWorker
+    worker = ActorRolloutRefWorker(config.actor_rollout_ref, role="actor_rollout_ref", total_training_steps=2)
+    worker.init_model()
+    data = batch(worker.tokenizer)
+    before = worker.compute_log_prob(data)
+    ref = worker.compute_ref_log_prob(data)
+    data = data.union(before).union(ref)
+    metrics = worker.update_actor(data).meta_info["metrics"]
+    after = worker.compute_log_prob(
+        data.select(
+            batch_keys=["prompts", "responses", "input_ids", "attention_mask", "position_ids"],
+            meta_info_keys=["temperature"],
+        )
+    )
+    if dist.get_rank() == 0:
+        report = {
+            "strategy": strategy,
+            "world": world,
+            "log_probs": before.batch["old_log_probs"].tolist(),
+            "ref_log_probs": ref.batch["ref_log_prob"].tolist(),
+            "after": after.batch["old_log_probs"].tolist(),
+            "metrics": {k: (v if isinstance(v, (int, float)) else list(v)) for k, v in metrics.items()},
+        }
+        with open(out, "w") as f:
+            json.dump(report, f)
+    dist.barrier()
+
+
+if __name__ == "__main__":
+    main(sys.argv[1], sys.argv[2], sys.argv[3])

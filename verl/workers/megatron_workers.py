@@ -1,0 +1,222 @@
+"""Megatron-core workers: ``actor_rollout_ref.actor.strategy=megatron`` (``--config-name ppo_megatron_trainer``).
+
+The actor and the reference policy are megatron-core ``GPTModel`` s split over ``megatron.tensor_model_parallel_size``
+consecutive ranks, built from the HF checkpoint by ``verl.models.mcore``. Everything else is the FSDP worker's: the
+registered methods and their outputs, the PPO maths (``DataParallelPPOActor`` runs on the model through
+``MegatronCausalLM``, which has the HF forward), the rollout engines and their lifecycle, metrics. What differs:
+
+* ``parallel_state`` is initialised once per worker; the actor's data-parallel size is ``world / tp`` and the ranks of
+  one tensor-parallel group receive the same rows (the trainer's dispatch collects tensor-parallel rank 0's output);
+  generation is per rank (each rank's rollout holds whole weights);
+* gradients are averaged over data-parallel ranks and their norm taken over the model-parallel group
+  (``MegatronCausalLM.clip_grad_norm_``); the optimizer is a torch optimizer (``actor.optim``) on each rank's slice;
+* the rollout receives the actor's weights gathered from the slices and converted back to HF names (bucketed by the
+  engine like every sync);
+* forwards run on padded micro-batches (megatron-core packs sequences only with its THD kernels, absent on CPU);
+  ``megatron.dtype`` is the compute dtype under autocast, the weights and optimizer state staying in float32;
+* checkpoints hold each rank's slice (``MegatronCheckpointManager``) and export HF weights.
+
+The Megatron critic is not implemented (refused before Ray when a critic runs).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import logging
+from typing import Any
+
+import torch
+
+from verl.utils import hf_models as hf
+from verl.utils.device import get_device_name
+from verl.workers import fsdp_workers
+from verl.workers.config import FSDPActorConfig
+
+__all__ = ["ActorRolloutRefWorker", "AsyncActorRolloutRefWorker"]
+
+logger = logging.getLogger(__name__)
+
+_DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16}
+_DTYPES.update({"float16": torch.float16, "fp16": torch.float16})
+
+
+def dp_actor_view(actor_cfg: Any) -> FSDPActorConfig:
+    """The PPO actor's settings of a ``McoreActorConfig`` as the config ``DataParallelPPOActor`` reads (the same
+    values; padded micro-batches, see the module docstring)."""
+    names = {f.name for f in dataclasses.fields(FSDPActorConfig)} - {"strategy", "fsdp_config", "use_remove_padding"}
+    values = {f.name: getattr(actor_cfg, f.name) for f in dataclasses.fields(actor_cfg) if f.name in names}
+    return FSDPActorConfig(**values, use_remove_padding=False)
+
+
+class ActorRolloutRefWorker(fsdp_workers.ActorRolloutRefWorker):
+    """verl's ``megatron_workers.ActorRolloutRefWorker``: the FSDP worker's methods on megatron-core models."""
+
+    # ---------------------------------------------------------------- layout
+
+    def _layout(self, config: Any = None) -> Any:
+        return (config or self.config).actor.megatron
+
+    def _data_parallel_size(self, config: Any) -> int:
+        layout = self._layout(config)
+        model_parallel = (
+            layout.tensor_model_parallel_size * layout.pipeline_model_parallel_size * layout.context_parallel_size
+        )
+        if self.world_size % model_parallel:
+            raise ValueError(
+                f"actor_rollout_ref.actor.megatron: tp * pp * cp = {model_parallel} must divide the {self.world_size} "
+                "ranks (trainer.n_gpus_per_node * trainer.nnodes)"
+            )
+        return self.world_size // model_parallel
+
+    @staticmethod
+    def _model_seed(config: Any) -> int:
+        return config.actor.megatron.seed
+
+    def _setup(self, config: Any, meshes: tuple[str, ...], seed: int, timeout_s: int) -> None:
+        from verl.models.mcore.parallel import initialize_model_parallel
+
+        self.config = config
+        self._seed = seed
+        fsdp_workers._init_distributed(self, timeout_s)
+        layout = self._layout(config)
+        initialize_model_parallel(
+            tensor_model_parallel_size=layout.tensor_model_parallel_size,
+            pipeline_model_parallel_size=layout.pipeline_model_parallel_size,
+            context_parallel_size=layout.context_parallel_size,
+            expert_model_parallel_size=layout.expert_model_parallel_size,
+            seed=seed,
+        )
+        from megatron.core import parallel_state
+
+        self._tp_rank = parallel_state.get_tensor_model_parallel_rank()
+        self._dp_rank = parallel_state.get_data_parallel_rank()
+        # the actor: one copy of the rows per tensor-parallel group, collected from its first rank
+        self._register_dispatch_collect_info("actor", dp_rank=self._dp_rank, is_collect=self._tp_rank == 0)
+        # generation: each rank's rollout holds whole weights and generates its own rows
+        self._register_dispatch_collect_info("rollout", dp_rank=self.rank, is_collect=True)
+
+    def _compute_dtype(self) -> torch.dtype:
+        return _DTYPES[str(self._layout().dtype)]
+
+    # ---------------------------------------------------------------- the back-end's hooks
+
+    def _actor_offload(self, with_optimizer: bool = True):
+        return contextlib.nullcontext()  # megatron.*_offload are refused before Ray (not implemented)
+
+    def _hf_weights(self, module: Any) -> dict[str, torch.Tensor]:
+        """The whole model under HF names, gathered from the tensor-parallel slices (on every rank of the group)."""
+        from megatron.core import parallel_state
+
+        from verl.models.mcore import mcore_to_hf_state_dict
+        from verl.models.mcore.weight_converter import gather_tp_state_dict
+
+        with torch.no_grad():
+            merged = gather_tp_state_dict(module.gpt.state_dict(), parallel_state.get_tensor_model_parallel_group())
+            return mcore_to_hf_state_dict(merged, module.config)
+
+    @contextlib.contextmanager
+    def _actor_weights(self):
+        yield self._hf_weights(self.actor_module_fsdp)
+
+    # ---------------------------------------------------------------- building
+
+    def _load_hf(self, local_path: str) -> torch.nn.Module:
+        model_cfg = self.config.model
+        if model_cfg.lora_rank > 0:
+            raise NotImplementedError("LoRA with the Megatron workers is not supported; set model.lora_rank=0")
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(self._seed)
+            return hf.build_causal_lm(
+                local_path,
+                dtype=torch.float32,
+                override_config=model_cfg.override_config,
+                trust_remote_code=model_cfg.trust_remote_code,
+                extra_config=self._token_id_overrides(),
+            )
+
+    def _megatron_module(self, hf_model: torch.nn.Module, load_weights: bool = True) -> torch.nn.Module:
+        """This rank's tensor-parallel slice of ``hf_model`` as a megatron-core model behind the HF forward."""
+        from megatron.core import parallel_state
+
+        from verl.models.mcore import hf_to_mcore_config, hf_to_mcore_state_dict
+        from verl.models.mcore.model import MegatronCausalLM, build_gpt_model
+
+        layout = self._layout()
+        tp = layout.tensor_model_parallel_size
+        overrides = dict(layout.override_transformer_config)
+        if self.config.model.enable_gradient_checkpointing:
+            overrides.setdefault("recompute_granularity", "full")
+            overrides.setdefault("recompute_method", "uniform")
+            overrides.setdefault("recompute_num_layers", 1)
+        tf_config = hf_to_mcore_config(hf_model.config, torch.float32, tensor_model_parallel_size=tp, **overrides)
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(self._seed)
+            gpt = build_gpt_model(hf_model.config, tf_config)
+        if load_weights:
+            rank = parallel_state.get_tensor_model_parallel_rank()
+            shard = hf_to_mcore_state_dict(hf_model.state_dict(), hf_model.config, tp_rank=rank, tp_size=tp)
+            missing, unexpected = gpt.load_state_dict(shard, strict=False)
+            missing = [m for m in missing if not m.endswith("_extra_state")]
+            if missing or unexpected:
+                raise RuntimeError(f"megatron model load: missing {missing}, unexpected {unexpected}")
+        module = MegatronCausalLM(gpt, hf_model.config, compute_dtype=self._compute_dtype())
+        return module.to(get_device_name())
+
+    def _build_actor(self, local_path: str) -> None:
+        from megatron.core import parallel_state
+
+        from verl.utils.checkpoint.megatron_checkpoint_manager import MegatronCheckpointManager
+        from verl.workers.actor.dp_actor import DataParallelPPOActor
+
+        actor_cfg = self._actor_view
+        hf_model = self._load_hf(local_path)
+        if self._is_rollout and self._rollout_generates_from_module():
+            # the hf engine generates from whole weights: a copy, refilled from the slices at every sync
+            self.rollout_module = self._frozen_copy(hf_model, self._compute_dtype())
+        self.actor_module_fsdp = self._megatron_module(hf_model, load_weights=actor_cfg.load_weight)
+        del hf_model
+        self.actor_optimizer = hf.build_optimizer(self.actor_module_fsdp.parameters(), actor_cfg.optim)
+        self.actor_lr_scheduler = hf.build_lr_scheduler(
+            self.actor_optimizer, actor_cfg.optim, self._total_training_steps
+        )
+        self.actor = DataParallelPPOActor(
+            dp_actor_view(actor_cfg),
+            self.actor_module_fsdp,
+            self.actor_optimizer,
+            mini_batch_size=self._batch.mini,
+            micro_batch_size=self._batch.micro,
+        )
+        layout = {
+            "tp": parallel_state.get_tensor_model_parallel_world_size(),
+            "pp": parallel_state.get_pipeline_model_parallel_world_size(),
+            "dp": parallel_state.get_data_parallel_world_size(),
+        }
+        self.checkpoint_manager = MegatronCheckpointManager(
+            model=self.actor_module_fsdp,
+            optimizer=self.actor_optimizer,
+            lr_scheduler=self.actor_lr_scheduler,
+            processing_class=self.processor if self.processor is not None else self.tokenizer,
+            checkpoint_config=actor_cfg.checkpoint,
+            layout=layout,
+            hf_state_dict=lambda: self._hf_weights(self.actor_module_fsdp),
+        )
+
+    def _build_ref(self, local_path: str) -> None:
+        from verl.workers.actor.dp_actor import DataParallelPPOActor
+
+        module = self._megatron_module(self._load_hf(local_path))
+        module.requires_grad_(False)
+        self.ref_module_fsdp = module
+        # the reference's forward settings, as the FSDP reference reads them (padded micro-batches, see above)
+        scoring = dataclasses.replace(self.config.ref, strategy="fsdp").scoring_actor_config(False)
+        self.ref_policy = DataParallelPPOActor(scoring, module, None)
+
+    def _build_rollout(self, local_path: str) -> None:
+        if self._rollout_generates_from_module() and self.rollout_module is None:
+            raise ValueError("with the Megatron workers the rollout runs in the actor's worker (role actor_rollout*)")
+        super()._build_rollout(local_path)
+
+
+class AsyncActorRolloutRefWorker(ActorRolloutRefWorker, fsdp_workers.AsyncActorRolloutRefWorker):
+    """The async-mode face of the Megatron worker (``rollout.mode=async``), as the FSDP one."""
