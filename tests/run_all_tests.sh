@@ -14,6 +14,7 @@ PY="${PYTHON:-python3}"
 LOGDIR="$(mktemp -d)"
 export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 HF_DATASETS_OFFLINE=1 HF_HUB_DISABLE_PROGRESS_BARS=1
 export TOKENIZERS_PARALLELISM=false RAY_USAGE_STATS_ENABLED=0 TORCH_COMPILE_DISABLE=1
+export RUFF_CACHE_DIR="$LOGDIR/ruff-cache"  # tools keep their caches out of the checkout too
 
 if ! bash scripts/install.sh > "$LOGDIR/install.log" 2>&1; then
   cat "$LOGDIR/install.log"

@@ -39,7 +39,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--rollout", default="hf", choices=["hf", "vllm", "sglang"])
     p.add_argument("--device", default="auto", choices=["auto", "cuda", "cpu"])
     p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"], help="mixed-precision param_dtype")
-    p.add_argument("--strategy", default="fsdp2", choices=["fsdp", "fsdp2"])
+    p.add_argument(
+        "--strategy",
+        default="fsdp2",
+        choices=["fsdp", "fsdp2", "megatron"],
+        help="megatron: the Megatron workers with tensor parallelism 1 (data parallel over the ranks, as FSDP)",
+    )
     p.add_argument("--remove-padding", default="true", choices=["true", "false"])
     p.add_argument("--prompts", type=int, default=8, help="prompts per step (all ranks together)")
     p.add_argument("--n", type=int, default=4, help="responses per prompt")
@@ -96,7 +101,11 @@ def main(argv: list[str] | None = None) -> dict:
     from verl.trainer.config.build import build_trainer_config
     from verl.trainer.ppo import core_algos
     from verl.utils.config import compose_config
-    from verl.workers.fsdp_workers import ActorRolloutRefWorker
+
+    if args.strategy == "megatron":
+        from verl.workers.megatron_workers import ActorRolloutRefWorker
+    else:
+        from verl.workers.fsdp_workers import ActorRolloutRefWorker
 
     model = args.model
     if model is None:  # the tiny offline model, built by rank 0 and shared through the file system
@@ -111,14 +120,11 @@ def main(argv: list[str] | None = None) -> dict:
         f"actor_rollout_ref.model.path={model}",
         f"actor_rollout_ref.model.use_remove_padding={args.remove_padding}",
         "actor_rollout_ref.model.enable_gradient_checkpointing=False",
-        f"actor_rollout_ref.actor.strategy={args.strategy}",
         f"actor_rollout_ref.actor.optim.lr={args.lr}",
         f"actor_rollout_ref.actor.ppo_mini_batch_size={args.prompts}",
         "actor_rollout_ref.actor.ppo_micro_batch_size_per_gpu=8",
         "actor_rollout_ref.actor.use_kl_loss=True",
         "actor_rollout_ref.actor.kl_loss_coef=0.001",
-        f"+actor_rollout_ref.actor.fsdp_config.mixed_precision.param_dtype={args.dtype}",
-        f"+actor_rollout_ref.ref.fsdp_config.mixed_precision.param_dtype={args.dtype}",
         f"actor_rollout_ref.rollout.name={args.rollout}",
         f"actor_rollout_ref.rollout.n={args.n}",
         f"actor_rollout_ref.rollout.tensor_model_parallel_size={args.tp}",
@@ -132,7 +138,17 @@ def main(argv: list[str] | None = None) -> dict:
         f"trainer.device={device}",
         *args.overrides,
     ]
-    config = build_trainer_config(compose_config(overrides=overrides))
+    if args.strategy == "megatron":
+        config_name = "ppo_megatron_trainer"
+        overrides[:0] = [f"actor_rollout_ref.actor.megatron.dtype={args.dtype}"]
+    else:
+        config_name = "ppo_trainer"
+        overrides[:0] = [
+            f"actor_rollout_ref.actor.strategy={args.strategy}",
+            f"+actor_rollout_ref.actor.fsdp_config.mixed_precision.param_dtype={args.dtype}",
+            f"+actor_rollout_ref.ref.fsdp_config.mixed_precision.param_dtype={args.dtype}",
+        ]
+    config = build_trainer_config(compose_config(config_name, overrides=overrides))
     worker = ActorRolloutRefWorker(config.actor_rollout_ref, role="actor_rollout_ref", total_training_steps=args.steps)
     dist.barrier()  # the worker joined the process group; rank 0 has written the model by now
     start = time.perf_counter()

@@ -9,7 +9,8 @@ cd "$(dirname "$0")/../.."
 mkdir -p .whl
 PLATFORMS=(--platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64)
 python3 -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp "${PLATFORMS[@]}" \
-  -d .whl "tensordict==0.15.3" "pyvers==0.2.3" "omegaconf==2.3.1" "hydra-core==1.3.8" "dill==0.4.1"
+  -d .whl "tensordict==0.15.3" "pyvers==0.2.3" "omegaconf==2.3.1" "hydra-core==1.3.8" "dill==0.4.1" \
+  "megatron-core==0.16.1"
 # antlr4-python3-runtime 4.9.3 (hydra's parser) ships as an sdist only: build its pure-Python wheel here
 python3 -m pip wheel -q --no-deps -w .whl "antlr4-python3-runtime==4.9.3"
 du -sh .whl

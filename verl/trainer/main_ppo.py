@@ -213,7 +213,7 @@ class TaskRunner:
             trainer.shutdown()
 
 
-def model_directory(key: str, path: str, use_shm: bool = False) -> str:
+def model_directory(key: str, path: str, use_shm: bool) -> str:
     """The local directory of the model named by config ``key``; a missing one is an error saying what to do."""
     from verl.utils.fs import copy_to_local
 

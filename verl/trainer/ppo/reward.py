@@ -194,7 +194,7 @@ def check_data_sources(config: Any, *datasets: Any) -> None:
     from verl.utils.reward_score import has_scorer, known_data_sources
 
     cfg = _tree(config)
-    model_scored = cfg.reward_model.enable or getattr(cfg.reward.reward_model, "enable", False)
+    model_scored = cfg.reward_model.enable or cfg.reward.reward_model.enable
     if model_scored or get_custom_reward_fn(cfg) is not None:
         return
     if not _manager_class(cfg).__module__.startswith("verl.workers.reward_manager"):
