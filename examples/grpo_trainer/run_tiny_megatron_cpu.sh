@@ -11,7 +11,10 @@ cd "$ROOT"
 OUT="${OUT:-$ROOT/outputs/megatron_tiny}"
 PY="${PYTHON:-python3}"
 
-bash scripts/install.sh --extras "${VERL_EXTRAS:-test,megatron}"
+# the extras installed so far, plus megatron
+EXTRAS="$(cut -d- -f2- .install-stamp 2>/dev/null || echo test)"
+[[ ",$EXTRAS," == *",megatron,"* ]] || EXTRAS="$EXTRAS,megatron"
+bash scripts/install.sh --extras "$EXTRAS"
 export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 HF_HUB_DISABLE_PROGRESS_BARS=1 TOKENIZERS_PARALLELISM=false
 export RAY_USAGE_STATS_ENABLED=0 RAY_DEDUP_LOGS=0
 mkdir -p "$OUT"
