@@ -24,7 +24,13 @@ COMMAND = "python -m verl.trainer.main_ppo"
 
 @hydra.main(config_path="config", config_name="ppo_trainer", version_base=None)
 def main(config) -> None:
+    import logging
+
     from verl.utils.cli_errors import exit_on_user_error
+
+    # Hydra sends INFO records to the console; verl's own modules log at VERL_LOGGING_LEVEL (WARN unless set), as in
+    # verl, so the console shows the step lines, not bookkeeping notes.
+    logging.getLogger("verl").setLevel(os.environ.get("VERL_LOGGING_LEVEL", "WARN").upper())
 
     with exit_on_user_error(COMMAND):  # bad input: one paragraph, no stack trace (HYDRA_FULL_ERROR=1 shows it)
         run_ppo(load_config(config))

@@ -16,7 +16,10 @@ registered methods and their outputs, the PPO maths (``DataParallelPPOActor`` ru
   ``megatron.dtype`` is the compute dtype under autocast, the weights and optimizer state staying in float32;
 * checkpoints hold each rank's slice (``MegatronCheckpointManager``) and export HF weights.
 
-The Megatron critic is not implemented (refused before Ray when a critic runs).
+``CriticWorker`` trains the value model the same way: the backbone from ``critic.model.path`` split over the
+ranks, and a one-output value head whole on every rank (initialised as the FSDP critic's head). The actor and the
+critic share megatron-core's process groups (they are colocated in one process per rank), so their tensor-parallel
+sizes must agree (checked before Ray).
 """
 
 from __future__ import annotations
@@ -28,12 +31,13 @@ from typing import Any
 
 import torch
 
+from verl.single_controller.base.decorator import Dispatch, register
 from verl.utils import hf_models as hf
 from verl.utils.device import get_device_name
 from verl.workers import fsdp_workers
 from verl.workers.config import FSDPActorConfig
 
-__all__ = ["ActorRolloutRefWorker", "AsyncActorRolloutRefWorker"]
+__all__ = ["ActorRolloutRefWorker", "AsyncActorRolloutRefWorker", "CriticWorker"]
 
 logger = logging.getLogger(__name__)
 
@@ -220,3 +224,119 @@ class ActorRolloutRefWorker(fsdp_workers.ActorRolloutRefWorker):
 
 class AsyncActorRolloutRefWorker(ActorRolloutRefWorker, fsdp_workers.AsyncActorRolloutRefWorker):
     """The async-mode face of the Megatron worker (``rollout.mode=async``), as the FSDP one."""
+
+
+def dp_critic_view(critic_cfg: Any) -> Any:
+    """The critic's settings of a ``McoreCriticConfig`` as ``DataParallelPPOCritic`` reads them (padded forward)."""
+    from verl.workers.config import FSDPCriticConfig
+
+    names = {f.name for f in dataclasses.fields(FSDPCriticConfig)} - {"strategy", "ulysses_sequence_parallel_size"}
+    values = {f.name: getattr(critic_cfg, f.name) for f in dataclasses.fields(critic_cfg) if f.name in names}
+    values["model"] = dataclasses.replace(critic_cfg.model, use_remove_padding=False)
+    return FSDPCriticConfig(**values)
+
+
+class CriticWorker(fsdp_workers.CriticWorker):
+    """verl's ``megatron_workers.CriticWorker``: the FSDP critic's methods on a megatron-core value model."""
+
+    def __init__(self, config: Any, total_training_steps: int | None = None, **kwargs: Any):
+        from verl.utils.batch_sizes import critic_rank_batch_sizes
+        from verl.utils.config import as_config
+        from verl.workers.config import McoreCriticConfig
+
+        fsdp_workers._FSDPWorkerBase.__init__(self)
+        config = as_config(config, McoreCriticConfig)
+        layout = config.megatron
+        model_parallel = layout.tensor_model_parallel_size * layout.pipeline_model_parallel_size
+        self._batch = critic_rank_batch_sizes(config, self.world_size // model_parallel)
+        self._total_training_steps = total_training_steps
+        self.config = config
+        self._seed = layout.seed
+        fsdp_workers._init_distributed(self, config.nccl_timeout)
+        from verl.models.mcore.parallel import initialize_model_parallel
+
+        initialize_model_parallel(
+            tensor_model_parallel_size=layout.tensor_model_parallel_size,
+            pipeline_model_parallel_size=layout.pipeline_model_parallel_size,
+            context_parallel_size=layout.context_parallel_size,
+            expert_model_parallel_size=layout.expert_model_parallel_size,
+            seed=layout.seed,
+        )
+        from megatron.core import parallel_state
+
+        tp_rank = parallel_state.get_tensor_model_parallel_rank()
+        self._register_dispatch_collect_info(
+            "critic", dp_rank=parallel_state.get_data_parallel_rank(), is_collect=tp_rank == 0
+        )
+        self.critic = self.critic_module_fsdp = self.critic_optimizer = None
+        self.critic_lr_scheduler = self.checkpoint_manager = None
+
+    @register(dispatch_mode=Dispatch.ONE_TO_ALL)
+    def init_model(self) -> None:
+        """Build the value model (backbone from ``critic.model.path``, fresh value head), optimizer, scheduler."""
+        from megatron.core import parallel_state
+
+        from verl.models.mcore import hf_to_mcore_config, hf_to_mcore_state_dict
+        from verl.models.mcore.model import MegatronCausalLM, build_gpt_model
+        from verl.utils.checkpoint.megatron_checkpoint_manager import MegatronCheckpointManager
+        from verl.utils.import_utils import import_external_libs
+        from verl.utils.tokenizer import hf_tokenizer
+        from verl.workers.critic.dp_critic import DataParallelPPOCritic
+
+        cfg, model_cfg, layout = self.config, self.config.model, self.config.megatron
+        import_external_libs(model_cfg.external_lib, "critic.model.external_lib")
+        local_path = hf.resolve_model_path(model_cfg.path, "critic.model.path")
+        tok_path = model_cfg.tokenizer_path or local_path
+        if tok_path != local_path:
+            tok_path = hf.resolve_model_path(tok_path, "critic.model.tokenizer_path")
+        self.tokenizer = hf_tokenizer(tok_path, trust_remote_code=model_cfg.trust_remote_code)
+        # the HF value model gives the backbone and the head's initialisation (the FSDP critic's, same seed)
+        value_model = hf.build_value_model(
+            local_path,
+            dtype=torch.float32,
+            override_config=model_cfg.override_config,
+            trust_remote_code=model_cfg.trust_remote_code,
+            seed=layout.seed,
+        )
+        hf_config, tp = value_model.config, layout.tensor_model_parallel_size
+        overrides = dict(layout.override_transformer_config)
+        if model_cfg.enable_gradient_checkpointing:
+            overrides.setdefault("recompute_granularity", "full")
+            overrides.setdefault("recompute_method", "uniform")
+            overrides.setdefault("recompute_num_layers", 1)
+        tf_config = hf_to_mcore_config(hf_config, torch.float32, tensor_model_parallel_size=tp, **overrides)
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(layout.seed)
+            gpt = build_gpt_model(hf_config, tf_config, value_head=True)
+        hf_sd = value_model.state_dict()
+        rank = parallel_state.get_tensor_model_parallel_rank()
+        shard = hf_to_mcore_state_dict(hf_sd, hf_config, tp_rank=rank, tp_size=tp, output_layer=False)
+        shard["output_layer.linear.weight"] = hf_sd["score.weight"]
+        if "score.bias" in hf_sd:
+            shard["output_layer.linear.bias"] = hf_sd["score.bias"]
+        missing, unexpected = gpt.load_state_dict(shard, strict=False)
+        missing = [m for m in missing if not m.endswith("_extra_state")]
+        if missing or unexpected:
+            raise RuntimeError(f"megatron value model load: missing {missing}, unexpected {unexpected}")
+        del value_model, hf_sd
+        compute = _DTYPES[str(layout.dtype)]
+        self.critic_module_fsdp = MegatronCausalLM(gpt, hf_config, compute_dtype=compute).to(get_device_name())
+        self.critic_optimizer = hf.build_optimizer(self.critic_module_fsdp.parameters(), cfg.optim)
+        self.critic_lr_scheduler = hf.build_lr_scheduler(self.critic_optimizer, cfg.optim, self._total_training_steps)
+        self.critic = DataParallelPPOCritic(
+            dp_critic_view(cfg),
+            self.critic_module_fsdp,
+            self.critic_optimizer,
+            mini_batch_size=self._batch.mini,
+            micro_batch_size=self._batch.micro,
+        )
+        self.checkpoint_manager = MegatronCheckpointManager(
+            model=self.critic_module_fsdp,
+            optimizer=self.critic_optimizer,
+            lr_scheduler=self.critic_lr_scheduler,
+            processing_class=self.tokenizer,
+            checkpoint_config=cfg.checkpoint,
+            layout={"tp": tp, "pp": 1, "dp": parallel_state.get_data_parallel_world_size()},
+        )
+        self._offload = contextlib.nullcontext()  # megatron.*_offload are refused before Ray (not implemented)
+        self._seed_rngs()

@@ -3,7 +3,8 @@
 The real ``ActorRolloutRefWorker`` of the chosen strategy scores and trains on one fixed batch (left-padded prompts,
 right-padded responses, fixed advantages) exactly as a worker group would call it. FSDP runs on one rank (the whole
 batch), Megatron on two tensor-parallel ranks (one data-parallel group: the whole batch on both). Rank 0 writes
-the log-probs before and after one PPO update and the update's metrics to a JSON file.
+the log-probs before and after one PPO update and the update's metrics to a JSON file, and the same for the critic
+(values before and after one value update on fixed returns).
 """
 
 from __future__ import annotations
@@ -70,21 +71,26 @@ def main(strategy: str, model_dir: str, out: str) -> None:
         "actor_rollout_ref.rollout.log_prob_micro_batch_size_per_gpu=3",
         "actor_rollout_ref.ref.log_prob_micro_batch_size_per_gpu=3",
         "data.train_batch_size=6",
+        "critic.ppo_micro_batch_size_per_gpu=3",
+        "critic.optim.lr=1e-2",
+        "critic.model.enable_gradient_checkpointing=False",
+        "critic.model.use_remove_padding=False",
         f"trainer.n_gpus_per_node={world}",
         "trainer.device=cpu",
     ]
     if strategy == "megatron":
         config_name = "ppo_megatron_trainer"
         overrides += [f"actor_rollout_ref.actor.megatron.tensor_model_parallel_size={world}"]
-        overrides += ["actor_rollout_ref.actor.megatron.dtype=float32"]
+        overrides += ["actor_rollout_ref.actor.megatron.dtype=float32", "critic.megatron.dtype=float32"]
+        overrides += [f"critic.megatron.tensor_model_parallel_size={world}"]
     else:
         config_name = "ppo_trainer"
         overrides += ["actor_rollout_ref.actor.strategy=fsdp2"]
     config = build_trainer_config(compose_config(config_name, overrides=overrides))
     if strategy == "megatron":
-        from verl.workers.megatron_workers import ActorRolloutRefWorker
+        from verl.workers.megatron_workers import ActorRolloutRefWorker, CriticWorker
     else:
-        from verl.workers.fsdp_workers import ActorRolloutRefWorker
+        from verl.workers.fsdp_workers import ActorRolloutRefWorker, CriticWorker
     worker = ActorRolloutRefWorker(config.actor_rollout_ref, role="actor_rollout_ref", total_training_steps=2)
     worker.init_model()
     data = batch(worker.tokenizer)
@@ -98,8 +104,19 @@ def main(strategy: str, model_dir: str, out: str) -> None:
             meta_info_keys=["temperature"],
         )
     )
+    critic = CriticWorker(config.critic, total_training_steps=2)
+    critic.init_model()
+    values = critic.compute_values(data)
+    returns = torch.randn(values.batch["values"].shape, generator=torch.Generator().manual_seed(3))
+    critic_data = data.union(values)
+    critic_data.batch["returns"] = returns * data.batch["response_mask"]
+    critic_metrics = critic.update_critic(critic_data).meta_info["metrics"]
+    values_after = critic.compute_values(data)
     if dist.get_rank() == 0:
         report = {
+            "values": values.batch["values"].tolist(),
+            "values_after": values_after.batch["values"].tolist(),
+            "critic_metrics": {k: (v if isinstance(v, (int, float)) else list(v)) for k, v in critic_metrics.items()},
             "strategy": strategy,
             "world": world,
             "log_probs": before.batch["old_log_probs"].tolist(),

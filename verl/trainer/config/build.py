@@ -277,9 +277,8 @@ def check_trainer_config(
     train_bsz = cfg.data.train_batch_size
     if train_bsz < 1:
         raise ValueError(f"data.train_batch_size={train_bsz} must be >= 1 (prompts per step)")
-    megatron = arr.actor.strategy == "megatron"
     dp = _data_parallel_size(arr.actor, n_ranks, "actor_rollout_ref.actor")
-    step_ranks = dp if megatron else n_ranks
+    step_ranks = n_ranks  # generation is split over every rank (the Megatron actor's data-parallel size divides it)
     n = arr.rollout.n
     if (train_bsz * n) % step_ranks:
         raise ValueError(
@@ -294,6 +293,7 @@ def check_trainer_config(
     if use_reference_policy:
         check_log_prob_batch("actor_rollout_ref.ref", arr.ref, dp)
     if use_critic:
+        _check_shared_megatron_groups(arr.actor, cfg.critic)
         critic_dp = _data_parallel_size(cfg.critic, n_ranks, "critic")
         check_mini_fits_train_batch("critic", cfg.critic.ppo_mini_batch_size, train_bsz)
         check_training_batch("critic", cfg.critic, n, critic_dp)
@@ -303,6 +303,20 @@ def check_trainer_config(
             "policy is penalised twice (in the reward and in the loss)"
         )
     _check_algorithm_inputs(cfg)
+
+
+def _check_shared_megatron_groups(actor: Any, critic: Any) -> None:
+    """A Megatron actor and a Megatron critic run in the same process per rank and share megatron-core's groups."""
+    actor_layout, critic_layout = getattr(actor, "megatron", None), getattr(critic, "megatron", None)
+    if actor_layout is None or critic_layout is None:
+        return
+    for name in ("tensor_model_parallel_size", "pipeline_model_parallel_size", "context_parallel_size"):
+        if getattr(actor_layout, name) != getattr(critic_layout, name):
+            raise ValueError(
+                f"critic.megatron.{name}={getattr(critic_layout, name)} differs from "
+                f"actor_rollout_ref.actor.megatron.{name}={getattr(actor_layout, name)}; the colocated workers share "
+                f"megatron-core's process groups: set critic.megatron.{name}={getattr(actor_layout, name)}"
+            )
 
 
 def _check_algorithm_inputs(cfg: PPOTrainerConfig) -> None:

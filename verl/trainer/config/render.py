@@ -203,7 +203,7 @@ _MEGATRON_HEADER = """\
 # PPO / GRPO with Megatron-core workers: ppo_trainer.yaml with the actor, reference and critic switched to the
 # megatron strategy and their parallel layout under `megatron` (the reference follows the actor's layout).
 #   python -m verl.trainer.main_ppo --config-name=ppo_megatron_trainer actor_rollout_ref.actor.megatron.tensor_model_parallel_size=2 ...
-# verl.workers.megatron_workers trains the actor (tensor parallel; the Megatron critic is not implemented yet).
+# verl.workers.megatron_workers trains the actor, reference and critic with tensor parallelism (docs/megatron.md).
 
 defaults:
   - ppo_trainer

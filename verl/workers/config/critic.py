@@ -231,33 +231,13 @@ class FSDPCriticConfig(CriticConfig):
             )
 
 
-def _critic_runs(data: dict) -> bool:
-    critic = data.get("critic") or {}
-    if critic.get("enable") is not None:
-        return bool(critic["enable"])
-    return (data.get("algorithm") or {}).get("adv_estimator") == "gae"
-
-
-_MEGATRON_CRITIC = Refuse(
-    ok=lambda v: v != "megatron",
-    allowed="fsdp or fsdp2 (when a critic runs)",
-    fix="the Megatron critic is not implemented yet: estimators without a critic (grpo, rloo, ...) run with the "
-    "Megatron actor; for GAE train the critic with critic.strategy=fsdp2 (and _target_ "
-    "verl.workers.config.FSDPCriticConfig) or the whole job with ppo_trainer",
-    verl="trains the value model with megatron-core workers",
-    bad_example="megatron",
-    applies=_critic_runs,
-    example_extra=("algorithm.adv_estimator=gae",),
-)
-
-
 @dataclass
 class McoreCriticConfig(CriticConfig):
-    """Critic trained with Megatron-core (not implemented yet: refused when a critic runs)."""
+    """Critic trained with Megatron-core (``verl.workers.megatron_workers.CriticWorker``)."""
 
     _ignored_keys = frozenset({"ulysses_sequence_parallel_size", "fsdp"})
 
-    strategy: str = key("megatron", effect="implemented", refuse=_MEGATRON_CRITIC)
+    strategy: str = key("megatron", effect="implemented")
     """Always megatron for this class."""
     grad_clip: float = 1.0
     """Gradient-norm clip."""
