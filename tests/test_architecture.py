@@ -126,3 +126,32 @@ def test_one_token_sampling_loop_and_one_sampling_type_under_the_rollout_package
 
     assert issubclass(HFEngine, SteppableEngine) and issubclass(SGLangEngine, InferenceEngine)
     assert "class VLLMEngine(SteppableEngine)" in sources["verl/workers/rollout/vllm_rollout/vllm_rollout.py"]
+
+
+def test_every_source_file_is_tracked_by_git():
+    """A source file that .gitignore swallows (or that was never added) is missing from every fresh clone."""
+    import shutil
+    import subprocess
+
+    if shutil.which("git") is None or not (REPO / ".git").exists():
+        pytest.skip("not a git checkout")
+    result = subprocess.run(
+        [
+            "git",
+            "ls-files",
+            "--others",
+            "--exclude-standard",
+            "--ignored",
+            "--",
+            "verl",
+            "tests",
+            "benchmarks",
+            "examples",
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    ignored = [p for p in result.stdout.splitlines() if p.endswith((".py", ".sh", ".yaml", ".jsonl"))]
+    assert not ignored, f"source files ignored by .gitignore: {ignored}"

@@ -1,0 +1,52 @@
+"""Let megatron-core 0.1x run on CPU (gloo): the patches, each with its upstream cause.
+
+megatron-core assumes CUDA in a few places that sit on the path of a plain GPT forward and backward. On a machine
+without CUDA, :func:`apply_cpu_patches` changes exactly these, once per process; with CUDA it does nothing.
+
+1. ``torch.cuda.current_device`` returns the CPU device. Upstream allocates on ``torch.cuda.current_device()``
+   throughout: RoPE moves ``inv_freq`` there (``rotary_pos_embedding.py``), ``DotProductAttention`` takes its
+   workspace from the global memory buffer there, and the tensor-parallel mappings (``mappings.py``) and layers
+   allocate their all-gather outputs there.
+2. The CUDA RNG calls (``torch.cuda.get_rng_state`` / ``manual_seed`` / ``manual_seed_all`` and
+   ``tensor_parallel.random._get_cuda_rng_state`` / ``_set_cuda_rng_state``) use the CPU generator. Upstream's
+   ``model_parallel_cuda_manual_seed`` and its ``CudaRNGStatesTracker`` (used by dropout and initialisation inside
+   tensor-parallel regions) save and restore CUDA generator states.
+
+Not patched, and avoided by our callers instead: ``get_default_causal_mask`` (``transformer/utils.py`` builds the
+mask with ``device="cuda"``: we always pass an explicit mask) and ``FP32Optimizer`` / the distributed optimizer
+(``torch.tensor(..., device="cuda")``: on CPU the worker uses a torch optimizer).
+"""
+
+from __future__ import annotations
+
+import torch
+
+__all__ = ["apply_cpu_patches", "patched"]
+
+_APPLIED = False
+
+
+def patched() -> bool:
+    """Whether this process runs megatron-core with the CPU patches."""
+    return _APPLIED
+
+
+def apply_cpu_patches() -> bool:
+    """Apply the patches when CUDA is absent (idempotent); returns whether they are in force."""
+    global _APPLIED
+    if _APPLIED:
+        return True
+    if torch.cuda.is_available():
+        return False
+    cpu = torch.device("cpu")
+    torch.cuda.current_device = lambda: cpu
+    torch.cuda.get_rng_state = lambda *args, **kwargs: torch.get_rng_state()
+    torch.cuda.set_rng_state = lambda state, *args, **kwargs: torch.set_rng_state(state)
+    torch.cuda.manual_seed = lambda seed: None  # the CPU generator is seeded by the caller's torch.manual_seed
+    torch.cuda.manual_seed_all = lambda seed: None
+    import megatron.core.tensor_parallel.random as mcore_random
+
+    mcore_random._get_cuda_rng_state = lambda *args, **kwargs: torch.get_rng_state()
+    mcore_random._set_cuda_rng_state = lambda state, *args, **kwargs: torch.set_rng_state(state)
+    _APPLIED = True
+    return True
