@@ -127,8 +127,6 @@ class ActorRolloutRefWorker(fsdp_workers.ActorRolloutRefWorker):
 
     def _load_hf(self, local_path: str) -> torch.nn.Module:
         model_cfg = self.config.model
-        if model_cfg.lora_rank > 0:
-            raise NotImplementedError("LoRA with the Megatron workers is not supported; set model.lora_rank=0")
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(self._seed)
             return hf.build_causal_lm(
@@ -264,6 +262,8 @@ class CriticWorker(fsdp_workers.CriticWorker):
         )
         from megatron.core import parallel_state
 
+        if self.world_size % (model_parallel * layout.context_parallel_size):
+            raise ValueError(f"critic.megatron: tp * pp * cp must divide the {self.world_size} ranks")
         tp_rank = parallel_state.get_tensor_model_parallel_rank()
         self._register_dispatch_collect_info(
             "critic", dp_rank=parallel_state.get_data_parallel_rank(), is_collect=tp_rank == 0
@@ -309,14 +309,17 @@ class CriticWorker(fsdp_workers.CriticWorker):
             torch.manual_seed(layout.seed)
             gpt = build_gpt_model(hf_config, tf_config, value_head=True)
         hf_sd = value_model.state_dict()
+        head = {k: v for k, v in hf_sd.items() if k.startswith("score.")}
         rank = parallel_state.get_tensor_model_parallel_rank()
-        shard = hf_to_mcore_state_dict(hf_sd, hf_config, tp_rank=rank, tp_size=tp, output_layer=False)
-        shard["output_layer.linear.weight"] = hf_sd["score.weight"]
-        if "score.bias" in hf_sd:
-            shard["output_layer.linear.bias"] = hf_sd["score.bias"]
+        if cfg.load_weight:  # false: megatron's initialisation for the backbone (the head as the FSDP critic's)
+            backbone = {k: v for k, v in hf_sd.items() if k not in head}
+            shard = hf_to_mcore_state_dict(backbone, hf_config, tp_rank=rank, tp_size=tp, output_layer=False)
+        else:
+            shard = {}
+        shard.update({k.replace("score.", "output_layer.linear.", 1): v for k, v in head.items()})
         missing, unexpected = gpt.load_state_dict(shard, strict=False)
         missing = [m for m in missing if not m.endswith("_extra_state")]
-        if missing or unexpected:
+        if unexpected or (missing and cfg.load_weight):
             raise RuntimeError(f"megatron value model load: missing {missing}, unexpected {unexpected}")
         del value_model, hf_sd
         compute = _DTYPES[str(layout.dtype)]

@@ -54,3 +54,13 @@ def test_megatron_strategy_in_the_fsdp_config_names_the_megatron_config():
 def test_unimplemented_megatron_features_are_refused_naming_the_key(key):
     with pytest.raises(ValueError, match=f"actor_rollout_ref.actor.megatron.{key.split('=')[0]}"):
         _build("algorithm.adv_estimator=grpo", f"actor_rollout_ref.actor.megatron.{key}")
+
+
+def test_reference_layout_that_differs_from_the_actors_is_refused():
+    with pytest.raises(ValueError, match=r"ref.megatron.tensor_model_parallel_size=1 differs from the actor's \(2\)"):
+        _build("algorithm.adv_estimator=grpo", "actor_rollout_ref.ref.megatron.tensor_model_parallel_size=1")
+    with pytest.raises(ValueError, match="ref.megatron.dtype='float32' differs"):
+        _build("algorithm.adv_estimator=grpo", "actor_rollout_ref.ref.megatron.dtype=float32")
+    with pytest.raises(ValueError, match="ref.megatron.param_offload=True is not implemented"):
+        _build("algorithm.adv_estimator=grpo", "actor_rollout_ref.ref.megatron.param_offload=True")
+    _build("algorithm.adv_estimator=grpo", "actor_rollout_ref.actor.megatron.dtype=float32")  # the ref follows

@@ -46,6 +46,10 @@ def _check_supported(hf_config: Any, arch: str) -> None:
         raise ValueError(f"{arch} with hidden_act={hf_config.hidden_act!r}: only the gated SiLU MLP is converted")
     if getattr(hf_config, "use_sliding_window", False):
         raise ValueError(f"{arch} with use_sliding_window=true: sliding-window attention is not converted")
+    if arch == "LlamaForCausalLM" and getattr(hf_config, "attention_bias", False):
+        raise ValueError(f"{arch} with attention_bias=true (biases on o_proj too): not converted")
+    if getattr(hf_config, "mlp_bias", False):
+        raise ValueError(f"{arch} with mlp_bias=true: MLP biases are not converted")
 
 
 def hf_to_mcore_config(hf_config: Any, dtype: torch.dtype = torch.float32, **overrides: Any):

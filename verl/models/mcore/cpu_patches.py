@@ -21,14 +21,9 @@ from __future__ import annotations
 
 import torch
 
-__all__ = ["apply_cpu_patches", "patched"]
+__all__ = ["apply_cpu_patches"]
 
 _APPLIED = False
-
-
-def patched() -> bool:
-    """Whether this process runs megatron-core with the CPU patches."""
-    return _APPLIED
 
 
 def apply_cpu_patches() -> bool:

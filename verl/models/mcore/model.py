@@ -135,6 +135,13 @@ class MegatronCausalLM(nn.Module):
             logits = logits[:, logits_to_keep, :]
         return _Output(logits=logits)
 
+    @property
+    def data_parallel_group(self) -> Any:
+        """The ranks that hold other rows (the tensor-parallel ranks of one group share theirs)."""
+        from megatron.core import parallel_state
+
+        return parallel_state.get_data_parallel_group()
+
     def clip_grad_norm_(self, max_norm: float) -> torch.Tensor:
         """Finish the gradients and clip them; returns the total norm before clipping.
 

@@ -6,7 +6,7 @@ import os
 
 import torch
 
-__all__ = ["destroy_model_parallel", "initialize_model_parallel"]
+__all__ = ["initialize_model_parallel"]
 
 
 def initialize_model_parallel(
@@ -42,6 +42,8 @@ def initialize_model_parallel(
         same = (
             parallel_state.get_tensor_model_parallel_world_size() == tensor_model_parallel_size
             and parallel_state.get_pipeline_model_parallel_world_size() == pipeline_model_parallel_size
+            and parallel_state.get_context_parallel_world_size() == context_parallel_size
+            and parallel_state.get_expert_model_parallel_world_size() == expert_model_parallel_size
         )
         if not same:
             raise RuntimeError("megatron-core's parallel groups are already initialised with other sizes")
@@ -54,9 +56,3 @@ def initialize_model_parallel(
         expert_model_parallel_size=expert_model_parallel_size,
     )
     model_parallel_cuda_manual_seed(seed)
-
-
-def destroy_model_parallel() -> None:
-    from megatron.core import parallel_state
-
-    parallel_state.destroy_model_parallel()

@@ -132,6 +132,13 @@ def hf_to_mcore_state_dict(
     if groups % tp_size:
         raise ValueError(f"{groups} key/value heads do not divide over tensor_model_parallel_size={tp_size}")
     full = _unsharded_mcore(hf_sd, hf_config, output_layer)
+    used = {hf_name for hf_name, _ in mcore_to_hf_named_tensors(full, hf_config)}
+    left = sorted(
+        k for k in hf_sd if k not in used and not (k == "lm_head.weight" and (_tied(hf_config) or not output_layer))
+    )
+    left = [k for k in left if not k.endswith("rotary_emb.inv_freq")]  # a buffer, recomputed by megatron
+    if left:
+        raise KeyError(f"HF weights the megatron layout has no place for (they would be lost): {left[:8]}")
     return {name: _shard(name, tensor, tp_rank, tp_size).contiguous() for name, tensor in full.items()}
 
 

@@ -215,6 +215,7 @@ def build_trainer_config(
         return config
     data = copy.deepcopy(config) if isinstance(config, dict) else plain_container(config)
     check_refused_keys(data, tree)
+    _check_reference_follows_megatron_actor(data)
     generation, written = key_generation(data, tree)
     _resolve_generation_defaults(data, tree, generation)
     if device is not None:
@@ -294,6 +295,13 @@ def check_trainer_config(
         check_log_prob_batch("actor_rollout_ref.ref", arr.ref, dp)
     if use_critic:
         _check_shared_megatron_groups(arr.actor, cfg.critic)
+        if getattr(cfg.critic, "megatron", None) is not None and "hf_model" in list(
+            cfg.critic.checkpoint.save_contents
+        ):
+            raise ValueError(
+                "critic.checkpoint.save_contents has hf_model: the Megatron critic's checkpoint holds its slices, an "
+                "HF export of the value model is not implemented; remove hf_model"
+            )
         critic_dp = _data_parallel_size(cfg.critic, n_ranks, "critic")
         check_mini_fits_train_batch("critic", cfg.critic.ppo_mini_batch_size, train_bsz)
         check_training_batch("critic", cfg.critic, n, critic_dp)
@@ -303,6 +311,49 @@ def check_trainer_config(
             "policy is penalised twice (in the reward and in the loss)"
         )
     _check_algorithm_inputs(cfg)
+
+
+# ``actor_rollout_ref.ref.megatron`` keys the Megatron reference takes from the actor (it is built in the actor's
+# worker, on the actor's process groups); verl's yaml interpolates them from the actor's node.
+_REF_FOLLOWS_ACTOR = (
+    "tensor_model_parallel_size",
+    "pipeline_model_parallel_size",
+    "virtual_pipeline_model_parallel_size",
+    "context_parallel_size",
+    "expert_model_parallel_size",
+    "dtype",
+    "seed",
+    "override_transformer_config",
+)
+_REF_MUST_BE_OFF = ("param_offload", "grad_offload", "optimizer_offload", "use_dist_checkpointing", "use_mbridge")
+
+
+def _check_reference_follows_megatron_actor(data: dict) -> None:
+    """The Megatron reference runs with the actor's layout: a ref.megatron value that differs, or a feature the
+    workers do not implement, is refused instead of being dropped."""
+    arr = data.get("actor_rollout_ref") or {}
+    actor, ref = arr.get("actor") or {}, arr.get("ref") or {}
+    if actor.get("strategy") != "megatron":
+        return
+    actor_layout, ref_layout = actor.get("megatron") or {}, ref.get("megatron") or {}
+    for name in _REF_FOLLOWS_ACTOR:
+        if name in ref_layout and name in actor_layout and ref_layout[name] != actor_layout[name]:
+            raise ValueError(
+                f"actor_rollout_ref.ref.megatron.{name}={ref_layout[name]!r} differs from the actor's "
+                f"({actor_layout[name]!r}); the Megatron reference is built with the actor's layout: remove the "
+                "override (or set the actor's)"
+            )
+    for name in _REF_MUST_BE_OFF:
+        if ref_layout.get(name):
+            raise ValueError(
+                f"actor_rollout_ref.ref.megatron.{name}={ref_layout[name]!r} is not implemented in the Megatron "
+                "workers; set false"
+            )
+    if ref.get("load_weight") is False:
+        raise ValueError(
+            "actor_rollout_ref.ref.load_weight=false: the reference must start from the HF weights (a randomly "
+            "initialised reference makes the KL term meaningless); set true"
+        )
 
 
 def _check_shared_megatron_groups(actor: Any, critic: Any) -> None:

@@ -211,19 +211,22 @@ def micro_batch_scales(micro_rows: list[int], mini_rows: int, use_dynamic_bsz: b
     return [1.0 / len(micro_rows)] * len(micro_rows)
 
 
-def global_batch_info(response_mask: torch.Tensor, global_batch_size: int, loss_scale_factor: float | None) -> dict:
+def global_batch_info(
+    response_mask: torch.Tensor, global_batch_size: int, loss_scale_factor: float | None, group: Any = None
+) -> dict:
     """``global_batch_info`` of one mini-batch on the engine path, as the policy losses read it.
 
     The valid-token count is summed over the data-parallel ranks (every rank calls this once per mini-batch, so the
-    collective lines up); ``global_batch_size`` counts the mini-batch's sequences over all ranks.
+    collective lines up); ``global_batch_size`` counts the mini-batch's sequences over all ranks. ``group``: the
+    data-parallel process group when it is not the whole world (ranks of one tensor-parallel group share rows).
     """
     tokens = response_mask.sum().detach().to(torch.float64)
     dp_size = 1
     if torch.distributed.is_available() and torch.distributed.is_initialized():
-        dp_size = torch.distributed.get_world_size()
-        device = "cpu" if torch.distributed.get_backend() == "gloo" else response_mask.device
+        dp_size = torch.distributed.get_world_size(group)
+        device = "cpu" if torch.distributed.get_backend(group) == "gloo" else response_mask.device
         tokens = tokens.to(device)
-        torch.distributed.all_reduce(tokens)
+        torch.distributed.all_reduce(tokens, group=group)
     return {
         "dp_size": dp_size,
         "batch_num_tokens": int(tokens.item()),
@@ -505,7 +508,12 @@ class DataParallelPPOActor(BasePPOActor):
                 )
                 view = cfg  # the legacy path: no global counts, micro-batch-local means
                 if engine:
-                    info = global_batch_info(mini.batch["response_mask"], global_batch_size, cfg.loss_scale_factor)
+                    info = global_batch_info(
+                        mini.batch["response_mask"],
+                        global_batch_size,
+                        cfg.loss_scale_factor,
+                        getattr(self.actor_module, "data_parallel_group", None),
+                    )
                     view = dataclasses.replace(cfg, global_batch_info=info)
                 scales = micro_batch_scales([len(m) for m in micro_batches], len(mini), cfg.use_dynamic_bsz, engine)
                 self.actor_optimizer.zero_grad()

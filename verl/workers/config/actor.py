@@ -125,7 +125,7 @@ class ActorConfig(BaseConfig):
     }
 
     strategy: str = key("fsdp", effect="implemented", refuse=_megatron_refusal(f"{_A}.strategy"))
-    """Training backend: fsdp | fsdp2 (megatron: ppo_megatron_trainer.yaml, not implemented yet)."""
+    """Training backend: fsdp | fsdp2 (megatron: --config-name ppo_megatron_trainer)."""
     ppo_mini_batch_size: int = 256
     """Prompts per optimizer step; each update uses ppo_mini_batch_size * rollout.n sequences."""
     ppo_micro_batch_size: int | None = None

@@ -29,7 +29,8 @@ class RefConfig(BaseConfig):
     _path = "actor_rollout_ref.ref"
 
     _emit_target = False
-    # The Megatron YAML adds these to the ref node; the FSDP workers do not use them.
+    # The Megatron YAML adds these to the ref node: the Megatron reference follows the actor's layout, and values
+    # that differ from it are refused before the tree is built (build._check_reference_follows_megatron_actor).
     _ignored_keys = frozenset({"megatron", "load_weight"})
 
     strategy: str = key("fsdp", follows="actor_rollout_ref.actor.strategy")

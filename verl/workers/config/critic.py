@@ -126,7 +126,7 @@ class CriticConfig(BaseConfig):
     }
 
     strategy: str = key("fsdp", effect="implemented", refuse=_megatron_refusal("critic.strategy"))
-    """Training backend: fsdp | fsdp2 (megatron: not implemented yet)."""
+    """Training backend: fsdp | fsdp2 (megatron: --config-name ppo_megatron_trainer)."""
     nccl_timeout: int = 600
     """Seconds before a stuck collective of the critic's workers aborts."""
     enable: bool | None = None
