@@ -74,7 +74,11 @@ def init_ray(config: PPOTrainerConfig) -> None:
         return
     ray_init = {k: v for k, v in dict(config.ray_kwargs.ray_init).items() if v is not None}
     world = config.trainer.n_gpus_per_node * config.trainer.nnodes
-    if config.trainer.device == "cpu" and "num_cpus" not in ray_init:
+    # A cluster already running (`ray start --head`, RAY_ADDRESS, address=auto) brings its own resources: Ray refuses
+    # num_cpus there, and the dashboard is the cluster's.
+    address = ray_init.get("address")
+    connecting = (address not in (None, "local")) or bool(os.environ.get("RAY_ADDRESS"))
+    if config.trainer.device == "cpu" and "num_cpus" not in ray_init and not connecting:
         # CPU ranks are Ray CPU resources; logical CPUs may exceed physical cores (each rank is one process).
         ray_init["num_cpus"] = max(os.cpu_count() or 1, 2 * world + 2)
     from verl.utils.console import quiet_third_party
@@ -83,14 +87,31 @@ def init_ray(config: PPOTrainerConfig) -> None:
         "TOKENIZERS_PARALLELISM": "false",
         "RAY_DEDUP_LOGS": "0",
         "HF_HUB_DISABLE_PROGRESS_BARS": "1",
-        **quiet_third_party(local_ray_cluster=not ray_init.get("address")),
+        **quiet_third_party(local_ray_cluster=not connecting),
     }
     if config.trainer.device == "cpu" and "OMP_NUM_THREADS" not in os.environ:
         env["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 1) // max(world, 1)))
     runtime_env = ray_init.pop("runtime_env", {}) or {}
     runtime_env.setdefault("env_vars", {}).update({k: v for k, v in env.items() if k not in runtime_env["env_vars"]})
-    ray_init.setdefault("include_dashboard", False)
+    if not connecting:
+        ray_init.setdefault("include_dashboard", False)
+    else:
+        _use_cluster_token()
     ray.init(runtime_env=runtime_env, **ray_init)
+
+
+def _use_cluster_token() -> None:
+    """Joining a running cluster: Ray's token authentication (on by default since Ray 2.5x) is used when a token is
+    there, as Ray's own CLI does; without this the driver is turned away ("Failed to connect to Ray cluster")."""
+    if "RAY_AUTH_MODE" in os.environ:
+        return
+    try:
+        from ray._private.authentication.authentication_token_setup import (
+            maybe_enable_token_auth_if_token_available,
+        )
+    except ImportError:  # a Ray without token authentication
+        return
+    maybe_enable_token_auth_if_token_available(warn_if_disabled=False)
 
 
 class TaskRunner:
