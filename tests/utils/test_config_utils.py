@@ -292,9 +292,11 @@ def _megatron_tree(overrides):
     return build_dataclass(PPOTrainerConfig, plain_container(compose_config("ppo_megatron_trainer", overrides)))
 
 
-def test_megatron_strategy_is_refused_before_ray():
-    msg = _error(compose_config("ppo_megatron_trainer", VALID))
-    assert "actor_rollout_ref.actor.strategy='megatron' is not supported" in msg and "fsdp or fsdp2" in msg
+def test_megatron_strategy_needs_the_megatron_config():
+    # verl's Megatron config builds; strategy=megatron written into ppo_trainer's FSDP nodes is refused with the fix
+    assert _megatron_tree(VALID).actor_rollout_ref.actor.strategy == "megatron"
+    msg = _error(compose_config("ppo_trainer", [*VALID, "actor_rollout_ref.actor.strategy=megatron"]))
+    assert "actor_rollout_ref.actor.strategy='megatron'" in msg and "--config-name ppo_megatron_trainer" in msg
 
 
 def test_megatron_data_parallel_size_accounts_for_tensor_parallelism():
