@@ -202,6 +202,7 @@ class TaskRunner:
             local_path = model_directory("actor_rollout_ref.model.path", model_cfg.path, model_cfg.use_shm)
             if use_critic:
                 model_directory("critic.model.path", config.critic.model.path, config.critic.model.use_shm)
+            _check_megatron_models(config, local_path)
             trust = config.data.trust_remote_code or model_cfg.trust_remote_code
             tokenizer = hf_tokenizer(local_path, trust_remote_code=trust)
             processor = hf_processor(local_path, trust_remote_code=trust, use_fast=True)
@@ -238,6 +239,30 @@ class TaskRunner:
             trainer.fit()
         finally:
             trainer.shutdown()
+
+
+def _check_megatron_models(config, local_path: str) -> None:
+    """Megatron strategies: the checkpoint converts and splits over the tensor-parallel ranks (before Ray)."""
+    from transformers import AutoConfig
+
+    from verl.models.mcore.config_converter import check_convertible
+
+    trust = config.actor_rollout_ref.model.trust_remote_code
+    layout = getattr(config.actor_rollout_ref.actor, "megatron", None)
+    if layout is not None:
+        key = "actor_rollout_ref.actor.megatron.tensor_model_parallel_size"
+        check_convertible(
+            AutoConfig.from_pretrained(local_path, trust_remote_code=trust), layout.tensor_model_parallel_size, key
+        )
+    critic_layout = getattr(config.critic, "megatron", None)
+    if critic_layout is not None and need_critic(config):
+        critic_path = model_directory("critic.model.path", config.critic.model.path, config.critic.model.use_shm)
+        key = "critic.megatron.tensor_model_parallel_size"
+        check_convertible(
+            AutoConfig.from_pretrained(critic_path, trust_remote_code=trust),
+            critic_layout.tensor_model_parallel_size,
+            key,
+        )
 
 
 def model_directory(key: str, path: str, use_shm: bool) -> str:

@@ -64,3 +64,19 @@ def test_reference_layout_that_differs_from_the_actors_is_refused():
     with pytest.raises(ValueError, match="ref.megatron.param_offload=True is not implemented"):
         _build("algorithm.adv_estimator=grpo", "actor_rollout_ref.ref.megatron.param_offload=True")
     _build("algorithm.adv_estimator=grpo", "actor_rollout_ref.actor.megatron.dtype=float32")  # the ref follows
+
+
+def test_a_model_that_does_not_split_over_the_ranks_is_refused_before_ray(tiny_model_dir):
+    from transformers import AutoConfig
+
+    from verl.models.mcore.config_converter import check_convertible
+
+    hf_config = AutoConfig.from_pretrained(tiny_model_dir)  # 4 heads, 2 key/value heads
+    check_convertible(hf_config, 2, "actor_rollout_ref.actor.megatron.tensor_model_parallel_size")
+    with pytest.raises(
+        ValueError, match=r"tensor_model_parallel_size=4 does not divide the model's num_key_value_heads=2"
+    ):
+        check_convertible(hf_config, 4, "actor_rollout_ref.actor.megatron.tensor_model_parallel_size")
+    hf_config.architectures = ["GPT2LMHeadModel"]
+    with pytest.raises(ValueError, match="GPT2LMHeadModel"):
+        check_convertible(hf_config, 1, "actor_rollout_ref.actor.megatron.tensor_model_parallel_size")

@@ -12,7 +12,7 @@ from typing import Any
 
 import torch
 
-__all__ = ["SUPPORTED_ARCHITECTURES", "hf_to_mcore_config", "rope_theta"]
+__all__ = ["SUPPORTED_ARCHITECTURES", "check_convertible", "hf_to_mcore_config", "rope_theta"]
 
 SUPPORTED_ARCHITECTURES = ("LlamaForCausalLM", "Qwen2ForCausalLM")
 
@@ -50,6 +50,22 @@ def _check_supported(hf_config: Any, arch: str) -> None:
         raise ValueError(f"{arch} with attention_bias=true (biases on o_proj too): not converted")
     if getattr(hf_config, "mlp_bias", False):
         raise ValueError(f"{arch} with mlp_bias=true: MLP biases are not converted")
+
+
+def check_convertible(hf_config: Any, tensor_model_parallel_size: int, key: str) -> None:
+    """Before any worker starts: the model is one the converter handles, and it splits over the tensor-parallel
+    ranks (``key`` names the config key of the layout in the message)."""
+    _check_supported(hf_config, _architecture(hf_config))
+    tp = int(tensor_model_parallel_size)
+    sizes = {
+        "num_attention_heads": int(hf_config.num_attention_heads),
+        "num_key_value_heads": int(getattr(hf_config, "num_key_value_heads", None) or hf_config.num_attention_heads),
+        "vocab_size": int(hf_config.vocab_size),
+        "intermediate_size": int(hf_config.intermediate_size),
+    }
+    for name, size in sizes.items():
+        if size % tp:
+            raise ValueError(f"{key}={tp} does not divide the model's {name}={size}; choose a divisor of it")
 
 
 def hf_to_mcore_config(hf_config: Any, dtype: torch.dtype = torch.float32, **overrides: Any):
