@@ -40,11 +40,22 @@ def _qwen2_like(hf_model):
     return sd
 
 
+def _untied(hf_model):
+    """The tiny model's config and weights with a separate output layer (``lm_head`` not tied to the embedding)."""
+    cfg = hf_model.config.__class__.from_dict({**hf_model.config.to_dict(), "tie_word_embeddings": False})
+    sd = dict(hf_model.state_dict())
+    sd["lm_head.weight"] = torch.randn_like(sd["model.embed_tokens.weight"])
+    return cfg, sd
+
+
 @pytest.mark.parametrize("tp", [1, 2])
-@pytest.mark.parametrize("with_bias", [False, True])
-def test_round_trip_is_exact_and_tp_slices_reassemble(hf_model, tp, with_bias):
+@pytest.mark.parametrize("variant", ["llama", "qkv_bias", "untied"])
+def test_round_trip_is_exact_and_tp_slices_reassemble(hf_model, tp, variant):
     cfg = hf_model.config
-    hf_sd = _qwen2_like(hf_model) if with_bias else dict(hf_model.state_dict())
+    if variant == "untied":
+        cfg, hf_sd = _untied(hf_model)
+    else:
+        hf_sd = _qwen2_like(hf_model) if variant == "qkv_bias" else dict(hf_model.state_dict())
     shards = [hf_to_mcore_state_dict(hf_sd, cfg, tp_rank=r, tp_size=tp) for r in range(tp)]
     for name, tensor in shards[0].items():
         dim = tp_split_dim(name)
@@ -55,7 +66,8 @@ def test_round_trip_is_exact_and_tp_slices_reassemble(hf_model, tp, with_bias):
         assert list(tensor.shape) == expected, name
     merged = merge_tp_shards(shards)
     back = mcore_to_hf_state_dict(merged, cfg)
-    reference = {k: v for k, v in hf_sd.items() if k != "lm_head.weight"}  # tied to the embedding
+    # a tied lm_head is the embedding (not repeated); an untied one is the vocabulary-split output layer
+    reference = {k: v for k, v in hf_sd.items() if variant == "untied" or k != "lm_head.weight"}
     assert set(back) == set(reference)
     for name, tensor in reference.items():
         assert torch.equal(back[name], tensor), name
