@@ -80,3 +80,12 @@ def test_a_model_that_does_not_split_over_the_ranks_is_refused_before_ray(tiny_m
     hf_config.architectures = ["GPT2LMHeadModel"]
     with pytest.raises(ValueError, match="GPT2LMHeadModel"):
         check_convertible(hf_config, 1, "actor_rollout_ref.actor.megatron.tensor_model_parallel_size")
+
+
+def test_help_lists_the_megatron_keys_with_their_status():
+    from verl.trainer.config.render import help_text
+
+    text = help_text("actor_rollout_ref.actor.megatron")
+    assert "actor_rollout_ref.actor.megatron.tensor_model_parallel_size = 1" in text
+    assert "refused unless 1: pipeline parallelism is not implemented" in " ".join(text.split())
+    assert "critic.megatron.dtype" in help_text("critic.megatron")

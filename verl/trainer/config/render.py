@@ -427,6 +427,16 @@ def status_text(info: KeyInfo) -> str:
     return "implemented"
 
 
+def _help_rows(tree: type):
+    """The tree's keys, then the Megatron nodes that ppo_megatron_trainer.yaml adds (``*.megatron.*``)."""
+    from verl.workers.config.engine import McoreEngineConfig
+
+    yield from key_rows(tree)
+    if tree is PPOTrainerConfig:
+        for path in ("actor_rollout_ref.actor.megatron", "actor_rollout_ref.ref.megatron", "critic.megatron"):
+            yield from key_rows(McoreEngineConfig, McoreEngineConfig(), path)
+
+
 def help_text(prefix: str = "", tree: type = PPOTrainerConfig) -> str:
     """The typed tree with docs, defaults and status, for ``python -m verl.trainer.main_ppo --help [prefix]``."""
     lines = [
@@ -440,7 +450,7 @@ def help_text(prefix: str = "", tree: type = PPOTrainerConfig) -> str:
         "",
     ]
     shown = 0
-    for row in key_rows(tree):
+    for row in _help_rows(tree):
         if prefix and not (row.path == prefix or row.path.startswith(prefix + ".")):
             continue
         tp = _hints(row.owner).get(row.field.name, Any)
