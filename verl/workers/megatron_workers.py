@@ -117,7 +117,12 @@ class ActorRolloutRefWorker(fsdp_workers.ActorRolloutRefWorker):
 
         with torch.no_grad():
             merged = gather_tp_state_dict(module.gpt.state_dict(), parallel_state.get_tensor_model_parallel_group())
-            return mcore_to_hf_state_dict(merged, module.config)
+            state = mcore_to_hf_state_dict(merged, module.config)
+        if getattr(module.config, "tie_word_embeddings", False):
+            # as an HF model's own state dict: the tied head under its name too. vLLM's weight reload finishes a
+            # module only once every one of its weights has arrived, the tied lm_head included.
+            state["lm_head.weight"] = state["model.embed_tokens.weight"]
+        return state
 
     @contextlib.contextmanager
     def _actor_weights(self):
