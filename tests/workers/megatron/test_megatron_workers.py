@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -127,28 +128,30 @@ def test_ppo_with_tensor_parallel_2_trains_resumes_exactly_and_exports(
         capture_output=True,
     )
     straight = _run(
-        _overrides(tmp_path / "a", tiny_model_dir, 4, ["trainer.save_freq=2"]), tmp_path / "a.jsonl", monkeypatch
+        _overrides(tmp_path / "a", tiny_model_dir, 3, ["trainer.save_freq=2"]), tmp_path / "a.jsonl", monkeypatch
     )
-    assert [r["step"] for r in straight] == [1, 2, 3, 4]
+    assert [r["step"] for r in straight] == [1, 2, 3]
     for key in ("actor/pg_loss", "actor/grad_norm", "actor/kl_loss", "critic/vf_loss", "critic/grad_norm"):
         assert all(math.isfinite(r["data"][key]) for r in straight), key
     assert straight[-1]["data"]["actor/kl_loss"] > 0  # the actor moved away from the (megatron) reference
 
-    # resume: a second job picks up global_step_2 of the first and must retrace its steps 3 and 4 exactly
-    first = tmp_path / "b"
-    _run(_overrides(first, tiny_model_dir, 2, ["trainer.save_freq=2"]), tmp_path / "b1.jsonl", monkeypatch)
-    actor_dir = first / "ckpt" / "global_step_2" / "actor"
+    # resume: a second job starts from the first job's global_step_2 and must retrace its step 3 exactly
+    step_dir = tmp_path / "a" / "ckpt" / "global_step_2"
+    actor_dir = step_dir / "actor"
     assert sorted(p.name for p in actor_dir.glob("model_world_size_2_rank_*.pt")) == [
         "model_world_size_2_rank_0.pt",
         "model_world_size_2_rank_1.pt",
     ]
+    assert (step_dir / "critic" / "model_world_size_2_rank_1.pt").exists()
+    resume_root = tmp_path / "b" / "ckpt"
+    shutil.copytree(step_dir, resume_root / "global_step_2")
+    (resume_root / "latest_checkpointed_iteration.txt").write_text("2")
     resumed = _run(
-        _overrides(first, tiny_model_dir, 4, ["trainer.resume_mode=auto"]), tmp_path / "b2.jsonl", monkeypatch
+        _overrides(tmp_path / "b", tiny_model_dir, 3, ["trainer.resume_mode=auto"]), tmp_path / "b.jsonl", monkeypatch
     )
-    assert [r["step"] for r in resumed] == [3, 4]
+    assert [r["step"] for r in resumed] == [3]
     for key in ("critic/score/mean", "actor/pg_loss", "actor/grad_norm", "actor/kl_loss", "critic/vf_loss"):
-        assert [r["data"][key] for r in resumed] == [r["data"][key] for r in straight[2:]], key
-    assert (first / "ckpt" / "global_step_2" / "critic" / "model_world_size_2_rank_1.pt").exists()
+        assert [r["data"][key] for r in resumed] == [straight[2]["data"][key]], key
 
     # the HF export of the TP=2 slices loads with transformers and is the trained model, not the initial one
     from transformers import AutoModelForCausalLM
