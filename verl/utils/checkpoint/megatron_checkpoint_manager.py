@@ -23,16 +23,23 @@ from typing import Any
 import torch
 from torch import nn
 
-from verl.utils.checkpoint.checkpoint_manager import BaseCheckpointManager
-from verl.utils.checkpoint.fsdp_checkpoint_manager import _atomic_write_text, _barrier, _mirror, atomic_torch_save
+from verl.utils.checkpoint.fsdp_checkpoint_manager import (
+    FSDPCheckpointManager,
+    _atomic_write_text,
+    _barrier,
+    _mirror,
+    _rank_world,
+    atomic_torch_save,
+)
 
 __all__ = ["MegatronCheckpointManager"]
 
 logger = logging.getLogger(__name__)
 
 
-class MegatronCheckpointManager(BaseCheckpointManager):
-    """Save and restore a tensor-parallel model trained by the Megatron workers.
+class MegatronCheckpointManager(FSDPCheckpointManager):
+    """Save and restore a tensor-parallel model trained by the Megatron workers (the FSDP manager's file names,
+    rotation and missing-file messages; its own save and load of each rank's slice).
 
     Args:
         model: this rank's module (``MegatronCausalLM``); its ``config`` is the HF config.
@@ -62,23 +69,13 @@ class MegatronCheckpointManager(BaseCheckpointManager):
         self.layout = dict(layout or {})
         self.hf_state_dict = hf_state_dict
 
-    @staticmethod
-    def _rank_world() -> tuple[int, int]:
-        if torch.distributed.is_available() and torch.distributed.is_initialized():
-            return torch.distributed.get_rank(), torch.distributed.get_world_size()
-        return 0, 1
-
-    @staticmethod
-    def _file(local_path: str, kind: str, rank: int, world: int) -> str:
-        return os.path.join(local_path, f"{kind}_world_size_{world}_rank_{rank}.pt")
-
     # ------------------------------------------------------------------ save
     def save_checkpoint(
         self, local_path: str, hdfs_path: str | None = None, global_step: int = 0, max_ckpt_to_keep: int | None = None
     ) -> None:
         if local_path is None:
             raise ValueError("save_checkpoint needs a local_path")
-        rank, world = self._rank_world()
+        rank, world = _rank_world()
         self.previous_global_step = global_step
         if rank == 0:
             self.ensure_checkpoint_capacity(max_ckpt_to_keep)
@@ -146,7 +143,7 @@ class MegatronCheckpointManager(BaseCheckpointManager):
                 return
             local_path = hdfs_path
         local_path = os.path.abspath(os.path.expanduser(local_path))
-        rank, world = self._rank_world()
+        rank, world = _rank_world()
         meta_path = os.path.join(local_path, "megatron_config.json")
         if os.path.exists(meta_path):
             with open(meta_path) as f:
@@ -174,12 +171,3 @@ class MegatronCheckpointManager(BaseCheckpointManager):
         if del_local_after_load and rank == 0:
             shutil.rmtree(local_path, ignore_errors=True)
         _barrier()
-
-    def _require(self, local_path: str, kind: str, rank: int, world: int) -> str:
-        path = self._file(local_path, kind, rank, world)
-        if not os.path.exists(path):
-            found = sorted(f for f in os.listdir(local_path) if f.startswith(kind)) if os.path.isdir(local_path) else []
-            raise FileNotFoundError(
-                f"checkpoint file {path} not found (this job has world size {world}); files present: {found or 'none'}"
-            )
-        return path
