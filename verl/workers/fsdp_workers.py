@@ -419,10 +419,19 @@ class ActorRolloutRefWorker(_FSDPWorkerBase):
             seed = base + self.rank // self._rollout_tp
             self.rollout = engine_cls(model, rollout_cfg, model_config=self.config.model, seed=seed)
         self._interactions = {}
-        if rollout_cfg.multi_turn.enable:
+        if rollout_cfg.multi_turn.enable and rollout_cfg.multi_turn.interaction_config_path:
             from verl.interactions.utils.interaction_registry import initialize_interactions_from_config
 
             self._interactions = initialize_interactions_from_config(rollout_cfg.multi_turn.interaction_config_path)
+        self._tools = {}
+        if rollout_cfg.multi_turn.tool_config_path:
+            from verl.tools.utils.tool_registry import initialize_tools_from_config, tools_by_name
+
+            self._tools = tools_by_name(initialize_tools_from_config(rollout_cfg.multi_turn.tool_config_path))
+        if rollout_cfg.agent.agent_loop_config_path:
+            from verl.experimental.agent_loop.agent_loop import load_agent_loop_config
+
+            load_agent_loop_config(rollout_cfg.agent.agent_loop_config_path)
 
     @register(dispatch_mode=Dispatch.ONE_TO_ALL)
     def init_model(self) -> None:
@@ -572,7 +581,9 @@ class ActorRolloutRefWorker(_FSDPWorkerBase):
         prompts.meta_info.update(self._special_token_meta())
         start = time.perf_counter()
         with self._rollout_session():
-            if self.config.rollout.multi_turn.enable:
+            if self._uses_agent_loop(prompts):
+                output = self._generate_agent_loop(prompts)
+            elif self.config.rollout.multi_turn.enable:
                 output = self._generate_multiturn(prompts)
             elif self._rollout_tp_group is not None:
                 output = self._generate_in_tp_group(prompts)
@@ -583,17 +594,58 @@ class ActorRolloutRefWorker(_FSDPWorkerBase):
             output.meta_info["aborted_rows"] = _sum_over_ranks(int(output.meta_info["aborted_rows"]))
         return output.to("cpu")
 
-    def _generate_multiturn(self, prompts: DataProto) -> DataProto:
-        """Multi-turn rollouts: the engine generates each assistant turn, the interactions answer in between."""
+    def _turn_capture_spec(self, prompts: DataProto) -> Any:
+        """The capture of every assistant turn: the rollout's, else log-probs when the batch wants them."""
         from verl.workers.rollout.logit_capture import CaptureSpec
-        from verl.workers.rollout.multiturn import generate_multiturn
 
         rollout_cfg = self.rollout.config  # typed RolloutConfig
         spec = self.rollout.capture_spec
         want_log_probs = bool(prompts.meta_info.get("calculate_log_probs", rollout_cfg.calculate_log_probs))
         if spec is None and want_log_probs:
             spec = CaptureSpec(mode="logprob", raw=rollout_cfg.logprobs_mode == "raw_logprobs")
-        return generate_multiturn(prompts, self.rollout.engine, self.tokenizer, rollout_cfg, self._interactions, spec)
+        return spec
+
+    def _generate_multiturn(self, prompts: DataProto) -> DataProto:
+        """Multi-turn rollouts: the engine generates each assistant turn, the interactions answer in between."""
+        from verl.workers.rollout.multiturn import generate_multiturn
+
+        spec = self._turn_capture_spec(prompts)
+        return generate_multiturn(
+            prompts, self.rollout.engine, self.tokenizer, self.rollout.config, self._interactions, spec
+        )
+
+    def _default_agent(self) -> str:
+        """``rollout.agent.default_agent_loop``; with tools configured, ``single_turn_agent`` means ``tool_agent``
+        (a row can still ask for ``single_turn_agent`` in its ``agent_name``)."""
+        name = self.config.rollout.agent.default_agent_loop
+        return "tool_agent" if self._tools and name == "single_turn_agent" else name
+
+    def _uses_agent_loop(self, prompts: DataProto) -> bool:
+        if self._default_agent() != "single_turn_agent":
+            return True
+        names = prompts.non_tensor_batch.get("agent_name")
+        return names is not None and any(n and n != "single_turn_agent" for n in names)
+
+    def _generate_agent_loop(self, prompts: DataProto) -> DataProto:
+        """Agent-loop rollouts (``verl.experimental.agent_loop``): one coroutine per row, by its ``agent_name``."""
+        from verl.experimental.agent_loop.agent_loop import run_agent_loops
+        from verl.workers.rollout.multiturn import meta_sampling, turn_sampling
+
+        rollout_cfg = self.rollout.config
+        spec = self._turn_capture_spec(prompts)
+        sampling = {key: getattr(rollout_cfg, key) for key in ("do_sample", "temperature", "top_p", "top_k")}
+        sampling.update(meta_sampling(prompts.meta_info, rollout_cfg))
+        params = turn_sampling(sampling, rollout_cfg.response_length, self.rollout.engine, spec)
+        return run_agent_loops(
+            prompts,
+            self.rollout.engine,
+            self.tokenizer,
+            self.config,
+            params,
+            self._default_agent(),
+            spec,
+            tools=self._tools,
+        )
 
     # ---------------------------------------------------------------- checkpoints
 

@@ -89,7 +89,13 @@ def _multi_turn_metrics(batch: Any) -> dict[str, float]:
     if not isinstance(non_tensor, Mapping):
         return {}
     metrics: dict[str, float] = {}
-    for key, prefix in (("__num_turns__", "num_turns"), ("tool_call_counts", "tool_call_counts")):
+    for key, prefix in (
+        ("__num_turns__", "num_turns"),
+        ("tool_call_counts", "tool_call_counts"),
+        ("tool_error_counts", "tool_error_counts"),
+        ("__agent_generate_s__", "timing_s/agent_loop/generate_sequences"),
+        ("__agent_tool_s__", "timing_s/agent_loop/tool_calls"),
+    ):
         if key in non_tensor and len(non_tensor[key]):
             counts = np.asarray(non_tensor[key], dtype=np.float64)
             metrics.update(
@@ -115,8 +121,8 @@ def compute_data_metrics(batch: Any, use_critic: bool = True) -> dict[str, float
         ``critic/{advantages,returns,values}/*`` over ``response_mask`` tokens; ``response_length/*`` (from
         ``attention_mask``, aborted samples counted as 0) and ``prompt_length/*`` with ``clip_ratio`` = share of
         samples at the maximum length; ``response_length_non_aborted/*`` and ``response/aborted_ratio``;
-        ``num_turns/*`` and ``tool_call_counts/*`` when the non-tensor batch carries ``__num_turns__`` /
-        ``tool_call_counts``.
+        ``num_turns/*``, ``tool_call_counts/*``, ``tool_error_counts/*`` and the agent loop's per-sample seconds
+        ``timing_s/agent_loop/{generate_sequences,tool_calls}/*`` when the non-tensor batch carries them.
 
     Raises:
         ValueError: every sample is aborted (no statistic of scores or lengths would be meaningful).

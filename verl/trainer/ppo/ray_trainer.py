@@ -69,6 +69,9 @@ _GEN_KEEP_NON_TENSOR = (
     "multi_modal_data",
     "tools_kwargs",
     "interaction_kwargs",
+    "agent_name",  # the agent loop of each row (verl.experimental.agent_loop)
+    "extra_info",
+    "index",
     "spd_draft_ids",  # the SPD rollout scores these draft tokens against the target's
     "spd_target_ids",
 )

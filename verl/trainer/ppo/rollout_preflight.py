@@ -26,13 +26,14 @@ def check_rollout_setup(config: Any, train_dataset: Any = None, vocab_size: int 
     rollout = config.actor_rollout_ref.rollout
     _check_engine(rollout)
     multi_turn = rollout.multi_turn
-    if multi_turn.enable:
+    if multi_turn.enable and not multi_turn.tool_config_path:
         if not config.data.return_raw_chat:
             raise ValueError(
                 "actor_rollout_ref.rollout.multi_turn.enable=True needs each sample's chat messages for the "
                 "interactions: set data.return_raw_chat=True"
             )
         _check_interactions(multi_turn, train_dataset)
+    _check_agent_loop(config, train_dataset)
     capture = rollout.logit_capture
     if capture.enable and capture.mode == "full" and str(rollout.name).startswith("sglang"):
         raise ValueError(
@@ -91,3 +92,46 @@ def _check_capture_budget(config: Any, capture: Any, vocab_size: int) -> None:
     rows = config.data.train_batch_size * config.actor_rollout_ref.rollout.n
     per_rank = -(-rows // ranks)  # each rank generates its share of the batch at once
     check_capture_budget(spec, per_rank, config.actor_rollout_ref.rollout.response_length, vocab_size)
+
+
+def _check_agent_loop(config: Any, train_dataset: Any) -> None:
+    """Tools loadable, agent loops registered for the default and every row's ``agent_name``."""
+    rollout = config.actor_rollout_ref.rollout
+    mt, agent = rollout.multi_turn, rollout.agent
+    tools_key = "actor_rollout_ref.rollout.multi_turn.tool_config_path"
+    rows = getattr(train_dataset, "rows", None) or []
+    row_agents = {row.get("agent_name") for row in rows if isinstance(row, dict) and row.get("agent_name")}
+    uses_loop = (
+        bool(mt.tool_config_path)
+        or agent.default_agent_loop != "single_turn_agent"
+        or bool(agent.agent_loop_config_path)
+        or bool(row_agents - {"single_turn_agent"})
+    )
+    if not uses_loop:
+        return
+    if mt.tool_config_path:
+        from verl.tools.utils.tool_registry import initialize_tools_from_config
+
+        if mt.enable and mt.interaction_config_path:
+            raise ValueError(
+                f"{tools_key} together with multi_turn.interaction_config_path: tools and interactions in one rollout "
+                "are not implemented together; use one of them"
+            )
+        if not config.data.return_raw_chat:
+            raise ValueError(
+                f"{tools_key} needs each sample's chat messages for the tool turns: set data.return_raw_chat=True"
+            )
+        try:
+            initialize_tools_from_config(mt.tool_config_path)
+        except (OSError, ValueError, ImportError, TypeError) as err:
+            raise ValueError(f"{tools_key}={mt.tool_config_path}: {err}") from err
+    if rollout.name != "hf" and int(rollout.tensor_model_parallel_size) > 1:
+        raise ValueError(
+            "agent-loop rollouts (tools, rollout.agent.*, agent_name) run on each rank's own engine: set "
+            f"actor_rollout_ref.rollout.tensor_model_parallel_size=1 (got {rollout.tensor_model_parallel_size})"
+        )
+    from verl.experimental.agent_loop.agent_loop import get_agent_loop_class, load_agent_loop_config
+
+    load_agent_loop_config(agent.agent_loop_config_path)
+    for name in {agent.default_agent_loop} | row_agents:
+        get_agent_loop_class(name)

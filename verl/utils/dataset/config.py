@@ -116,13 +116,8 @@ class DataConfig(BaseConfig):
     tool_config_path: str | None = key(
         None,
         follows="actor_rollout_ref.rollout.multi_turn.tool_config_path",
-        refuse=Refuse(
-            _unset,
-            "null",
-            "tool calling is not implemented; set null",
-            "the dataset's copy of rollout.multi_turn.tool_config_path (tools_kwargs per sample)",
-            "/cfg/tools.yaml",
-        ),
+        effect="inert",
+        reason="the tool_agent loop renders the tool schemas into each prompt itself (rollout.multi_turn.tool_config_path)",
     )
     """Follows actor_rollout_ref.rollout.multi_turn.tool_config_path."""
     return_raw_input_ids: bool = False

@@ -32,7 +32,6 @@ __all__ = [
 LOGIT_CAPTURE_MODES = ("logprob", "topk", "full", "token_ids")
 _P = "actor_rollout_ref.rollout"
 _ENGINE = "the hf rollout has no such setting"
-_TOOLS_OFF = "tool calling only; tool_config_path is refused"
 _CHECKPOINT_ENGINE = (
     "verl's checkpoint engine moves weights to rollout servers outside the training processes (standalone or "
     "disaggregated rollouts, refused here); the hybrid engine syncs in process, rollout.update_weights_bucket_megabytes "
@@ -129,26 +128,15 @@ class MultiTurnConfig(BaseConfig):
     """Run the multi-turn loop (generate -> interaction -> append)."""
     max_assistant_turns: int | None = None
     """Stop after this many assistant turns; null means until the response budget runs out."""
-    tool_config_path: str | None = key(
-        None,
-        refuse=Refuse(
-            _unset,
-            "null",
-            "tool calling in multi-turn rollouts is not implemented (interactions are); set null",
-            "registers tools the model may call between turns",
-            "/cfg/tools.yaml",
-        ),
-    )
-    """YAML listing the tools."""
+    tool_config_path: str | None = None
+    """YAML listing the tools (verl.tools; used by the tool_agent loop, which it makes the default agent)."""
     max_user_turns: int | None = None
     """Stop after this many user (interaction) turns."""
-    max_parallel_calls: int = key(1, effect="inert", reason=_TOOLS_OFF)
+    max_parallel_calls: int = 1
     """Tool calls executed per assistant turn."""
-    max_tool_response_length: int = key(256, effect="inert", reason=_TOOLS_OFF)
+    max_tool_response_length: int = 256
     """Characters kept from a tool response."""
-    tool_response_truncate_side: str = key(
-        "middle", choices=("left", "right", "middle"), effect="inert", reason=_TOOLS_OFF
-    )
+    tool_response_truncate_side: str = key("middle", choices=("left", "right", "middle"))
     """Where long tool responses are cut: left, right or middle."""
     interaction_config_path: str | None = None
     """YAML listing the interactions (user simulators)."""
@@ -165,7 +153,7 @@ class MultiTurnConfig(BaseConfig):
     """Render with the inference chat template (may drop reasoning) instead of the training one."""
     tokenization_sanity_check_mode: str = key("strict", choices=("strict", "ignore_strippable", "disable"))
     """Check incremental tokenization against a full re-tokenization: strict, ignore_strippable or disable."""
-    format: str = key("hermes", effect="inert", reason="tool-call format of the chat template: " + _TOOLS_OFF)
+    format: str = key("hermes", choices=("hermes",))
     """Tool-call format of the chat template."""
     num_repeat_rollouts: int | None = key(
         None,
@@ -229,28 +217,10 @@ class AgentLoopConfig(BaseConfig):
         "same rollouts)",
     )
     """Agent-loop worker actors."""
-    default_agent_loop: str = key(
-        "single_turn_agent",
-        refuse=Refuse(
-            lambda v: v == "single_turn_agent",
-            "single_turn_agent",
-            "only the single-turn loop exists; keep single_turn_agent",
-            "the agent loop used for rows without an agent_name column",
-            "tool_agent",
-        ),
-    )
+    default_agent_loop: str = "single_turn_agent"
     """Agent loop used when a sample names none (single_turn_agent, tool_agent, ...)."""
-    agent_loop_config_path: str | None = key(
-        None,
-        refuse=Refuse(
-            _unset,
-            "null",
-            "custom agent loops are not implemented; set null",
-            "registers agent loops from a YAML file",
-            "/cfg/agents.yaml",
-        ),
-    )
-    """YAML registering custom agent loops."""
+    agent_loop_config_path: str | None = None
+    """YAML list of {name, _target_} registering custom agent loops (AgentLoopBase subclasses)."""
     custom_async_server: CustomAsyncServerConfig = key(factory=CustomAsyncServerConfig)
     """Custom async server class: file path and class name."""
 

@@ -41,6 +41,8 @@ if TYPE_CHECKING:
 
 __all__ = [
     "TurnLoopSettings",
+    "meta_sampling",
+    "pack_rollouts",
     "generate_multiturn",
     "requests_to_batch",
     "run_multiturn",
@@ -234,26 +236,69 @@ def requests_to_batch(
     Non-tensors: ``__num_turns__`` (int32), ``reward_scores`` (per-sample ``{name: [per-turn scores]}``),
     ``generation_logits`` (per-sample ``TokenCapture.to_dict()`` of all turns plus ``positions``, or None).
     """
-    bsz = len(requests)
+    tensors, generation_logits = pack_rollouts(
+        [r.prompt_ids for r in requests],
+        [r.response_ids for r in requests],
+        [r.response_loss_mask for r in requests],
+        prompt_length,
+        response_length,
+        pad_token_id,
+        names=[f"request {r.request_id}" for r in requests],
+        captures=[r.generation_logits for r in requests],
+        capture_spec=capture_spec,
+    )
+    reward_scores = np.empty(len(requests), dtype=object)
+    reward_scores[:] = [dict(r.reward_scores) for r in requests]
+    non_tensors = {
+        "__num_turns__": np.array([r.num_turns for r in requests], dtype=np.int32),
+        "reward_scores": reward_scores,
+        "generation_logits": generation_logits,
+    }
+    return tensors, non_tensors
+
+
+def pack_rollouts(
+    prompt_ids: list[list[int]],
+    response_ids: list[list[int]],
+    response_masks: list[list[int]],
+    prompt_length: int,
+    response_length: int,
+    pad_token_id: int,
+    names: list[str] | None = None,
+    captures: list[list[Any] | None] | None = None,
+    capture_spec: Any = None,
+    response_logprobs: list[list[float] | None] | None = None,
+) -> tuple[dict[str, torch.Tensor], np.ndarray]:
+    """Rows of (prompt ids, response ids, response loss mask) as the rollout's padded tensors (see
+    :func:`requests_to_batch`), and the per-sample ``generation_logits`` object array.
+
+    ``captures``: per sample, one ``TokenCapture`` per assistant turn (or None); they land, in order, in the
+    columns where the mask is 1. Without captures, ``response_logprobs`` (per sample, one value per response token,
+    as an agent loop reports them) fill ``rollout_log_probs``.
+    """
+    bsz = len(prompt_ids)
+    names = names or [f"row {i}" for i in range(bsz)]
     prompts = torch.full((bsz, prompt_length), pad_token_id, dtype=torch.long)
     prompt_mask = torch.zeros((bsz, prompt_length), dtype=torch.long)
     responses = torch.full((bsz, response_length), pad_token_id, dtype=torch.long)
     response_attn = torch.zeros((bsz, response_length), dtype=torch.long)
     response_mask = torch.zeros((bsz, response_length), dtype=torch.long)
-    for i, req in enumerate(requests):
-        n_p, n_r = len(req.prompt_ids), len(req.response_ids)
+    for i in range(bsz):
+        n_p, n_r = len(prompt_ids[i]), len(response_ids[i])
         if n_p > prompt_length or n_r > response_length:
             raise ValueError(
-                f"request {req.request_id}: prompt {n_p} / response {n_r} tokens exceed prompt_length="
+                f"{names[i]}: prompt {n_p} / response {n_r} tokens exceed prompt_length="
                 f"{prompt_length} / response_length={response_length}"
             )
+        if len(response_masks[i]) != n_r:
+            raise ValueError(f"{names[i]}: response mask has {len(response_masks[i])} entries for {n_r} tokens")
         if n_p:
-            prompts[i, prompt_length - n_p :] = torch.tensor(req.prompt_ids)
+            prompts[i, prompt_length - n_p :] = torch.tensor(prompt_ids[i])
             prompt_mask[i, prompt_length - n_p :] = 1
         if n_r:
-            responses[i, :n_r] = torch.tensor(req.response_ids)
+            responses[i, :n_r] = torch.tensor(response_ids[i])
             response_attn[i, :n_r] = 1
-            response_mask[i, :n_r] = torch.tensor(req.response_loss_mask)
+            response_mask[i, :n_r] = torch.tensor(response_masks[i])
     prompt_pos = (prompt_mask.cumsum(-1) - 1).clamp(min=0)  # (B, P)
     response_pos = prompt_pos[:, -1:] + torch.arange(1, response_length + 1).unsqueeze(0)  # (B, R)
     tensors = {
@@ -265,25 +310,41 @@ def requests_to_batch(
         "response_mask": response_mask,
     }
     per_sample: list[dict | None] = [None] * bsz
-    if capture_spec is not None:
+    if capture_spec is not None and captures is not None:
         from verl.workers.rollout.logit_capture import TokenCapture, captures_to_tensors
 
-        captures = [TokenCapture.concat(r.generation_logits) if r.generation_logits else None for r in requests]
-        positions = [r.assistant_positions() for r in requests]
-        tensors.update(captures_to_tensors(captures, response_length, capture_spec, positions))
-        for i, capture in enumerate(captures):
+        joined = [TokenCapture.concat(turns) if turns else None for turns in captures]
+        positions = [[j for j, m in enumerate(mask) if m] for mask in response_masks]
+        tensors.update(captures_to_tensors(joined, response_length, capture_spec, positions))
+        for i, capture in enumerate(joined):
             if capture is not None:
                 per_sample[i] = {**capture.to_dict(), "positions": positions[i]}
+    elif response_logprobs is not None and any(lp is not None for lp in response_logprobs):
+        log_probs = torch.zeros(bsz, response_length)
+        for i, values in enumerate(response_logprobs):
+            if values is not None:
+                if len(values) != len(response_ids[i]):
+                    raise ValueError(f"{names[i]}: {len(values)} response_logprobs for {len(response_ids[i])} tokens")
+                log_probs[i, : len(values)] = torch.tensor(values, dtype=torch.float32)
+        tensors["rollout_log_probs"] = log_probs
     generation_logits = np.empty(bsz, dtype=object)
     generation_logits[:] = per_sample
-    reward_scores = np.empty(bsz, dtype=object)
-    reward_scores[:] = [dict(r.reward_scores) for r in requests]
-    non_tensors = {
-        "__num_turns__": np.array([r.num_turns for r in requests], dtype=np.int32),
-        "reward_scores": reward_scores,
-        "generation_logits": generation_logits,
-    }
-    return tensors, non_tensors
+    return tensors, generation_logits
+
+
+def meta_sampling(meta: Mapping[str, Any], config: Any) -> dict[str, Any]:
+    """Sampling overrides of one generation batch from its ``meta_info``: validation's ``val_kwargs``
+    (``validate``), ``seed``, and the stop ids (``eos_token_id``)."""
+    sampling: dict[str, Any] = {}
+    if meta.get("validate", False):
+        val = config.val_kwargs
+        sampling = {"do_sample": val.do_sample, "temperature": val.temperature, "top_p": val.top_p, "top_k": val.top_k}
+    if meta.get("seed") is not None:
+        sampling["seed"] = int(meta["seed"])
+    eos = meta.get("eos_token_id")
+    if eos is not None:
+        sampling["stop_token_ids"] = tuple(eos if isinstance(eos, (list, tuple)) else [eos])
+    return sampling
 
 
 def generate_multiturn(
@@ -331,15 +392,7 @@ def generate_multiturn(
             )
         )
     meta = prompts.meta_info
-    sampling = {}
-    if meta.get("validate", False):
-        val = config.val_kwargs
-        sampling = {"do_sample": val.do_sample, "temperature": val.temperature, "top_p": val.top_p, "top_k": val.top_k}
-    if meta.get("seed") is not None:
-        sampling["seed"] = int(meta["seed"])
-    eos = meta.get("eos_token_id")
-    if eos is not None:
-        sampling["stop_token_ids"] = tuple(eos if isinstance(eos, (list, tuple)) else [eos])
+    sampling = meta_sampling(meta, config)
     asyncio.run(run_multiturn(requests, engine, interactions, tokenizer, config, capture_spec, sampling))
     pad = meta.get("pad_token_id", tokenizer.pad_token_id)
     tensors, non_tensors = requests_to_batch(requests, ids.size(1), config.response_length, int(pad), capture_spec)

@@ -19,6 +19,7 @@ whitespace, ``disable`` skips the check.
 State machine::
 
     PENDING -> RUNNING -> INTERACTING -> RUNNING -> ... -> COMPLETED      (any non-final state -> FAILED)
+                       -> TOOL_CALLING -> RUNNING                         (tool calls, ``tool_agent``)
 """
 
 from __future__ import annotations
@@ -233,16 +234,26 @@ class AsyncRolloutRequest(BaseModel):
         budget it is cut (the caller then finishes the request with reason ``length``).
         """
         self._require(_S.INTERACTING, "add_user_message")
+        return self._append_messages(tokenizer, [{"role": "user", "content": content}], "a user message")
+
+    def add_tool_response_messages(self, tokenizer: Any, contents: list[str]) -> list[int]:
+        """Append the responses of the last assistant turn's tool calls (role ``tool``, mask 0), as
+        :meth:`add_user_message` appends a user message (the same delta rendering, budget cut and sanity check);
+        counts as one user turn. Returns the ids added."""
+        self._require(_S.TOOL_CALLING, "add_tool_response_messages")
+        messages = [{"role": "tool", "content": content} for content in contents]
+        return self._append_messages(tokenizer, messages, "tool responses")
+
+    def _append_messages(self, tokenizer: Any, messages: list[dict], what: str) -> list[int]:
         if not self.messages or self.messages[-1]["role"] != "assistant":
-            raise ValueError(f"request {self.request_id}: a user message must follow an assistant turn")
-        message = {"role": "user", "content": content}
-        delta_text = self._user_delta_text(tokenizer, message)
+            raise ValueError(f"request {self.request_id}: {what} must follow an assistant turn")
+        delta_text = self._delta_text(tokenizer, messages)
         if self.eos_token_id is not None and self.response_ids and self.response_ids[-1] == self.eos_token_id:
             eos_text = _decode(tokenizer, [self.eos_token_id])
             if delta_text.startswith(eos_text):  # the model already closed its turn with EOS
                 delta_text = delta_text[len(eos_text) :]
         delta = _encode(tokenizer, delta_text)
-        self.messages.append(message)
+        self.messages.extend(messages)
         self.user_turns += 1
         self._sanity_check(tokenizer, delta)
         delta = delta[: self.remaining_budget]
@@ -250,10 +261,10 @@ class AsyncRolloutRequest(BaseModel):
         self.response_loss_mask.extend([0] * len(delta))
         return delta
 
-    def _user_delta_text(self, tokenizer: Any, message: dict) -> str:
+    def _delta_text(self, tokenizer: Any, messages: list[dict]) -> str:
         base = [{"role": "assistant", "content": _PLACEHOLDER}]
         closed = render_chat(tokenizer, base, add_generation_prompt=False)
-        extended = render_chat(tokenizer, base + [message], add_generation_prompt=True)
+        extended = render_chat(tokenizer, base + messages, add_generation_prompt=True)
         if not extended.startswith(closed) or _PLACEHOLDER not in closed:
             raise ValueError(
                 "the chat template renders earlier messages differently once a later one is added, so turn deltas "

@@ -1,0 +1,1 @@
+"""verl's experimental namespace: the agent loop lives here, as upstream."""

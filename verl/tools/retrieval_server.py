@@ -1,0 +1,164 @@
+"""A local retrieval service for ``SearchTool``: BM25 (``bm25s``) over a jsonl corpus, verl's HTTP shapes.
+
+    python -m verl.tools.retrieval_server --corpus corpus.jsonl --port 8001
+
+The corpus holds one JSON object per line with ``id`` and ``contents`` (``"title\\ntext"``, as Search-R1's corpora).
+``POST /retrieve`` takes ``{"queries": [...], "topk": k, "return_scores": bool}`` and answers
+``{"result": [[{"document": {"id", "contents"}, "score"}, ...], ...]}`` (without ``score`` when
+``return_scores`` is false); ``GET /health`` answers ``{"status": "ok", "documents": N}``.
+
+In tests and examples :class:`RetrievalServer` runs the same app on a free loopback port in a background thread.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import socket
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+__all__ = ["BM25Index", "RetrievalServer", "create_app", "load_corpus", "main"]
+
+
+def load_corpus(path: str | Path) -> list[dict[str, Any]]:
+    """The documents of a jsonl corpus; a line that is not an object with ``contents`` is an error naming it."""
+    docs = []
+    with open(path, encoding="utf-8") as f:
+        for number, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                doc = json.loads(line)
+            except json.JSONDecodeError as err:
+                raise ValueError(f"{path}, line {number}: not JSON ({err.msg})") from None
+            if not isinstance(doc, dict) or not isinstance(doc.get("contents"), str):
+                raise ValueError(f"{path}, line {number}: expected an object with a string 'contents'")
+            doc.setdefault("id", str(len(docs)))
+            docs.append(doc)
+    if not docs:
+        raise ValueError(f"{path}: the corpus is empty")
+    return docs
+
+
+class BM25Index:
+    """BM25 over the documents' ``contents`` (lower-cased, English stop words kept: queries are short)."""
+
+    def __init__(self, docs: list[dict[str, Any]]):
+        import bm25s
+
+        self.docs = docs
+        self._bm25s = bm25s
+        self._retriever = bm25s.BM25()
+        self._retriever.index(
+            bm25s.tokenize([d["contents"] for d in docs], stopwords=None, show_progress=False), show_progress=False
+        )
+
+    def search(self, queries: list[str], topk: int) -> list[list[tuple[dict[str, Any], float]]]:
+        k = max(1, min(int(topk), len(self.docs)))
+        out = []
+        for query in queries:  # one at a time: an empty query tokenises to nothing and finds nothing
+            tokens = self._bm25s.tokenize([query], stopwords=None, show_progress=False)
+            if not tokens.ids or not tokens.ids[0]:
+                out.append([])
+                continue
+            ids, scores = self._retriever.retrieve(tokens, k=k, show_progress=False)
+            out.append([(self.docs[int(i)], float(s)) for i, s in zip(ids[0], scores[0]) if float(s) > 0])
+        return out
+
+
+def create_app(index: BM25Index):
+    from fastapi import FastAPI
+    from fastapi.responses import JSONResponse
+
+    app = FastAPI(title="verl retrieval server")
+
+    @app.get("/health")
+    async def health() -> dict:
+        return {"status": "ok", "documents": len(index.docs)}
+
+    @app.post("/retrieve")
+    async def retrieve(request: dict) -> Any:
+        queries = request.get("queries")
+        if not isinstance(queries, list) or not all(isinstance(q, str) for q in queries):
+            return JSONResponse({"error": "'queries' must be a list of strings"}, status_code=400)
+        topk = request.get("topk", 3)
+        if not isinstance(topk, int) or topk < 1:
+            return JSONResponse({"error": "'topk' must be a positive integer"}, status_code=400)
+        with_scores = bool(request.get("return_scores", True))
+        result = []
+        for hits in index.search(queries, topk):
+            rows = []
+            for doc, score in hits:
+                row: dict[str, Any] = {"document": {"id": doc["id"], "contents": doc["contents"]}}
+                if with_scores:
+                    row["score"] = score
+                rows.append(row)
+            result.append(rows)
+        return {"result": result}
+
+    return app
+
+
+class RetrievalServer:
+    """The retrieval app on ``host:port`` (0: a free port) in a background thread; ``.url`` ends in ``/retrieve``."""
+
+    def __init__(self, corpus: str | Path | list[dict[str, Any]], host: str = "127.0.0.1", port: int = 0):
+        docs = corpus if isinstance(corpus, list) else load_corpus(corpus)
+        self.index = BM25Index(docs)
+        self.host, self.port = host, port
+        self.url: str | None = None
+        self._server = None
+        self._thread: threading.Thread | None = None
+
+    def start(self, timeout: float = 30.0) -> RetrievalServer:
+        import uvicorn
+
+        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((self.host, self.port))
+        self.port = sock.getsockname()[1]
+        self.url = f"http://{self.host}:{self.port}/retrieve"
+        self._server = uvicorn.Server(uvicorn.Config(create_app(self.index), log_level="warning", access_log=False))
+        self._thread = threading.Thread(target=self._server.run, kwargs={"sockets": [sock]}, daemon=True)
+        self._thread.start()
+        deadline = time.monotonic() + timeout
+        while not self._server.started:
+            if not self._thread.is_alive() or time.monotonic() > deadline:
+                raise RuntimeError(f"the retrieval server did not start on {self.url}")
+            time.sleep(0.01)
+        return self
+
+    def stop(self) -> None:
+        if self._server is not None:
+            self._server.should_exit = True
+            self._thread.join(timeout=10)
+            self._server = None
+
+    def __enter__(self) -> RetrievalServer:
+        return self.start()
+
+    def __exit__(self, *exc: Any) -> None:
+        self.stop()
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(
+        prog="python -m verl.tools.retrieval_server",
+        description="Serve BM25 retrieval over a jsonl corpus ({'id', 'contents'} per line) for verl's SearchTool.",
+    )
+    parser.add_argument("--corpus", required=True, help="jsonl file, one {'id', 'contents': 'title\\ntext'} per line")
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=8001)
+    args = parser.parse_args(argv)
+    import uvicorn
+
+    index = BM25Index(load_corpus(args.corpus))
+    print(f"retrieval server: {len(index.docs)} documents; POST http://{args.host}:{args.port}/retrieve", flush=True)
+    uvicorn.run(create_app(index), host=args.host, port=args.port, log_level="warning")
+
+
+if __name__ == "__main__":
+    main()
