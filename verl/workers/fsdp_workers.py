@@ -590,8 +590,9 @@ class ActorRolloutRefWorker(_FSDPWorkerBase):
             else:
                 output = self.rollout.generate_sequences(prompts)
         output.meta_info["timing"] = _gather_timing(time.perf_counter() - start)
-        if "aborted_rows" in output.meta_info:  # per-rank counts: summed so every rank's meta_info agrees
-            output.meta_info["aborted_rows"] = _sum_over_ranks(int(output.meta_info["aborted_rows"]))
+        for key in ("aborted_rows", "agent_engine_calls"):  # per-rank counts: summed so every rank's meta agrees
+            if key in output.meta_info:
+                output.meta_info[key] = _sum_over_ranks(int(output.meta_info[key]))
         return output.to("cpu")
 
     def _turn_capture_spec(self, prompts: DataProto) -> Any:
