@@ -21,7 +21,20 @@ from pathlib import Path
 import pandas as pd
 
 WORDS = [
-    "red", "blue", "green", "small", "large", "apple", "banana", "cat", "dog", "paper", "class", "label", "author", "list"
+    "red",
+    "blue",
+    "green",
+    "small",
+    "large",
+    "apple",
+    "banana",
+    "cat",
+    "dog",
+    "paper",
+    "class",
+    "label",
+    "author",
+    "list",
 ]
 DATA_SOURCE = "search_r1/synthetic_codes"
 TOOL_SCHEMA = {

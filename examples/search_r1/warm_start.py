@@ -22,7 +22,16 @@ from pathlib import Path
 
 import torch
 
-ADDED_TOKENS = ["<tool_call>", "</tool_call>", "<answer>", "</answer>", '{"name": ', '"search"', ', "arguments": ', '{"query": ']
+ADDED_TOKENS = [
+    "<tool_call>",
+    "</tool_call>",
+    "<answer>",
+    "</answer>",
+    '{"name": ',
+    '"search"',
+    ', "arguments": ',
+    '{"query": ',
+]
 
 
 def encode_dialogue(tokenizer, messages: list[dict]) -> tuple[list[int], list[int]]:
@@ -44,38 +53,37 @@ def encode_dialogue(tokenizer, messages: list[dict]) -> tuple[list[int], list[in
     return ids, mask
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--data", required=True, help="warm_start.jsonl from make_data.py")
-    parser.add_argument("--out", required=True, help="where to save the warm-started model and tokenizer")
-    parser.add_argument("--steps", type=int, default=1000)
-    parser.add_argument("--batch_size", type=int, default=32)
-    parser.add_argument("--lr", type=float, default=3e-3)
-    parser.add_argument("--seed", type=int, default=0)
-    args = parser.parse_args()
+def warm_start(
+    dialogues: list[list[dict]],
+    out: str | Path,
+    steps: int = 1000,
+    batch_size: int = 32,
+    lr: float = 3e-3,
+    seed: int = 0,
+) -> Path:
+    """Build the tiny model, add the tags, fine-tune it on ``dialogues``; returns ``out``."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from verl.utils.testing.tiny import build_tiny_model
 
-    torch.manual_seed(args.seed)
-    out = Path(args.out)
+    torch.manual_seed(seed)
+    out = Path(out)
     base = out.parent / (out.name + "_base")
-    build_tiny_model(base, seed=args.seed)
+    build_tiny_model(base, seed=seed)
     tokenizer = AutoTokenizer.from_pretrained(base)
     tokenizer.add_tokens(ADDED_TOKENS)
     model = AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32)
-    model.resize_token_embeddings(len(tokenizer))
+    model.resize_token_embeddings(len(tokenizer), mean_resizing=False)
     model.config.vocab_size = len(tokenizer)
-    dialogues = [json.loads(line) for line in open(args.data)]
     encoded = [encode_dialogue(tokenizer, d) for d in dialogues]
-    optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=0.0)
-    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: min(1.0, (s + 1) / 50) * max(0.05, 1 - s / args.steps))
-    rng = random.Random(args.seed)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.0)
+    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: min(1.0, (s + 1) / 50) * max(0.05, 1 - s / steps))
+    rng = random.Random(seed)
     pad = tokenizer.pad_token_id
     start = time.perf_counter()
     model.train()
-    for step in range(1, args.steps + 1):
-        batch = rng.sample(encoded, args.batch_size)
+    for step in range(1, steps + 1):
+        batch = rng.sample(encoded, min(batch_size, len(encoded)))
         width = max(len(ids) for ids, _ in batch)
         input_ids = torch.full((len(batch), width), pad)
         labels = torch.full((len(batch), width), -100)
@@ -90,11 +98,28 @@ def main() -> None:
         optimizer.step()
         schedule.step()
         optimizer.zero_grad()
-        if step % 100 == 0 or step == args.steps:
-            print(f"warm start: step {step}/{args.steps}  loss {loss.item():.3f}  ({time.perf_counter() - start:.0f} s)", flush=True)
+        if step % 100 == 0 or step == steps:
+            print(
+                f"warm start: step {step}/{steps}  loss {loss.item():.3f}  ({time.perf_counter() - start:.0f} s)",
+                flush=True,
+            )
     model.eval()
     model.save_pretrained(out)
     tokenizer.save_pretrained(out)
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--data", required=True, help="warm_start.jsonl from make_data.py")
+    parser.add_argument("--out", required=True, help="where to save the warm-started model and tokenizer")
+    parser.add_argument("--steps", type=int, default=1000)
+    parser.add_argument("--batch_size", type=int, default=32)
+    parser.add_argument("--lr", type=float, default=3e-3)
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args()
+    dialogues = [json.loads(line) for line in open(args.data)]
+    out = warm_start(dialogues, args.out, args.steps, args.batch_size, args.lr, args.seed)
     print(f"warm-started model written to {out}")
 
 
