@@ -71,11 +71,11 @@ def tool_response(name: str, code: int) -> str:
     return f"Doc 1 (Title: {name}) the code of {name} is {code}"
 
 
-def rows(items: list[tuple[str, int]], split: str) -> list[dict]:
+def rows(items: list[tuple[str, int]], split: str, agent_name: str = "tool_agent") -> list[dict]:
     return [
         {
             "data_source": DATA_SOURCE,
-            "agent_name": "tool_agent",
+            "agent_name": agent_name,
             "prompt": [{"role": "user", "content": question(name)}],
             "ability": "search",
             "reward_model": {"style": "rule", "ground_truth": {"target": [str(code)]}},
@@ -113,6 +113,7 @@ def main() -> None:
     parser.add_argument("--retrieval_url", default="http://127.0.0.1:8001/retrieve")
     parser.add_argument("--heldout", type=int, default=24, help="entities kept out of training (validation)")
     parser.add_argument("--search_share", type=float, default=0.3, help="share of warm-start dialogues that search")
+    parser.add_argument("--agent_name", default="tool_agent", help="the rows' agent loop (tool_agent, or an OpenAI agent)")
     args = parser.parse_args()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -121,8 +122,8 @@ def main() -> None:
     with open(out / "corpus.jsonl", "w") as f:
         for i, (name, code) in enumerate(items):
             f.write(json.dumps({"id": str(i), "contents": passage(name, code)}) + "\n")
-    pd.DataFrame(rows(train, "train")).to_parquet(out / "train.parquet")
-    pd.DataFrame(rows(heldout, "test")).to_parquet(out / "test.parquet")
+    pd.DataFrame(rows(train, "train", args.agent_name)).to_parquet(out / "train.parquet")
+    pd.DataFrame(rows(heldout, "test", args.agent_name)).to_parquet(out / "test.parquet")
     tool_yaml = {
         "tools": [
             {

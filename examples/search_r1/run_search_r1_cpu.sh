@@ -9,13 +9,15 @@
 # 3. trains GRPO with the search tool (actor_rollout_ref.rollout.multi_turn.tool_config_path), then the same steps
 #    with the tool disabled (its calls are answered "unknown tool"), and prints one line:
 #       reward with search X, without Y      (held-out questions, greedy, after the last step)
-# Extra Hydra overrides are forwarded to both runs; STEPS (default 30) sets their length.
+# Extra Hydra overrides are forwarded to both runs; STEPS (default 60) sets their length. AGENT=openai trains the
+# "with search" run through the OpenAI-client agent of openai_agent.py instead of verl's tool_agent loop.
 set -euo pipefail
 ROOT="$(cd "$(dirname "$0")/../.." && pwd)"
 cd "$ROOT"
 OUT="${OUT:-$ROOT/outputs/search_r1}"
 PORT="${PORT:-8001}"
-STEPS="${STEPS:-30}"
+STEPS="${STEPS:-60}"
+AGENT="${AGENT:-tool_agent}"
 PY="${PYTHON:-python3}"
 
 bash scripts/install.sh
@@ -23,6 +25,16 @@ export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 HF_HUB_DISABLE_PROGRESS_BARS=1 TO
 export RAY_USAGE_STATS_ENABLED=0 RAY_DEDUP_LOGS=0
 mkdir -p "$OUT"
 "$PY" examples/search_r1/make_data.py --out "$OUT/data" --retrieval_url "http://127.0.0.1:$PORT/retrieve"
+export SEARCH_R1_RETRIEVAL_URL="http://127.0.0.1:$PORT/retrieve"  # for openai_agent.py
+if [[ "$AGENT" == openai ]]; then
+    "$PY" examples/search_r1/make_data.py --out "$OUT/data_openai" --agent_name search_agent > /dev/null
+    printf -- '- name: search_agent\n  _target_: verl.experimental.agent_loop.openai_agent_loop.OpenAIAgentLoop\n  agent_fn: %s\n' \
+        "$ROOT/examples/search_r1/openai_agent.py:solve" > "$OUT/agent_loop.yaml"
+    WITH_SEARCH=(data.train_files="$OUT/data_openai/train.parquet" data.val_files="$OUT/data_openai/test.parquet"
+                 actor_rollout_ref.rollout.agent.agent_loop_config_path="$OUT/agent_loop.yaml")
+else
+    WITH_SEARCH=(actor_rollout_ref.rollout.multi_turn.tool_config_path="$OUT/data/search_tool.yaml")
+fi
 [[ -f "$OUT/model/config.json" ]] || "$PY" examples/search_r1/warm_start.py --data "$OUT/data/warm_start.jsonl" --out "$OUT/model"
 
 "$PY" -m verl.tools.retrieval_server --corpus "$OUT/data/corpus.jsonl" --port "$PORT" > "$OUT/retrieval_server.log" 2>&1 &
@@ -81,7 +93,7 @@ train() {  # $1: run name; the rest: overrides
         "$@"
 }
 
-train with_search actor_rollout_ref.rollout.multi_turn.tool_config_path="$OUT/data/search_tool.yaml" "$@"
+train with_search "${WITH_SEARCH[@]}" "$@"
 train without_search "$@"
 
 "$PY" - "$OUT/with_search.metrics.jsonl" "$OUT/without_search.metrics.jsonl" <<'PYEOF'

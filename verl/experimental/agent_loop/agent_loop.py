@@ -82,8 +82,19 @@ def load_agent_loop_config(path: str | None) -> None:
     for i, entry in enumerate(entries):
         if not isinstance(entry, dict) or not entry.get("name") or not entry.get("_target_"):
             raise ValueError(f"{where}: entry {i} needs 'name' and '_target_'")
-        _import_target(entry["_target_"])  # fail now, naming the file, not at the first rollout
-        _agent_loop_registry[entry["name"]] = {"_target_": entry["_target_"]}
+        cls = _import_target(entry["_target_"])  # fail now, naming the file, not at the first rollout
+        check = getattr(cls, "check_entry", None)
+        if check is not None:
+            try:
+                check(entry)
+            except (ValueError, ImportError, OSError, AttributeError) as err:
+                raise ValueError(f"{where}: entry {i}: {err}") from err
+        _agent_loop_registry[entry["name"]] = {k: v for k, v in entry.items() if k != "name"}
+
+
+def agent_loop_kwargs(agent_name: str) -> dict[str, Any]:
+    """The extra keys of ``agent_name``'s YAML entry (besides ``_target_``): constructor arguments of the loop."""
+    return {k: v for k, v in _agent_loop_registry.get(agent_name, {}).items() if k != "_target_"}
 
 
 def get_agent_loop_class(agent_name: str) -> type[AgentLoopBase]:
@@ -97,6 +108,7 @@ def get_agent_loop_class(agent_name: str) -> type[AgentLoopBase]:
 
 
 def _ensure_builtins() -> None:
+    import verl.experimental.agent_loop.openai_agent_loop  # noqa: F401  (registers openai_agent)
     import verl.experimental.agent_loop.single_turn_agent_loop  # noqa: F401  (registers single_turn_agent)
     import verl.experimental.agent_loop.tool_agent_loop  # noqa: F401  (registers tool_agent)
 
@@ -143,13 +155,13 @@ class AsyncLLMServerManager:
     Args:
         engine: the rollout engine.
         base_params: the turn's ``SamplingParams`` (config sampling, stop ids, capture); per-call
-            ``sampling_params`` override ``temperature``, ``top_p``, ``top_k``, ``max_tokens``, ``seed`` and
-            ``stop_token_ids`` (other keys, e.g. verl's ``logprobs``, are accepted and ignored: log-probs follow the
+            ``sampling_params`` override ``temperature``, ``top_p``, ``top_k``, ``max_tokens``, ``seed``,
+            ``stop_token_ids`` and ``capture`` (a ``CaptureSpec``; other keys, e.g. verl's ``logprobs``, are accepted and ignored: log-probs follow the
             rollout's capture).
         rows: request id -> batch row, for the per-call seeds (``seed + call * 1_000_003 + row``).
     """
 
-    _OVERRIDES = ("temperature", "top_p", "top_k", "max_tokens", "seed", "stop_token_ids")
+    _OVERRIDES = ("temperature", "top_p", "top_k", "max_tokens", "seed", "stop_token_ids", "capture")
 
     def __init__(self, engine: InferenceEngine, base_params: SamplingParams, rows: dict[str, int] | None = None):
         self.engine = engine
@@ -278,12 +290,36 @@ def run_agent_loops(
     sampling = {"temperature": base_params.temperature, "top_p": base_params.top_p, "top_k": base_params.top_k}
 
     async def run_all() -> list[AgentLoopOutput]:
-        loops = {name: cls(trainer_config, manager, tokenizer, None, **loop_kwargs) for name, cls in classes.items()}
-        tasks = [
-            loops[agent_names[i]].run(dict(sampling), request_id=request_ids[i], **_sample_fields(prompts, i))
-            for i in range(n)
-        ]
-        return list(await asyncio.gather(*tasks))
+        session_server = None
+        if any(getattr(cls, "needs_session_server", False) for cls in classes.values()):
+            from verl.experimental.agent_loop.openai_agent_loop import SessionServer
+
+            mt = trainer_config.rollout.multi_turn
+            session_server = SessionServer(
+                manager, tokenizer, trainer_config.rollout.response_length, mt.tokenization_sanity_check_mode, mt.format
+            )
+            await session_server.start()
+        try:
+            loops = {
+                name: cls(
+                    trainer_config,
+                    manager,
+                    tokenizer,
+                    None,
+                    session_server=session_server,
+                    **loop_kwargs,
+                    **agent_loop_kwargs(name),
+                )
+                for name, cls in classes.items()
+            }
+            tasks = [
+                loops[agent_names[i]].run(dict(sampling), request_id=request_ids[i], **_sample_fields(prompts, i))
+                for i in range(n)
+            ]
+            return list(await asyncio.gather(*tasks))
+        finally:
+            if session_server is not None:
+                await session_server.stop()
 
     outputs = asyncio.run(run_all())
     response_length = int(trainer_config.rollout.response_length)
