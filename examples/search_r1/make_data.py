@@ -113,7 +113,9 @@ def main() -> None:
     parser.add_argument("--retrieval_url", default="http://127.0.0.1:8001/retrieve")
     parser.add_argument("--heldout", type=int, default=24, help="entities kept out of training (validation)")
     parser.add_argument("--search_share", type=float, default=0.3, help="share of warm-start dialogues that search")
-    parser.add_argument("--agent_name", default="tool_agent", help="the rows' agent loop (tool_agent, or an OpenAI agent)")
+    parser.add_argument(
+        "--agent_name", default="tool_agent", help="the rows' agent loop (tool_agent, or an OpenAI agent)"
+    )
     args = parser.parse_args()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)

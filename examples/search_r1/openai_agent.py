@@ -8,7 +8,6 @@ verl serves the policy behind a per-sample OpenAI endpoint and records every tok
 from __future__ import annotations
 
 import json
-import os
 
 import requests
 
@@ -22,12 +21,11 @@ SEARCH = {
 }
 
 
-def search(query: str) -> str:
-    url = os.environ.get("SEARCH_R1_RETRIEVAL_URL", "http://127.0.0.1:8001/retrieve")
+def search(query: str, url: str) -> str:
     try:
         answer = requests.post(url, json={"queries": [query], "topk": 1, "return_scores": True}, timeout=30).json()
     except (requests.RequestException, ValueError) as err:
-        return f"search error: {err}"
+        return f"search error: {type(err).__name__}"  # short: the model reads it
     hits = answer["result"][0]
     if not hits:
         return "(no passage found)"
@@ -35,13 +33,20 @@ def search(query: str) -> str:
     return f"Doc 1 (Title: {title}) {text}"
 
 
-def solve(client, raw_prompt, **sample) -> None:
-    """Ask, run the searches the model calls for, answer; at most 3 model turns."""
+def solve(client, raw_prompt, retrieval_url: str = "http://127.0.0.1:8001/retrieve", **sample) -> None:
+    """Ask, run the searches the model calls for, answer; at most 3 model turns. ``retrieval_url`` comes from the
+    agent-loop YAML's ``agent_kwargs``."""
     messages = list(raw_prompt)
     for _ in range(3):
         reply = client.chat.completions.create(model="policy", messages=messages, tools=[SEARCH], max_tokens=64)
         message = reply.choices[0].message
-        messages.append({"role": "assistant", "content": message.content or "", "tool_calls": [c.model_dump() for c in message.tool_calls or []]})
+        messages.append(
+            {
+                "role": "assistant",
+                "content": message.content or "",
+                "tool_calls": [c.model_dump() for c in message.tool_calls or []],
+            }
+        )
         if not message.tool_calls:
             return None
         for call in message.tool_calls:
@@ -49,5 +54,5 @@ def solve(client, raw_prompt, **sample) -> None:
                 query = json.loads(call.function.arguments).get("query", "")
             except (json.JSONDecodeError, AttributeError):
                 query = ""
-            messages.append({"role": "tool", "tool_call_id": call.id, "content": search(str(query))})
+            messages.append({"role": "tool", "tool_call_id": call.id, "content": search(str(query), retrieval_url)})
     return None

@@ -25,11 +25,11 @@ export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 HF_HUB_DISABLE_PROGRESS_BARS=1 TO
 export RAY_USAGE_STATS_ENABLED=0 RAY_DEDUP_LOGS=0
 mkdir -p "$OUT"
 "$PY" examples/search_r1/make_data.py --out "$OUT/data" --retrieval_url "http://127.0.0.1:$PORT/retrieve"
-export SEARCH_R1_RETRIEVAL_URL="http://127.0.0.1:$PORT/retrieve"  # for openai_agent.py
 if [[ "$AGENT" == openai ]]; then
     "$PY" examples/search_r1/make_data.py --out "$OUT/data_openai" --agent_name search_agent > /dev/null
-    printf -- '- name: search_agent\n  _target_: verl.experimental.agent_loop.openai_agent_loop.OpenAIAgentLoop\n  agent_fn: %s\n' \
-        "$ROOT/examples/search_r1/openai_agent.py:solve" > "$OUT/agent_loop.yaml"
+    printf -- '- name: search_agent\n  _target_: %s\n  agent_fn: %s\n  agent_kwargs: {retrieval_url: "%s"}\n' \
+        verl.experimental.agent_loop.openai_agent_loop.OpenAIAgentLoop "$ROOT/examples/search_r1/openai_agent.py:solve" \
+        "http://127.0.0.1:$PORT/retrieve" > "$OUT/agent_loop.yaml"
     WITH_SEARCH=(data.train_files="$OUT/data_openai/train.parquet" data.val_files="$OUT/data_openai/test.parquet"
                  actor_rollout_ref.rollout.agent.agent_loop_config_path="$OUT/agent_loop.yaml")
 else

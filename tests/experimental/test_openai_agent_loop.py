@@ -10,12 +10,11 @@ import numpy as np
 import pytest
 import torch
 
+from tests.experimental.test_agent_loop import ScriptedEngine, _prompts, call, trainer_config
 from verl.experimental.agent_loop import run_agent_loops
 from verl.experimental.agent_loop.agent_loop import AsyncLLMServerManager, get_agent_loop_class
 from verl.experimental.agent_loop.openai_agent_loop import OpenAIAgentLoop, SessionServer, load_agent_fn
 from verl.workers.rollout.engine import SamplingParams
-
-from tests.experimental.test_agent_loop import ScriptedEngine, _prompts, call, trainer_config
 
 RECORDED: dict[str, list] = {}
 
@@ -38,7 +37,9 @@ async def three_turns(client, raw_prompt, **sample):
 def rewrites_history(client, raw_prompt, **sample):
     """Sync client on a thread; the second request drops the first exchange and asks afresh."""
     client.chat.completions.create(model="policy", messages=list(raw_prompt), max_tokens=4)
-    client.chat.completions.create(model="policy", messages=[{"role": "user", "content": "something else"}], max_tokens=4)
+    client.chat.completions.create(
+        model="policy", messages=[{"role": "user", "content": "something else"}], max_tokens=4
+    )
 
 
 @pytest.fixture(scope="module")
@@ -61,7 +62,9 @@ def test_recorded_ids_and_log_probs_are_the_engines(hf_engine, tokenizer):
     from verl.workers.rollout.logit_capture import CaptureSpec
 
     spec = CaptureSpec(mode="logprob")
-    params = SamplingParams(max_tokens=64, temperature=1.0, seed=3, stop_token_ids=hf_engine.eos_token_ids, capture=spec)
+    params = SamplingParams(
+        max_tokens=64, temperature=1.0, seed=3, stop_token_ids=hf_engine.eos_token_ids, capture=spec
+    )
     prompts = _prompts(tokenizer, ["say a digit", "count two"], ["openai_agent", "openai_agent"])
     prompts.non_tensor_batch["index"] = np.array([0, 1], dtype=object)
     cfg = trainer_config(response_length=64)
@@ -103,7 +106,9 @@ def test_sync_agent_that_rewrites_history_trains_on_its_last_segment(hf_engine, 
         server = SessionServer(manager, tokenizer, response_length=32)
         await server.start()
         try:
-            loop = OpenAIAgentLoop(trainer_config(32), manager, tokenizer, session_server=server, agent_fn=rewrites_history)
+            loop = OpenAIAgentLoop(
+                trainer_config(32), manager, tokenizer, session_server=server, agent_fn=rewrites_history
+            )
             messages = [{"role": "user", "content": "say a digit"}]
             return await loop.run({}, request_id="r", raw_prompt=messages, raw_prompt_ids=[1, 2])
         finally:
@@ -132,7 +137,10 @@ def test_tool_calls_come_back_parsed_and_errors_are_openai_shaped(tokenizer):
             messages = [{"role": "user", "content": "find x"}]
             first = await client.chat.completions.create(model="policy", messages=messages, tools=tools)
             message = first.choices[0].message
-            messages += [message.model_dump(exclude_none=True), {"role": "tool", "tool_call_id": message.tool_calls[0].id, "content": "x is 3"}]
+            messages += [
+                message.model_dump(exclude_none=True),
+                {"role": "tool", "tool_call_id": message.tool_calls[0].id, "content": "x is 3"},
+            ]
             second = await client.chat.completions.create(model="policy", messages=messages, tools=tools)
             errors = []
             for kwargs in ({"n": 2}, {"stream": True}):

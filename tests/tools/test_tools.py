@@ -86,6 +86,8 @@ def test_retrieval_server_refuses_bad_requests_and_corpora(retrieval, tmp_path):
     bad.write_text('{"id": "a", "contents": "ok"}\n{"id": "b"}\n')
     with pytest.raises(ValueError, match=r"bad.jsonl, line 2: expected an object with a string 'contents'"):
         load_corpus(bad)
+    with pytest.raises(ValueError, match="no indexable words"):
+        RetrievalServer([{"id": "0", "contents": "a b"}])
 
 
 def test_hermes_parser_keeps_malformed_calls_as_errors(tiny_model_dir):

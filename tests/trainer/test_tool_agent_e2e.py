@@ -31,29 +31,44 @@ def search_task(tmp_path_factory):
         for i, (name, code) in enumerate(items):
             f.write(json.dumps({"id": str(i), "contents": make_data.passage(name, code)}) + "\n")
     pd.DataFrame(make_data.rows(train[:16], "train")).to_parquet(out / "train.parquet")
+    rows = make_data.rows(train[:16], "train")
+    for row in rows:
+        del row["agent_name"]  # the openai variant: rollout.agent.default_agent_loop picks the agent
+    pd.DataFrame(rows).to_parquet(out / "train_openai.parquet")
     dialogues = make_data.warm_start_dialogues(train, 400, search_share=1.0, seed=1)
     model = warm.warm_start(dialogues, out / "model", steps=120, batch_size=16)
     return out, str(model), make_data.TOOL_SCHEMA
 
 
-@pytest.mark.parametrize("engine", ["hf", pytest.param("vllm", marks=pytest.mark.vllm)])
-def test_search_tool_agent_trains_through_main_ppo(engine, search_task, tmp_path, ray_cluster, monkeypatch):
+@pytest.mark.parametrize(
+    "engine, agent",
+    [("hf", "tool_agent"), pytest.param("vllm", "tool_agent", marks=pytest.mark.vllm), ("hf", "openai")],
+)
+def test_search_agent_trains_through_main_ppo(engine, agent, search_task, tmp_path, ray_cluster, monkeypatch):
+    """tool_agent: verl's loop runs SearchTool; openai: examples/search_r1/openai_agent.py drives the policy through
+    its session endpoint with the openai client and calls the retrieval server itself."""
     from verl.tools.retrieval_server import RetrievalServer
 
     if engine == "vllm":
         pytest.importorskip("vllm")
     data, model, schema = search_task
     with RetrievalServer(data / "corpus.jsonl") as server:
-        tools = {
-            "tools": [
-                {
-                    "class_name": "verl.tools.search_tool.SearchTool",
-                    "config": {"type": "native", "retrieval_service_url": server.url, "topk": 1},
-                    "tool_schema": schema,
-                }
+        if agent == "tool_agent":
+            tool = {"class_name": "verl.tools.search_tool.SearchTool", "tool_schema": schema}
+            tool["config"] = {"type": "native", "retrieval_service_url": server.url, "topk": 1}
+            (tmp_path / "tools.yaml").write_text(json.dumps({"tools": [tool]}))
+            agent_overrides = [f"actor_rollout_ref.rollout.multi_turn.tool_config_path={tmp_path / 'tools.yaml'}"]
+        else:
+            entry = "- name: search_agent\n  _target_: verl.experimental.agent_loop.openai_agent_loop.OpenAIAgentLoop\n"
+            entry += f"  agent_fn: {REPO / 'examples/search_r1/openai_agent.py'}:solve\n"
+            entry += f"  agent_kwargs: {{retrieval_url: '{server.url}'}}\n"
+            (tmp_path / "agents.yaml").write_text(entry)
+            agent_overrides = [
+                f"actor_rollout_ref.rollout.agent.agent_loop_config_path={tmp_path / 'agents.yaml'}",
+                "actor_rollout_ref.rollout.agent.default_agent_loop=search_agent",
+                f"data.train_files={data / 'train_openai.parquet'}",
+                f"data.val_files={data / 'train_openai.parquet'}",
             ]
-        }
-        (tmp_path / "tools.yaml").write_text(json.dumps(tools))
         overrides = [
             "algorithm.adv_estimator=grpo",
             f"data.train_files={data / 'train.parquet'}",
@@ -73,7 +88,6 @@ def test_search_tool_agent_trains_through_main_ppo(engine, search_task, tmp_path
             "actor_rollout_ref.rollout.calculate_log_probs=True",
             "actor_rollout_ref.rollout.log_prob_micro_batch_size_per_gpu=8",
             "actor_rollout_ref.rollout.multi_turn.max_assistant_turns=3",
-            f"actor_rollout_ref.rollout.multi_turn.tool_config_path={tmp_path / 'tools.yaml'}",
             "actor_rollout_ref.ref.log_prob_micro_batch_size_per_gpu=8",
             f"custom_reward_function.path={REPO / 'examples/search_r1/reward.py'}",
             "trainer.device=cpu",
@@ -85,6 +99,7 @@ def test_search_tool_agent_trains_through_main_ppo(engine, search_task, tmp_path
             "trainer.save_freq=-1",
             "trainer.total_training_steps=2",
             "trainer.progress_bar=False",
+            *agent_overrides,
         ]
         from verl.trainer.main_ppo import load_config, run_ppo
         from verl.utils.config import compose_config

@@ -43,18 +43,38 @@ def load_corpus(path: str | Path) -> list[dict[str, Any]]:
     return docs
 
 
+def _import_bm25s() -> Any:
+    """``bm25s`` on its numpy backend. Left alone, ``import bm25s`` imports numba (and llvmlite) when installed, and
+    an llvmlite object in ``sys.modules`` breaks vLLM's CPU kernel scan (``vllm/triton_utils/dispatcher.py`` calls
+    ``vars(value).get`` on every module attribute): a process that imported bm25s could no longer start a vLLM
+    engine. Hiding numba during the import makes bm25s pick numpy, which is ample for a local corpus."""
+    import sys
+
+    if "bm25s" in sys.modules or "numba" in sys.modules:
+        import bm25s
+
+        return bm25s
+    sys.modules["numba"] = None  # type: ignore[assignment]  (an import of numba now raises ImportError)
+    try:
+        import bm25s
+    finally:
+        del sys.modules["numba"]
+    return bm25s
+
+
 class BM25Index:
     """BM25 over the documents' ``contents`` (lower-cased, English stop words kept: queries are short)."""
 
     def __init__(self, docs: list[dict[str, Any]]):
-        import bm25s
+        bm25s = _import_bm25s()
 
         self.docs = docs
         self._bm25s = bm25s
         self._retriever = bm25s.BM25()
-        self._retriever.index(
-            bm25s.tokenize([d["contents"] for d in docs], stopwords=None, show_progress=False), show_progress=False
-        )
+        tokens = bm25s.tokenize([d["contents"] for d in docs], stopwords=None, show_progress=False)
+        if not tokens.vocab:
+            raise ValueError("the corpus has no indexable words (BM25 keeps words of two or more letters)")
+        self._retriever.index(tokens, show_progress=False)
 
     def search(self, queries: list[str], topk: int) -> list[list[tuple[dict[str, Any], float]]]:
         k = max(1, min(int(topk), len(self.docs)))

@@ -414,3 +414,63 @@ def test_multi_turn_with_sglang_with_logit_runs_the_worker_path_on_the_double(mo
     )
     scores = out.non_tensor_batch["reward_scores"]
     assert all(len(s["dialog"]) == 2 for s in scores)
+
+
+def _agent_loop_on(engine, tok, capture_spec=None):
+    """Three rows through run_agent_loops on ``engine``: two echo agents (3 assistant turns, 2 tool turns) and a
+    single-turn row; 6 tokens per turn."""
+    from types import SimpleNamespace
+
+    from tests.experimental.test_agent_loop import ECHO_SCHEMA, EchoTool, _prompts  # registers the echo agent
+    from verl.experimental.agent_loop import run_agent_loops
+    from verl.workers.config.rollout import MultiTurnConfig
+    from verl.workers.rollout.engine import SamplingParams
+
+    prompts = _prompts(
+        tok,
+        ["say a digit", "write seven", "count two"],
+        ["test_always_echo_agent", "single_turn_agent", "test_always_echo_agent"],
+    )
+    cfg = SimpleNamespace(rollout=RolloutConfig(response_length=96, multi_turn=MultiTurnConfig(max_assistant_turns=3)))
+    params = SamplingParams(max_tokens=6, temperature=1.0, stop_token_ids=(tok.eos_token_id,), capture=capture_spec)
+    return run_agent_loops(
+        prompts, engine, tok, cfg, params, "single_turn_agent", capture_spec, tools={"echo": EchoTool({}, ECHO_SCHEMA)}
+    )
+
+
+def test_tool_agent_loop_runs_on_the_sglang_adapter_with_batched_calls(model_dir, monkeypatch):
+    """The agent loop on rollout.name=sglang_with_logit (the double: SGLang-shaped answers, and SGLang's refusal of
+    blocking calls inside a running event loop): one batched engine call per round, masks and captures in place."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(model_dir)
+    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval()
+    engine = SGLangEngineDouble(model=model)
+    config = _config(name="sglang_with_logit", response_length=96, logit_capture={"enable": True, "mode": "logprob"})
+    rollout = _with_logit_class(monkeypatch)(model_dir, config, engine=engine)
+    out = _agent_loop_on(rollout.engine, tok, rollout.capture_spec)
+    assert [n for n, _ in engine.calls] == ["generate"] * 3  # rounds, not samples
+    assert out.non_tensor_batch["__num_turns__"].tolist() == [6, 2, 6]
+    mask = out.batch["response_mask"]
+    assert ((out.batch["rollout_log_probs"] != 0) <= mask.bool()).all()  # captures only on generated tokens
+    assert (out.batch["rollout_log_probs"][mask.bool()] < 0).all()
+
+
+@pytest.mark.gpu
+def test_tool_agent_loop_on_real_sglang(tiny_model_dir):
+    pytest.importorskip("sglang", reason="needs SGLang (GPU)")
+    from transformers import AutoTokenizer
+
+    from verl.workers.rollout.base import get_rollout_class
+
+    tok = AutoTokenizer.from_pretrained(tiny_model_dir)
+    config = _config(
+        name="sglang", response_length=96, load_format="auto", tensor_model_parallel_size=1, dtype="float32"
+    )
+    rollout = get_rollout_class("sglang", "async")(tiny_model_dir, config)
+    try:
+        out = _agent_loop_on(rollout.engine, tok)
+        assert out.non_tensor_batch["__num_turns__"].tolist() == [6, 2, 6]
+        assert out.non_tensor_batch["tool_call_counts"].tolist() == [2, 0, 2]
+    finally:
+        rollout.engine.close()

@@ -17,6 +17,7 @@ YAML (``actor_rollout_ref.rollout.agent.agent_loop_config_path``)::
     - name: my_agent
       _target_: verl.experimental.agent_loop.openai_agent_loop.OpenAIAgentLoop
       agent_fn: my_package.agents.solve          # or path/to/file.py:solve
+      agent_kwargs: {retrieval_url: http://127.0.0.1:8001/retrieve}   # optional, passed to every call
 
 and name it in the data (``agent_name``) or in ``rollout.agent.default_agent_loop``.
 
@@ -38,8 +39,9 @@ import inspect
 import socket
 import time
 import uuid
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from verl.experimental.agent_loop.agent_loop import AgentLoopBase, AgentLoopMetrics, AgentLoopOutput, register
 from verl.experimental.agent_loop.tool_parser import ToolParser
@@ -109,7 +111,14 @@ class SessionServer:
     session are batched together.
     """
 
-    def __init__(self, server_manager: Any, tokenizer: Any, response_length: int, sanity_check_mode: str = "strict", tool_format: str = "hermes"):
+    def __init__(
+        self,
+        server_manager: Any,
+        tokenizer: Any,
+        response_length: int,
+        sanity_check_mode: str = "strict",
+        tool_format: str = "hermes",
+    ):
         self.manager = server_manager
         self.tokenizer = tokenizer
         self.response_length = int(response_length)
@@ -248,7 +257,14 @@ class SessionServer:
         request.add_assistant_tokens(out.token_ids, out.capture, tokenizer=self.tokenizer)
         return self._response(out.token_ids, out.log_probs, out.stop_reason, request, req)
 
-    def _response(self, ids: list[int], log_probs: list[float] | None, stop_reason: str, request: AsyncRolloutRequest, req: ChatCompletionRequest) -> ChatCompletion:
+    def _response(
+        self,
+        ids: list[int],
+        log_probs: list[float] | None,
+        stop_reason: str,
+        request: AsyncRolloutRequest,
+        req: ChatCompletionRequest,
+    ) -> ChatCompletion:
         eos = set(getattr(self.manager.engine, "eos_token_ids", ()) or ())
         body = ids[:-1] if ids and ids[-1] in eos else ids
         text = self.tokenizer.decode(body, skip_special_tokens=True)
@@ -260,7 +276,11 @@ class SessionServer:
             if good:
                 text = content.strip()
                 tool_calls = [
-                    {"id": f"call_{uuid.uuid4().hex[:12]}", "type": "function", "function": {"name": c.name, "arguments": c.arguments}}
+                    {
+                        "id": f"call_{uuid.uuid4().hex[:12]}",
+                        "type": "function",
+                        "function": {"name": c.name, "arguments": c.arguments},
+                    }
                     for c in good
                 ]
                 finish = "tool_calls"
@@ -273,7 +293,11 @@ class SessionServer:
                 ]
             )
         message = AssistantMessage(content=text, tool_calls=tool_calls)
-        usage = Usage(prompt_tokens=len(request.input_ids) - len(ids), completion_tokens=len(ids), total_tokens=len(request.input_ids))
+        usage = Usage(
+            prompt_tokens=len(request.input_ids) - len(ids),
+            completion_tokens=len(ids),
+            total_tokens=len(request.input_ids),
+        )
         return ChatCompletion(
             id=f"chatcmpl-{uuid.uuid4().hex}",
             created=int(time.time()),
@@ -287,8 +311,9 @@ class SessionServer:
 class OpenAIAgentLoop(AgentLoopBase):
     """Runs ``agent_fn`` (module docstring) once per sample against its own session.
 
-    Args (from the agent-loop YAML entry or the constructor): ``agent_fn`` (dotted path or ``file.py:function``).
-    The runner passes ``session_server``.
+    Args (from the agent-loop YAML entry or the constructor): ``agent_fn`` (dotted path or ``file.py:function``)
+    and ``agent_kwargs`` (a mapping passed to every call of the agent, e.g. a service URL). The runner passes
+    ``session_server``.
     """
 
     needs_session_server = True
@@ -297,7 +322,9 @@ class OpenAIAgentLoop(AgentLoopBase):
     def check_entry(cls, entry: dict[str, Any]) -> None:
         """Refuse, before any rollout, an agent-loop YAML entry whose ``agent_fn`` is missing or cannot load."""
         if not entry.get("agent_fn"):
-            raise ValueError(f"agent loop {entry.get('name')!r}: OpenAIAgentLoop needs agent_fn (module.function or file.py:function)")
+            raise ValueError(
+                f"agent loop {entry.get('name')!r}: OpenAIAgentLoop needs agent_fn (module.function or file.py:function)"
+            )
         load_agent_fn(str(entry["agent_fn"]))
 
     def __init__(self, trainer_config: Any, server_manager: Any, tokenizer: Any, processor: Any = None, **kwargs: Any):
@@ -308,6 +335,7 @@ class OpenAIAgentLoop(AgentLoopBase):
                 "OpenAIAgentLoop needs agent_fn (a dotted path or file.py:function) in its agent_loop_config_path entry"
             )
         self.agent_fn = load_agent_fn(spec) if isinstance(spec, str) else spec
+        self.agent_kwargs = dict(kwargs.get("agent_kwargs") or {})
         self.server: SessionServer = kwargs["session_server"]
 
     async def run(self, sampling_params: dict[str, Any], **kwargs: Any) -> AgentLoopOutput:
@@ -316,6 +344,7 @@ class OpenAIAgentLoop(AgentLoopBase):
         session_id = self.server.open_session(kwargs.get("request_id"))
         session = self.server.sessions[session_id]
         fields = {k: v for k, v in kwargs.items() if k not in ("request_id",)}
+        fields.update(self.agent_kwargs)
         if "raw_prompt" in fields and fields["raw_prompt"] is not None:
             fields["raw_prompt"] = [dict(m) for m in fields["raw_prompt"]]
         start = time.perf_counter()
@@ -348,7 +377,9 @@ class OpenAIAgentLoop(AgentLoopBase):
             response_mask=mask,
             num_turns=turns,
             reward_score=float(result) if isinstance(result, (int, float)) else None,
-            metrics=AgentLoopMetrics(generate_sequences=session.generate_s, tool_calls=max(elapsed - session.generate_s, 0.0)),
+            metrics=AgentLoopMetrics(
+                generate_sequences=session.generate_s, tool_calls=max(elapsed - session.generate_s, 0.0)
+            ),
             extra_fields={
                 "generation_logits": captures,
                 "tool_call_count": sum(1 for m in (req.messages if req else []) if m["role"] == "tool"),
