@@ -36,6 +36,7 @@ INSTALL_REQUIRES = [
     "aiohttp",
     "openai",
     "requests",
+    "bm25s",  # the local retrieval server of verl.tools (python -m verl.tools.retrieval_server)
     "packaging>=20",
 ]
 

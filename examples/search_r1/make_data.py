@@ -1,9 +1,11 @@
 """Build the Search-R1 example's task offline: a corpus, questions whose answers are only in it, and the tool YAML.
 
 Every entity is a made-up pair of words ("blue apple"); its passage in the corpus gives its code, a digit drawn at
-random, so a model cannot know it without searching. Questions ask for the code ("code of blue apple ?"); the
-reward is exact match on the last ``<answer>...</answer>`` (``search_r1_like_qa_em``). Entities are split:
-training questions use one set, validation questions (held out) another; the corpus holds every passage.
+random, and its friend, another entity, so a model cannot know either without searching. One-hop questions ask for
+the code ("code of blue apple ?"), two-hop questions for the friend's code ("code of the friend of blue apple ?":
+search the entity, read the friend's name, search the friend). The reward is exact match on the last
+``<answer>...</answer>`` (``search_r1_like_qa_em``). Entities are split: training questions use one set, validation
+questions (held out) another; the corpus holds every passage.
 
 Usage: python examples/search_r1/make_data.py --out DIR [--retrieval_url URL]
 Writes DIR/corpus.jsonl, DIR/train.parquet, DIR/test.parquet, DIR/search_tool.yaml and DIR/warm_start.jsonl (the
@@ -16,6 +18,7 @@ import argparse
 import itertools
 import json
 import random
+from dataclasses import dataclass
 from pathlib import Path
 
 import pandas as pd
@@ -47,63 +50,86 @@ TOOL_SCHEMA = {
 }
 
 
-def entities(seed: int = 0) -> list[tuple[str, int]]:
+@dataclass(frozen=True)
+class Entity:
+    name: str
+    code: int
+    friend: str  # another entity: the second hop of a two-hop question
+
+
+def entities(seed: int = 0) -> list[Entity]:
     rng = random.Random(seed)
-    pairs = [f"{a} {b}" for a, b in itertools.combinations(WORDS, 2)]  # unordered: BM25 ignores word order
-    rng.shuffle(pairs)
-    return [(name, rng.randint(0, 9)) for name in pairs]
+    names = [f"{a} {b}" for a, b in itertools.combinations(WORDS, 2)]  # unordered: BM25 ignores word order
+    rng.shuffle(names)
+    friends = names[1:] + names[:1]
+    return [Entity(name, rng.randint(0, 9), friend) for name, friend in zip(names, friends)]
 
 
-def question(name: str) -> str:
-    return f"code of {name} ?"
+def question(entity: Entity, hops: int = 1) -> str:
+    return f"code of {entity.name} ?" if hops == 1 else f"code of the friend of {entity.name} ?"
 
 
-def passage(name: str, code: int) -> str:
-    return f"{name}\nthe code of {name} is {code}"
+def passage(entity: Entity) -> str:
+    return f"{entity.name}\nthe code of {entity.name} is {entity.code} . the friend of {entity.name} is {entity.friend}"
 
 
 def tool_call(name: str) -> str:
     return "<tool_call>" + json.dumps({"name": "search", "arguments": {"query": name}}) + "</tool_call>"
 
 
-def tool_response(name: str, code: int) -> str:
+def tool_response(entity: Entity) -> str:
     """What SearchTool (topk 1) answers for the entity: the format of ``verl.tools.search_tool.format_passages``."""
-    return f"Doc 1 (Title: {name}) the code of {name} is {code}"
+    title, _, text = passage(entity).partition("\n")
+    return f"Doc 1 (Title: {title}) {text}"
 
 
-def rows(items: list[tuple[str, int]], split: str, agent_name: str = "tool_agent") -> list[dict]:
-    return [
-        {
-            "data_source": DATA_SOURCE,
-            "agent_name": agent_name,
-            "prompt": [{"role": "user", "content": question(name)}],
-            "ability": "search",
-            "reward_model": {"style": "rule", "ground_truth": {"target": [str(code)]}},
-            "extra_info": {"split": split, "index": i, "entity": name},
-        }
-        for i, (name, code) in enumerate(items)
-    ]
+def answer(entity: Entity, hops: int, by_name: dict[str, Entity]) -> int:
+    return entity.code if hops == 1 else by_name[entity.friend].code
 
 
-def warm_start_dialogues(items: list[tuple[str, int]], n: int, search_share: float, seed: int) -> list[list[dict]]:
-    """Dialogues a pretrained instruct model would already handle: sometimes it searches and answers from the
-    passage, otherwise it guesses a digit. RL then has to find out that searching pays."""
+def rows(
+    items: list[Entity], by_name: dict[str, Entity], split: str, agent_name: str = "tool_agent", two_hop: float = 0.5
+) -> list[dict]:
+    """One question per entity; a ``two_hop`` share of them ask for the friend's code (two searches)."""
+    rng = random.Random(f"{split}-hops")
+    out = []
+    for i, entity in enumerate(items):
+        hops = 2 if rng.random() < two_hop else 1
+        out.append(
+            {
+                "data_source": DATA_SOURCE,
+                "agent_name": agent_name,
+                "prompt": [{"role": "user", "content": question(entity, hops)}],
+                "ability": "search",
+                "reward_model": {"style": "rule", "ground_truth": {"target": [str(answer(entity, hops, by_name))]}},
+                "extra_info": {"split": split, "index": i, "entity": entity.name, "hops": hops},
+            }
+        )
+    return out
+
+
+def warm_start_dialogues(
+    items: list[Entity], by_name: dict[str, Entity], n: int, search_share: float, seed: int, two_hop: float = 0.5
+) -> list[list[dict]]:
+    """Dialogues a pretrained instruct model would already handle: sometimes it searches (twice for a friend's code)
+    and answers from the passage, otherwise it guesses a digit. RL then has to find out that searching pays."""
     rng = random.Random(seed)
     out = []
     for _ in range(n):
-        name, code = rng.choice(items)
-        user = {"role": "user", "content": question(name)}
+        entity = rng.choice(items)
+        hops = 2 if rng.random() < two_hop else 1
+        dialogue = [{"role": "user", "content": question(entity, hops)}]
         if rng.random() < search_share:
-            out.append(
-                [
-                    user,
-                    {"role": "assistant", "content": tool_call(name)},
-                    {"role": "tool", "content": tool_response(name, code)},
-                    {"role": "assistant", "content": f"<answer> {code} </answer>"},
+            chain = [entity] if hops == 1 else [entity, by_name[entity.friend]]
+            for step in chain:
+                dialogue += [
+                    {"role": "assistant", "content": tool_call(step.name)},
+                    {"role": "tool", "content": tool_response(step)},
                 ]
-            )
+            dialogue.append({"role": "assistant", "content": f"<answer> {chain[-1].code} </answer>"})
         else:
-            out.append([user, {"role": "assistant", "content": f"<answer> {rng.randint(0, 9)} </answer>"}])
+            dialogue.append({"role": "assistant", "content": f"<answer> {rng.randint(0, 9)} </answer>"})
+        out.append(dialogue)
     return out
 
 
@@ -113,6 +139,7 @@ def main() -> None:
     parser.add_argument("--retrieval_url", default="http://127.0.0.1:8001/retrieve")
     parser.add_argument("--heldout", type=int, default=24, help="entities kept out of training (validation)")
     parser.add_argument("--search_share", type=float, default=0.3, help="share of warm-start dialogues that search")
+    parser.add_argument("--two_hop", type=float, default=0.5, help="share of questions that need two searches")
     parser.add_argument(
         "--agent_name", default="tool_agent", help="the rows' agent loop (tool_agent, or an OpenAI agent)"
     )
@@ -120,12 +147,13 @@ def main() -> None:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     items = entities()
+    by_name = {e.name: e for e in items}
     train, heldout = items[args.heldout :], items[: args.heldout]
     with open(out / "corpus.jsonl", "w") as f:
-        for i, (name, code) in enumerate(items):
-            f.write(json.dumps({"id": str(i), "contents": passage(name, code)}) + "\n")
-    pd.DataFrame(rows(train, "train", args.agent_name)).to_parquet(out / "train.parquet")
-    pd.DataFrame(rows(heldout, "test", args.agent_name)).to_parquet(out / "test.parquet")
+        for i, entity in enumerate(items):
+            f.write(json.dumps({"id": str(i), "contents": passage(entity)}) + "\n")
+    pd.DataFrame(rows(train, by_name, "train", args.agent_name, args.two_hop)).to_parquet(out / "train.parquet")
+    pd.DataFrame(rows(heldout, by_name, "test", args.agent_name, args.two_hop)).to_parquet(out / "test.parquet")
     tool_yaml = {
         "tools": [
             {
@@ -137,7 +165,7 @@ def main() -> None:
     }
     (out / "search_tool.yaml").write_text(json.dumps(tool_yaml, indent=2) + "\n")  # JSON is YAML
     with open(out / "warm_start.jsonl", "w") as f:
-        for dialogue in warm_start_dialogues(train, 4000, args.search_share, seed=1):
+        for dialogue in warm_start_dialogues(train, by_name, 4000, args.search_share, seed=1, two_hop=args.two_hop):
             f.write(json.dumps(dialogue) + "\n")
     print(f"wrote {len(items)} passages, {len(train)} train and {len(heldout)} held-out questions to {out}")
 

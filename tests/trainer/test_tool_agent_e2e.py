@@ -1,10 +1,12 @@
 """The Search-R1 example's pieces through ``main_ppo`` (Ray, 2 FSDP ranks): the tool_agent loop calls the real
-retrieval server, the tool metrics appear, and the model's tool turns reach training (hf and vLLM engines)."""
+retrieval server (verl's tool_agent) or the example's OpenAI-client agent does, the tool metrics appear, and the
+model's tool turns reach training. The loops on vLLM and SGLang are tested next to those engines' other tests."""
 
 from __future__ import annotations
 
 import importlib.util
 import json
+import sys
 from pathlib import Path
 
 import pandas as pd
@@ -14,8 +16,9 @@ REPO = Path(__file__).resolve().parents[2]
 
 
 def _load(name: str):
-    spec = importlib.util.spec_from_file_location(name, REPO / "examples/search_r1" / f"{name}.py")
+    spec = importlib.util.spec_from_file_location(f"search_r1_{name}", REPO / "examples/search_r1" / f"{name}.py")
     module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up there
     spec.loader.exec_module(module)
     return module
 
@@ -26,23 +29,24 @@ def search_task(tmp_path_factory):
     make_data, warm = _load("make_data"), _load("warm_start")
     out = tmp_path_factory.mktemp("search_r1")
     items = make_data.entities()
+    by_name = {e.name: e for e in items}
     train = items[8:]
     with open(out / "corpus.jsonl", "w") as f:
-        for i, (name, code) in enumerate(items):
-            f.write(json.dumps({"id": str(i), "contents": make_data.passage(name, code)}) + "\n")
-    pd.DataFrame(make_data.rows(train[:16], "train")).to_parquet(out / "train.parquet")
-    rows = make_data.rows(train[:16], "train")
+        for i, entity in enumerate(items):
+            f.write(json.dumps({"id": str(i), "contents": make_data.passage(entity)}) + "\n")
+    rows = make_data.rows(train[:16], by_name, "train")
+    pd.DataFrame(rows).to_parquet(out / "train.parquet")
     for row in rows:
         del row["agent_name"]  # the openai variant: rollout.agent.default_agent_loop picks the agent
     pd.DataFrame(rows).to_parquet(out / "train_openai.parquet")
-    dialogues = make_data.warm_start_dialogues(train, 400, search_share=1.0, seed=1)
+    dialogues = make_data.warm_start_dialogues(train, by_name, 400, search_share=1.0, seed=1)
     model = warm.warm_start(dialogues, out / "model", steps=120, batch_size=16)
     return out, str(model), make_data.TOOL_SCHEMA
 
 
 @pytest.mark.parametrize(
     "engine, agent",
-    [("hf", "tool_agent"), pytest.param("vllm", "tool_agent", marks=pytest.mark.vllm), ("hf", "openai")],
+    [("hf", "tool_agent"), ("hf", "openai")],  # the agent loop on vLLM: tests/workers/rollout/test_vllm_rollout.py
 )
 def test_search_agent_trains_through_main_ppo(engine, agent, search_task, tmp_path, ray_cluster, monkeypatch):
     """tool_agent: verl's loop runs SearchTool; openai: examples/search_r1/openai_agent.py drives the policy through

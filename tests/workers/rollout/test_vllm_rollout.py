@@ -431,3 +431,45 @@ def test_the_engine_refuses_a_capture_it_cannot_serve_before_generating(engine, 
     (out,) = engine.engine.generate(prompt, [SamplingParams(4, capture=CaptureSpec("logprob"))])
     assert len(out.capture) == len(out.token_ids) == 4
     assert engine.capture_spec is None  # what the hybrid worker reads
+
+
+@pytest.mark.vllm
+def test_agent_loop_on_vllm_keeps_the_engine_ids_and_masks_tool_turns(engine, hf):
+    """The agent loop (echo tool agent: three assistant turns, two tool turns; a single-turn row beside it) on the
+    shared vLLM engine: one batched engine call per round, the generated ids and their captured log-probs equal a
+    teacher-forced transformers forward, and tool tokens carry mask 0 and no log-prob (the echo agent writes up to 12
+    tokens a turn)."""
+    from types import SimpleNamespace
+
+    from tests.experimental.test_agent_loop import ECHO_SCHEMA, EchoTool, _prompts  # registers the echo agent
+    from verl.experimental.agent_loop import run_agent_loops
+    from verl.workers.config.rollout import MultiTurnConfig
+    from verl.workers.rollout.engine import SamplingParams
+    from verl.workers.rollout.logit_capture import CaptureSpec
+
+    model, tok = hf
+    spec = CaptureSpec("logprob")
+    prompts = _prompts(
+        tok,
+        ["say a digit", "write seven", "count two"],
+        ["test_always_echo_agent", "single_turn_agent", "test_always_echo_agent"],
+    )
+    cfg = SimpleNamespace(rollout=RolloutConfig(response_length=48, multi_turn=MultiTurnConfig(max_assistant_turns=3)))
+    params = SamplingParams(max_tokens=6, temperature=1.0, seed=3, stop_token_ids=(tok.eos_token_id,), capture=spec)
+    tools = {"echo": EchoTool({}, ECHO_SCHEMA)}
+    out = run_agent_loops(prompts, engine.engine, tok, cfg, params, "single_turn_agent", spec, tools=tools)
+    turns = out.non_tensor_batch["__num_turns__"].tolist()  # 12 tokens a turn: the 48-token budget allows two
+    assert turns[1] == 2 and turns[0] >= 4 and turns[2] >= 4 and out.non_tensor_batch["tool_call_counts"][0] >= 1
+    assert out.meta_info["agent_engine_calls"] == (max(turns) - 1) // 2 + (max(turns) - 1) % 2  # one call a round
+    mask = out.batch["response_mask"].bool()
+    with torch.no_grad():
+        logits = model(
+            input_ids=out.batch["input_ids"],
+            attention_mask=out.batch["attention_mask"],
+            position_ids=out.batch["position_ids"],
+        ).logits
+    logp = (
+        torch.log_softmax(logits[:, 31:-1].float(), dim=-1).gather(-1, out.batch["responses"].unsqueeze(-1)).squeeze(-1)
+    )
+    torch.testing.assert_close(out.batch["rollout_log_probs"][mask], logp[mask], atol=1e-4, rtol=0)
+    assert (out.batch["rollout_log_probs"][~mask] == 0).all()

@@ -98,19 +98,12 @@ def agent_loop_kwargs(agent_name: str) -> dict[str, Any]:
 
 
 def get_agent_loop_class(agent_name: str) -> type[AgentLoopBase]:
-    _ensure_builtins()
     if agent_name not in _agent_loop_registry:
         raise ValueError(
             f"unknown agent_name {agent_name!r}; registered agent loops: {sorted(_agent_loop_registry)} (register "
             "one with @register or actor_rollout_ref.rollout.agent.agent_loop_config_path)"
         )
     return _import_target(_agent_loop_registry[agent_name]["_target_"])
-
-
-def _ensure_builtins() -> None:
-    import verl.experimental.agent_loop.openai_agent_loop  # noqa: F401  (registers openai_agent)
-    import verl.experimental.agent_loop.single_turn_agent_loop  # noqa: F401  (registers single_turn_agent)
-    import verl.experimental.agent_loop.tool_agent_loop  # noqa: F401  (registers tool_agent)
 
 
 class AgentLoopMetrics(BaseModel):
@@ -291,13 +284,9 @@ def run_agent_loops(
 
     async def run_all() -> list[AgentLoopOutput]:
         session_server = None
-        if any(getattr(cls, "needs_session_server", False) for cls in classes.values()):
-            from verl.experimental.agent_loop.openai_agent_loop import SessionServer
-
-            mt = trainer_config.rollout.multi_turn
-            session_server = SessionServer(
-                manager, tokenizer, trainer_config.rollout.response_length, mt.tokenization_sanity_check_mode, mt.format
-            )
+        serving = [cls for cls in classes.values() if getattr(cls, "needs_session_server", False)]
+        if serving:  # one per-sample OpenAI endpoint for every loop that wants one (openai_agent_loop)
+            session_server = serving[0].create_session_server(manager, tokenizer, trainer_config)
             await session_server.start()
         try:
             loops = {

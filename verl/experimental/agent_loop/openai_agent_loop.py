@@ -319,6 +319,17 @@ class OpenAIAgentLoop(AgentLoopBase):
     needs_session_server = True
 
     @classmethod
+    def create_session_server(cls, server_manager: Any, tokenizer: Any, trainer_config: Any) -> SessionServer:
+        mt = trainer_config.rollout.multi_turn
+        return SessionServer(
+            server_manager,
+            tokenizer,
+            trainer_config.rollout.response_length,
+            mt.tokenization_sanity_check_mode,
+            mt.format,
+        )
+
+    @classmethod
     def check_entry(cls, entry: dict[str, Any]) -> None:
         """Refuse, before any rollout, an agent-loop YAML entry whose ``agent_fn`` is missing or cannot load."""
         if not entry.get("agent_fn"):

@@ -12,6 +12,10 @@ without CUDA, :func:`apply_cpu_patches` changes exactly these, once per process;
    ``model_parallel_cuda_manual_seed`` and its ``CudaRNGStatesTracker`` (used by dropout and initialisation inside
    tensor-parallel regions) save and restore CUDA generator states.
 
+3. ``LanguageModule.setup_embeddings_and_output_layer`` keeps ``Tensor.cuda`` from moving anything while it runs.
+   Upstream (``language_module.py``) moves the shared embedding to CUDA (``weight.data = weight.data.cuda()``) before
+   all-reducing it between the first and the last pipeline stage, when embeddings are tied and ``pp > 1``.
+
 Not patched, and avoided by our callers instead: ``get_default_causal_mask`` (``transformer/utils.py`` builds the
 mask with ``device="cuda"``: we always pass an explicit mask) and ``FP32Optimizer`` / the distributed optimizer
 (``torch.tensor(..., device="cuda")``: on CPU the worker uses a torch optimizer).
@@ -43,5 +47,18 @@ def apply_cpu_patches() -> bool:
 
     mcore_random._get_cuda_rng_state = lambda *args, **kwargs: torch.get_rng_state()
     mcore_random._set_cuda_rng_state = lambda state, *args, **kwargs: torch.set_rng_state(state)
+    from megatron.core.models.common.language_module.language_module import LanguageModule
+
+    setup = LanguageModule.setup_embeddings_and_output_layer
+
+    def setup_on_cpu(self, *args, **kwargs):
+        real_cuda = torch.Tensor.cuda
+        torch.Tensor.cuda = lambda tensor, *a, **k: tensor
+        try:
+            return setup(self, *args, **kwargs)
+        finally:
+            torch.Tensor.cuda = real_cuda
+
+    LanguageModule.setup_embeddings_and_output_layer = setup_on_cpu
     _APPLIED = True
     return True

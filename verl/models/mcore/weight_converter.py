@@ -7,10 +7,15 @@ The megatron layout differs from Hugging Face's in three ways:
 * the gate and up projections are one ``linear_fc1`` (gate rows first);
 * with tensor parallelism ``tp``, each rank holds a slice: rows of the vocabulary (embedding, output layer), of the
   query groups (``linear_qkv``), of the gate and of the up projection (rank ``r`` holds ``[gate_r; up_r]``), and
-  columns of ``linear_proj`` and ``linear_fc2``; norms are whole on every rank.
+  columns of ``linear_proj`` and ``linear_fc2``; norms are whole on every rank;
+* with pipeline parallelism ``pp``, stage ``s`` holds layers ``[s * L / pp, (s + 1) * L / pp)`` numbered from 0 in
+  its state dict (megatron-core numbers each stage's layers locally), the first stage the embedding, the last
+  stage the final norm and the output layer; with tied embeddings and ``pp > 1`` the last stage holds a copy of the
+  embedding as ``output_layer.weight`` (megatron-core keeps the two equal by an all-reduce of their gradients).
 
-:func:`hf_to_mcore_state_dict` builds one rank's slice, :func:`merge_tp_shards` reassembles the slices into the
-``tp = 1`` layout and :func:`mcore_to_hf_state_dict` goes back to Hugging Face names. The round trip is exact: no
+:func:`hf_to_mcore_state_dict` builds one rank's slice (``tp_rank``, ``pp_rank``), :func:`merge_tp_shards` and
+:func:`merge_pp_stages` reassemble the slices into the unsharded layout and :func:`mcore_to_hf_state_dict` goes back
+to Hugging Face names. The round trip is exact: no
 arithmetic touches a value, only reshapes, slices and concatenations.
 """
 
@@ -27,7 +32,10 @@ __all__ = [
     "hf_to_mcore_state_dict",
     "mcore_to_hf_state_dict",
     "mcore_to_hf_named_tensors",
+    "merge_pp_stages",
     "merge_tp_shards",
+    "pp_layer_range",
+    "split_pp_stage",
     "tp_split_dim",
 ]
 
@@ -119,14 +127,83 @@ def _shard(name: str, tensor: torch.Tensor, rank: int, size: int) -> torch.Tenso
     return _slice(tensor, dim, rank, size)
 
 
-def hf_to_mcore_state_dict(
-    hf_sd: Mapping[str, torch.Tensor], hf_config: Any, tp_rank: int = 0, tp_size: int = 1, output_layer: bool = True
-) -> dict[str, torch.Tensor]:
-    """Tensor-parallel rank ``tp_rank``'s megatron state dict from a (whole) HF state dict.
+def pp_layer_range(num_layers: int, pp_rank: int, pp_size: int) -> range:
+    """The global indices of the layers pipeline stage ``pp_rank`` holds (megatron-core's even split)."""
+    if num_layers % pp_size:
+        raise ValueError(
+            f"{num_layers} layers do not divide over pipeline_model_parallel_size={pp_size}; choose a divisor"
+        )
+    per = num_layers // pp_size
+    return range(pp_rank * per, (pp_rank + 1) * per)
 
-    The query groups must divide over ``tp_size`` (megatron-core requires it too); a tied ``lm_head.weight`` is the
-    embedding and is not repeated. ``output_layer=False`` converts the backbone only (a value model's head is not
-    an LM head).
+
+def split_pp_stage(
+    full: Mapping[str, torch.Tensor], num_layers: int, pp_rank: int, pp_size: int, tied: bool = False
+) -> dict[str, torch.Tensor]:
+    """Pipeline stage ``pp_rank``'s part of a megatron state dict (any TP slice), its layers renumbered from 0;
+    ``tied``: the output layer is the embedding (the last stage then gets a copy)."""
+    if pp_size == 1:
+        return dict(full)
+    layers = pp_layer_range(num_layers, pp_rank, pp_size)
+    first, last = pp_rank == 0, pp_rank == pp_size - 1
+    out = {}
+    for name, tensor in full.items():
+        match = _LAYER.match(name)
+        if match is not None:
+            index = int(match.group(1))
+            if index in layers:
+                out[f"decoder.layers.{index - layers.start}.{match.group(2)}"] = tensor
+        elif name == "embedding.word_embeddings.weight":
+            if first:
+                out[name] = tensor
+            if last and tied and "output_layer.weight" not in full:
+                out["output_layer.weight"] = tensor  # the last stage's copy of a tied embedding
+        elif name in ("decoder.final_layernorm.weight", "output_layer.weight"):
+            if last:
+                out[name] = tensor
+        else:
+            raise KeyError(f"no pipeline stage for megatron parameter {name!r}")
+    return out
+
+
+def merge_pp_stages(
+    stages: Sequence[Mapping[str, torch.Tensor]], num_layers: int, tied: bool = False
+) -> dict[str, torch.Tensor]:
+    """One megatron state dict from every pipeline stage's (in stage order): layers renumbered globally, the last
+    stage's copy of a tied embedding (``tied``) dropped."""
+    if len(stages) == 1:
+        return {k: v for k, v in stages[0].items() if torch.is_tensor(v)}
+    out: dict[str, torch.Tensor] = {}
+    for rank, stage in enumerate(stages):
+        layers = pp_layer_range(num_layers, rank, len(stages))
+        for name, tensor in stage.items():
+            if not torch.is_tensor(tensor):
+                continue
+            match = _LAYER.match(name)
+            if match is not None:
+                out[f"decoder.layers.{int(match.group(1)) + layers.start}.{match.group(2)}"] = tensor
+            elif name == "output_layer.weight" and tied:
+                continue
+            else:
+                out[name] = tensor
+    return out
+
+
+def hf_to_mcore_state_dict(
+    hf_sd: Mapping[str, torch.Tensor],
+    hf_config: Any,
+    tp_rank: int = 0,
+    tp_size: int = 1,
+    output_layer: bool = True,
+    pp_rank: int = 0,
+    pp_size: int = 1,
+) -> dict[str, torch.Tensor]:
+    """The megatron state dict of tensor-parallel rank ``tp_rank`` in pipeline stage ``pp_rank``, from a (whole) HF
+    state dict.
+
+    The query groups must divide over ``tp_size`` and the layers over ``pp_size`` (megatron-core requires both); a
+    tied ``lm_head.weight`` is the embedding and is not repeated (except as the last stage's copy when
+    ``pp_size > 1``). ``output_layer=False`` converts the backbone only (a value model's head is not an LM head).
     """
     _, groups, _ = _dims(hf_config)
     if groups % tp_size:
@@ -139,7 +216,9 @@ def hf_to_mcore_state_dict(
     left = [k for k in left if not k.endswith("rotary_emb.inv_freq")]  # a buffer, recomputed by megatron
     if left:
         raise KeyError(f"HF weights the megatron layout has no place for (they would be lost): {left[:8]}")
-    return {name: _shard(name, tensor, tp_rank, tp_size).contiguous() for name, tensor in full.items()}
+    sharded = {name: _shard(name, tensor, tp_rank, tp_size).contiguous() for name, tensor in full.items()}
+    tied = _tied(hf_config) and output_layer  # a value model has no output layer to tie
+    return split_pp_stage(sharded, int(hf_config.num_hidden_layers), pp_rank, pp_size, tied)
 
 
 def merge_tp_shards(shards: Sequence[Mapping[str, torch.Tensor]]) -> dict[str, torch.Tensor]:

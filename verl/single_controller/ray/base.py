@@ -108,6 +108,25 @@ def _accelerator(use_gpu: bool, device_name: str) -> str | None:
     return _ACCELERATOR_RESOURCE.get(device_name) if use_gpu else None
 
 
+def _node_targets(spec: dict[str, float], counts: list[int]) -> list[str | None]:
+    """One node per placement group when there are several (``trainer.nnodes > 1``): the alive nodes that can hold a
+    group, in (IP, node id) order, are suggested round-robin (Ray's soft target: it still packs elsewhere when the
+    node is busy). Without it each group is packed independently, and with more CPUs per node than a group needs
+    (CPU clusters, or a test cluster on one machine) every group could land on the first node."""
+    if len(counts) <= 1:
+        return [None] * len(counts)
+    nodes = sorted(
+        (n for n in ray.nodes() if n.get("Alive")),
+        key=lambda n: (n.get("NodeManagerAddress", ""), n["NodeID"]),
+    )
+    fits = [
+        n["NodeID"] for n in nodes if all(n.get("Resources", {}).get(k, 0) >= v * max(counts) for k, v in spec.items())
+    ]
+    if not fits:
+        return [None] * len(counts)
+    return [fits[i % len(fits)] for i in range(len(counts))]
+
+
 class RayResourcePool(ResourcePool):
     """Placement groups for ``process_on_nodes`` worker processes (created on first use, then shared).
 
@@ -159,12 +178,17 @@ class RayResourcePool(ResourcePool):
         # Placement-group names are unique per Ray namespace; only detached pools need names others can find.
         prefix = prefix if self.detached else f"{prefix}{secrets.token_hex(3)}_"
         lifetime = "detached" if self.detached else None
+        counts = [n for n in self._store if n > 0]
+        targets = _node_targets(spec, counts) if strategy == "STRICT_PACK" else [None] * len(counts)
         pgs = [
             placement_group(
-                [dict(spec) for _ in range(n)], strategy=strategy, name=f"{prefix}pg_{i}", lifetime=lifetime
+                [dict(spec) for _ in range(n)],
+                strategy=strategy,
+                name=f"{prefix}pg_{i}",
+                lifetime=lifetime,
+                _soft_target_node_id=target,
             )
-            for i, n in enumerate(self._store)
-            if n > 0
+            for i, (n, target) in enumerate(zip(counts, targets))
         ]
         ready, _ = ray.wait([pg.ready() for pg in pgs], num_returns=len(pgs), timeout=timeout)
         if len(ready) < len(pgs):
