@@ -1,13 +1,14 @@
 """Build the Search-R1 example's task offline: a corpus, questions whose answers are only in it, and the tool YAML.
 
 Every entity is a made-up pair of words ("blue apple"); its passage in the corpus gives its code, a digit drawn at
-random, and its friend, another entity, so a model cannot know either without searching. One-hop questions ask for
-the code ("code of blue apple ?"), two-hop questions for the friend's code ("code of the friend of blue apple ?":
-search the entity, read the friend's name, search the friend). The reward is exact match on the last
+random, so a model cannot know it without searching. One-hop questions ask for the code ("code of blue apple ?").
+With ``--two_hop S`` the passages also name each entity's friend (another entity) and a share S of the questions ask
+for the friend's code ("code of the friend of blue apple ?": search the entity, read the friend's name, search the
+friend). The reward is exact match on the last
 ``<answer>...</answer>`` (``search_r1_like_qa_em``). Entities are split: training questions use one set, validation
 questions (held out) another; the corpus holds every passage.
 
-Usage: python examples/search_r1/make_data.py --out DIR [--retrieval_url URL]
+Usage: python examples/search_r1/make_data.py --out DIR [--retrieval_url URL] [--two_hop 0.5]
 Writes DIR/corpus.jsonl, DIR/train.parquet, DIR/test.parquet, DIR/search_tool.yaml and DIR/warm_start.jsonl (the
 dialogues the tiny model is warm-started on, from training entities only).
 """
@@ -69,17 +70,19 @@ def question(entity: Entity, hops: int = 1) -> str:
     return f"code of {entity.name} ?" if hops == 1 else f"code of the friend of {entity.name} ?"
 
 
-def passage(entity: Entity) -> str:
-    return f"{entity.name}\nthe code of {entity.name} is {entity.code} . the friend of {entity.name} is {entity.friend}"
+def passage(entity: Entity, friends: bool = True) -> str:
+    """The entity's passage; ``friends``: also name its friend (the corpus of the two-hop task)."""
+    text = f"{entity.name}\nthe code of {entity.name} is {entity.code}"
+    return text + (f" . the friend of {entity.name} is {entity.friend}" if friends else "")
 
 
 def tool_call(name: str) -> str:
     return "<tool_call>" + json.dumps({"name": "search", "arguments": {"query": name}}) + "</tool_call>"
 
 
-def tool_response(entity: Entity) -> str:
+def tool_response(entity: Entity, friends: bool = True) -> str:
     """What SearchTool (topk 1) answers for the entity: the format of ``verl.tools.search_tool.format_passages``."""
-    title, _, text = passage(entity).partition("\n")
+    title, _, text = passage(entity, friends).partition("\n")
     return f"Doc 1 (Title: {title}) {text}"
 
 
@@ -124,7 +127,7 @@ def warm_start_dialogues(
             for step in chain:
                 dialogue += [
                     {"role": "assistant", "content": tool_call(step.name)},
-                    {"role": "tool", "content": tool_response(step)},
+                    {"role": "tool", "content": tool_response(step, friends=two_hop > 0)},
                 ]
             dialogue.append({"role": "assistant", "content": f"<answer> {chain[-1].code} </answer>"})
         else:
@@ -139,7 +142,9 @@ def main() -> None:
     parser.add_argument("--retrieval_url", default="http://127.0.0.1:8001/retrieve")
     parser.add_argument("--heldout", type=int, default=24, help="entities kept out of training (validation)")
     parser.add_argument("--search_share", type=float, default=0.3, help="share of warm-start dialogues that search")
-    parser.add_argument("--two_hop", type=float, default=0.5, help="share of questions that need two searches")
+    parser.add_argument(
+        "--two_hop", type=float, default=0.0, help="share of questions that need two searches (0: one-hop only)"
+    )
     parser.add_argument(
         "--agent_name", default="tool_agent", help="the rows' agent loop (tool_agent, or an OpenAI agent)"
     )
@@ -151,7 +156,7 @@ def main() -> None:
     train, heldout = items[args.heldout :], items[: args.heldout]
     with open(out / "corpus.jsonl", "w") as f:
         for i, entity in enumerate(items):
-            f.write(json.dumps({"id": str(i), "contents": passage(entity)}) + "\n")
+            f.write(json.dumps({"id": str(i), "contents": passage(entity, friends=args.two_hop > 0)}) + "\n")
     pd.DataFrame(rows(train, by_name, "train", args.agent_name, args.two_hop)).to_parquet(out / "train.parquet")
     pd.DataFrame(rows(heldout, by_name, "test", args.agent_name, args.two_hop)).to_parquet(out / "test.parquet")
     tool_yaml = {

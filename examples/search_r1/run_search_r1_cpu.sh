@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Search-R1 on CPU: GRPO teaches the tiny model to search before answering (tools through verl's agent loop).
 #
-#   bash examples/search_r1/run_search_r1_cpu.sh            # ~10 minutes on 2 cores, everything offline
+#   bash examples/search_r1/run_search_r1_cpu.sh            # ~6 minutes on 2 cores, everything offline
 #
 # 1. builds the task (a corpus of passages, questions answerable only from it; make_data.py) and warm-starts the
 #    tiny model into one that knows the tool-call format but rarely searches (warm_start.py; cached in $OUT);
@@ -10,11 +10,13 @@
 #    with the tool disabled (its calls are answered "unknown tool"), and prints one line:
 #       reward with search X, without Y      (held-out questions, greedy, after the last step)
 # Extra Hydra overrides are forwarded to both runs; STEPS (default 60) sets their length. AGENT=openai trains the
-# "with search" run through the OpenAI-client agent of openai_agent.py instead of verl's tool_agent loop.
+# "with search" run through the OpenAI-client agent of openai_agent.py instead of verl's tool_agent loop. TWO_HOP=0.5
+# makes half of the questions two-hop (outputs in outputs/search_r1_two_hop).
 set -euo pipefail
 ROOT="$(cd "$(dirname "$0")/../.." && pwd)"
 cd "$ROOT"
-OUT="${OUT:-$ROOT/outputs/search_r1}"
+TWO_HOP="${TWO_HOP:-0}"  # share of two-hop questions (search, read the friend's name, search again)
+if [[ "$TWO_HOP" == 0 ]]; then OUT="${OUT:-$ROOT/outputs/search_r1}"; else OUT="${OUT:-$ROOT/outputs/search_r1_two_hop}"; fi
 PORT="${PORT:-8001}"
 STEPS="${STEPS:-60}"
 AGENT="${AGENT:-tool_agent}"
@@ -24,9 +26,9 @@ bash scripts/install.sh
 export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 HF_HUB_DISABLE_PROGRESS_BARS=1 TOKENIZERS_PARALLELISM=false
 export RAY_USAGE_STATS_ENABLED=0 RAY_DEDUP_LOGS=0
 mkdir -p "$OUT"
-"$PY" examples/search_r1/make_data.py --out "$OUT/data" --retrieval_url "http://127.0.0.1:$PORT/retrieve"
+"$PY" examples/search_r1/make_data.py --out "$OUT/data" --retrieval_url "http://127.0.0.1:$PORT/retrieve" --two_hop "$TWO_HOP"
 if [[ "$AGENT" == openai ]]; then
-    "$PY" examples/search_r1/make_data.py --out "$OUT/data_openai" --agent_name search_agent > /dev/null
+    "$PY" examples/search_r1/make_data.py --out "$OUT/data_openai" --agent_name search_agent --two_hop "$TWO_HOP" > /dev/null
     printf -- '- name: search_agent\n  _target_: %s\n  agent_fn: %s\n  agent_kwargs: {retrieval_url: "%s"}\n' \
         verl.experimental.agent_loop.openai_agent_loop.OpenAIAgentLoop "$ROOT/examples/search_r1/openai_agent.py:solve" \
         "http://127.0.0.1:$PORT/retrieve" > "$OUT/agent_loop.yaml"
@@ -55,7 +57,7 @@ train() {  # $1: run name; the rest: overrides
         data.val_files="$OUT/data/test.parquet" \
         data.train_batch_size=8 \
         data.max_prompt_length=32 \
-        data.max_response_length=96 \
+        data.max_response_length=160 \
         data.return_raw_chat=True \
         data.dataloader_num_workers=0 \
         actor_rollout_ref.model.path="$OUT/model" \
@@ -84,6 +86,7 @@ train() {  # $1: run name; the rest: overrides
         trainer.project_name=search_r1 \
         trainer.experiment_name="$name" \
         trainer.default_local_dir="$OUT/checkpoints/$name" \
+        trainer.validation_data_dir="$OUT/validation/$name" \
         trainer.resume_mode=disable \
         trainer.val_before_train=True \
         trainer.test_freq="$STEPS" \
@@ -93,11 +96,21 @@ train() {  # $1: run name; the rest: overrides
         "$@"
 }
 
+rm -rf "$OUT/validation"
 train with_search "${WITH_SEARCH[@]}" "$@"
 train without_search "$@"
 
-"$PY" - "$OUT/with_search.metrics.jsonl" "$OUT/without_search.metrics.jsonl" <<'PYEOF'
+"$PY" - "$OUT/with_search.metrics.jsonl" "$OUT/without_search.metrics.jsonl" "$OUT/validation" <<'PYEOF'
 import json, sys
+from pathlib import Path
+def by_hops(name):  # the last validation's exact match, one-hop and two-hop questions apart
+    dumps = sorted((Path(sys.argv[3]) / name).glob("*.jsonl"), key=lambda p: int(p.stem))
+    rows = [json.loads(line) for line in dumps[-1].open()] if dumps else []
+    two = [r["score"] for r in rows if "friend of" in r["input"]]
+    one = [r["score"] for r in rows if "friend of" not in r["input"]]
+    mean = lambda xs: sum(xs) / len(xs) if xs else float("nan")
+    parts = [f"{kind} {mean(xs):.3f} ({len(xs)} questions)" for kind, xs in (("one-hop", one), ("two-hop", two)) if xs]
+    return ", ".join(parts)
 def summary(path):
     rows = [json.loads(line)["data"] for line in open(path)]
     val = [r[k] for r in rows for k in r if k.startswith("val-core/") and k.endswith("reward/mean@1")]
@@ -109,5 +122,6 @@ print(f"with search: held-out reward {v1[0]:.3f} before training -> {v1[-1]:.3f}
       f"{sum(s1[:5]) / 5:.3f} (first 5 steps) -> {sum(s1[-5:]) / 5:.3f} (last 5); tool calls per sample "
       f"{sum(c1[:5]) / 5:.2f} -> {sum(c1[-5:]) / 5:.2f}")
 print(f"without search: held-out reward {v0[0]:.3f} -> {v0[-1]:.3f}; training reward {sum(s0[:5]) / 5:.3f} -> {sum(s0[-5:]) / 5:.3f}")
+print(f"held-out after training, with search: {by_hops('with_search')}; without: {by_hops('without_search')}")
 print(f"reward with search {v1[-1]:.3f}, without {v0[-1]:.3f}")
 PYEOF

@@ -217,7 +217,8 @@ class AgentLoopBase(ABC):
         server_manager: :class:`AsyncLLMServerManager`.
         tokenizer: the policy's tokenizer.
         processor: multimodal processor (None: text only).
-        kwargs: ``tools`` (name -> ``BaseTool``), ``interactions``, ``tool_parser`` and what subclasses take.
+        kwargs: ``tools`` (name -> ``BaseTool``), ``session_server`` (for loops that serve the policy over HTTP),
+            the extra keys of the loop's agent-loop YAML entry, and what subclasses take.
     """
 
     def __init__(
@@ -267,8 +268,8 @@ def run_agent_loops(
 ) -> Any:
     """Run every row of ``prompts`` through its agent loop concurrently; returns the rollout ``DataProto``.
 
-    ``default_agent`` serves rows without an ``agent_name``; ``loop_kwargs`` (tools, interactions, tool_parser)
-    reach every loop's constructor. ``trainer_config.rollout.response_length`` bounds the responses, the prompt
+    ``default_agent`` serves rows without an ``agent_name``; ``loop_kwargs`` (``tools``) and the
+    loop's own entry of the agent-loop YAML reach every loop's constructor. ``trainer_config.rollout.response_length`` bounds the responses, the prompt
     tensor's width the prompts.
     """
     from verl.protocol import DataProto

@@ -643,10 +643,14 @@ class RayPPOTrainer:
         return flatten_validation_metrics(process_validation_metrics(data_sources, uids, infos))
 
     def _decode_samples(self, batch: DataProto, scores: list[float]) -> list[dict]:
+        """``{"input", "output", "score"}`` per row: the prompt and the response as text (special tokens dropped)."""
         responses = batch.batch["responses"]
         mask = response_mask_of(batch.batch)
         texts = [self.tokenizer.decode(r[m.bool()], skip_special_tokens=True) for r, m in zip(responses, mask)]
-        return [{"output": t, "score": s} for t, s in zip(texts, scores)]
+        prompt_len = batch.batch["input_ids"].shape[1] - responses.shape[1]
+        prompt_ids, prompt_mask = batch.batch["input_ids"][:, :prompt_len], batch.batch["attention_mask"][:, :prompt_len]
+        inputs = [self.tokenizer.decode(p[m.bool()], skip_special_tokens=True) for p, m in zip(prompt_ids, prompt_mask)]
+        return [{"input": i, "output": t, "score": s} for i, t, s in zip(inputs, texts, scores)]
 
     def _dump_generations(self, batch: DataProto, out_dir: str) -> None:
         scores = batch.batch["token_level_scores"].sum(-1).tolist()
