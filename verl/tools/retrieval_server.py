@@ -14,9 +14,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import socket
-import threading
-import time
 from pathlib import Path
 from typing import Any
 
@@ -130,31 +127,19 @@ class RetrievalServer:
         self.index = BM25Index(docs)
         self.host, self.port = host, port
         self.url: str | None = None
-        self._server = None
-        self._thread: threading.Thread | None = None
+        self._server: Any = None
 
     def start(self, timeout: float = 30.0) -> RetrievalServer:
-        import uvicorn
+        from verl.utils.http_server import BackgroundServer
 
-        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.bind((self.host, self.port))
-        self.port = sock.getsockname()[1]
+        self._server = BackgroundServer(create_app(self.index), self.host, self.port, name="retrieval server")
+        self.port = self._server.start(timeout)
         self.url = f"http://{self.host}:{self.port}/retrieve"
-        self._server = uvicorn.Server(uvicorn.Config(create_app(self.index), log_level="warning", access_log=False))
-        self._thread = threading.Thread(target=self._server.run, kwargs={"sockets": [sock]}, daemon=True)
-        self._thread.start()
-        deadline = time.monotonic() + timeout
-        while not self._server.started:
-            if not self._thread.is_alive() or time.monotonic() > deadline:
-                raise RuntimeError(f"the retrieval server did not start on {self.url}")
-            time.sleep(0.01)
         return self
 
     def stop(self) -> None:
         if self._server is not None:
-            self._server.should_exit = True
-            self._thread.join(timeout=10)
+            self._server.stop()
             self._server = None
 
     def __enter__(self) -> RetrievalServer:

@@ -648,7 +648,10 @@ class RayPPOTrainer:
         mask = response_mask_of(batch.batch)
         texts = [self.tokenizer.decode(r[m.bool()], skip_special_tokens=True) for r, m in zip(responses, mask)]
         prompt_len = batch.batch["input_ids"].shape[1] - responses.shape[1]
-        prompt_ids, prompt_mask = batch.batch["input_ids"][:, :prompt_len], batch.batch["attention_mask"][:, :prompt_len]
+        prompt_ids, prompt_mask = (
+            batch.batch["input_ids"][:, :prompt_len],
+            batch.batch["attention_mask"][:, :prompt_len],
+        )
         inputs = [self.tokenizer.decode(p[m.bool()], skip_special_tokens=True) for p, m in zip(prompt_ids, prompt_mask)]
         return [{"input": i, "output": t, "score": s} for i, t, s in zip(inputs, texts, scores)]
 

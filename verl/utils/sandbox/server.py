@@ -25,11 +25,9 @@ Example::
 from __future__ import annotations
 
 import asyncio
-import socket
-import threading
-import time
 import traceback
 from dataclasses import replace
+from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
@@ -127,35 +125,20 @@ class EmbeddedSandbox:
         self.host, self.port = host, port
         self.url: str | None = None
         self.runner: Runner | None = None
-        self._server = None
-        self._thread: threading.Thread | None = None
+        self._server: Any = None
 
     def start(self, timeout: float = 60.0) -> EmbeddedSandbox:
-        import uvicorn
+        from verl.utils.http_server import BackgroundServer
 
         self.runner = Runner(self.config)
-        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.bind((self.host, self.port))
-        self.port = sock.getsockname()[1]
+        self._server = BackgroundServer(create_app(self.runner), self.host, self.port, name="embedded sandbox")
+        self.port = self._server.start(timeout)
         self.url = f"http://{self.host}:{self.port}"
-        uv_config = uvicorn.Config(create_app(self.runner), log_level="warning", access_log=False)
-        self._server = uvicorn.Server(uv_config)
-        self._thread = threading.Thread(
-            target=self._server.run, kwargs={"sockets": [sock]}, name="embedded-sandbox", daemon=True
-        )
-        self._thread.start()
-        deadline = time.monotonic() + timeout
-        while not self._server.started:
-            if not self._thread.is_alive() or time.monotonic() > deadline:
-                raise RuntimeError(f"the embedded sandbox did not start on {self.url}")
-            time.sleep(0.01)
         return self
 
     def stop(self) -> None:
         if self._server is not None:
-            self._server.should_exit = True
-            self._thread.join(timeout=10)
+            self._server.stop()
             self._server = None
         if self.runner is not None:
             self.runner.shutdown()
