@@ -139,8 +139,13 @@ def test_two_node_grpo_spans_both_nodes_and_equals_one_node(tmp_path, tiny_model
         metrics = {}
         path = tmp_path / "two_nodes.jsonl"
         cmd = [sys.executable, "-m", "verl.trainer.main_ppo", *_overrides(tmp_path, tiny_model_dir, 2, 1, "two_nodes")]
-        run = subprocess.run(
-            cmd, env={**driver_env, "VERL_FILE_LOGGER_PATH": str(path)}, capture_output=True, text=True, timeout=600
+        run = subprocess.run(  # cwd: Hydra writes its outputs/ folder there
+            cmd,
+            cwd=tmp_path,
+            env={**driver_env, "VERL_FILE_LOGGER_PATH": str(path)},
+            capture_output=True,
+            text=True,
+            timeout=600,
         )
         assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
         metrics["two_nodes"] = [json.loads(line)["data"] for line in path.read_text().splitlines()]

@@ -40,7 +40,7 @@ def search_task(tmp_path_factory):
         del row["agent_name"]  # the openai variant: rollout.agent.default_agent_loop picks the agent
     pd.DataFrame(rows).to_parquet(out / "train_openai.parquet")
     dialogues = make_data.warm_start_dialogues(train, by_name, 400, search_share=1.0, seed=1)
-    model = warm.warm_start(dialogues, out / "model", steps=120, batch_size=16)
+    model = warm.warm_start(dialogues, out / "model", steps=80, batch_size=16)
     return out, str(model), make_data.TOOL_SCHEMA
 
 
