@@ -1,7 +1,10 @@
 #!/usr/bin/env bash
 # DAPO on CPU with the tiny model and the quick start's task (2 FSDP ranks, hf rollout), through verl's entry point
 # `python -m recipe.dapo.main_dapo`. Scaled-down settings; the paper's are in README.md.
-#   bash recipe/dapo/run_dapo_tiny_cpu.sh [overrides...]          (~2 minutes on 2 cores once installed)
+#   bash recipe/dapo/run_dapo_tiny_cpu.sh [overrides...]          (~30 s on 2 cores once installed)
+# Measured: reward -0.41 (first 5 steps, overlong penalty included) -> 0.59 (last 5), 1..4 generation batches a step.
+# Dynamic sampling keeps generating until enough prompt groups vary (max_num_gen_batches=0: no cap); once this toy
+# task is solved every group scores alike and the steps would generate ever more, so the run stops at 12 steps.
 set -euo pipefail
 ROOT="$(cd "$(dirname "$0")/../.." && pwd)"
 cd "$ROOT"
@@ -21,7 +24,8 @@ MAX_RESPONSE=16
 "$PY" -m recipe.dapo.main_dapo \
     data.train_files="$OUT/data/train.parquet" \
     data.val_files="$OUT/data/test.parquet" \
-    data.gen_batch_size=16 \
+    data.gen_batch_size=32 \
+    algorithm.filter_groups.max_num_gen_batches=0 \
     data.train_batch_size=8 \
     data.max_prompt_length=48 \
     data.max_response_length=$MAX_RESPONSE \
@@ -49,7 +53,7 @@ MAX_RESPONSE=16
     trainer.val_before_train=False \
     trainer.test_freq=-1 \
     trainer.save_freq=-1 \
-    trainer.total_training_steps=30 \
+    trainer.total_training_steps=12 \
     trainer.total_epochs=100 \
     "$@"
 "$PY" - "$OUT/metrics.jsonl" <<'PYEOF'
