@@ -53,6 +53,13 @@ def dp_actor_view(actor_cfg: Any) -> FSDPActorConfig:
     return FSDPActorConfig(**values, use_remove_padding=False)
 
 
+def _is_collect_rank() -> bool:
+    """The rank whose output stands for its model-parallel group: tensor-parallel rank 0 of the last stage."""
+    from megatron.core import parallel_state
+
+    return parallel_state.get_tensor_model_parallel_rank() == 0 and parallel_state.is_pipeline_last_stage()
+
+
 class ActorRolloutRefWorker(fsdp_workers.ActorRolloutRefWorker):
     """verl's ``megatron_workers.ActorRolloutRefWorker``: the FSDP worker's methods on megatron-core models."""
 
@@ -95,8 +102,9 @@ class ActorRolloutRefWorker(fsdp_workers.ActorRolloutRefWorker):
 
         self._tp_rank = parallel_state.get_tensor_model_parallel_rank()
         self._dp_rank = parallel_state.get_data_parallel_rank()
-        # the actor: one copy of the rows per tensor-parallel group, collected from its first rank
-        self._register_dispatch_collect_info("actor", dp_rank=self._dp_rank, is_collect=self._tp_rank == 0)
+        # the actor: one copy of the rows per model-parallel group (tensor and pipeline ranks share them), collected
+        # from the first tensor-parallel rank of the last pipeline stage (every stage returns the last one's results)
+        self._register_dispatch_collect_info("actor", dp_rank=self._dp_rank, is_collect=_is_collect_rank())
         # generation: each rank's rollout holds whole weights and generates its own rows
         self._register_dispatch_collect_info("rollout", dp_rank=self.rank, is_collect=True)
 
@@ -113,10 +121,11 @@ class ActorRolloutRefWorker(fsdp_workers.ActorRolloutRefWorker):
         from megatron.core import parallel_state
 
         from verl.models.mcore import mcore_to_hf_state_dict
-        from verl.models.mcore.weight_converter import gather_tp_state_dict
+        from verl.models.mcore.weight_converter import gather_pp_state_dict, gather_tp_state_dict
 
         with torch.no_grad():
             merged = gather_tp_state_dict(module.gpt.state_dict(), parallel_state.get_tensor_model_parallel_group())
+            merged = gather_pp_state_dict(merged, module.config)
             state = mcore_to_hf_state_dict(merged, module.config)
         if getattr(module.config, "tie_word_embeddings", False):
             # as an HF model's own state dict: the tied head under its name too. vLLM's weight reload finishes a
@@ -150,19 +159,30 @@ class ActorRolloutRefWorker(fsdp_workers.ActorRolloutRefWorker):
         from verl.models.mcore.model import MegatronCausalLM, build_gpt_model
 
         layout = self._layout()
-        tp = layout.tensor_model_parallel_size
+        tp, pp = layout.tensor_model_parallel_size, layout.pipeline_model_parallel_size
         overrides = dict(layout.override_transformer_config)
         if self.config.model.enable_gradient_checkpointing:
             overrides.setdefault("recompute_granularity", "full")
             overrides.setdefault("recompute_method", "uniform")
             overrides.setdefault("recompute_num_layers", 1)
-        tf_config = hf_to_mcore_config(hf_model.config, torch.float32, tensor_model_parallel_size=tp, **overrides)
+        overrides.setdefault("pipeline_dtype", torch.float32)  # what stages send each other (stage_forward)
+        tf_config = hf_to_mcore_config(
+            hf_model.config, torch.float32, tensor_model_parallel_size=tp, pipeline_model_parallel_size=pp, **overrides
+        )
+        stage = parallel_state.get_pipeline_model_parallel_rank()
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(self._seed)
-            gpt = build_gpt_model(hf_model.config, tf_config)
+            gpt = build_gpt_model(
+                hf_model.config,
+                tf_config,
+                pre_process=parallel_state.is_pipeline_first_stage(),
+                post_process=parallel_state.is_pipeline_last_stage(),
+            )
         if load_weights:
             rank = parallel_state.get_tensor_model_parallel_rank()
-            shard = hf_to_mcore_state_dict(hf_model.state_dict(), hf_model.config, tp_rank=rank, tp_size=tp)
+            shard = hf_to_mcore_state_dict(
+                hf_model.state_dict(), hf_model.config, tp_rank=rank, tp_size=tp, pp_rank=stage, pp_size=pp
+            )
             missing, unexpected = gpt.load_state_dict(shard, strict=False)
             missing = [m for m in missing if not m.endswith("_extra_state")]
             if missing or unexpected:
@@ -174,7 +194,7 @@ class ActorRolloutRefWorker(fsdp_workers.ActorRolloutRefWorker):
         from megatron.core import parallel_state
 
         from verl.utils.checkpoint.megatron_checkpoint_manager import MegatronCheckpointManager
-        from verl.workers.actor.dp_actor import DataParallelPPOActor
+        from verl.workers.actor.megatron_actor import MegatronPPOActor
 
         actor_cfg = self._actor_view
         hf_model = self._load_hf(local_path)
@@ -187,7 +207,7 @@ class ActorRolloutRefWorker(fsdp_workers.ActorRolloutRefWorker):
         self.actor_lr_scheduler = hf.build_lr_scheduler(
             self.actor_optimizer, actor_cfg.optim, self._total_training_steps
         )
-        self.actor = DataParallelPPOActor(
+        self.actor = MegatronPPOActor(
             dp_actor_view(actor_cfg),
             self.actor_module_fsdp,
             self.actor_optimizer,
@@ -210,14 +230,14 @@ class ActorRolloutRefWorker(fsdp_workers.ActorRolloutRefWorker):
         )
 
     def _build_ref(self, local_path: str) -> None:
-        from verl.workers.actor.dp_actor import DataParallelPPOActor
+        from verl.workers.actor.megatron_actor import MegatronPPOActor
 
         module = self._megatron_module(self._load_hf(local_path))
         module.requires_grad_(False)
         self.ref_module_fsdp = module
         # the reference's forward settings, as the FSDP reference reads them (padded micro-batches, see above)
         scoring = dataclasses.replace(self.config.ref, strategy="fsdp").scoring_actor_config(False)
-        self.ref_policy = DataParallelPPOActor(scoring, module, None)
+        self.ref_policy = MegatronPPOActor(scoring, module, None)
 
     def _build_rollout(self, local_path: str) -> None:
         if self._rollout_generates_from_module() and self.rollout_module is None:

@@ -51,7 +51,7 @@ def batch(tokenizer, prompts: int = 8, prompt_len: int = 12, response_len: int =
     )
 
 
-def main(strategy: str, model_dir: str, out: str, tp: int) -> None:
+def main(strategy: str, model_dir: str, out: str, tp: int, pp: int = 1) -> None:
     from verl.trainer.config.build import build_trainer_config
     from verl.utils.config import compose_config
 
@@ -83,6 +83,7 @@ def main(strategy: str, model_dir: str, out: str, tp: int) -> None:
     if strategy == "megatron":
         config_name = "ppo_megatron_trainer"
         overrides += [f"actor_rollout_ref.actor.megatron.tensor_model_parallel_size={tp}"]
+        overrides += [f"actor_rollout_ref.actor.megatron.pipeline_model_parallel_size={pp}"]
         overrides += ["actor_rollout_ref.actor.megatron.dtype=float32", "critic.megatron.dtype=float32"]
         overrides += [f"critic.megatron.tensor_model_parallel_size={tp}"]
     else:
@@ -97,14 +98,14 @@ def main(strategy: str, model_dir: str, out: str, tp: int) -> None:
     worker.init_model()
     # the rows of this rank's data-parallel group, as a worker group's dispatch hands them out
     dp_rank = worker._dp_rank if strategy == "megatron" else dist.get_rank()
-    data = batch(worker.tokenizer).chunk(world // tp)[dp_rank]
+    data = batch(worker.tokenizer).chunk(world // (tp * pp))[dp_rank]
     before = worker.compute_log_prob(data)
     ref = worker.compute_ref_log_prob(data)
     data = data.union(before).union(ref)
     metrics = worker.update_actor(data).meta_info["metrics"]
     # verl's engine path (use_legacy_worker_impl=disable): the loss divides by counts over the data-parallel ranks
     engine_data = data.select(meta_info_keys=["temperature"])
-    engine_data.meta_info["global_batch_size"] = len(data) * (world // tp)  # sequences over all ranks
+    engine_data.meta_info["global_batch_size"] = len(data) * (world // (tp * pp))  # sequences over all ranks
     engine_metrics = worker.update_actor(engine_data).meta_info["metrics"]
     after = worker.compute_log_prob(
         data.select(
@@ -112,19 +113,24 @@ def main(strategy: str, model_dir: str, out: str, tp: int) -> None:
             meta_info_keys=["temperature"],
         )
     )
-    critic = CriticWorker(config.critic, total_training_steps=2)
-    critic.init_model()
-    values = critic.compute_values(data)
-    returns = torch.randn(values.batch["values"].shape, generator=torch.Generator().manual_seed(3))
-    critic_data = data.union(values)
-    critic_data.batch["returns"] = returns * data.batch["response_mask"]
-    critic_metrics = critic.update_critic(critic_data).meta_info["metrics"]
-    values_after = critic.compute_values(data)
-    if dist.get_rank() == 0:
+    report = {}
+    if pp == 1:  # the Megatron critic has no pipeline stages
+        critic = CriticWorker(config.critic, total_training_steps=2)
+        critic.init_model()
+        values = critic.compute_values(data)
+        returns = torch.randn(values.batch["values"].shape, generator=torch.Generator().manual_seed(3))
+        critic_data = data.union(values)
+        critic_data.batch["returns"] = returns * data.batch["response_mask"]
+        critic_metrics = critic.update_critic(critic_data).meta_info["metrics"]
+        values_after = critic.compute_values(data)
         report = {
             "values": values.batch["values"].tolist(),
             "values_after": values_after.batch["values"].tolist(),
             "critic_metrics": {k: (v if isinstance(v, (int, float)) else list(v)) for k, v in critic_metrics.items()},
+        }
+    if dist.get_rank() == 0:
+        report = {
+            **report,
             "strategy": strategy,
             "world": world,
             "log_probs": before.batch["old_log_probs"].tolist(),
@@ -139,4 +145,4 @@ def main(strategy: str, model_dir: str, out: str, tp: int) -> None:
 
 
 if __name__ == "__main__":
-    main(sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4]) if len(sys.argv) > 4 else 1)
+    main(sys.argv[1], sys.argv[2], sys.argv[3], *(int(a) for a in sys.argv[4:]))

@@ -16,6 +16,12 @@ without CUDA, :func:`apply_cpu_patches` changes exactly these, once per process;
    Upstream (``language_module.py``) moves the shared embedding to CUDA (``weight.data = weight.data.cuda()``) before
    all-reducing it between the first and the last pipeline stage, when embeddings are tied and ``pp > 1``.
 
+4. ``torch.cuda.synchronize`` does nothing. Upstream's pipeline point-to-point code (``p2p_communication.py``)
+   synchronises the device after its batched sends and receives.
+5. :func:`cuda_factories_on_cpu`, a context that the callers of megatron's pipeline schedules enter: tensors that
+   upstream creates with a literal ``device="cuda"`` are made on the CPU. ``schedules.py`` counts the tokens of a
+   step in ``torch.zeros([], dtype=torch.int, device="cuda")``.
+
 Not patched, and avoided by our callers instead: ``get_default_causal_mask`` (``transformer/utils.py`` builds the
 mask with ``device="cuda"``: we always pass an explicit mask) and ``FP32Optimizer`` / the distributed optimizer
 (``torch.tensor(..., device="cuda")``: on CPU the worker uses a torch optimizer).
@@ -23,9 +29,30 @@ mask with ``device="cuda"``: we always pass an explicit mask) and ``FP32Optimize
 
 from __future__ import annotations
 
-import torch
+import contextlib
 
-__all__ = ["apply_cpu_patches"]
+import torch
+from torch.overrides import TorchFunctionMode
+
+__all__ = ["apply_cpu_patches", "cuda_factories_on_cpu"]
+
+
+class _CudaFactoriesOnCpu(TorchFunctionMode):
+    """Rewrites a ``device="cuda"`` (or ``torch.device("cuda")``) keyword argument of any torch call to the CPU."""
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        device = kwargs.get("device")
+        if device is not None and torch.device(device).type == "cuda":
+            kwargs = {**kwargs, "device": torch.device("cpu")}
+        return func(*args, **kwargs)
+
+
+def cuda_factories_on_cpu() -> contextlib.AbstractContextManager:
+    """Patch 5 (see the module docstring) while the block runs, when CUDA is absent; nothing with CUDA."""
+    if torch.cuda.is_available():
+        return contextlib.nullcontext()
+    return _CudaFactoriesOnCpu()
 
 _APPLIED = False
 
@@ -43,6 +70,7 @@ def apply_cpu_patches() -> bool:
     torch.cuda.set_rng_state = lambda state, *args, **kwargs: torch.set_rng_state(state)
     torch.cuda.manual_seed = lambda seed: None  # the CPU generator is seeded by the caller's torch.manual_seed
     torch.cuda.manual_seed_all = lambda seed: None
+    torch.cuda.synchronize = lambda *args, **kwargs: None
     import megatron.core.tensor_parallel.random as mcore_random
 
     mcore_random._get_cuda_rng_state = lambda *args, **kwargs: torch.get_rng_state()

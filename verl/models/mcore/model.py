@@ -106,6 +106,17 @@ class MegatronCausalLM(nn.Module):
         **unused: Any,
     ) -> _Output:
         del position_ids, use_cache, unused  # positions come from the rotation below (see the module docstring)
+        output, finish = self.stage_forward(input_ids, attention_mask)
+        return _Output(logits=finish(output, logits_to_keep))
+
+    def stage_forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> tuple[Any, Any]:
+        """This pipeline stage's forward: ``(output, finish)``.
+
+        ``output`` is what the stage's ``GPTModel`` returns: the vocabulary logits (rows rotated, see the module
+        docstring) on the last stage, the ``[seq, batch, hidden]`` float32 hidden states that go to the next stage
+        on the others (whose input came through ``set_input_tensor``). ``finish(logits, logits_to_keep=0)`` turns the
+        last stage's output into the HF forward's ``(batch, seq, vocab)`` logits, rows back in place.
+        """
         batch, seq = input_ids.shape
         if attention_mask is None:
             attention_mask = torch.ones_like(input_ids)
@@ -123,17 +134,22 @@ class MegatronCausalLM(nn.Module):
         mask = causal_key_mask(rotated_valid)
         if self.compute_dtype != torch.float32:  # weights stay float32 (the optimizer's copy); compute in dtype
             with torch.autocast(device_type=input_ids.device.type, dtype=self.compute_dtype):
-                logits = self.gpt(ids, positions, mask, runtime_gather_output=True)
-            logits = logits.float()
+                output = self.gpt(ids, positions, mask, runtime_gather_output=True)
         else:
-            logits = self.gpt(ids, positions, mask, runtime_gather_output=True)
+            output = self.gpt(ids, positions, mask, runtime_gather_output=True)
+        # the hidden states a stage sends travel as float32 (the pipeline dtype of the receiving buffers)
+        output = output.float()
         back_index = (index - lead[:, None]) % seq
-        logits = torch.gather(logits, 1, back_index[:, :, None].expand(-1, -1, logits.shape[-1]))
-        if isinstance(logits_to_keep, int) and logits_to_keep > 0:
-            logits = logits[:, -logits_to_keep:, :]
-        elif torch.is_tensor(logits_to_keep):
-            logits = logits[:, logits_to_keep, :]
-        return _Output(logits=logits)
+
+        def finish(logits: torch.Tensor, logits_to_keep: int | torch.Tensor = 0) -> torch.Tensor:
+            logits = torch.gather(logits, 1, back_index[:, :, None].expand(-1, -1, logits.shape[-1]))
+            if isinstance(logits_to_keep, int) and logits_to_keep > 0:
+                logits = logits[:, -logits_to_keep:, :]
+            elif torch.is_tensor(logits_to_keep):
+                logits = logits[:, logits_to_keep, :]
+            return logits
+
+        return output, finish
 
     @property
     def data_parallel_group(self) -> Any:
@@ -159,9 +175,19 @@ class MegatronCausalLM(nn.Module):
             for p in params:
                 dist.all_reduce(p.grad, group=dp_group)
                 p.grad.div_(dp)
+        if parallel_state.get_pipeline_model_parallel_world_size() > 1:
+            # a tied embedding lives on the first and the last stage: both copies get the sum of their gradients
+            # (megatron's embedding group), and the last stage's (marked ``shared``) is left out of the norm
+            shared = [p for p in params if getattr(p, "shared_embedding", False)]
+            embedding_group = parallel_state.get_embedding_group(check_initialized=False)
+            if shared and embedding_group is not None and parallel_state.is_rank_in_embedding_group():
+                for p in shared:
+                    dist.all_reduce(p.grad, group=embedding_group)
         first_tp_rank = parallel_state.get_tensor_model_parallel_rank() == 0
         square = torch.zeros((), dtype=torch.float64)
         for p in params:
+            if getattr(p, "shared", False):
+                continue
             if getattr(p, "tensor_model_parallel", False) or first_tp_rank:
                 square += p.grad.detach().double().pow(2).sum().cpu()
         mp_group = parallel_state.get_model_parallel_group()

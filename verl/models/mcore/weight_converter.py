@@ -28,6 +28,7 @@ from typing import Any
 import torch
 
 __all__ = [
+    "gather_pp_state_dict",
     "gather_tp_state_dict",
     "hf_to_mcore_state_dict",
     "mcore_to_hf_state_dict",
@@ -304,6 +305,25 @@ def gather_tp_state_dict(local: Mapping[str, torch.Tensor], group: Any = None) -
         for shard, part in zip(shards, parts):
             shard[name] = part
     return merge_tp_shards(shards)
+
+
+def gather_pp_state_dict(local: Mapping[str, torch.Tensor], hf_config: Any) -> dict[str, torch.Tensor]:
+    """The whole model's megatron state dict, on every rank of this rank's pipeline, from each stage's ``local`` one
+    (already gathered over tensor parallelism; :func:`merge_pp_stages` joins them). Identity with one stage."""
+    import torch.distributed as dist
+    from megatron.core import parallel_state
+
+    tensors = {name: t for name, t in local.items() if torch.is_tensor(t)}
+    size = parallel_state.get_pipeline_model_parallel_world_size() if dist.is_initialized() else 1
+    if size == 1:
+        return tensors
+    device = next(iter(tensors.values())).device
+    stages: list[Any] = [None] * size
+    dist.all_gather_object(
+        stages, {n: t.cpu() for n, t in tensors.items()}, group=parallel_state.get_pipeline_model_parallel_group()
+    )
+    merged = merge_pp_stages(stages, int(hf_config.num_hidden_layers), _tied(hf_config))
+    return {name: t.to(device) for name, t in merged.items()}
 
 
 def mcore_to_hf_state_dict(mcore_sd: Mapping[str, torch.Tensor], hf_config: Any) -> dict[str, torch.Tensor]:

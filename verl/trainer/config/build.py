@@ -295,6 +295,13 @@ def check_trainer_config(
         check_log_prob_batch("actor_rollout_ref.ref", arr.ref, dp)
     if use_critic:
         _check_shared_megatron_groups(arr.actor, cfg.critic)
+        critic_layout = getattr(cfg.critic, "megatron", None)
+        if critic_layout is not None and critic_layout.pipeline_model_parallel_size > 1:
+            raise ValueError(
+                f"critic.megatron.pipeline_model_parallel_size={critic_layout.pipeline_model_parallel_size}: the "
+                "Megatron critic runs without pipeline stages (the actor and the reference have them); use an "
+                "estimator without a critic (grpo, rloo, ...) or pipeline_model_parallel_size=1"
+            )
         if getattr(cfg.critic, "megatron", None) is not None and "hf_model" in list(
             cfg.critic.checkpoint.save_contents
         ):

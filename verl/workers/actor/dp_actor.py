@@ -61,6 +61,7 @@ __all__ = [
     "forward_packed",
     "global_batch_info",
     "micro_batch_scales",
+    "model_inputs",
     "split_micro_batches",
 ]
 
@@ -76,6 +77,31 @@ def _require_meta(data: DataProto, key: str, hint: str) -> Any:
     if key not in data.meta_info:
         raise ValueError(f"data.meta_info[{key!r}] is missing; {hint}")
     return data.meta_info[key]
+
+
+def model_inputs(micro_batch: DataProto, module: nn.Module | None = None, logits_to_keep: int = 0) -> dict[str, Any]:
+    """The keyword arguments of a padded forward of ``micro_batch`` (see :func:`forward_logits`): ``input_ids``,
+    ``attention_mask``, ``position_ids`` without the leading columns that are padding in every row, ``use_cache``,
+    the rows' vision tensors, and ``logits_to_keep`` when ``module`` takes it."""
+    batch = micro_batch.batch
+    extra: dict[str, Any] = {}
+    mm = (micro_batch.non_tensor_batch or {}).get("multi_modal_inputs")
+    if mm is not None:
+        # Per-row dicts of vision tensors are concatenated along their first dim, as processors emit them.
+        for key in mm[0]:
+            extra[key] = torch.cat([row[key] for row in mm], dim=0).to(batch["input_ids"].device)
+    attention_mask = batch["attention_mask"]
+    # Vision inputs are laid out against the full prompt, so their rows keep every column.
+    skip = 0 if mm is not None else leading_pad_columns(attention_mask)
+    if logits_to_keep > 0 and module is not None and forward_accepts(unwrap_module(module), "logits_to_keep"):
+        extra["logits_to_keep"] = int(logits_to_keep)
+    return dict(
+        input_ids=batch["input_ids"][..., skip:],
+        attention_mask=attention_mask[..., skip:],
+        position_ids=batch["position_ids"][..., skip:],
+        use_cache=False,
+        **extra,
+    )
 
 
 def forward_logits(module: nn.Module, micro_batch: DataProto, logits_to_keep: int = 0) -> torch.Tensor:
@@ -96,25 +122,7 @@ def forward_logits(module: nn.Module, micro_batch: DataProto, logits_to_keep: in
         real positions do not depend on them), and with ``logits_to_keep`` only the last ``logits_to_keep`` are
         returned, so callers index from the end, as the response is.
     """
-    batch = micro_batch.batch
-    extra: dict[str, torch.Tensor] = {}
-    mm = (micro_batch.non_tensor_batch or {}).get("multi_modal_inputs")
-    if mm is not None:
-        # Per-row dicts of vision tensors are concatenated along their first dim, as processors emit them.
-        for key in mm[0]:
-            extra[key] = torch.cat([row[key] for row in mm], dim=0).to(batch["input_ids"].device)
-    attention_mask = batch["attention_mask"]
-    # Vision inputs are laid out against the full prompt, so their rows keep every column.
-    skip = 0 if mm is not None else leading_pad_columns(attention_mask)
-    if logits_to_keep > 0 and forward_accepts(unwrap_module(module), "logits_to_keep"):
-        extra["logits_to_keep"] = int(logits_to_keep)
-    output = module(
-        input_ids=batch["input_ids"][..., skip:],
-        attention_mask=attention_mask[..., skip:],
-        position_ids=batch["position_ids"][..., skip:],
-        use_cache=False,
-        **extra,
-    )
+    output = module(**model_inputs(micro_batch, module, logits_to_keep))
     if isinstance(output, torch.Tensor):
         return output
     if hasattr(output, "logits"):
@@ -319,11 +327,27 @@ class DataParallelPPOActor(BasePPOActor):
         responses = micro_batch.batch["responses"]
         response_length = responses.size(-1)
         if self.config.use_remove_padding:
-            logits = forward_packed(self.actor_module, micro_batch, response_length).div(temperature)  # (b, R, V)
+            logits = forward_packed(self.actor_module, micro_batch, response_length)  # (b, R, V)
         else:
             logits = forward_logits(self.actor_module, micro_batch, logits_to_keep=response_length + 1)  # (b, R+1, V)
             # Position t predicts token t+1, so the response tokens are scored by the R positions before them.
-            logits = logits[:, -response_length - 1 : -1, :].div(temperature)  # (b, R, V)
+            logits = logits[:, -response_length - 1 : -1, :]  # (b, R, V)
+        return self._outputs_from_logits(
+            logits, responses, temperature, calculate_entropy, sum_pi_squared, detached_entropy
+        )
+
+    def _outputs_from_logits(
+        self,
+        logits: torch.Tensor,
+        responses: torch.Tensor,
+        temperature: float,
+        calculate_entropy: bool = False,
+        sum_pi_squared: bool = False,
+        detached_entropy: bool = False,
+    ) -> dict[str, torch.Tensor]:
+        """What :meth:`_forward_micro_batch` returns, from the ``(b, R, V)`` logits at the positions that predict
+        the response tokens (before the temperature)."""
+        logits = logits.div(temperature)
         out = {"log_probs": logprobs_from_logits(logits, responses)}
         if calculate_entropy:
             out["entropys"] = self._entropy(logits)
@@ -358,20 +382,26 @@ class DataParallelPPOActor(BasePPOActor):
         want_pi2 = bool(self.config.calculate_sum_pi_squared)
         was_training = self.actor_module.training
         self.actor_module.eval()
-        parts: dict[str, list[torch.Tensor]] = {}
         try:
             with torch.no_grad():
-                for micro in micro_batches:
-                    out = self._forward_micro_batch(micro, temperature, calculate_entropy, want_pi2)
-                    for key, value in out.items():
-                        parts.setdefault(key, []).append(value.float())
+                outs = self._forward_micro_batches(micro_batches, temperature, calculate_entropy, want_pi2)
         finally:
             self.actor_module.train(was_training)
+        parts: dict[str, list[torch.Tensor]] = {}
+        for out in outs:
+            for key, value in out.items():
+                parts.setdefault(key, []).append(value.float())
         result: dict[str, torch.Tensor | None] = {"log_probs": None, "entropys": None, "sum_pi_squared": None}
         for key, values in parts.items():
             merged = torch.cat(values, dim=0)
             result[key] = restore_dynamic_batch(merged, indices) if indices is not None else merged
         return result
+
+    def _forward_micro_batches(
+        self, micro_batches: list[DataProto], temperature: float, calculate_entropy: bool, sum_pi_squared: bool
+    ) -> list[dict[str, torch.Tensor]]:
+        """:meth:`_forward_micro_batch` of each micro-batch, in order (no gradients; the caller holds no_grad)."""
+        return [self._forward_micro_batch(m, temperature, calculate_entropy, sum_pi_squared) for m in micro_batches]
 
     def _select_update_keys(self, data: DataProto) -> DataProto:
         keys = ["responses", "input_ids", "attention_mask", "position_ids", "advantages"]
@@ -411,11 +441,24 @@ class DataParallelPPOActor(BasePPOActor):
             ``(loss, metrics, parts)``: the differentiable total, per-micro metrics, and the scalar loss parts
             ``pg``, ``kl``, ``entropy`` (for the per-mini-batch sums verl reports).
         """
+        calculate_entropy = cfg.entropy_coeff != 0 or cfg.calculate_entropy
+        out = self._forward_micro_batch(micro, temperature, calculate_entropy, detached_entropy=keep is not None)
+        return self._loss_from_outputs(out, micro, on_policy, cfg, keep)
+
+    def _loss_from_outputs(
+        self,
+        out: dict[str, torch.Tensor],
+        micro: DataProto,
+        on_policy: bool,
+        cfg: Any,
+        keep: dict[str, list] | None = None,
+    ) -> tuple[torch.Tensor, dict[str, float], dict[str, float]]:
+        """:meth:`_micro_batch_loss` from the micro-batch's forward outputs (``log_probs``, and ``entropys`` when
+        computed: see :meth:`_outputs_from_logits`)."""
         batch = micro.batch
         response_mask = batch["response_mask"]
         agg_kwargs = {k: v for k, v in cfg.global_batch_info.items() if v is not None}
         calculate_entropy = cfg.entropy_coeff != 0 or cfg.calculate_entropy
-        out = self._forward_micro_batch(micro, temperature, calculate_entropy, detached_entropy=keep is not None)
         log_prob = out["log_probs"]
         entropy = out.get("entropys") if calculate_entropy else None
         if keep is not None:
@@ -458,6 +501,24 @@ class DataParallelPPOActor(BasePPOActor):
             parts["kl"] = kl_loss.item()
             metrics["actor/kl_coef"] = cfg.kl_loss_coef
         return loss, metrics, parts
+
+    def _backward_micro_batches(
+        self,
+        micro_batches: list[DataProto],
+        scales: list[float],
+        temperature: float,
+        on_policy: bool,
+        cfg: Any,
+        keep: dict[str, list] | None,
+    ) -> list[tuple[float, dict[str, float], dict[str, float]]]:
+        """Forward and backward of each micro-batch of one mini-batch, its loss scaled by ``scales`` (the gradients
+        accumulate); returns each one's unscaled ``(loss, metrics, parts)`` as :meth:`_micro_batch_loss` gives them."""
+        results = []
+        for micro, scale in zip(micro_batches, scales):
+            loss, micro_metrics, parts = self._micro_batch_loss(micro, temperature, on_policy, cfg, keep)
+            (loss * scale).backward()
+            results.append((loss.item(), micro_metrics, parts))
+        return results
 
     def update_policy(self, data: DataProto) -> dict[str, list[float]]:
         """PPO update: ``ppo_epochs`` x mini-batches x micro-batches, one optimizer step per mini-batch.
@@ -518,12 +579,11 @@ class DataParallelPPOActor(BasePPOActor):
                 scales = micro_batch_scales([len(m) for m in micro_batches], len(mini), cfg.use_dynamic_bsz, engine)
                 self.actor_optimizer.zero_grad()
                 mini_sums = {"pg": 0.0, "kl": 0.0, "entropy": 0.0, "loss": 0.0}
-                for micro, scale in zip(micro_batches, scales):
-                    loss, micro_metrics, parts = self._micro_batch_loss(micro, temperature, on_policy, view, keep)
-                    (loss * scale).backward()
+                results = self._backward_micro_batches(micro_batches, scales, temperature, on_policy, view, keep)
+                for (loss, micro_metrics, parts), scale in zip(results, scales):
                     for key in ("pg", "kl", "entropy"):
                         mini_sums[key] += parts[key] * scale
-                    mini_sums["loss"] += loss.item() * scale
+                    mini_sums["loss"] += loss * scale
                     append_to_dict(metrics, micro_metrics)
                 # verl's legacy workers clip with actor.grad_clip, its engine path with actor.optim.clip_grad
                 clip = cfg.optim.clip_grad if engine else cfg.grad_clip

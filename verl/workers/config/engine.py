@@ -74,8 +74,8 @@ class McoreEngineConfig(BaseConfig):
 
     tensor_model_parallel_size: int = 1
     """Tensor-parallel ranks."""
-    pipeline_model_parallel_size: int = key(1, refuse=_one("pipeline_model_parallel_size", "pipeline parallelism"))
-    """Pipeline stages."""
+    pipeline_model_parallel_size: int = 1
+    """Pipeline stages (megatron-core's 1F1B schedule; the layers are split evenly, so it must divide them)."""
     virtual_pipeline_model_parallel_size: int | None = key(
         None, refuse=_unset("virtual_pipeline_model_parallel_size", "interleaved pipeline schedules")
     )
