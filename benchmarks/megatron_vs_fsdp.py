@@ -1,8 +1,10 @@
-"""Megatron (tensor parallel 2) against FSDP2 (data parallel 2) on the same training workload, in one run.
+"""Megatron (tensor parallel 2, and pipeline parallel 2) against FSDP2 (data parallel 2) on the same training
+workload, in one run.
 
-Both run the real ``ActorRolloutRefWorker`` of their strategy on two ranks (``torchrun``, gloo, no Ray): the same
-model, the same fixed batch of sequences per step (FSDP2 gives each rank half of it, Megatron gives each
-tensor-parallel rank all of it), the same micro-batch size. Per step it times the old-log-prob pass
+Each runs the real ``ActorRolloutRefWorker`` of its strategy on two ranks (``torchrun``, gloo, no Ray): the same
+model, the same fixed batch of sequences per step (FSDP2 gives each rank half of it, Megatron gives both ranks all
+of it: the two tensor-parallel slices, or the two pipeline stages of megatron-core's 1F1B schedule), the same
+micro-batch size. Per step it times the old-log-prob pass
 (``compute_log_prob``) and the PPO update (``update_actor``); the first step is a warm-up. Prints the median times
 and the Megatron/FSDP ratios.
 
@@ -66,7 +68,7 @@ def worker_main(args: argparse.Namespace) -> None:
 
     world = int(os.environ["WORLD_SIZE"])
     os.environ.setdefault("LOCAL_RANK", os.environ["RANK"])
-    per_rank = args.batch if args.strategy == "megatron" else args.batch // world
+    per_rank = args.batch if args.strategy.startswith("megatron") else args.batch // world
     overrides = [
         "algorithm.adv_estimator=grpo",
         f"actor_rollout_ref.model.path={args.model}",
@@ -82,9 +84,10 @@ def worker_main(args: argparse.Namespace) -> None:
         f"trainer.n_gpus_per_node={world}",
         "trainer.device=cpu",
     ]
-    if args.strategy == "megatron":
+    if args.strategy.startswith("megatron"):
         name = "ppo_megatron_trainer"
-        overrides += [f"actor_rollout_ref.actor.megatron.tensor_model_parallel_size={world}"]
+        split = "pipeline" if args.strategy == "megatron-pp" else "tensor"
+        overrides += [f"actor_rollout_ref.actor.megatron.{split}_model_parallel_size={world}"]
         overrides += ["actor_rollout_ref.actor.megatron.dtype=float32"]
         from verl.workers.megatron_workers import ActorRolloutRefWorker
     else:
@@ -98,7 +101,7 @@ def worker_main(args: argparse.Namespace) -> None:
     times: dict[str, list[float]] = {"compute_log_prob": [], "update_actor": []}
     for step in range(args.steps + 1):
         data = _batch(worker.tokenizer, args.batch, args.prompt_length, args.response_length, seed=step)
-        if args.strategy != "megatron":
+        if not args.strategy.startswith("megatron"):
             data = data.chunk(world)[rank]
         assert len(data) == per_rank
         dist.barrier()
@@ -143,7 +146,7 @@ def main() -> None:
         return
     model = args.model or _model(args.size)
     results = {}
-    for strategy in ("fsdp", "megatron"):
+    for strategy in ("fsdp", "megatron", "megatron-pp"):
         out = Path(tempfile.mkdtemp()) / f"{strategy}.json"
         cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "0"]
         cmd += ["--rdzv_backend", "c10d", "--rdzv_endpoint", "127.0.0.1:0", __file__, "--strategy", strategy]
@@ -158,13 +161,15 @@ def main() -> None:
         results[strategy] = json.loads(out.read_text())
     print(
         f"\nmodel {model}; {args.batch} sequences of {args.prompt_length}+{args.response_length} tokens per step, "
-        f"median of {args.steps} steps after a warm-up, 2 ranks (FSDP2: data parallel; Megatron: tensor parallel)"
+        f"median of {args.steps} steps after a warm-up, 2 ranks (FSDP2: data parallel; Megatron: tensor parallel "
+        "(tp2) or pipeline parallel (pp2))"
     )
-    print(f"{'stage':<18}{'fsdp2 (s)':>12}{'megatron (s)':>14}{'megatron/fsdp':>15}")
+    print(f"{'stage':<18}{'fsdp2 (s)':>11}{'tp2 (s)':>10}{'pp2 (s)':>10}{'tp2/fsdp':>10}{'pp2/fsdp':>10}")
     for stage in ("compute_log_prob", "update_actor"):
         a = statistics.median(results["fsdp"][stage])
         b = statistics.median(results["megatron"][stage])
-        print(f"{stage:<18}{a:>12.3f}{b:>14.3f}{b / a:>15.2f}")
+        c = statistics.median(results["megatron-pp"][stage])
+        print(f"{stage:<18}{a:>11.3f}{b:>10.3f}{c:>10.3f}{b / a:>10.2f}{c / a:>10.2f}")
 
 
 if __name__ == "__main__":

@@ -2,13 +2,17 @@
 # GRPO with the Megatron workers (megatron-core, tensor parallel over 2 ranks) on the quick start's task, on CPU.
 # The same job as examples/quickstart/run_grpo_cpu.sh, with verl's Megatron config and key layout:
 #   --config-name ppo_megatron_trainer, actor_rollout_ref.actor.megatron.tensor_model_parallel_size=2.
+# PP=2 splits the model into two pipeline stages instead (megatron-core's 1F1B schedule, micro-batches of 4).
 # Needs the megatron extra:  bash scripts/install.sh --extras test,megatron
 # Extra Hydra overrides are forwarded. Leaves in $OUT: metrics.jsonl, metrics.reward_curve.png, checkpoints/
 # (global_step_N/actor: each rank's slice, and an HF export in actor/huggingface).
 set -euo pipefail
 ROOT="$(cd "$(dirname "$0")/../.." && pwd)"
 cd "$ROOT"
-OUT="${OUT:-$ROOT/outputs/megatron_tiny}"
+PP="${PP:-1}"
+OUT="${OUT:-$ROOT/outputs/megatron_tiny$([[ $PP == 1 ]] || echo _pp$PP)}"
+TP=2 MICRO=32
+[[ $PP == 1 ]] || { TP=1; MICRO=4; }
 PY="${PYTHON:-python3}"
 
 # the extras installed so far, plus megatron
@@ -35,11 +39,12 @@ export VERL_FILE_LOGGER_PATH="$OUT/metrics.jsonl"
     data.dataloader_num_workers=0 \
     actor_rollout_ref.model.path="$OUT/model" \
     actor_rollout_ref.model.enable_gradient_checkpointing=False \
-    actor_rollout_ref.actor.megatron.tensor_model_parallel_size=2 \
+    actor_rollout_ref.actor.megatron.tensor_model_parallel_size=$TP \
+    actor_rollout_ref.actor.megatron.pipeline_model_parallel_size=$PP \
     actor_rollout_ref.actor.megatron.dtype=float32 \
     actor_rollout_ref.actor.optim.lr=1e-2 \
     actor_rollout_ref.actor.ppo_mini_batch_size=8 \
-    actor_rollout_ref.actor.ppo_micro_batch_size_per_gpu=32 \
+    actor_rollout_ref.actor.ppo_micro_batch_size_per_gpu=$MICRO \
     actor_rollout_ref.actor.use_kl_loss=True \
     actor_rollout_ref.actor.kl_loss_coef=0.001 \
     actor_rollout_ref.actor.kl_loss_type=low_var_kl \
@@ -59,7 +64,7 @@ export VERL_FILE_LOGGER_PATH="$OUT/metrics.jsonl"
     trainer.nnodes=1 \
     trainer.logger='[console,file]' \
     trainer.project_name=megatron_tiny \
-    trainer.experiment_name=grpo_tp2 \
+    trainer.experiment_name=grpo_tp${TP}_pp${PP} \
     trainer.default_local_dir="$OUT/checkpoints" \
     trainer.resume_mode=disable \
     trainer.val_before_train=True \

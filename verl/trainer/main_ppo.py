@@ -242,7 +242,8 @@ class TaskRunner:
 
 
 def _check_megatron_models(config, local_path: str) -> None:
-    """Megatron strategies: the checkpoint converts and splits over the tensor-parallel ranks (before Ray)."""
+    """Megatron strategies: the checkpoint converts and splits over the tensor-parallel ranks and the pipeline
+    stages (before Ray)."""
     from transformers import AutoConfig
 
     from verl.models.mcore.config_converter import check_convertible
@@ -252,7 +253,10 @@ def _check_megatron_models(config, local_path: str) -> None:
     if layout is not None:
         key = "actor_rollout_ref.actor.megatron.tensor_model_parallel_size"
         check_convertible(
-            AutoConfig.from_pretrained(local_path, trust_remote_code=trust), layout.tensor_model_parallel_size, key
+            AutoConfig.from_pretrained(local_path, trust_remote_code=trust),
+            layout.tensor_model_parallel_size,
+            key,
+            layout.pipeline_model_parallel_size,
         )
     critic_layout = getattr(config.critic, "megatron", None)
     if critic_layout is not None and need_critic(config):
@@ -262,6 +266,7 @@ def _check_megatron_models(config, local_path: str) -> None:
             AutoConfig.from_pretrained(critic_path, trust_remote_code=trust),
             critic_layout.tensor_model_parallel_size,
             key,
+            critic_layout.pipeline_model_parallel_size,
         )
 
 

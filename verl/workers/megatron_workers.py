@@ -249,6 +249,23 @@ class AsyncActorRolloutRefWorker(ActorRolloutRefWorker, fsdp_workers.AsyncActorR
     """The async-mode face of the Megatron worker (``rollout.mode=async``), as the FSDP one."""
 
 
+def hf_value_state_dict(module: Any) -> dict[str, torch.Tensor]:
+    """A Megatron value model (``MegatronCausalLM`` with a ``ValueHead``) under the names of an HF
+    ``*ForTokenClassification`` model with one label (``score`` is the head), gathered from every slice and stage."""
+    from megatron.core import parallel_state
+
+    from verl.models.mcore import mcore_to_hf_state_dict
+    from verl.models.mcore.weight_converter import gather_pp_state_dict, gather_tp_state_dict
+
+    with torch.no_grad():
+        merged = gather_tp_state_dict(module.gpt.state_dict(), parallel_state.get_tensor_model_parallel_group())
+        merged = gather_pp_state_dict(merged, module.config)
+        head = {name: merged.pop(name) for name in list(merged) if name.startswith("output_layer.linear.")}
+        state = mcore_to_hf_state_dict(merged, module.config)
+    state.update({name.replace("output_layer.linear.", "score.", 1): t for name, t in head.items()})
+    return state
+
+
 def dp_critic_view(critic_cfg: Any) -> Any:
     """The critic's settings of a ``McoreCriticConfig`` as ``DataParallelPPOCritic`` reads them (padded forward)."""
     from verl.workers.config import FSDPCriticConfig
@@ -289,12 +306,14 @@ class CriticWorker(fsdp_workers.CriticWorker):
 
         if self.world_size % (model_parallel * layout.context_parallel_size):
             raise ValueError(f"critic.megatron: tp * pp * cp must divide the {self.world_size} ranks")
-        tp_rank = parallel_state.get_tensor_model_parallel_rank()
         self._register_dispatch_collect_info(
-            "critic", dp_rank=parallel_state.get_data_parallel_rank(), is_collect=tp_rank == 0
+            "critic", dp_rank=parallel_state.get_data_parallel_rank(), is_collect=_is_collect_rank()
         )
         self.critic = self.critic_module_fsdp = self.critic_optimizer = None
         self.critic_lr_scheduler = self.checkpoint_manager = None
+
+    def _hf_value_weights(self) -> dict[str, torch.Tensor]:
+        return hf_value_state_dict(self.critic_module_fsdp)
 
     @register(dispatch_mode=Dispatch.ONE_TO_ALL)
     def init_model(self) -> None:
@@ -306,7 +325,7 @@ class CriticWorker(fsdp_workers.CriticWorker):
         from verl.utils.checkpoint.megatron_checkpoint_manager import MegatronCheckpointManager
         from verl.utils.import_utils import import_external_libs
         from verl.utils.tokenizer import hf_tokenizer
-        from verl.workers.critic.dp_critic import DataParallelPPOCritic
+        from verl.workers.critic.megatron_critic import MegatronPPOCritic
 
         cfg, model_cfg, layout = self.config, self.config.model, self.config.megatron
         import_external_libs(model_cfg.external_lib, "critic.model.external_lib")
@@ -329,19 +348,33 @@ class CriticWorker(fsdp_workers.CriticWorker):
             overrides.setdefault("recompute_granularity", "full")
             overrides.setdefault("recompute_method", "uniform")
             overrides.setdefault("recompute_num_layers", 1)
-        tf_config = hf_to_mcore_config(hf_config, torch.float32, tensor_model_parallel_size=tp, **overrides)
+        pp = layout.pipeline_model_parallel_size
+        overrides.setdefault("pipeline_dtype", torch.float32)  # what stages send each other (stage_forward)
+        tf_config = hf_to_mcore_config(
+            hf_config, torch.float32, tensor_model_parallel_size=tp, pipeline_model_parallel_size=pp, **overrides
+        )
+        first, last = parallel_state.is_pipeline_first_stage(), parallel_state.is_pipeline_last_stage()
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(layout.seed)
-            gpt = build_gpt_model(hf_config, tf_config, value_head=True)
+            gpt = build_gpt_model(hf_config, tf_config, pre_process=first, post_process=last, value_head=True)
         hf_sd = value_model.state_dict()
         head = {k: v for k, v in hf_sd.items() if k.startswith("score.")}
         rank = parallel_state.get_tensor_model_parallel_rank()
         if cfg.load_weight:  # false: megatron's initialisation for the backbone (the head as the FSDP critic's)
             backbone = {k: v for k, v in hf_sd.items() if k not in head}
-            shard = hf_to_mcore_state_dict(backbone, hf_config, tp_rank=rank, tp_size=tp, output_layer=False)
+            shard = hf_to_mcore_state_dict(
+                backbone,
+                hf_config,
+                tp_rank=rank,
+                tp_size=tp,
+                output_layer=False,
+                pp_rank=parallel_state.get_pipeline_model_parallel_rank(),
+                pp_size=pp,
+            )
         else:
             shard = {}
-        shard.update({k.replace("score.", "output_layer.linear.", 1): v for k, v in head.items()})
+        if last:
+            shard.update({k.replace("score.", "output_layer.linear.", 1): v for k, v in head.items()})
         missing, unexpected = gpt.load_state_dict(shard, strict=False)
         missing = [m for m in missing if not m.endswith("_extra_state")]
         if unexpected or (missing and cfg.load_weight):
@@ -351,7 +384,7 @@ class CriticWorker(fsdp_workers.CriticWorker):
         self.critic_module_fsdp = MegatronCausalLM(gpt, hf_config, compute_dtype=compute).to(get_device_name())
         self.critic_optimizer = hf.build_optimizer(self.critic_module_fsdp.parameters(), cfg.optim)
         self.critic_lr_scheduler = hf.build_lr_scheduler(self.critic_optimizer, cfg.optim, self._total_training_steps)
-        self.critic = DataParallelPPOCritic(
+        self.critic = MegatronPPOCritic(
             dp_critic_view(cfg),
             self.critic_module_fsdp,
             self.critic_optimizer,
@@ -364,7 +397,9 @@ class CriticWorker(fsdp_workers.CriticWorker):
             lr_scheduler=self.critic_lr_scheduler,
             processing_class=self.tokenizer,
             checkpoint_config=cfg.checkpoint,
-            layout={"tp": tp, "pp": 1, "dp": parallel_state.get_data_parallel_world_size()},
+            layout={"tp": tp, "pp": pp, "dp": parallel_state.get_data_parallel_world_size()},
+            hf_state_dict=self._hf_value_weights,
+            hf_model_class="AutoModelForTokenClassification",
         )
         self._offload = contextlib.nullcontext()  # megatron.*_offload are refused before Ray (not implemented)
         self._seed_rngs()

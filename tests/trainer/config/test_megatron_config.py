@@ -49,7 +49,7 @@ def test_megatron_strategy_in_the_fsdp_config_names_the_megatron_config():
 
 @pytest.mark.parametrize(
     "key",
-    ["pipeline_model_parallel_size=2", "context_parallel_size=2", "param_offload=True", "use_mbridge=True"],
+    ["virtual_pipeline_model_parallel_size=2", "context_parallel_size=2", "param_offload=True", "use_mbridge=True"],
 )
 def test_unimplemented_megatron_features_are_refused_naming_the_key(key):
     with pytest.raises(ValueError, match=f"actor_rollout_ref.actor.megatron.{key.split('=')[0]}"):
@@ -72,14 +72,21 @@ def test_a_model_that_does_not_split_over_the_ranks_is_refused_before_ray(tiny_m
     from verl.models.mcore.config_converter import check_convertible
 
     hf_config = AutoConfig.from_pretrained(tiny_model_dir)  # 4 heads, 2 key/value heads
-    check_convertible(hf_config, 2, "actor_rollout_ref.actor.megatron.tensor_model_parallel_size")
+    check_convertible(hf_config, 2, "actor_rollout_ref.actor.megatron.tensor_model_parallel_size", 1)
     with pytest.raises(
         ValueError, match=r"tensor_model_parallel_size=4 does not divide the model's num_key_value_heads=2"
     ):
-        check_convertible(hf_config, 4, "actor_rollout_ref.actor.megatron.tensor_model_parallel_size")
+        check_convertible(hf_config, 4, "actor_rollout_ref.actor.megatron.tensor_model_parallel_size", 1)
+    check_convertible(hf_config, 1, "actor_rollout_ref.actor.megatron.tensor_model_parallel_size", 2)
+    with pytest.raises(
+        ValueError,
+        match=r"actor_rollout_ref.actor.megatron.pipeline_model_parallel_size=3 does not divide the model's "
+        r"num_hidden_layers=2",
+    ):
+        check_convertible(hf_config, 1, "actor_rollout_ref.actor.megatron.tensor_model_parallel_size", 3)
     hf_config.architectures = ["GPT2LMHeadModel"]
     with pytest.raises(ValueError, match="GPT2LMHeadModel"):
-        check_convertible(hf_config, 1, "actor_rollout_ref.actor.megatron.tensor_model_parallel_size")
+        check_convertible(hf_config, 1, "actor_rollout_ref.actor.megatron.tensor_model_parallel_size", 1)
 
 
 def test_help_lists_the_megatron_keys_with_their_status():
@@ -87,5 +94,6 @@ def test_help_lists_the_megatron_keys_with_their_status():
 
     text = help_text("actor_rollout_ref.actor.megatron")
     assert "actor_rollout_ref.actor.megatron.tensor_model_parallel_size = 1" in text
-    assert "refused unless 1: pipeline parallelism is not implemented" in " ".join(text.split())
+    assert "refused unless 1: context parallelism is not implemented" in " ".join(text.split())
+    assert "actor_rollout_ref.actor.megatron.pipeline_model_parallel_size = 1" in text
     assert "critic.megatron.dtype" in help_text("critic.megatron")

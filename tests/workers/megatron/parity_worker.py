@@ -86,6 +86,7 @@ def main(strategy: str, model_dir: str, out: str, tp: int, pp: int = 1) -> None:
         overrides += [f"actor_rollout_ref.actor.megatron.pipeline_model_parallel_size={pp}"]
         overrides += ["actor_rollout_ref.actor.megatron.dtype=float32", "critic.megatron.dtype=float32"]
         overrides += [f"critic.megatron.tensor_model_parallel_size={tp}"]
+        overrides += [f"critic.megatron.pipeline_model_parallel_size={pp}"]
     else:
         config_name = "ppo_trainer"
         overrides += ["actor_rollout_ref.actor.strategy=fsdp2"]
@@ -113,24 +114,19 @@ def main(strategy: str, model_dir: str, out: str, tp: int, pp: int = 1) -> None:
             meta_info_keys=["temperature"],
         )
     )
-    report = {}
-    if pp == 1:  # the Megatron critic has no pipeline stages
-        critic = CriticWorker(config.critic, total_training_steps=2)
-        critic.init_model()
-        values = critic.compute_values(data)
-        returns = torch.randn(values.batch["values"].shape, generator=torch.Generator().manual_seed(3))
-        critic_data = data.union(values)
-        critic_data.batch["returns"] = returns * data.batch["response_mask"]
-        critic_metrics = critic.update_critic(critic_data).meta_info["metrics"]
-        values_after = critic.compute_values(data)
+    critic = CriticWorker(config.critic, total_training_steps=2)
+    critic.init_model()
+    values = critic.compute_values(data)
+    returns = torch.randn(values.batch["values"].shape, generator=torch.Generator().manual_seed(3))
+    critic_data = data.union(values)
+    critic_data.batch["returns"] = returns * data.batch["response_mask"]
+    critic_metrics = critic.update_critic(critic_data).meta_info["metrics"]
+    values_after = critic.compute_values(data)
+    if dist.get_rank() == 0:
         report = {
             "values": values.batch["values"].tolist(),
             "values_after": values_after.batch["values"].tolist(),
             "critic_metrics": {k: (v if isinstance(v, (int, float)) else list(v)) for k, v in critic_metrics.items()},
-        }
-    if dist.get_rank() == 0:
-        report = {
-            **report,
             "strategy": strategy,
             "world": world,
             "log_probs": before.batch["old_log_probs"].tolist(),

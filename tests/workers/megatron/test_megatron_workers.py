@@ -33,8 +33,8 @@ def _torchrun(nproc: int, *args: str, cwd: Path) -> None:
 
 
 def test_first_update_equals_the_fsdp_workers_on_the_same_batch(tiny_model_dir, tmp_path):
-    """FSDP2 on two ranks (data parallel 2) and Megatron on four (tensor parallel 2 x data parallel 2) score and
-    train on one fixed batch, each data-parallel group on its half:
+    """FSDP2 on two ranks (data parallel 2) and Megatron on four (tensor parallel 2 x data parallel 2, then pipeline
+    parallel 2 x data parallel 2) score and train on one fixed batch, each data-parallel group on its half:
     log-probs on response tokens within 1e-5, policy loss and gradient norm within 1e-5 relative, log-probs after
     the update within 5e-4 (an lr=1e-2 Adam step amplifies gradient rounding); the critic likewise (values, value loss, gradient norm)."""
     sys.path.insert(0, str(HERE))
@@ -64,6 +64,20 @@ def test_first_update_equals_the_fsdp_workers_on_the_same_batch(tiny_model_dir, 
     for key, rel in (("critic/vf_loss", 1e-5), ("critic/grad_norm", 5e-5)):
         want, got = fsdp["critic_metrics"][key], mega["critic_metrics"][key]
         assert got == pytest.approx(want, rel=rel, abs=1e-7), key
+
+    # pipeline parallel: two stages of one layer each x data parallel 2, micro-batches through megatron-core's 1F1B
+    # schedule; the same numbers
+    _torchrun(4, "megatron", tiny_model_dir, str(tmp_path / "pp.json"), "1", "2", cwd=tmp_path)
+    pipe = json.loads((tmp_path / "pp.json").read_text())
+    for key, tol in (("log_probs", 1e-5), ("ref_log_probs", 1e-5), ("after", 5e-4), ("values", 1e-5)):
+        gap = (torch.tensor(fsdp[key]) - torch.tensor(pipe[key])).abs()[mask].max().item()
+        assert gap < tol, ("pp", key, gap)
+    for key in ("actor/pg_loss", "actor/grad_norm", "actor/kl_loss"):
+        assert pipe["metrics"][key] == pytest.approx(fsdp["metrics"][key], rel=1e-5, abs=1e-7), ("pp", key)
+    for key in ("actor/pg_loss", "actor/grad_norm"):
+        assert pipe["engine_metrics"][key] == pytest.approx(fsdp["engine_metrics"][key], rel=1e-4, abs=1e-7), key
+    for key, rel in (("critic/vf_loss", 1e-5), ("critic/grad_norm", 5e-5)):
+        assert pipe["critic_metrics"][key] == pytest.approx(fsdp["critic_metrics"][key], rel=rel, abs=1e-7), key
 
 
 def _overrides(out: Path, model_dir: str, steps: int, extra: list[str]) -> list[str]:
@@ -160,3 +174,67 @@ def test_ppo_with_tensor_parallel_2_trains_resumes_exactly_and_exports(
     initial = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32)
     changed = [name for name, p in exported.state_dict().items() if not torch.equal(p, initial.state_dict()[name])]
     assert "model.layers.0.self_attn.q_proj.weight" in changed and "model.embed_tokens.weight" in changed
+
+
+@pytest.mark.ray
+@pytest.mark.e2e
+def test_ppo_with_pipeline_parallel_2_trains_resumes_exactly_and_exports_both_models(
+    tiny_model_dir, tmp_path, ray_cluster, monkeypatch
+):
+    """GAE PPO through ``main_ppo`` with two pipeline stages (one layer each) for the actor, the reference and the
+    critic: step 2 of a job resumed from step 1 retraces the straight job's, and both HF exports load with
+    transformers (the policy, and the value model as a token classifier) with every weight present."""
+    subprocess.run(
+        [sys.executable, str(REPO / "examples" / "quickstart" / "make_data.py"), "--out", str(tmp_path / "data")],
+        check=True,
+        capture_output=True,
+    )
+    layout = [
+        "actor_rollout_ref.actor.megatron.tensor_model_parallel_size=1",
+        "actor_rollout_ref.actor.megatron.pipeline_model_parallel_size=2",
+        "critic.megatron.tensor_model_parallel_size=1",
+        "critic.megatron.pipeline_model_parallel_size=2",
+        "actor_rollout_ref.actor.ppo_micro_batch_size_per_gpu=2",  # 4 micro-batches in flight through the stages
+        "critic.ppo_micro_batch_size_per_gpu=2",
+        "critic.checkpoint.save_contents=[model,optimizer,extra,hf_model]",
+    ]
+    straight = _run(
+        _overrides(tmp_path / "a", tiny_model_dir, 2, [*layout, "trainer.save_freq=1"]),
+        tmp_path / "a.jsonl",
+        monkeypatch,
+    )
+    assert [r["step"] for r in straight] == [1, 2]
+    for key in ("actor/pg_loss", "actor/grad_norm", "actor/kl_loss", "critic/vf_loss", "critic/grad_norm"):
+        assert all(math.isfinite(r["data"][key]) for r in straight), key
+    assert straight[-1]["data"]["actor/kl_loss"] > 0
+
+    step_dir = tmp_path / "a" / "ckpt" / "global_step_1"
+    assert json.loads((step_dir / "actor" / "megatron_config.json").read_text())["pp"] == 2
+    resume_root = tmp_path / "b" / "ckpt"
+    shutil.copytree(step_dir, resume_root / "global_step_1")
+    (resume_root / "latest_checkpointed_iteration.txt").write_text("1")
+    resumed = _run(
+        _overrides(tmp_path / "b", tiny_model_dir, 2, [*layout, "trainer.resume_mode=auto"]),
+        tmp_path / "b.jsonl",
+        monkeypatch,
+    )
+    assert [r["step"] for r in resumed] == [2]
+    for key in ("critic/score/mean", "actor/pg_loss", "actor/grad_norm", "actor/kl_loss", "critic/vf_loss"):
+        assert [r["data"][key] for r in resumed] == [straight[1]["data"][key]], key
+
+    from transformers import AutoModelForCausalLM, AutoModelForTokenClassification
+
+    initial = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32).state_dict()
+    policy, info = AutoModelForCausalLM.from_pretrained(
+        step_dir / "actor" / "huggingface", dtype=torch.float32, output_loading_info=True
+    )
+    assert not info["missing_keys"] and not info["unexpected_keys"], info
+    changed = {name for name, p in policy.state_dict().items() if not torch.equal(p, initial[name])}
+    # a layer of each stage, and the tied embedding (the first stage's input and the last stage's output)
+    assert {"model.layers.0.mlp.down_proj.weight", "model.layers.1.mlp.down_proj.weight"} <= changed
+    assert "model.embed_tokens.weight" in changed
+    value, info = AutoModelForTokenClassification.from_pretrained(
+        step_dir / "critic" / "huggingface", dtype=torch.float32, output_loading_info=True
+    )
+    assert not info["missing_keys"] and not info["unexpected_keys"], info
+    assert value.config.num_labels == 1 and value.score.weight.shape == (1, value.config.hidden_size)

@@ -52,10 +52,20 @@ def _check_supported(hf_config: Any, arch: str) -> None:
         raise ValueError(f"{arch} with mlp_bias=true: MLP biases are not converted")
 
 
-def check_convertible(hf_config: Any, tensor_model_parallel_size: int, key: str) -> None:
-    """Before any worker starts: the model is one the converter handles, and it splits over the tensor-parallel
-    ranks (``key`` names the config key of the layout in the message)."""
+def check_convertible(
+    hf_config: Any, tensor_model_parallel_size: int, key: str, pipeline_model_parallel_size: int
+) -> None:
+    """Before any worker starts: the model is one the converter handles, it splits over the tensor-parallel ranks,
+    and its layers split evenly over the pipeline stages (``key`` names the tensor-parallel key of the layout in the
+    message; the pipeline key is its sibling)."""
     _check_supported(hf_config, _architecture(hf_config))
+    pp, layers = int(pipeline_model_parallel_size), int(hf_config.num_hidden_layers)
+    if layers % pp:
+        pp_key = key.rsplit(".", 1)[0] + ".pipeline_model_parallel_size"
+        raise ValueError(
+            f"{pp_key}={pp} does not divide the model's num_hidden_layers={layers} (each stage holds as many "
+            "layers); choose a divisor of it"
+        )
     tp = int(tensor_model_parallel_size)
     sizes = {
         "num_attention_heads": int(hf_config.num_attention_heads),

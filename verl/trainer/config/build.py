@@ -295,20 +295,6 @@ def check_trainer_config(
         check_log_prob_batch("actor_rollout_ref.ref", arr.ref, dp)
     if use_critic:
         _check_shared_megatron_groups(arr.actor, cfg.critic)
-        critic_layout = getattr(cfg.critic, "megatron", None)
-        if critic_layout is not None and critic_layout.pipeline_model_parallel_size > 1:
-            raise ValueError(
-                f"critic.megatron.pipeline_model_parallel_size={critic_layout.pipeline_model_parallel_size}: the "
-                "Megatron critic runs without pipeline stages (the actor and the reference have them); use an "
-                "estimator without a critic (grpo, rloo, ...) or pipeline_model_parallel_size=1"
-            )
-        if getattr(cfg.critic, "megatron", None) is not None and "hf_model" in list(
-            cfg.critic.checkpoint.save_contents
-        ):
-            raise ValueError(
-                "critic.checkpoint.save_contents has hf_model: the Megatron critic's checkpoint holds its slices, an "
-                "HF export of the value model is not implemented; remove hf_model"
-            )
         critic_dp = _data_parallel_size(cfg.critic, n_ranks, "critic")
         check_mini_fits_train_batch("critic", cfg.critic.ppo_mini_batch_size, train_bsz)
         check_training_batch("critic", cfg.critic, n, critic_dp)

@@ -46,6 +46,8 @@ class MegatronCheckpointManager(FSDPCheckpointManager):
         optimizer, lr_scheduler, processing_class, checkpoint_config: as for ``FSDPCheckpointManager``.
         layout: the parallel sizes (``{"tp": 2, "pp": 1, "dp": 1}``), recorded and checked at load.
         hf_state_dict: gathers the whole model under HF names (every rank calls it; rank 0 gets the tensors).
+        hf_model_class: the transformers auto class the export is saved as (``AutoModelForCausalLM`` for a policy,
+            ``AutoModelForTokenClassification`` for a value model).
     """
 
     def __init__(
@@ -57,6 +59,7 @@ class MegatronCheckpointManager(FSDPCheckpointManager):
         checkpoint_config: Any = None,
         layout: dict[str, int] | None = None,
         hf_state_dict: Callable[[], dict[str, torch.Tensor]] | None = None,
+        hf_model_class: str = "AutoModelForCausalLM",
         **kwargs: Any,
     ):
         super().__init__(
@@ -68,6 +71,7 @@ class MegatronCheckpointManager(FSDPCheckpointManager):
         )
         self.layout = dict(layout or {})
         self.hf_state_dict = hf_state_dict
+        self.hf_model_class = hf_model_class
 
     # ------------------------------------------------------------------ save
     def save_checkpoint(
@@ -121,11 +125,11 @@ class MegatronCheckpointManager(FSDPCheckpointManager):
         state = self.hf_state_dict()  # every rank takes part in the gather
         if rank != 0:
             return
-        from transformers import AutoModelForCausalLM
+        import transformers
 
         config = self.model.config
         with torch.device("meta"):
-            export = AutoModelForCausalLM.from_config(config)
+            export = getattr(transformers, self.hf_model_class).from_config(config)
         hf_dir = os.path.join(local_path, "huggingface")
         tmp = f"{hf_dir}.weights.tmp.{os.getpid()}"
         shutil.rmtree(tmp, ignore_errors=True)

@@ -91,7 +91,12 @@ class DataParallelPPOCritic(BasePPOCritic):
             if values.size(-1) != 1:
                 raise ValueError(f"critic output has {values.size(-1)} channels per token; a value head needs 1")
             return values.squeeze(-1).float()
-        values = forward_logits(self.critic_module, micro_batch)  # (b, T, 1) or (b, T)
+        return self._response_values(forward_logits(self.critic_module, micro_batch), response_length)
+
+    @staticmethod
+    def _response_values(values: torch.Tensor, response_length: int) -> torch.Tensor:
+        """``(b, R)`` values at the positions that predict the response, from a padded forward's ``(b, T', 1)``
+        (or ``(b, T')``) outputs."""
         if values.dim() == 3:
             if values.size(-1) != 1:
                 raise ValueError(f"critic output has {values.size(-1)} channels per token; a value head needs 1")
@@ -122,12 +127,47 @@ class DataParallelPPOCritic(BasePPOCritic):
         self.critic_module.eval()
         try:
             with torch.no_grad():
-                values = torch.cat([self._forward_micro_batch(m) for m in micro_batches], dim=0)
+                values = torch.cat(self._forward_micro_batches(micro_batches), dim=0)
         finally:
             self.critic_module.train(was_training)
         if indices is not None:
             values = restore_dynamic_batch(values, indices)
         return values * _response_mask(data.batch).to(values.dtype)
+
+    def _forward_micro_batches(self, micro_batches: list[DataProto]) -> list[torch.Tensor]:
+        """:meth:`_forward_micro_batch` of each micro-batch, in order (the caller holds no_grad)."""
+        return [self._forward_micro_batch(m) for m in micro_batches]
+
+    def _value_loss(self, vpreds: torch.Tensor, micro: DataProto) -> tuple[torch.Tensor, dict[str, float]]:
+        """The clipped value loss of one micro-batch's predictions ``(b, R)``, and its per-micro metrics."""
+        batch, cfg = micro.batch, self.config
+        mask = batch["response_mask"]
+        vf_loss, vf_clipfrac = compute_value_loss(
+            vpreds=vpreds,
+            returns=batch["returns"],
+            values=batch["values"],
+            response_mask=mask,
+            cliprange_value=cfg.cliprange_value,
+            loss_agg_mode=cfg.loss_agg_mode,
+            loss_scale_factor=cfg.loss_scale_factor,
+        )
+        metrics = {
+            "critic/vf_clipfrac": float(vf_clipfrac),
+            "critic/vpred_mean": masked_mean(vpreds.detach(), mask).item(),
+        }
+        return vf_loss, metrics
+
+    def _backward_micro_batches(
+        self, micro_batches: list[DataProto], scales: list[float]
+    ) -> list[tuple[float, dict[str, float]]]:
+        """Forward and backward of each micro-batch of one mini-batch, its loss scaled by ``scales``; returns each
+        one's unscaled value loss and metrics."""
+        results = []
+        for micro, scale in zip(micro_batches, scales):
+            vf_loss, micro_metrics = self._value_loss(self._forward_micro_batch(micro), micro)
+            (vf_loss * scale).backward()
+            results.append((vf_loss.item(), micro_metrics))
+        return results
 
     def update_critic(self, data: DataProto) -> dict[str, list[float]]:
         """Clipped value-loss regression onto ``returns``; one optimizer step per mini-batch.
@@ -166,27 +206,10 @@ class DataParallelPPOCritic(BasePPOCritic):
                 )
                 scales = micro_batch_scales([len(m) for m in micro_batches], len(mini), cfg.use_dynamic_bsz, engine)
                 self.critic_optimizer.zero_grad()
-                for micro, scale in zip(micro_batches, scales):
-                    batch = micro.batch
-                    mask = batch["response_mask"]
-                    vpreds = self._forward_micro_batch(micro)
-                    vf_loss, vf_clipfrac = compute_value_loss(
-                        vpreds=vpreds,
-                        returns=batch["returns"],
-                        values=batch["values"],
-                        response_mask=mask,
-                        cliprange_value=cfg.cliprange_value,
-                        loss_agg_mode=cfg.loss_agg_mode,
-                        loss_scale_factor=cfg.loss_scale_factor,
-                    )
-                    (vf_loss * scale).backward()
-                    vf_total += vf_loss.item() * scale
-                    micro_metrics = {
-                        "critic/vf_clipfrac": float(vf_clipfrac),
-                        "critic/vpred_mean": masked_mean(vpreds.detach(), mask).item(),
-                    }
+                for (vf_loss, micro_metrics), scale in zip(self._backward_micro_batches(micro_batches, scales), scales):
+                    vf_total += vf_loss * scale
                     if engine:
-                        micro_metrics["critic/vf_loss"] = vf_loss.item()
+                        micro_metrics["critic/vf_loss"] = vf_loss
                     append_to_dict(metrics, micro_metrics)
                 clip = cfg.optim.clip_grad if engine else cfg.grad_clip  # as the actor: engine path reads optim
                 grad_norm, stepped = clip_grad_and_step(self.critic_module, self.critic_optimizer, clip)
