@@ -54,6 +54,7 @@ def cuda_factories_on_cpu() -> contextlib.AbstractContextManager:
         return contextlib.nullcontext()
     return _CudaFactoriesOnCpu()
 
+
 _APPLIED = False
 
 
