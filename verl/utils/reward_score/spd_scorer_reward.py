@@ -411,6 +411,7 @@ class _Prepared:
     num_mismatches: int
     accepted_mismatches: int
     accepted_length: int  # draft tokens kept in the hybrid prefix
+    finished: bool = False  # the hybrid prefix already ends the answer (an end-of-sequence token): nothing to complete
 
 
 def _present(value: Any) -> bool:
@@ -467,14 +468,22 @@ def _prepare(extra_info: dict | None, kwargs: dict[str, Any]) -> _Prepared:
         raise ValueError("spd_scorer: extra_info needs 'context_ids' or 'context_text' (the prompt before the draft).")
     j, accepted = first_rejection(draft, target, decisions)
     prompt = hybrid_prefix(context, draft, target, j)
+    generated = prompt[len(context) :]
+    # An end-of-sequence token in the committed tokens ends the answer there, as it ends decoding: the target is
+    # not asked to continue past it (what it would write after the end is not part of the answer).
+    eos = get_tokenizer(settings["model_path"]).eos_token_id
+    finished = eos is not None and eos in generated
+    if finished:
+        generated = generated[: generated.index(eos) + 1]
     return _Prepared(
         settings=settings,
         prompt_ids=prompt,
-        generated_ids=prompt[len(context) :],
+        generated_ids=generated,
         num_draft_tokens=len(draft),
         num_mismatches=len(_mismatch_positions(draft, target)),
         accepted_mismatches=accepted,
         accepted_length=len(draft) if j is None else j,
+        finished=finished,
     )
 
 
@@ -541,6 +550,12 @@ def compute_score_batch(
         s = prep.settings
         groups.setdefault((s["target_model_url"], s["target_model_name"], int(s["max_tokens"])), []).append((row, prep))
     for (url, model, max_tokens), members in groups.items():
+        for row, prep in members:
+            if prep.finished:
+                results[row] = _result(prep, GenerationOutcome("", None, 0.0, 0), ground_truths[row])
+        members = [(row, prep) for row, prep in members if not prep.finished]
+        if not members:
+            continue
         s = members[0][1].settings
         outcomes = vllm_generate_detailed(
             url,
