@@ -116,6 +116,7 @@ def _sample_extra(url: str, model_path: str = "unused", **extra) -> dict:
         "target_model_url": url,
         "model_path": model_path,
         "max_tokens": 4,
+        "eos_token_id": 0,  # not among the draft's ids
         **extra,
     }
 
@@ -335,3 +336,23 @@ def test_batch_equals_per_sample_and_default_compute_score_dispatches(target):
         single = default_compute_score("spd_scorer", "", truth, extra)
         drop = ("target_latency_s",)
         assert {k: v for k, v in single.items() if k not in drop} == {k: v for k, v in row.items() if k not in drop}
+
+
+def test_an_accepted_end_of_sequence_ends_the_answer_without_asking_the_target(target):
+    """A draft that ends the answer (EOS) and is accepted whole: decoding stops there, so the answer is the draft's
+    text and the target gets no request (a closed port would fail the sample otherwise); rejected before the EOS,
+    the target completes as usual."""
+    url, model_path = target
+    tokenizer = get_tokenizer(model_path)
+    context = tokenizer.apply_chat_template(
+        [{"role": "user", "content": "what is 2 + 3"}], add_generation_prompt=True, tokenize=False
+    )
+    draft = tokenizer(" The sum is 5. #### 5", add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
+    target_ids = [draft[0], draft[1] + 1, *draft[2:]]  # one mismatch, at position 1
+    extra = {"context_text": context, "spd_draft_ids": draft, "spd_target_ids": target_ids, "model_path": model_path}
+    done = compute_score("spd_scorer", "", "5", {**extra, "spd_decisions": [1]}, target_model_url=_closed_port_url())
+    assert not done["target_failed"] and done["correct"] and done["scenario"] == "A"
+    assert done["target_latency_s"] == 0.0 and done["accepted_length"] == len(draft)
+    # rejected at the mismatch: the hybrid prefix has no EOS, so the served target is asked to complete it
+    asked = compute_score("spd_scorer", "", "5", {**extra, "spd_decisions": [0]}, target_model_url=url, max_tokens=4)
+    assert not asked["target_failed"] and asked["target_latency_s"] > 0 and asked["accepted_length"] == 1

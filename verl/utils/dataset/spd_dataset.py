@@ -256,6 +256,7 @@ def build_spd_dataset(
                     num_mismatches=sum(int(d != t) for d, t in zip(draft, target)),
                     model_path=target_model_path,
                     target_model_url=target_model_url,
+                    eos_token_id=target_tokenizer.eos_token_id,
                 )
                 rows.append(
                     {

@@ -471,7 +471,8 @@ def _prepare(extra_info: dict | None, kwargs: dict[str, Any]) -> _Prepared:
     generated = prompt[len(context) :]
     # An end-of-sequence token in the committed tokens ends the answer there, as it ends decoding: the target is
     # not asked to continue past it (what it would write after the end is not part of the answer).
-    eos = get_tokenizer(settings["model_path"]).eos_token_id
+    eos = extra_info.get("eos_token_id")  # written by spd_dataset; else the target tokenizer's
+    eos = int(eos) if _present(eos) else get_tokenizer(settings["model_path"]).eos_token_id
     finished = eos is not None and eos in generated
     if finished:
         generated = generated[: generated.index(eos) + 1]
