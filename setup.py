@@ -37,6 +37,7 @@ INSTALL_REQUIRES = [
     "openai",
     "requests",
     "bm25s",  # the local retrieval server of verl.tools (python -m verl.tools.retrieval_server)
+    "peft>=0.21",  # LoRA (actor_rollout_ref.model.lora_rank > 0); 0.17 does not import with transformers 5
     "packaging>=20",
 ]
 

@@ -24,7 +24,7 @@ EXTRAS="${VERL_EXTRAS:-${PREVIOUS:-test}}"
 if [[ "${1:-}" == "--extras" ]]; then EXTRAS="$2"; fi
 PY="${PYTHON:-python3}"
 want="$(cat setup.py scripts/install.sh scripts/constraints.txt | sha256sum | cut -c1-16)-$EXTRAS"
-IMPORTS="import torch, transformers, ray, hydra, tensordict, pyarrow, verl"
+IMPORTS="import torch, transformers, ray, hydra, tensordict, pyarrow, peft, verl"
 QUICK="$IMPORTS"
 if [[ ",$EXTRAS," == *",vllm,"* ]]; then  # importing vllm costs ~10 s: the quick path only checks it is there
   IMPORTS="$IMPORTS; import vllm"

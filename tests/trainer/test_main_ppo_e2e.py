@@ -219,6 +219,85 @@ def test_grpo_with_vllm_rollout_keeps_engine_weights_in_sync(tp, tmp_path, tiny_
         assert diff < 1e-4, diff
 
 
+LORA = [
+    "actor_rollout_ref.model.lora_rank=8",
+    "actor_rollout_ref.model.lora_alpha=16",
+    "actor_rollout_ref.actor.optim.lr=1e-2",
+    "actor_rollout_ref.actor.use_kl_loss=True",
+    "actor_rollout_ref.actor.kl_loss_coef=0.01",
+    "actor_rollout_ref.actor.ppo_mini_batch_size=4",  # one update per step: step 1's KL is measured before it
+]
+
+
+def _logits_of(model, ids):
+    import torch
+
+    with torch.no_grad():
+        return model(ids).logits
+
+
+def test_lora_trains_adapters_against_the_base_model_saves_both_exports_and_resumes_exactly(
+    tmp_path, tiny_model_dir, ray_cluster, monkeypatch
+):
+    """LoRA on FSDP1 with the hf engine (the engine gets the merged weights before every rollout): the reference is
+    the base model (step 1's KL to it is exactly 0), checkpoints hold the adapter and a merged export that agree, and
+    2 steps + resume from the checkpoint + 2 steps == 4 steps straight."""
+    import torch
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    extra = [*LORA, "actor_rollout_ref.actor.strategy=fsdp", "trainer.save_freq=2"]
+    extra += ["actor_rollout_ref.actor.checkpoint.save_contents=[model,optimizer,extra,hf_model]"]
+    straight = _run(_overrides(tmp_path / "a", tiny_model_dir, "grpo", 4, extra), tmp_path / "a.jsonl", monkeypatch)
+    kl = _finite(straight, "actor/kl_loss")
+    assert kl[0] == 0.0 and kl[-1] > 0  # the actor starts as the base model and moves away from it
+    assert len(set(_finite(straight, "actor/pg_loss"))) > 1
+
+    actor = tmp_path / "a" / "ckpt" / "global_step_4" / "actor"
+    assert (actor / "lora_adapter" / "adapter_config.json").is_file()
+    ids = torch.randint(4, 500, (2, 16), generator=torch.Generator().manual_seed(0))
+    merged = _logits_of(AutoModelForCausalLM.from_pretrained(actor / "huggingface"), ids)
+    adapted = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(tiny_model_dir), actor / "lora_adapter")
+    assert torch.allclose(_logits_of(adapted, ids), merged, atol=1e-4)
+    base = _logits_of(AutoModelForCausalLM.from_pretrained(tiny_model_dir), ids)
+    assert (merged - base).abs().max() > 1e-3  # training moved the adapters
+
+    resume = [
+        "trainer.resume_mode=resume_path",
+        f"trainer.resume_from_path={tmp_path / 'a' / 'ckpt' / 'global_step_2'}",
+    ]
+    resumed = _run(
+        _overrides(
+            tmp_path / "b", tiny_model_dir, "grpo", 4, [*LORA, "actor_rollout_ref.actor.strategy=fsdp", *resume]
+        ),
+        tmp_path / "b.jsonl",
+        monkeypatch,
+    )
+    assert [r["step"] for r in resumed] == [3, 4]
+    for key in ("critic/score/mean", "actor/pg_loss", "actor/kl_loss", "actor/grad_norm"):
+        want = [r["data"][key] for r in straight if r["step"] in (3, 4)]
+        assert [r["data"][key] for r in resumed] == pytest.approx(want, abs=1e-5), key
+
+
+@pytest.mark.vllm
+def test_lora_with_vllm_rollout_serves_the_merged_adapters(tmp_path, tiny_model_dir, ray_cluster, monkeypatch):
+    """vLLM receives the adapters merged into the weights before each rollout: its sampled-token log-probs equal the
+    LoRA actor's recomputation (a stale or unmerged engine would be ~1e-1 off at this learning rate)."""
+    pytest.importorskip("vllm")
+    extra = [
+        *LORA,
+        "actor_rollout_ref.actor.optim.lr=5e-2",
+        "actor_rollout_ref.rollout.name=vllm",
+        "actor_rollout_ref.rollout.calculate_log_probs=True",
+        "trainer.use_legacy_worker_impl=disable",
+    ]
+    rows = _run(_overrides(tmp_path, tiny_model_dir, "grpo", 3, extra), tmp_path / "m.jsonl", monkeypatch)
+    assert [r["step"] for r in rows] == [1, 2, 3]
+    assert _finite(rows, "actor/kl_loss")[-1] > 0
+    for diff in _finite(rows, "rollout_corr/log_ppl_abs_diff"):
+        assert diff < 1e-4, diff
+
+
 def _multiturn_example(tmp_path: Path, model_dir: str, engine: str) -> list[str]:
     """The overrides of examples/grpo_trainer/run_multiturn_nd_grpo.sh on this test's tiny task."""
     import importlib.util

@@ -270,15 +270,19 @@ def _wrap_fsdp1(module: nn.Module, fsdp_config: Any, mesh, dtypes, on_cpu: bool)
     param_dtype, reduce_dtype, buffer_dtype = dtypes
     hybrid = mesh.ndim == 2
     device_id = torch.device("cpu") if on_cpu else get_torch_device().current_device()
+    # LoRA: frozen base weights next to trainable adapters; FSDP1 flattens them together only with use_orig_params,
+    # and the adapters get their own units (get_fsdp_wrap_policy's is_lora)
+    grads = {p.requires_grad for p in module.parameters()}
+    mixed = len(grads) == 2
     return FSDP(
         module,
-        auto_wrap_policy=get_fsdp_wrap_policy(module, fsdp_config.wrap_policy),
+        auto_wrap_policy=get_fsdp_wrap_policy(module, fsdp_config.wrap_policy, is_lora=mixed),
         device_id=device_id,
         sharding_strategy=ShardingStrategy.HYBRID_SHARD if hybrid else ShardingStrategy.FULL_SHARD,
         mixed_precision=MixedPrecision(param_dtype=param_dtype, reduce_dtype=reduce_dtype, buffer_dtype=buffer_dtype),
         # Every rank loads identical weights from disk, and on CPU torch refuses sync_module_states=True.
         sync_module_states=False,
-        use_orig_params=bool(fsdp_config.use_orig_params),
+        use_orig_params=bool(fsdp_config.use_orig_params) or mixed,
         forward_prefetch=bool(fsdp_config.forward_prefetch),
         device_mesh=mesh,
     )

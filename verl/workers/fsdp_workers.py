@@ -249,9 +249,27 @@ class ActorRolloutRefWorker(_FSDPWorkerBase):
 
     @contextlib.contextmanager
     def _actor_weights(self):
-        """The actor's whole weights under Hugging Face names, for the rollout (gathered for the block)."""
+        """The actor's whole weights under Hugging Face names, for the rollout (gathered for the block); under LoRA
+        the base weights with the adapters merged in."""
         with self._actor_offload(with_optimizer=False), fsdp_utils.full_params(self.actor_module_fsdp) as state:
+            if self._lora:
+                from verl.utils.lora import merged_state_dict
+
+                state = merged_state_dict(state, self._lora_scalings)
             yield state
+
+    @property
+    def _lora(self) -> bool:
+        """LoRA adapters on the actor (``model.lora_rank > 0``); the reference is then the actor without them."""
+        return self.config.model.lora_rank > 0
+
+    @contextlib.contextmanager
+    def _reference_view(self):
+        """The reference policy under LoRA: the actor's module with its adapters disabled, for the block."""
+        from verl.utils.lora import adapters_disabled
+
+        with self._actor_offload(with_optimizer=False), adapters_disabled(self.actor_module_fsdp):
+            yield
 
     # ---------------------------------------------------------------- building
 
@@ -279,11 +297,6 @@ class ActorRolloutRefWorker(_FSDPWorkerBase):
 
     def _load_policy(self, local_path: str, fsdp_config: FSDPEngineConfig) -> torch.nn.Module:
         model_cfg = self.config.model
-        if model_cfg.lora_rank > 0:
-            raise NotImplementedError(
-                f"actor_rollout_ref.model.lora_rank={model_cfg.lora_rank}: LoRA is not supported by these FSDP "
-                "workers yet; set actor_rollout_ref.model.lora_rank=0"
-            )
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(fsdp_config.seed)
             return hf.build_causal_lm(
@@ -307,10 +320,18 @@ class ActorRolloutRefWorker(_FSDPWorkerBase):
             self.rollout_module = self._frozen_copy(module, fsdp_utils.mixed_precision_dtypes(fsdp_config)[0])
         if self.config.model.enable_gradient_checkpointing:
             hf.enable_gradient_checkpointing(module)
+        if self._lora:
+            from verl.utils.lora import apply_lora, lora_scalings
+
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(fsdp_config.seed)  # the adapters' initialisation, the same on every rank
+                module = apply_lora(module, self.config.model)
+            self._lora_scalings = lora_scalings(module)
         self.actor_module_fsdp = _build_sharded(module, actor_cfg.strategy, fsdp_config, self._mesh(fsdp_config))
         if self._is_rollout and self._rollout_generates_from_module() and actor_cfg.strategy == "fsdp2":
             self.rollout_module = self.actor_module_fsdp  # generates from the actor's gathered shards
-        self.actor_optimizer = hf.build_optimizer(self.actor_module_fsdp.parameters(), actor_cfg.optim)
+        trainable = [p for p in self.actor_module_fsdp.parameters() if p.requires_grad]
+        self.actor_optimizer = hf.build_optimizer(trainable, actor_cfg.optim)
         self.actor_lr_scheduler = hf.build_lr_scheduler(
             self.actor_optimizer, actor_cfg.optim, self._total_training_steps
         )
@@ -384,6 +405,8 @@ class ActorRolloutRefWorker(_FSDPWorkerBase):
     def _build_ref(self, local_path: str) -> None:
         from verl.workers.actor.dp_actor import DataParallelPPOActor
 
+        if self._lora and self._is_actor:
+            return  # the reference is the actor with its adapters disabled (compute_ref_log_prob): no second copy
         ref_cfg = self.config.ref
         fsdp_config = ref_cfg.fsdp_config
         module = self._load_policy(local_path, fsdp_config)
@@ -480,6 +503,8 @@ class ActorRolloutRefWorker(_FSDPWorkerBase):
         if self.actor is None:
             raise RuntimeError(f"compute_log_prob needs an actor role; this worker has role {self.role!r}")
         data = data.to(get_device_name())
+        if data.meta_info.get("is_lora"):  # verl's ref_in_actor: the reference's log-probs, adapters disabled
+            return self._lora_reference_log_prob(data)
         self._log_prob_meta(data, self.config.rollout, self._batch.log_prob_micro)
         with self._actor_offload(with_optimizer=False):
             out = self.actor.compute_log_prob(data, calculate_entropy=True)
@@ -491,12 +516,22 @@ class ActorRolloutRefWorker(_FSDPWorkerBase):
     @register(dispatch_mode=make_nd_compute_dataproto_dispatch_fn(mesh_name="actor"))
     def compute_ref_log_prob(self, data: DataProto) -> DataProto:
         """``ref_log_prob`` ``(bs, R)`` under the frozen reference policy."""
+        if self._lora and self.actor is not None:
+            return self._lora_reference_log_prob(data.to(get_device_name()))
         if self.ref_policy is None:
             raise RuntimeError(f"compute_ref_log_prob needs a ref role; this worker has role {self.role!r}")
         data = data.to(get_device_name())
         self._log_prob_meta(data, self.config.ref, self._batch.ref_micro)
         with _Offload(self.ref_module_fsdp, None, self.config.ref.fsdp_config):
             out = self.ref_policy.compute_log_prob(data, calculate_entropy=False)
+        return DataProto.from_dict(tensors={"ref_log_prob": out["log_probs"]}).to("cpu")
+
+    def _lora_reference_log_prob(self, data: DataProto) -> DataProto:
+        """``ref_log_prob``: the responses' log-probs under the base model (the actor with its adapters disabled),
+        with the reference's micro-batch settings."""
+        self._log_prob_meta(data, self.config.ref, self._batch.ref_micro or self._batch.log_prob_micro)
+        with self._reference_view():
+            out = self.actor.compute_log_prob(data, calculate_entropy=False)
         return DataProto.from_dict(tensors={"ref_log_prob": out["log_probs"]}).to("cpu")
 
     # ---------------------------------------------------------------- the hybrid-engine lifecycle

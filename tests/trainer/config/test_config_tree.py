@@ -343,11 +343,11 @@ def test_the_default_config_passes_the_refusals():
 
 def test_every_offending_key_is_reported_together():
     config = compose_config(
-        overrides=[*VALID, "actor_rollout_ref.model.use_liger=true", "actor_rollout_ref.model.lora_rank=8"]
+        overrides=[*VALID, "actor_rollout_ref.model.use_liger=true", "critic.model.lora_rank=8"]
     )
     problems = "\n".join(refusal_problems(config))
     assert "actor_rollout_ref.model.use_liger=True" in problems
-    assert "actor_rollout_ref.model.lora_rank=8" in problems
+    assert "critic.model.lora_rank=8" in problems
 
 
 def _run_main_ppo(command: list[str], *overrides: str) -> tuple[subprocess.CompletedProcess, float]:
@@ -383,9 +383,9 @@ def test_main_ppo_refuses_before_ray_or_torch_is_imported():
         "finally:\n"
         "    print('IMPORTED', 'ray' in sys.modules, 'torch' in sys.modules, file=sys.stderr)\n"
     )
-    result, _ = _run_main_ppo([sys.executable, "-c", probe], *VALID, "actor_rollout_ref.model.lora_rank=8")
+    result, _ = _run_main_ppo([sys.executable, "-c", probe], *VALID, "actor_rollout_ref.model.use_liger=true")
     assert result.returncode != 0
-    assert "actor_rollout_ref.model.lora_rank" in result.stderr
+    assert "actor_rollout_ref.model.use_liger" in result.stderr
     assert "IMPORTED False False" in result.stderr, result.stderr[-2000:]
 
 
@@ -438,7 +438,7 @@ def test_both_spellings_with_different_values_is_an_error_naming_both():
         ("distillation.enabled=true", "on-policy distillation is not implemented"),
         ("skip.rollout.enable=true", "replaying dumped generations is not implemented"),
         ("actor_rollout_ref.rollout.disaggregation.enabled=true", "disaggregation is not implemented"),
-        ("actor_rollout_ref.model.lora.rank=8", "LoRA is not implemented"),
+        ("actor_rollout_ref.model.lora.rank=8", "Megatron-style LoRA block is not implemented"),
         ("actor_rollout_ref.rollout.multi_turn.function_tool_path=/t.py", "function tools are not implemented"),
         ("actor_rollout_ref.actor.policy_loss.dro_beta=0.1", "dro policy loss is not implemented"),
     ],
@@ -514,7 +514,7 @@ def test_help_prints_the_typed_tree_with_docs_and_status():
     for row in list(key_rows())[::25]:
         assert f"{row.path} = " in out, row.path
     assert "Upper clip epsilon" in out  # a field's doc
-    assert "refused unless 0: LoRA is not implemented" in out  # a status
+    assert "refused unless false: activation offloading is not implemented" in out  # a status
     assert "false (v0.7 keys) / true (v0.9 keys)" in out  # calculate_log_probs shows both generations
 
 

@@ -288,6 +288,12 @@ def check_trainer_config(
             f"train_batch_size or n whose product is a multiple of {step_ranks}"
         )
     _check_rollout_parallelism(arr.rollout, n_ranks)
+    if arr.model.lora_rank > 0 and getattr(arr.actor, "megatron", None) is not None:
+        raise ValueError(
+            f"actor_rollout_ref.model.lora_rank={arr.model.lora_rank} with the Megatron workers: LoRA runs on the FSDP "
+            "workers (actor_rollout_ref.actor.strategy=fsdp or fsdp2, --config-name ppo_trainer); set lora_rank=0 "
+            "for Megatron"
+        )
     check_mini_fits_train_batch("actor_rollout_ref.actor", arr.actor.ppo_mini_batch_size, train_bsz)
     check_training_batch("actor_rollout_ref.actor", arr.actor, n, dp)
     check_log_prob_batch("actor_rollout_ref.rollout", arr.rollout, dp)

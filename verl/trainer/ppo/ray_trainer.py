@@ -379,7 +379,6 @@ class RayPPOTrainer:
             batch.meta_info["is_lora"] = True
             out = self.actor_rollout_wg.compute_log_prob(batch)
             batch.meta_info.pop("is_lora")
-            out = DataProto.from_dict(tensors={"ref_log_prob": out.batch["old_log_probs"]})
         else:
             out = self.ref_policy_wg.compute_ref_log_prob(batch)
         out.meta_info.pop("metrics", None)

@@ -138,8 +138,15 @@ class FSDPCheckpointManager(BaseCheckpointManager):
             atomic_torch_save(extra, self._file(local_path, "extra_state", rank, world))
         if rank == 0:
             self._save_shared_files(local_path, world)
+        full_state = None
+        if is_lora_model(self.model):  # the adapters on their own, loadable with PeftModel.from_pretrained
+            from verl.utils.lora import save_adapter
+
+            full_state = get_full_state_dict(self.model, cpu_offload=True)
+            if rank == 0:
+                save_adapter(self.model, full_state, os.path.join(local_path, "lora_adapter"))
         if self.should_save_hf_model:
-            self._save_hf_weights(local_path)
+            self._save_hf_weights(local_path, full_state)
         _barrier()
         if rank == 0:
             self.register_checkpoint(local_path, max_ckpt_to_keep)
@@ -190,13 +197,19 @@ class FSDPCheckpointManager(BaseCheckpointManager):
             shutil.rmtree(hf_dir)
         os.replace(tmp, hf_dir)
 
-    def _save_hf_weights(self, local_path: str) -> None:
-        """Gather a full state dict to rank 0 and write safetensors loadable with ``from_pretrained``."""
-        state = get_full_state_dict(self.model, cpu_offload=True)
+    def _save_hf_weights(self, local_path: str, state: dict[str, torch.Tensor] | None = None) -> None:
+        """Gather a full state dict to rank 0 and write safetensors loadable with ``from_pretrained`` (under LoRA the
+        base model with the adapters merged in)."""
+        if state is None:
+            state = get_full_state_dict(self.model, cpu_offload=True)
         rank, _ = _rank_world()
         if rank != 0:
             return
         inner = _hf_module(self.model)
+        if is_lora_model(self.model):
+            from verl.utils.lora import lora_scalings, merged_state_dict
+
+            state = merged_state_dict(state, lora_scalings(self.model))
         cls = _hf_class(inner)
         with torch.device("meta"):
             export = cls._from_config(inner.config)
@@ -314,9 +327,22 @@ def _copy_into(target: torch.Tensor, source: torch.Tensor, name: str) -> None:
     target.copy_(source)
 
 
+def is_lora_model(model: nn.Module) -> bool:
+    """A peft (LoRA) model inside the wrappers; False when peft is not even imported (no LoRA then)."""
+    import sys
+
+    if "peft" not in sys.modules:
+        return False
+    from verl.utils.lora import is_lora_model as check
+
+    return check(model)
+
+
 def _hf_module(model: nn.Module) -> nn.Module:
-    """The Hugging Face ``PreTrainedModel`` inside FSDP1 wrappers or our reward-model wrapper."""
+    """The Hugging Face ``PreTrainedModel`` inside FSDP1 wrappers, a peft model or our reward-model wrapper."""
     inner = unwrap_module(model)
+    if is_lora_model(model):  # LoRA: the base model (the export merges the adapters into it)
+        return inner.get_base_model()
     if not hasattr(inner, "save_pretrained") and isinstance(getattr(inner, "model", None), nn.Module):
         inner = inner.model
     return inner

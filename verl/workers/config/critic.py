@@ -65,7 +65,14 @@ class CriticModelConfig(BaseConfig):
     v0.9 keys)."""
     fsdp_config: FSDPEngineConfig = key(factory=FSDPEngineConfig)
     """Sharding and offload of the critic (verl v0.8+: critic.fsdp)."""
-    lora_rank: int = key(0, refuse=lora_rank_refusal("critic.model.lora_rank"))
+    lora_rank: int = key(
+        0,
+        refuse=lora_rank_refusal(
+            "critic.model.lora_rank",
+            "LoRA on the critic is not implemented (the actor's is: actor_rollout_ref.model.lora_rank); set "
+            "critic.model.lora_rank=0",
+        ),
+    )
     """LoRA rank; 0 trains all weights."""
     lora_alpha: int = key(16, effect="inert", reason=_LORA_OFF)
     """LoRA scaling numerator."""

@@ -14,7 +14,7 @@ from verl.utils.config_keys import Refuse, key
 
 __all__ = ["HFModelConfig", "LoraConfig"]
 
-_LORA_OFF = "only used with LoRA (lora_rank > 0), which is refused"
+_LORA_OFF = "only used with the Megatron-style LoRA block (model.lora.rank > 0), which is refused"
 
 
 def _zero(value: Any) -> bool:
@@ -29,12 +29,12 @@ def _off(value: Any) -> bool:
     return not value
 
 
-def lora_rank_refusal(where: str) -> Refuse:
-    """LoRA is not implemented: only rank 0 (train every weight) passes."""
+def lora_rank_refusal(where: str, fix: str | None = None) -> Refuse:
+    """LoRA not implemented at ``where``: only rank 0 (train every weight) passes."""
     return Refuse(
         _zero,
         "0",
-        f"LoRA is not implemented; train all weights with {where}=0",
+        fix or f"LoRA is not implemented here; train all weights with {where}=0",
         "> 0 wraps the model in PEFT LoRA adapters (the actor's reference is then the base model without adapters)",
         8,
     )
@@ -62,7 +62,8 @@ def refuse_activation_offload(what: str) -> Refuse:
 
 @dataclass
 class LoraConfig(BaseConfig):
-    """``model.lora`` (verl v0.9): the Megatron-style LoRA block. Only rank 0 (LoRA off) is accepted."""
+    """``model.lora`` (verl v0.9): the Megatron-style LoRA block. Only rank 0 (LoRA off) is accepted: LoRA runs on
+    the FSDP workers through the flat keys (``model.lora_rank``, ``lora_alpha``, ``target_modules``)."""
 
     _path = "model.lora"
 
@@ -70,7 +71,14 @@ class LoraConfig(BaseConfig):
 
     type: str = key("lora", effect="inert", reason=_LORA_OFF)
     """Adapter type."""
-    rank: int = key(0, refuse=lora_rank_refusal("model.lora.rank"))
+    rank: int = key(
+        0,
+        refuse=lora_rank_refusal(
+            "model.lora.rank",
+            "the Megatron-style LoRA block is not implemented; use peft LoRA on the FSDP workers with "
+            "actor_rollout_ref.model.lora_rank (and lora_alpha, target_modules), or set model.lora.rank=0",
+        ),
+    )
     """Adapter rank; 0 trains all weights."""
     alpha: int = key(32, effect="inert", reason=_LORA_OFF)
     """Scaling numerator."""
@@ -123,25 +131,18 @@ class HFModelConfig(BaseConfig):
     use_remove_padding: bool = True
     """Pack each micro-batch's real tokens into one row with per-sequence positions (no FLOPs on padding; varlen
     flash attention with flash_attention_2 on CUDA); the actor and reference follow this value."""
-    lora_rank: int = key(0, refuse=lora_rank_refusal("actor_rollout_ref.model.lora_rank"))
-    """0 trains all weights; > 0 trains LoRA adapters (the reference is then the base model without adapters)."""
-    lora_alpha: int = key(16, effect="inert", reason=_LORA_OFF)
-    """LoRA scaling numerator."""
-    target_modules: Any = key("all-linear", effect="inert", reason=_LORA_OFF)
+    lora_rank: int = 0
+    """0 trains all weights; > 0 trains peft LoRA adapters of this rank on the FSDP actor (the reference is then the
+    base model, the actor with its adapters disabled; the rollout gets the merged weights)."""
+    lora_alpha: int = 16
+    """LoRA scaling numerator (scaling = lora_alpha / lora_rank)."""
+    target_modules: Any = "all-linear"
     """Modules that get LoRA adapters: all-linear or a list of names."""
-    exclude_modules: Any = key(None, effect="inert", reason=_LORA_OFF)
-    """Modules excluded from LoRA."""
-    lora_adapter_path: str | None = key(
-        None,
-        refuse=Refuse(
-            _unset,
-            "null",
-            "LoRA is not implemented; merge the adapter into the base model and point model.path at the result",
-            "loads a pretrained LoRA adapter onto the actor",
-            "/adapters/a",
-        ),
-    )
-    """Pretrained LoRA adapter to start from."""
+    exclude_modules: Any = None
+    """Modules excluded from LoRA (a name list or a regex)."""
+    lora_adapter_path: str | None = None
+    """A LoRA adapter directory (adapter_config.json + weights, e.g. a checkpoint's actor/lora_adapter) to start
+    from; lora_rank must still be > 0."""
     use_liger: bool = key(
         False,
         refuse=Refuse(
@@ -170,6 +171,11 @@ class HFModelConfig(BaseConfig):
             raise ValueError("actor_rollout_ref.model.path is empty; set actor_rollout_ref.model.path=/path/to/model")
         if self.lora_rank < 0:
             raise ValueError(f"model.lora_rank={self.lora_rank} must be >= 0 (0 disables LoRA)")
+        if self.lora_adapter_path and self.lora_rank == 0:
+            raise ValueError(
+                f"actor_rollout_ref.model.lora_adapter_path={self.lora_adapter_path} is set but lora_rank=0 (LoRA "
+                "off): set lora_rank > 0 (the adapter's own rank is read from its adapter_config.json)"
+            )
 
     @property
     def local_hf_config_path(self) -> str:
