@@ -135,6 +135,23 @@ def test_ppo_with_gae_critic_trains(tmp_path, tiny_model_dir, ray_cluster, monke
     _finite(rows, "timing_s/update_critic")
 
 
+def test_ppo_with_ulysses_sequence_parallel_trains(tmp_path, tiny_model_dir, ray_cluster, monkeypatch):
+    """actor, reference and critic with ulysses_sequence_parallel_size=2 on the 2 ranks (one data-parallel group of
+    2 sequence-parallel ranks) through main_ppo; the numbers against SP=1 are checked in tests/workers/test_ulysses.py."""
+    extra = [
+        "actor_rollout_ref.model.use_remove_padding=True",
+        "critic.model.use_remove_padding=True",
+        "actor_rollout_ref.actor.ulysses_sequence_parallel_size=2",
+        "critic.ulysses_sequence_parallel_size=2",
+        "actor_rollout_ref.actor.use_kl_loss=True",
+    ]
+    rows = _run(_overrides(tmp_path, tiny_model_dir, "gae", 2, extra), tmp_path / "m.jsonl", monkeypatch)
+    assert [r["step"] for r in rows] == [1, 2]
+    for key in ("actor/pg_loss", "actor/grad_norm", "actor/kl_loss", "critic/vf_loss", "critic/grad_norm"):
+        _finite(rows, key)
+    assert _finite(rows, "actor/kl_loss")[-1] > 0  # the reference's log-probs reached the actor's loss
+
+
 def test_resume_reproduces_uninterrupted_run(tmp_path, tiny_model_dir, ray_cluster, monkeypatch):
     """4 steps straight == 2 steps, a checkpoint, a new run resuming from it, 2 more steps (within 1e-4)."""
     straight = _run(

@@ -157,13 +157,36 @@ class _Offload:
 class _FSDPWorkerBase(Worker):
     """Shared set-up: typed config, process group, device mesh and dispatch registration."""
 
+    _sp = 1  # Ulysses sequence-parallel size of this worker's training forward (set from the config)
+
     def _setup(self, config: Any, meshes: tuple[str, ...], seed: int, timeout_s: int) -> None:
         self.config = config
         self._seed = seed
         _init_distributed(self, timeout_s)
         for mesh_name in meshes:
-            # No sequence/tensor parallelism: every rank is its own dp rank and returns its own piece.
-            self._register_dispatch_collect_info(mesh_name, dp_rank=self.rank, is_collect=True)
+            # Without Ulysses every rank is its own dp rank and returns its own piece; with it the ranks of one
+            # sequence-parallel group (consecutive ranks) share a dp rank, and the group's first rank returns
+            sp = self._mesh_sp(mesh_name)
+            self._register_dispatch_collect_info(mesh_name, dp_rank=self.rank // sp, is_collect=self.rank % sp == 0)
+
+    def _mesh_sp(self, mesh_name: str) -> int:
+        """Ulysses sequence-parallel size of the ranks serving ``mesh_name`` (1: none)."""
+        return 1
+
+    def _ulysses_groups(self, sp: int) -> tuple[Any, Any]:
+        """``(sp_group, dp_group)`` for Ulysses size ``sp``; ``(None, None)`` without it."""
+        if sp == 1:
+            return None, None
+        from verl.utils.ulysses import ulysses_groups
+
+        return ulysses_groups(sp)
+
+    def _check_sp_divides(self, sp: int, key_name: str) -> int:
+        if sp < 1 or self.world_size % sp:
+            raise ValueError(
+                f"{key_name}={sp} must divide the {self.world_size} ranks (trainer.n_gpus_per_node * trainer.nnodes)"
+            )
+        return sp
 
     def _seed_rngs(self) -> None:
         """Seed the process-global RNGs with ``seed + rank``; called last in ``init_model``.
@@ -234,8 +257,16 @@ class ActorRolloutRefWorker(_FSDPWorkerBase):
     # ---------------------------------------------------------------- what a training back-end decides
 
     def _data_parallel_size(self, config: ActorRolloutRefConfig) -> int:
-        """Ranks that each train on their own rows (FSDP: every rank)."""
-        return self.world_size
+        """Ranks that each train on their own rows: every rank, or one per Ulysses sequence-parallel group."""
+        # the actor's layout, which the reference shares; a reference-only worker has its own
+        node, name = (config.ref, "ref") if self.role == "ref" else (config.actor, "actor")
+        self._sp = self._check_sp_divides(
+            node.ulysses_sequence_parallel_size, f"actor_rollout_ref.{name}.ulysses_sequence_parallel_size"
+        )
+        return self.world_size // self._sp
+
+    def _mesh_sp(self, mesh_name: str) -> int:
+        return self._sp if mesh_name == "actor" else 1  # generation ("rollout") stays one piece per rank
 
     @staticmethod
     def _model_seed(config: ActorRolloutRefConfig) -> int:
@@ -296,6 +327,15 @@ class ActorRolloutRefWorker(_FSDPWorkerBase):
         return {k: v for k, v in ids.items() if v is not None}
 
     def _load_policy(self, local_path: str, fsdp_config: FSDPEngineConfig) -> torch.nn.Module:
+        module = self._load_causal_lm(local_path, fsdp_config)
+        if self._sp > 1:  # Ulysses attention inside the packed forward; plain sdpa for generation
+            from verl.utils.ulysses import check_heads, enable_ulysses
+
+            check_heads(module.config, self._sp, "actor_rollout_ref.actor.ulysses_sequence_parallel_size")
+            enable_ulysses(module)
+        return module
+
+    def _load_causal_lm(self, local_path: str, fsdp_config: FSDPEngineConfig) -> torch.nn.Module:
         model_cfg = self.config.model
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(fsdp_config.seed)
@@ -335,12 +375,15 @@ class ActorRolloutRefWorker(_FSDPWorkerBase):
         self.actor_lr_scheduler = hf.build_lr_scheduler(
             self.actor_optimizer, actor_cfg.optim, self._total_training_steps
         )
+        sp_group, dp_group = self._ulysses_groups(self._sp)
         self.actor = DataParallelPPOActor(
             actor_cfg,
             self.actor_module_fsdp,
             self.actor_optimizer,
             mini_batch_size=self._batch.mini,
             micro_batch_size=self._batch.micro,
+            sp_group=sp_group,
+            dp_group=dp_group,
         )
         self.checkpoint_manager = FSDPCheckpointManager(
             model=self.actor_module_fsdp,
@@ -418,7 +461,10 @@ class ActorRolloutRefWorker(_FSDPWorkerBase):
             self.ref_module_fsdp = _build_sharded(module, ref_cfg.strategy, fsdp_config, self._mesh(fsdp_config))
         # The reference policy only scores: its typed view carries the forward's settings, no PPO knobs.
         scoring = ref_cfg.scoring_actor_config(self.config.model.use_remove_padding)
-        self.ref_policy = DataParallelPPOActor(scoring, self.ref_module_fsdp, None)
+        sp_group, dp_group = self._ulysses_groups(self._sp)
+        self.ref_policy = DataParallelPPOActor(
+            scoring, self.ref_module_fsdp, None, sp_group=sp_group, dp_group=dp_group
+        )
 
     def _build_rollout(self, local_path: str) -> None:
         from verl.workers.rollout.base import get_rollout_class
@@ -493,7 +539,7 @@ class ActorRolloutRefWorker(_FSDPWorkerBase):
 
     def _log_prob_meta(self, data: DataProto, node: Any, micro_batch_size: int | None) -> None:
         data.meta_info["micro_batch_size"] = micro_batch_size
-        data.meta_info["max_token_len"] = node.log_prob_max_token_len_per_gpu
+        data.meta_info["max_token_len"] = node.log_prob_max_token_len_per_gpu * self._sp  # a Ulysses group's budget
         data.meta_info["use_dynamic_bsz"] = node.log_prob_use_dynamic_bsz
         data.meta_info["temperature"] = float(self.config.rollout.temperature)
 
@@ -752,7 +798,10 @@ class CriticWorker(_FSDPWorkerBase):
     def __init__(self, config: Any, total_training_steps: int | None = None, **kwargs: Any):
         super().__init__()
         config = config if isinstance(config, CriticConfig) else as_config(config, FSDPCriticConfig)
-        self._batch = critic_rank_batch_sizes(config, self.world_size)
+        self._sp = self._check_sp_divides(
+            config.ulysses_sequence_parallel_size, "critic.ulysses_sequence_parallel_size"
+        )
+        self._batch = critic_rank_batch_sizes(config, self.world_size // self._sp)
         self._total_training_steps = total_training_steps
         self._setup(config, ("critic",), config.model.fsdp_config.seed, timeout_s=config.nccl_timeout)
         self.critic = self.critic_module_fsdp = self.critic_optimizer = None
@@ -781,17 +830,25 @@ class CriticWorker(_FSDPWorkerBase):
             trust_remote_code=model_cfg.trust_remote_code,
             seed=fsdp_config.seed,
         )
+        if self._sp > 1:
+            from verl.utils.ulysses import check_heads, enable_ulysses
+
+            check_heads(module.config, self._sp, "critic.ulysses_sequence_parallel_size")
+            enable_ulysses(module)
         if model_cfg.enable_gradient_checkpointing:
             hf.enable_gradient_checkpointing(module)
         self.critic_module_fsdp = _build_sharded(module, cfg.strategy, fsdp_config, self._mesh(fsdp_config))
         self.critic_optimizer = hf.build_optimizer(self.critic_module_fsdp.parameters(), cfg.optim)
         self.critic_lr_scheduler = hf.build_lr_scheduler(self.critic_optimizer, cfg.optim, self._total_training_steps)
+        sp_group, dp_group = self._ulysses_groups(self._sp)
         self.critic = DataParallelPPOCritic(
             cfg,
             self.critic_module_fsdp,
             self.critic_optimizer,
             mini_batch_size=self._batch.mini,
             micro_batch_size=self._batch.micro,
+            sp_group=sp_group,
+            dp_group=dp_group,
         )
         self.checkpoint_manager = FSDPCheckpointManager(
             model=self.critic_module_fsdp,
@@ -804,12 +861,15 @@ class CriticWorker(_FSDPWorkerBase):
         self._offload.__exit__(None, None, None)
         self._seed_rngs()
 
+    def _mesh_sp(self, mesh_name: str) -> int:
+        return self._sp
+
     @register(dispatch_mode=make_nd_compute_dataproto_dispatch_fn(mesh_name="critic"))
     def compute_values(self, data: DataProto) -> DataProto:
         """``values`` ``(bs, R)`` for this rank's rows."""
         data = data.to(get_device_name())
         data.meta_info["micro_batch_size"] = self._batch.log_prob_micro
-        data.meta_info["max_token_len"] = self.config.forward_max_token_len_per_gpu
+        data.meta_info["max_token_len"] = self.config.forward_max_token_len_per_gpu * self._sp
         data.meta_info["use_dynamic_bsz"] = self.config.use_dynamic_bsz
         with self._offload:
             values = self.critic.compute_values(data)

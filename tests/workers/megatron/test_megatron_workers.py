@@ -27,7 +27,7 @@ REPO = HERE.parents[2]
 def _torchrun(nproc: int, *args: str, cwd: Path) -> None:
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(nproc), "--master_port", "0"]
-    cmd += ["--rdzv_backend", "c10d", "--rdzv_endpoint", "127.0.0.1:0", str(HERE / "parity_worker.py"), *args]
+    cmd += ["--rdzv_backend", "c10d", "--rdzv_endpoint", "127.0.0.1:0", str(HERE.parent / "parity_worker.py"), *args]
     result = subprocess.run(cmd, env=env, cwd=cwd, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-4000:]
 
@@ -37,7 +37,7 @@ def test_first_update_equals_the_fsdp_workers_on_the_same_batch(tiny_model_dir, 
     parallel 2 x data parallel 2) score and train on one fixed batch, each data-parallel group on its half:
     log-probs on response tokens within 1e-5, policy loss and gradient norm within 1e-5 relative, log-probs after
     the update within 5e-4 (an lr=1e-2 Adam step amplifies gradient rounding); the critic likewise (values, value loss, gradient norm)."""
-    sys.path.insert(0, str(HERE))
+    sys.path.insert(0, str(HERE.parent))
     from parity_worker import batch
     from transformers import AutoTokenizer
 

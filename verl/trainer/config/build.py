@@ -299,6 +299,7 @@ def check_trainer_config(
     check_log_prob_batch("actor_rollout_ref.rollout", arr.rollout, dp)
     if use_reference_policy:
         check_log_prob_batch("actor_rollout_ref.ref", arr.ref, dp)
+        _check_ref_sequence_parallel(arr)
     if use_critic:
         _check_shared_megatron_groups(arr.actor, cfg.critic)
         critic_dp = _data_parallel_size(cfg.critic, n_ranks, "critic")
@@ -433,6 +434,19 @@ def _check_rollout_parallelism(rollout: Any, n_ranks: int) -> None:
         raise ValueError(
             f"actor_rollout_ref.rollout.multi_turn.enable=True with {key}={tp} is not supported yet (the ranks of an "
             f"engine group would have to run the interactions in lockstep); set {key}=1"
+        )
+
+
+def _check_ref_sequence_parallel(arr: Any) -> None:
+    """The reference runs on the actor's ranks with the actor's rows: one Ulysses layout for both."""
+    if getattr(arr.actor, "megatron", None) is not None:
+        return  # Megatron: no Ulysses (its layout is tp/pp/cp)
+    actor_sp, ref_sp = arr.actor.ulysses_sequence_parallel_size, arr.ref.ulysses_sequence_parallel_size
+    if actor_sp != ref_sp and arr.model.lora_rank == 0:
+        raise ValueError(
+            f"actor_rollout_ref.ref.ulysses_sequence_parallel_size={ref_sp} differs from "
+            f"actor_rollout_ref.actor.ulysses_sequence_parallel_size={actor_sp}: the reference shares the actor's "
+            "ranks and rows, so both use one sequence-parallel layout; leave ref's unset (it follows the actor's)"
         )
 
 

@@ -56,6 +56,7 @@ logger = logging.getLogger(__name__)
 __all__ = [
     "DataParallelPPOActor",
     "as_actor_config",
+    "check_sequence_parallel",
     "clip_grad_and_step",
     "forward_logits",
     "forward_packed",
@@ -130,7 +131,9 @@ def forward_logits(module: nn.Module, micro_batch: DataProto, logits_to_keep: in
     return output[0]
 
 
-def forward_packed(module: nn.Module, micro_batch: DataProto, response_length: int) -> torch.Tensor:
+def forward_packed(
+    module: nn.Module, micro_batch: DataProto, response_length: int, sp_group: Any = None
+) -> torch.Tensor:
     """Run the model on the micro-batch's real tokens only, packed into one row, and return its outputs at the
     ``response_length`` positions that predict the response tokens.
 
@@ -144,6 +147,10 @@ def forward_packed(module: nn.Module, micro_batch: DataProto, response_length: i
         micro_batch: rows with ``input_ids``, ``attention_mask``, ``position_ids`` ``(b, T)``; the response is the
             last ``response_length`` columns.
         response_length: ``R``.
+        sp_group: the Ulysses sequence-parallel group (``ulysses_sequence_parallel_size > 1``; its ranks hold the
+            same rows): the packed row is split into one contiguous slice per rank, attention exchanges heads for
+            slices (``verl.utils.ulysses``), and the needed outputs are gathered from the slices, so every rank of
+            the group returns the same values.
 
     Returns:
         ``(b, R, C)`` outputs (logits, or a value head's channel), position ``j`` predicting response token ``j``;
@@ -167,22 +174,77 @@ def forward_packed(module: nn.Module, micro_batch: DataProto, response_length: i
     packed_index = cu_seqlens[:-1].long().unsqueeze(1) + within[:, cols]  # (b, R)
     valid = real[:, cols]  # (b, R): the input at that position is a real token
     keep = packed_index[valid]  # (K,)
-    extra: dict[str, Any] = {}
-    if forward_accepts(unwrap_module(module), "logits_to_keep"):
-        extra["logits_to_keep"] = keep
-    output = module(
-        input_ids=packed_ids.view(1, -1), position_ids=packed_positions.view(1, -1), use_cache=False, **extra
-    )
-    if not isinstance(output, torch.Tensor):
-        output = output.logits if hasattr(output, "logits") else output[0]
-    values = output[0]  # (K or nnz, C) or (K or nnz,)
-    if values.dim() == 1:
-        values = values.unsqueeze(-1)
-    if "logits_to_keep" not in extra:
-        values = values[keep]
+    packed_ids, packed_positions = packed_ids.view(1, -1), packed_positions.view(1, -1)
+    if sp_group is not None and torch.distributed.get_world_size(sp_group) > 1:
+        values = _forward_packed_sp(module, packed_ids, packed_positions, keep, sp_group)
+    else:
+        values = _forward_rows(module, packed_ids, packed_positions, keep)
     result = values.new_zeros((b, response_length, values.size(-1)))
     result[valid] = values
     return result
+
+
+def _forward_rows(
+    module: nn.Module, ids: torch.Tensor, positions: torch.Tensor, keep: torch.Tensor, **extra: Any
+) -> torch.Tensor:
+    """The model's ``(len(keep), C)`` outputs at the positions ``keep`` of the packed row ``ids (1, n)``."""
+    if forward_accepts(unwrap_module(module), "logits_to_keep"):
+        extra["logits_to_keep"] = keep
+    output = module(input_ids=ids, position_ids=positions, use_cache=False, **extra)
+    if not isinstance(output, torch.Tensor):
+        output = output.logits if hasattr(output, "logits") else output[0]
+    values = output[0]  # (K or n, C) or (K or n,)
+    if values.dim() == 1:
+        values = values.unsqueeze(-1)
+    return values if "logits_to_keep" in extra else values[keep]
+
+
+def _forward_packed_sp(
+    module: nn.Module, ids: torch.Tensor, positions: torch.Tensor, keep: torch.Tensor, group: Any
+) -> torch.Tensor:
+    """:func:`_forward_rows` with the row split over the Ulysses group ``group`` (see ``verl.utils.ulysses``)."""
+    from verl.utils import ulysses
+
+    size, rank = torch.distributed.get_world_size(group), torch.distributed.get_rank(group)
+    n = ids.size(1)
+    pad = -n % size
+    if pad:  # a filler sequence at the end (its own positions from 0), never read
+        ids = torch.cat([ids, ids.new_zeros((1, pad))], dim=1)
+        positions = torch.cat([positions, torch.arange(pad, device=positions.device).view(1, -1)], dim=1)
+    chunk = ids.size(1) // size
+    start = rank * chunk
+    counts = [int(c) for c in torch.div(keep, chunk, rounding_mode="floor").bincount(minlength=size)]
+    mine = keep[(keep >= start) & (keep < start + chunk)] - start
+    with ulysses.sequence_parallel(group, positions) as ctx:
+        local_ids, local_positions = ids[:, start : start + chunk], positions[:, start : start + chunk]
+        local = _forward_rows(module, local_ids, local_positions, mine, **{ulysses.MODEL_KWARG: ctx})
+    return ulysses.gather_rows(local, counts, group)  # keep is sorted: the slices' rows, in rank order
+
+
+def _ulysses_size(config: Any) -> int:
+    """``ulysses_sequence_parallel_size`` of an FSDP node; 1 for nodes without the key (Megatron's)."""
+    return int(config.ulysses_sequence_parallel_size) if hasattr(config, "ulysses_sequence_parallel_size") else 1
+
+
+def check_sequence_parallel(config: Any, sp_group: Any, where: str) -> int:
+    """The Ulysses size of ``config`` (1 without it), checked against the group the worker made."""
+    size = _ulysses_size(config)
+    if size == 1:
+        return 1
+    if sp_group is None or torch.distributed.get_world_size(sp_group) != size:
+        raise ValueError(
+            f"{where}.ulysses_sequence_parallel_size={size} needs its sequence-parallel process group (the FSDP "
+            "workers make it: verl.utils.ulysses.ulysses_groups); pass sp_group="
+        )
+    remove_padding = getattr(config, "use_remove_padding", None)
+    if remove_padding is None:  # the critic's node: critic.model.use_remove_padding
+        remove_padding = config.model.use_remove_padding
+    if not remove_padding:
+        raise ValueError(
+            f"{where}.ulysses_sequence_parallel_size={size} splits the padding-free packed row; set "
+            "use_remove_padding=True"
+        )
+    return size
 
 
 def split_micro_batches(
@@ -287,6 +349,8 @@ class DataParallelPPOActor(BasePPOActor):
         actor_optimizer: torch.optim.Optimizer | None = None,
         mini_batch_size: int | None = None,
         micro_batch_size: int | None = None,
+        sp_group: Any = None,
+        dp_group: Any = None,
     ):
         super().__init__(as_actor_config(config))
         self.actor_module = actor_module
@@ -295,8 +359,8 @@ class DataParallelPPOActor(BasePPOActor):
         self.micro_batch_size = (
             self.config.ppo_micro_batch_size_per_gpu if micro_batch_size is None else micro_batch_size
         )
-        if self.config.ulysses_sequence_parallel_size > 1:
-            raise ValueError("ulysses_sequence_parallel_size > 1 is not supported; set it to 1")
+        self.sp_group, self.dp_group = sp_group, dp_group
+        self.sp_size = check_sequence_parallel(self.config, sp_group, "actor_rollout_ref.actor")
         self.skipped_steps = 0  # optimizer steps skipped because the gradient norm was not finite
         # {"old_log_probs", "entropys"} (rows in input order) of the last update_policy called without old_log_probs
         self.on_policy_log_probs: dict[str, torch.Tensor] | None = None
@@ -327,7 +391,7 @@ class DataParallelPPOActor(BasePPOActor):
         responses = micro_batch.batch["responses"]
         response_length = responses.size(-1)
         if self.config.use_remove_padding:
-            logits = forward_packed(self.actor_module, micro_batch, response_length)  # (b, R, V)
+            logits = forward_packed(self.actor_module, micro_batch, response_length, self.sp_group)  # (b, R, V)
         else:
             logits = forward_logits(self.actor_module, micro_batch, logits_to_keep=response_length + 1)  # (b, R+1, V)
             # Position t predicts token t+1, so the response tokens are scored by the R positions before them.
@@ -564,16 +628,18 @@ class DataParallelPPOActor(BasePPOActor):
         self.actor_module.train()
         for _ in range(cfg.ppo_epochs):
             for mini in mini_batches:
-                micro_batches, order = split_micro_batches(
-                    mini, cfg.use_dynamic_bsz, self.micro_batch_size, cfg.ppo_max_token_len_per_gpu
-                )
+                # with Ulysses a rank holds 1/sp of each micro-batch's tokens: the token budget covers the group
+                max_tokens = cfg.ppo_max_token_len_per_gpu * self.sp_size
+                micro_batches, order = split_micro_batches(mini, cfg.use_dynamic_bsz, self.micro_batch_size, max_tokens)
                 view = cfg  # the legacy path: no global counts, micro-batch-local means
                 if engine:
                     info = global_batch_info(
                         mini.batch["response_mask"],
                         global_batch_size,
                         cfg.loss_scale_factor,
-                        getattr(self.actor_module, "data_parallel_group", None),
+                        self.dp_group
+                        if self.dp_group is not None
+                        else getattr(self.actor_module, "data_parallel_group", None),
                     )
                     view = dataclasses.replace(cfg, global_batch_info=info)
                 scales = micro_batch_scales([len(m) for m in micro_batches], len(mini), cfg.use_dynamic_bsz, engine)

@@ -18,7 +18,6 @@ from verl.utils.profiler.config import ProfilerConfig
 from verl.workers.config.engine import FSDPEngineConfig, McoreEngineConfig
 from verl.workers.config.model import refuse_fused
 from verl.workers.config.optimizer import FSDPOptimizerConfig, OptimizerConfig
-from verl.workers.config.reward_model import ulysses_refusal
 
 __all__ = ["LOSS_AGG_MODES", "ActorConfig", "FSDPActorConfig", "McoreActorConfig", "PolicyLossConfig"]
 
@@ -283,10 +282,9 @@ class FSDPActorConfig(ActorConfig):
 
     grad_clip: float = 1.0
     """Gradient-norm clip (legacy worker path; the engine path reads optim.clip_grad, as verl)."""
-    ulysses_sequence_parallel_size: int = key(
-        1, effect="implemented", refuse=ulysses_refusal("actor_rollout_ref.actor.ulysses_sequence_parallel_size")
-    )
-    """Ulysses sequence-parallel ranks (splits long sequences across ranks)."""
+    ulysses_sequence_parallel_size: int = 1
+    """Ulysses sequence-parallel ranks: each packed micro-batch's tokens are split over this many consecutive ranks
+    (all-to-all of attention heads); needs use_remove_padding and a head count it divides."""
     entropy_from_logits_with_chunking: bool = False
     """Compute entropy in chunks to save memory."""
     entropy_checkpointing: bool = False

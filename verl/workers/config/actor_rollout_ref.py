@@ -14,7 +14,6 @@ from verl.utils.profiler.config import ProfilerConfig
 from verl.workers.config.actor import ActorConfig, FSDPActorConfig, check_micro_batch_exclusive
 from verl.workers.config.engine import FSDPEngineConfig
 from verl.workers.config.model import HFModelConfig
-from verl.workers.config.reward_model import ulysses_refusal
 from verl.workers.config.rollout import RolloutConfig
 
 __all__ = ["ActorRolloutRefConfig", "RefConfig"]
@@ -54,13 +53,9 @@ class RefConfig(BaseConfig):
     """Per-role profiler settings."""
     fsdp_config: FSDPEngineConfig = key(factory=FSDPEngineConfig)
     """Sharding and offload of the reference (never holds an optimizer)."""
-    ulysses_sequence_parallel_size: int = key(
-        1,
-        follows="actor_rollout_ref.actor.ulysses_sequence_parallel_size",
-        effect="implemented",
-        refuse=ulysses_refusal("actor_rollout_ref.ref.ulysses_sequence_parallel_size"),
-    )
-    """Ulysses sequence-parallel ranks (follows the actor's)."""
+    ulysses_sequence_parallel_size: int = key(1, follows="actor_rollout_ref.actor.ulysses_sequence_parallel_size")
+    """Ulysses sequence-parallel ranks (follows the actor's; the reference shares the actor's ranks and data layout,
+    so it must equal the actor's when both run)."""
     entropy_from_logits_with_chunking: bool = key(
         False, effect="inert", reason="the reference computes no entropy (log-probs only)"
     )

@@ -26,7 +26,6 @@ from verl.workers.config.model import (
     refuse_activation_offload,
 )
 from verl.workers.config.optimizer import FSDPOptimizerConfig, OptimizerConfig
-from verl.workers.config.reward_model import ulysses_refusal
 
 __all__ = ["CriticConfig", "CriticModelConfig", "FSDPCriticConfig", "McoreCriticConfig"]
 
@@ -219,10 +218,8 @@ class CriticConfig(BaseConfig):
 class FSDPCriticConfig(CriticConfig):
     """Critic trained with FSDP / FSDP2."""
 
-    ulysses_sequence_parallel_size: int = key(
-        1, effect="implemented", refuse=ulysses_refusal("critic.ulysses_sequence_parallel_size")
-    )
-    """Ulysses sequence-parallel ranks."""
+    ulysses_sequence_parallel_size: int = 1
+    """Ulysses sequence-parallel ranks of the critic (needs critic.model.use_remove_padding)."""
     grad_clip: float = 1.0
     """Gradient-norm clip (legacy worker path; the engine path reads optim.clip_grad)."""
     fsdp: FSDPEngineConfig | None = key(None, since="0.8", alias_of="model.fsdp_config")

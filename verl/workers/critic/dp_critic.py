@@ -23,6 +23,7 @@ from verl.utils.py_functional import append_to_dict
 from verl.utils.seqlen_balancing import restore_dynamic_batch
 from verl.utils.torch_functional import masked_mean, response_mask_of
 from verl.workers.actor.dp_actor import (
+    check_sequence_parallel,
     clip_grad_and_step,
     forward_logits,
     forward_packed,
@@ -69,6 +70,8 @@ class DataParallelPPOCritic(BasePPOCritic):
         critic_optimizer: torch.optim.Optimizer | None,
         mini_batch_size: int | None = None,
         micro_batch_size: int | None = None,
+        sp_group: Any = None,
+        dp_group: Any = None,
     ):
         super().__init__(as_critic_config(config))
         self.critic_module = critic_module
@@ -77,8 +80,8 @@ class DataParallelPPOCritic(BasePPOCritic):
         self.micro_batch_size = (
             self.config.ppo_micro_batch_size_per_gpu if micro_batch_size is None else micro_batch_size
         )
-        if self.config.ulysses_sequence_parallel_size > 1:
-            raise ValueError("ulysses_sequence_parallel_size > 1 is not supported; set it to 1")
+        self.sp_group, self.dp_group = sp_group, dp_group
+        self.sp_size = check_sequence_parallel(self.config, sp_group, "critic")
         self.skipped_steps = 0
         # critic.model.use_remove_padding (null until the tree is built: v0.7's false, v0.9's true)
         self.use_remove_padding = bool(self.config.model.use_remove_padding)
@@ -87,7 +90,7 @@ class DataParallelPPOCritic(BasePPOCritic):
         """Values ``(b, R)`` of the response positions (unmasked)."""
         response_length = micro_batch.batch["responses"].size(-1)
         if self.use_remove_padding:
-            values = forward_packed(self.critic_module, micro_batch, response_length)  # (b, R, 1)
+            values = forward_packed(self.critic_module, micro_batch, response_length, self.sp_group)  # (b, R, 1)
             if values.size(-1) != 1:
                 raise ValueError(f"critic output has {values.size(-1)} channels per token; a value head needs 1")
             return values.squeeze(-1).float()
@@ -201,9 +204,8 @@ class DataParallelPPOCritic(BasePPOCritic):
         self.critic_module.train()
         for _ in range(cfg.ppo_epochs):
             for mini in data.split(self.mini_batch_size):
-                micro_batches, _ = split_micro_batches(
-                    mini, cfg.use_dynamic_bsz, self.micro_batch_size, cfg.ppo_max_token_len_per_gpu
-                )
+                max_tokens = cfg.ppo_max_token_len_per_gpu * self.sp_size  # a group's budget under Ulysses
+                micro_batches, _ = split_micro_batches(mini, cfg.use_dynamic_bsz, self.micro_batch_size, max_tokens)
                 scales = micro_batch_scales([len(m) for m in micro_batches], len(mini), cfg.use_dynamic_bsz, engine)
                 self.critic_optimizer.zero_grad()
                 for (vf_loss, micro_metrics), scale in zip(self._backward_micro_batches(micro_batches, scales), scales):

@@ -1,4 +1,8 @@
-"""One rank of the FSDP-vs-Megatron parity check (run by test_megatron_workers.py under torchrun, without Ray).
+"""One rank of the worker parity checks (run under torchrun, without Ray, by megatron/test_megatron_workers.py
+and test_ulysses.py).
+
+``fsdp-rmpad`` is FSDP2 with the padding-free forward and Ulysses sequence parallelism of size ``tp`` (the ranks of
+one sequence-parallel group get the same rows).
 
 The real ``ActorRolloutRefWorker`` of the chosen strategy scores and trains on one fixed batch (left-padded prompts,
 right-padded responses, fixed advantages) exactly as a worker group would call it: each data-parallel group gets its
@@ -90,6 +94,10 @@ def main(strategy: str, model_dir: str, out: str, tp: int, pp: int = 1) -> None:
     else:
         config_name = "ppo_trainer"
         overrides += ["actor_rollout_ref.actor.strategy=fsdp2"]
+    if strategy == "fsdp-rmpad":  # the padding-free forward, with Ulysses sequence parallelism of size ``tp``
+        overrides += ["actor_rollout_ref.model.use_remove_padding=True", "critic.model.use_remove_padding=True"]
+        overrides += [f"actor_rollout_ref.actor.ulysses_sequence_parallel_size={tp}"]
+        overrides += [f"critic.ulysses_sequence_parallel_size={tp}"]
     config = build_trainer_config(compose_config(config_name, overrides=overrides))
     if strategy == "megatron":
         from verl.workers.megatron_workers import ActorRolloutRefWorker, CriticWorker
@@ -98,7 +106,7 @@ def main(strategy: str, model_dir: str, out: str, tp: int, pp: int = 1) -> None:
     worker = ActorRolloutRefWorker(config.actor_rollout_ref, role="actor_rollout_ref", total_training_steps=2)
     worker.init_model()
     # the rows of this rank's data-parallel group, as a worker group's dispatch hands them out
-    dp_rank = worker._dp_rank if strategy == "megatron" else dist.get_rank()
+    dp_rank = worker._dp_rank if strategy == "megatron" else dist.get_rank() // (tp * pp)
     data = batch(worker.tokenizer).chunk(world // (tp * pp))[dp_rank]
     before = worker.compute_log_prob(data)
     ref = worker.compute_ref_log_prob(data)
