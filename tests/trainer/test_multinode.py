@@ -2,13 +2,15 @@
 ``ray start --address``, 3 CPUs each). ``main_ppo`` joins the running cluster (``RAY_ADDRESS``; it must not pass
 resources of its own there), places one group per node on both nodes, and ``trainer.nnodes=2
 trainer.n_gpus_per_node=1`` GRPO gives the same numbers as the same run on one node with two ranks
-(``nnodes=1 n_gpus_per_node=2``, on the session's local cluster)."""
+(``nnodes=1 n_gpus_per_node=2``, on the session's local cluster). ``main_generation_server`` with the same shape
+starts its two standalone replicas one per node."""
 
 from __future__ import annotations
 
 import contextlib
 import json
 import os
+import re
 import shutil
 import signal
 import socket
@@ -135,6 +137,19 @@ def test_two_node_grpo_spans_both_nodes_and_equals_one_node(tmp_path, tiny_model
         assert probe.returncode == 0, probe.stderr[-3000:]
         assert "CPUS 6.0" in probe.stdout, probe.stdout  # the cluster's own resources, not a local instance's
         assert "NODES 2 2" in probe.stdout, probe.stdout  # one placement group per node, on two nodes
+
+        # Phase 0 generation on the cluster: trainer.nnodes=2 x 1 device = two standalone replicas, one per node
+        prompts = [{"prompt": [{"role": "user", "content": f"q{i}"}], "data_source": "toy"} for i in range(4)]
+        pd.DataFrame(prompts).to_parquet(tmp_path / "prompts.parquet")
+        gen_cmd = [sys.executable, "-m", "verl.trainer.main_generation_server", "trainer.device=cpu"]
+        gen_cmd += ["trainer.nnodes=2", "trainer.n_gpus_per_node=1", f"actor_rollout_ref.model.path={tiny_model_dir}"]
+        gen_cmd += [f"data.train_files={tmp_path / 'prompts.parquet'}", f"data.output_path={tmp_path / 'gen.parquet'}"]
+        gen_cmd += ["actor_rollout_ref.rollout.name=hf", "actor_rollout_ref.rollout.response_length=4"]
+        gen = subprocess.run(gen_cmd, cwd=tmp_path, env=driver_env, capture_output=True, text=True, timeout=300)
+        assert gen.returncode == 0, gen.stdout[-3000:] + gen.stderr[-3000:]
+        served = re.findall(r"replica (\d) \(hf\) serving at \S+ on node (\w+)", gen.stdout)
+        assert len(served) == 2 and len({node for _, node in served}) == 2, gen.stdout[-3000:]
+        assert set(pd.read_parquet(tmp_path / "gen.parquet")["status"]) == {"ok"}
 
         metrics = {}
         path = tmp_path / "two_nodes.jsonl"

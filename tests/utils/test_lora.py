@@ -122,3 +122,36 @@ def test_lora_adapter_path_errors_name_the_key(tiny_model_dir, tmp_path):
         apply_lora(AutoModelForCausalLM.from_pretrained(tiny_model_dir), _cfg(lora_adapter_path=str(tmp_path)))
     with pytest.raises(ValueError, match=r"lora_adapter_path=.*lora_rank=0"):
         HFModelConfig(path="/unused", lora_adapter_path=str(tmp_path))
+
+
+def test_v09_lora_block_maps_megatron_module_names_and_folds_into_the_flat_keys(tiny_model_dir):
+    from verl.workers.config import LoraConfig
+
+    block = LoraConfig(rank=4, alpha=8, dropout=0.1, target_modules=["linear_qkv", "linear_fc2"])
+    cfg = HFModelConfig(path="/unused", lora=block)
+    assert (cfg.lora_rank, cfg.lora_alpha) == (4, 8)
+    assert cfg.target_modules == ["q_proj", "k_proj", "v_proj", "down_proj"]
+    model = apply_lora(AutoModelForCausalLM.from_pretrained(tiny_model_dir), cfg)
+    assert {name.rsplit(".", 1)[-1] for name in lora_scalings(model)} == {"q_proj", "k_proj", "v_proj", "down_proj"}
+    peft_config = model.peft_config["default"]
+    assert peft_config.r == 4 and peft_config.lora_alpha == 8 and peft_config.lora_dropout == 0.1
+    with pytest.raises(ValueError, match=r"lora_rank=8 and model.lora.rank=4 disagree"):
+        HFModelConfig(path="/unused", lora_rank=8, lora=block)
+
+
+def test_v09_lora_spelling_through_the_trainer_config():
+    from verl.trainer.config.build import build_trainer_config
+    from verl.utils.config import compose_config
+
+    overrides = [
+        "actor_rollout_ref.model.path=/m",
+        "actor_rollout_ref.rollout.name=hf",
+        "actor_rollout_ref.actor.ppo_micro_batch_size_per_gpu=2",
+        "actor_rollout_ref.rollout.log_prob_micro_batch_size_per_gpu=2",
+        "actor_rollout_ref.ref.log_prob_micro_batch_size_per_gpu=2",
+        "actor_rollout_ref.model.lora.rank=16",
+        "actor_rollout_ref.model.lora.alpha=32",
+    ]
+    model = build_trainer_config(compose_config(overrides=overrides), check=False).actor_rollout_ref.model
+    assert (model.lora_rank, model.lora_alpha) == (16, 32)
+    assert model.target_modules == ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]

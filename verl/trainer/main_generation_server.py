@@ -215,15 +215,22 @@ def _start_servers(config, gen, n_replicas: int) -> tuple[list[str], list]:
     rollout = config.actor_rollout_ref.rollout
     replica_cls = get_rollout_replica_class(rollout.name)
     gpus_per_node = config.trainer.n_gpus_per_node
-    replicas = []
+    model = config.actor_rollout_ref.model
+    replicas = [replica_cls(r, rollout, model, gpus_per_node, api_key=gen.api_key) for r in range(n_replicas)]
+    targets: list[str | None] = [None] * n_replicas
+    if config.trainer.nnodes > 1 and replicas:  # round-robin over the nodes that can hold a replica
+        from verl.single_controller.ray.base import node_targets
+
+        targets = node_targets(replicas[0].standalone_bundle(), [1] * n_replicas)
+    started = []
     try:
-        for rank in range(n_replicas):
-            replica = replica_cls(rank, rollout, config.actor_rollout_ref.model, gpus_per_node, api_key=gen.api_key)
-            replicas.append(replica)
-            replica.init_standalone()
-            print(f"replica {rank} ({rollout.name}) serving at http://{replica.server_address}")
+        for rank, (replica, target) in enumerate(zip(replicas, targets)):
+            started.append(replica)
+            replica.init_standalone(node_id=target)
+            node = replica.node_id or "?"
+            print(f"replica {rank} ({rollout.name}) serving at http://{replica.server_address} on node {node[:12]}")
     except BaseException:
-        for replica in replicas:
+        for replica in started:
             replica.shutdown()
         raise
     return [f"http://{r.server_address}" for r in replicas], replicas

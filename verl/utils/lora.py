@@ -58,22 +58,37 @@ def apply_lora(module: nn.Module, model_cfg: Any) -> nn.Module:
                 "there (a directory written by PeftModel.save_pretrained, or a checkpoint's actor/lora_adapter)"
             )
         return peft.PeftModel.from_pretrained(module, path, is_trainable=True)
-    targets = model_cfg.target_modules
-    if not isinstance(targets, str):
-        targets = list(targets)
+    rank, alpha, targets, dropout = _settings(model_cfg)
     excluded = model_cfg.exclude_modules
     if excluded is not None and not isinstance(excluded, str):
         excluded = list(excluded)
     config = peft.LoraConfig(
-        r=int(model_cfg.lora_rank),
-        lora_alpha=int(model_cfg.lora_alpha),
+        r=rank,
+        lora_alpha=alpha,
         target_modules=targets,
         exclude_modules=excluded,
-        lora_dropout=0.0,
+        lora_dropout=dropout,
         bias="none",
         task_type="CAUSAL_LM",
     )
     return peft.get_peft_model(module, config)
+
+
+def _settings(model_cfg: Any) -> tuple[int, int, Any, float]:
+    """``(rank, alpha, target modules, dropout)``: from v0.9's ``model.lora`` block when it sets the rank (its
+    Megatron module names mapped to Hugging Face ones), else from v0.7's flat keys (which have no dropout)."""
+    from verl.workers.config.model import hf_target_modules
+
+    block = getattr(model_cfg, "lora", None)
+    if block is not None and block.rank:
+        return int(block.rank), int(block.alpha), hf_target_modules(block.target_modules), float(block.dropout)
+    targets = model_cfg.target_modules
+    return (
+        int(model_cfg.lora_rank),
+        int(model_cfg.lora_alpha),
+        targets if isinstance(targets, str) else list(targets),
+        0.0,
+    )
 
 
 def is_lora_model(module: nn.Module) -> bool:

@@ -342,9 +342,7 @@ def test_the_default_config_passes_the_refusals():
 
 
 def test_every_offending_key_is_reported_together():
-    config = compose_config(
-        overrides=[*VALID, "actor_rollout_ref.model.use_liger=true", "critic.model.lora_rank=8"]
-    )
+    config = compose_config(overrides=[*VALID, "actor_rollout_ref.model.use_liger=true", "critic.model.lora_rank=8"])
     problems = "\n".join(refusal_problems(config))
     assert "actor_rollout_ref.model.use_liger=True" in problems
     assert "critic.model.lora_rank=8" in problems
@@ -438,7 +436,8 @@ def test_both_spellings_with_different_values_is_an_error_naming_both():
         ("distillation.enabled=true", "on-policy distillation is not implemented"),
         ("skip.rollout.enable=true", "replaying dumped generations is not implemented"),
         ("actor_rollout_ref.rollout.disaggregation.enabled=true", "disaggregation is not implemented"),
-        ("actor_rollout_ref.model.lora.rank=8", "Megatron-style LoRA block is not implemented"),
+        ("critic.model.lora.rank=8", "LoRA on the critic is not implemented"),
+        ("actor_rollout_ref.model.lora.type=dora", "only plain LoRA adapters are implemented"),
         ("actor_rollout_ref.rollout.multi_turn.function_tool_path=/t.py", "function tools are not implemented"),
         ("actor_rollout_ref.actor.policy_loss.dro_beta=0.1", "dro policy loss is not implemented"),
     ],

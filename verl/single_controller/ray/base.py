@@ -51,6 +51,7 @@ __all__ = [
     "create_colocated_worker_cls",
     "create_colocated_worker_cls_fused",
     "create_colocated_worker_raw_cls",
+    "node_targets",
     "split_resource_pool",
 ]
 
@@ -108,7 +109,7 @@ def _accelerator(use_gpu: bool, device_name: str) -> str | None:
     return _ACCELERATOR_RESOURCE.get(device_name) if use_gpu else None
 
 
-def _node_targets(spec: dict[str, float], counts: list[int]) -> list[str | None]:
+def node_targets(spec: dict[str, float], counts: list[int]) -> list[str | None]:
     """One node per placement group when there are several (``trainer.nnodes > 1``): the alive nodes that can hold a
     group, in (IP, node id) order, are suggested round-robin (Ray's soft target: it still packs elsewhere when the
     node is busy). Without it each group is packed independently, and with more CPUs per node than a group needs
@@ -179,7 +180,7 @@ class RayResourcePool(ResourcePool):
         prefix = prefix if self.detached else f"{prefix}{secrets.token_hex(3)}_"
         lifetime = "detached" if self.detached else None
         counts = [n for n in self._store if n > 0]
-        targets = _node_targets(spec, counts) if strategy == "STRICT_PACK" else [None] * len(counts)
+        targets = node_targets(spec, counts) if strategy == "STRICT_PACK" else [None] * len(counts)
         pgs = [
             placement_group(
                 [dict(spec) for _ in range(n)],

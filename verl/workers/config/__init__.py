@@ -11,7 +11,7 @@ from verl.workers.config.actor import LOSS_AGG_MODES, ActorConfig, FSDPActorConf
 from verl.workers.config.actor_rollout_ref import ActorRolloutRefConfig, RefConfig
 from verl.workers.config.critic import CriticConfig, CriticModelConfig, FSDPCriticConfig, McoreCriticConfig
 from verl.workers.config.engine import FSDPEngineConfig, McoreEngineConfig
-from verl.workers.config.model import HFModelConfig, LoraConfig
+from verl.workers.config.model import CriticLoraConfig, HFModelConfig, LoraConfig
 from verl.workers.config.optimizer import FSDPOptimizerConfig, McoreOptimizerConfig, OptimizerConfig
 from verl.workers.config.reward import RewardConfig
 from verl.workers.config.reward_model import RewardModelConfig
@@ -44,6 +44,7 @@ __all__ = [
     "FSDPOptimizerConfig",
     "HFModelConfig",
     "LogitCaptureConfig",
+    "CriticLoraConfig",
     "LoraConfig",
     "McoreActorConfig",
     "McoreCriticConfig",

@@ -21,7 +21,7 @@ from verl.workers.config.actor import (
 )
 from verl.workers.config.engine import FSDPEngineConfig, McoreEngineConfig
 from verl.workers.config.model import (
-    LoraConfig,
+    CriticLoraConfig,
     lora_rank_refusal,
     refuse_activation_offload,
 )
@@ -113,7 +113,7 @@ class CriticModelConfig(BaseConfig):
         refuse=Refuse(lambda v: not v, "false", "fused kernels are not implemented", "fused kernels", True),
     )
     """Use fused kernels (null: false)."""
-    lora: LoraConfig | None = key(None, since="0.9", reason=_V09_MODEL)
+    lora: CriticLoraConfig | None = key(None, since="0.9", reason=_V09_MODEL)
     """verl v0.9's LoRA block of the critic; rank 0 only."""
 
 

@@ -6,15 +6,37 @@ the tokenizer themselves.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from typing import Any
 
 from verl.base_config import BaseConfig
 from verl.utils.config_keys import Refuse, key
 
-__all__ = ["HFModelConfig", "LoraConfig"]
+__all__ = ["CriticLoraConfig", "HFModelConfig", "LoraConfig", "hf_target_modules"]
 
 _LORA_OFF = "only used with the Megatron-style LoRA block (model.lora.rank > 0), which is refused"
+
+# v0.9's model.lora block names Megatron's fused projections; peft adapts the Hugging Face modules they hold
+MEGATRON_TO_HF_MODULES = {
+    "linear_qkv": ("q_proj", "k_proj", "v_proj"),
+    "linear_proj": ("o_proj",),
+    "linear_fc1": ("gate_proj", "up_proj"),
+    "linear_fc2": ("down_proj",),
+}
+
+
+def hf_target_modules(names: Any) -> Any:
+    """peft target modules for ``model.lora.target_modules``: Megatron names mapped to the Hugging Face modules,
+    other names (and ``all-linear``) kept."""
+    if isinstance(names, str):
+        return names
+    out: list[str] = []
+    for name in names:
+        for module in MEGATRON_TO_HF_MODULES.get(str(name), (str(name),)):
+            if module not in out:
+                out.append(module)
+    return out
 
 
 def _zero(value: Any) -> bool:
@@ -60,35 +82,84 @@ def refuse_activation_offload(what: str) -> Refuse:
     )
 
 
+_LORA_BLOCK_OFF = "only used with critic.model.lora.rank > 0, which is refused"
+
+
 @dataclass
 class LoraConfig(BaseConfig):
-    """``model.lora`` (verl v0.9): the Megatron-style LoRA block. Only rank 0 (LoRA off) is accepted: LoRA runs on
-    the FSDP workers through the flat keys (``model.lora_rank``, ``lora_alpha``, ``target_modules``)."""
+    """``actor_rollout_ref.model.lora`` (verl v0.9's spelling of LoRA). With ``rank > 0`` it is folded into the flat
+    keys the FSDP actor reads (``lora_rank``, ``lora_alpha``, ``target_modules`` with Megatron's module names mapped
+    to the Hugging Face ones: ``linear_qkv`` -> q/k/v_proj, ``linear_proj`` -> o_proj, ``linear_fc1`` ->
+    gate/up_proj, ``linear_fc2`` -> down_proj), plus the adapter dropout."""
 
-    _path = "model.lora"
+    _path = "actor_rollout_ref.model.lora"
 
     _emit_target = False
 
-    type: str = key("lora", effect="inert", reason=_LORA_OFF)
+    type: str = key(
+        "lora",
+        refuse=Refuse(
+            lambda v: v in (None, "lora"),
+            "lora",
+            "only plain LoRA adapters are implemented; set model.lora.type=lora",
+            "selects the adapter kind (lora, or variants such as canonical_lora / dora)",
+            "dora",
+        ),
+    )
+    """Adapter type."""
+    rank: int = 0
+    """Adapter rank; 0 trains all weights (then the flat model.lora_rank decides)."""
+    alpha: int = 32
+    """Scaling numerator (scaling = alpha / rank)."""
+    dropout: float = 0.0
+    """Dropout on the adapter input."""
+    target_modules: list[str] = key(factory=lambda: ["linear_qkv", "linear_proj", "linear_fc1", "linear_fc2"])
+    """Modules that get adapters (Megatron names, mapped to the Hugging Face modules; Hugging Face names pass)."""
+    merge: bool = key(
+        False,
+        effect="inert",
+        reason="the rollout always receives the adapters merged into the weights (the same numbers as serving the "
+        "adapters separately; only the engine's speed differs)",
+    )
+    """Merge the adapters into the weights before syncing to the rollout."""
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        # v0.9's yaml leaves the block's keys null until written: an unwritten key takes the block's default
+        for f in dataclasses.fields(self):
+            if getattr(self, f.name) is None and f.default is not None:
+                default = f.default_factory() if f.default is dataclasses.MISSING else f.default
+                object.__setattr__(self, f.name, default)
+
+
+@dataclass
+class CriticLoraConfig(LoraConfig):
+    """``critic.model.lora`` (verl v0.9): LoRA on the critic is not implemented; only rank 0 passes."""
+
+    _path = "critic.model.lora"
+
+    type: str = key("lora", effect="inert", reason=_LORA_BLOCK_OFF)
     """Adapter type."""
     rank: int = key(
         0,
         refuse=lora_rank_refusal(
-            "model.lora.rank",
-            "the Megatron-style LoRA block is not implemented; use peft LoRA on the FSDP workers with "
-            "actor_rollout_ref.model.lora_rank (and lora_alpha, target_modules), or set model.lora.rank=0",
+            "critic.model.lora.rank",
+            "LoRA on the critic is not implemented (the actor's is: actor_rollout_ref.model.lora.rank or "
+            "lora_rank); set critic.model.lora.rank=0",
         ),
     )
     """Adapter rank; 0 trains all weights."""
-    alpha: int = key(32, effect="inert", reason=_LORA_OFF)
+    alpha: int = key(32, effect="inert", reason=_LORA_BLOCK_OFF)
     """Scaling numerator."""
-    dropout: float = key(0.0, effect="inert", reason=_LORA_OFF)
+    dropout: float = key(0.0, effect="inert", reason=_LORA_BLOCK_OFF)
     """Dropout on the adapter input."""
     target_modules: list[str] = key(
-        factory=lambda: ["linear_qkv", "linear_proj", "linear_fc1", "linear_fc2"], effect="inert", reason=_LORA_OFF
+        factory=lambda: ["linear_qkv", "linear_proj", "linear_fc1", "linear_fc2"],
+        effect="inert",
+        reason=_LORA_BLOCK_OFF,
     )
-    """Megatron module names that get adapters."""
-    merge: bool = key(False, effect="inert", reason=_LORA_OFF)
+    """Modules that get adapters."""
+    merge: bool = key(False, effect="inert", reason=_LORA_BLOCK_OFF)
     """Merge the adapters into the weights before syncing to the rollout."""
 
 
@@ -163,12 +234,23 @@ class HFModelConfig(BaseConfig):
     )
     """Backend of the fused kernels (torch | triton)."""
     lora: LoraConfig | None = key(None, since="0.9", v09_default=None)
-    """verl v0.9's LoRA block (Megatron-style names); rank 0 only."""
+    """verl v0.9's LoRA block; rank > 0 sets lora_rank, lora_alpha and target_modules from it."""
 
     def __post_init__(self) -> None:
         super().__post_init__()
         if not self.path:
             raise ValueError("actor_rollout_ref.model.path is empty; set actor_rollout_ref.model.path=/path/to/model")
+        block = self.lora
+        if block is not None and block.rank:  # v0.9's spelling: folded into the flat keys
+            if self.lora_rank and self.lora_rank != block.rank:
+                raise ValueError(
+                    f"actor_rollout_ref.model.lora_rank={self.lora_rank} and model.lora.rank={block.rank} disagree; "
+                    "set one of them (v0.7 spelling: lora_rank, lora_alpha, target_modules; v0.9: lora.*)"
+                )
+            # still constructing: the fields are set once, as the generated __init__ would (they are frozen after)
+            object.__setattr__(self, "lora_rank", int(block.rank))
+            object.__setattr__(self, "lora_alpha", int(block.alpha))
+            object.__setattr__(self, "target_modules", hf_target_modules(block.target_modules))
         if self.lora_rank < 0:
             raise ValueError(f"model.lora_rank={self.lora_rank} must be >= 0 (0 disables LoRA)")
         if self.lora_adapter_path and self.lora_rank == 0:

@@ -249,8 +249,18 @@ class RolloutReplica(ABC):
         self._bundle = (pg, bundle_idx, resources)
         self.launch_servers()
 
-    def init_standalone(self, timeout_s: float = 300.0) -> None:
-        """Create this replica's own placement group and server actor, then start the server."""
+    def standalone_bundle(self) -> dict[str, float]:
+        """The one placement-group bundle of a standalone replica: every device of the replica (one server process
+        tree sees them all), or as many CPU slots on CPU."""
+        if self._device() == "cuda":
+            return {"CPU": 1, "GPU": self.world_size}
+        return {"CPU": self.world_size}
+
+    def init_standalone(self, timeout_s: float = 300.0, node_id: str | None = None) -> None:
+        """Create this replica's own placement group and server actor, then start the server.
+
+        ``node_id``: a Ray node to place it on if it fits there (a soft target: Ray packs it elsewhere otherwise);
+        ``main_generation_server`` spreads replicas over the nodes with it."""
         import ray
         from ray.util.placement_group import placement_group
 
@@ -265,14 +275,13 @@ class RolloutReplica(ABC):
                 "multi-node replicas are not implemented"
             )
         # One bundle holds the whole replica: the server actor sees all of its devices (tp inside one process tree).
+        bundle = self.standalone_bundle()
         if device == "cuda":
-            bundle = {"CPU": 1, "GPU": self.world_size}
             resources = {"num_cpus": 1, "num_gpus": self.world_size}
         else:
-            bundle = {"CPU": self.world_size}
             resources = {"num_cpus": self.world_size}
         check_bundles_feasible(bundle, 1, f"rollout replica {self.replica_rank}")
-        pg = placement_group([bundle], strategy="STRICT_PACK", name=f"{self.name}_pg")
+        pg = placement_group([bundle], strategy="STRICT_PACK", name=f"{self.name}_pg", _soft_target_node_id=node_id)
         ready, _ = ray.wait([pg.ready()], timeout=timeout_s)
         if not ready:
             ray.util.remove_placement_group(pg)
@@ -283,6 +292,16 @@ class RolloutReplica(ABC):
         self._placement_group = pg
         self._bundle = (pg, 0, resources)
         self.launch_servers()
+
+    @property
+    def node_id(self) -> str | None:
+        """The Ray node this replica's server runs on (None before ``init_*``)."""
+        import ray
+
+        if self._bundle is None:
+            return None
+        pg, index, _ = self._bundle
+        return ray.util.placement_group_table(pg)["bundles_to_node_id"][index]
 
     # ------------------------------------------------------------------------------------------ servers
 
