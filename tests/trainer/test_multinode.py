@@ -145,6 +145,7 @@ def test_two_node_grpo_spans_both_nodes_and_equals_one_node(tmp_path, tiny_model
         gen_cmd += ["trainer.nnodes=2", "trainer.n_gpus_per_node=1", f"actor_rollout_ref.model.path={tiny_model_dir}"]
         gen_cmd += [f"data.train_files={tmp_path / 'prompts.parquet'}", f"data.output_path={tmp_path / 'gen.parquet'}"]
         gen_cmd += ["actor_rollout_ref.rollout.name=hf", "actor_rollout_ref.rollout.response_length=4"]
+        gen_cmd += ["actor_rollout_ref.rollout.tensor_model_parallel_size=1"]  # one device per replica
         gen = subprocess.run(gen_cmd, cwd=tmp_path, env=driver_env, capture_output=True, text=True, timeout=300)
         assert gen.returncode == 0, gen.stdout[-3000:] + gen.stderr[-3000:]
         served = re.findall(r"replica (\d) \(hf\) serving at \S+ on node (\w+)", gen.stdout)
