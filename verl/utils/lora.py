@@ -77,7 +77,7 @@ def apply_lora(module: nn.Module, model_cfg: Any) -> nn.Module:
 def _settings(model_cfg: Any) -> tuple[int, int, Any, float]:
     """``(rank, alpha, target modules, dropout)``: from v0.9's ``model.lora`` block when it sets the rank (its
     Megatron module names mapped to Hugging Face ones), else from v0.7's flat keys (which have no dropout)."""
-    from verl.workers.config.model import hf_target_modules
+    from verl.utils.lora_modules import hf_target_modules
 
     block = getattr(model_cfg, "lora", None)
     if block is not None and block.rank:

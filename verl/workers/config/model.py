@@ -12,31 +12,11 @@ from typing import Any
 
 from verl.base_config import BaseConfig
 from verl.utils.config_keys import Refuse, key
+from verl.utils.lora_modules import hf_target_modules
 
-__all__ = ["CriticLoraConfig", "HFModelConfig", "LoraConfig", "hf_target_modules"]
+__all__ = ["CriticLoraConfig", "HFModelConfig", "LoraConfig"]
 
 _LORA_OFF = "only used with the Megatron-style LoRA block (model.lora.rank > 0), which is refused"
-
-# v0.9's model.lora block names Megatron's fused projections; peft adapts the Hugging Face modules they hold
-MEGATRON_TO_HF_MODULES = {
-    "linear_qkv": ("q_proj", "k_proj", "v_proj"),
-    "linear_proj": ("o_proj",),
-    "linear_fc1": ("gate_proj", "up_proj"),
-    "linear_fc2": ("down_proj",),
-}
-
-
-def hf_target_modules(names: Any) -> Any:
-    """peft target modules for ``model.lora.target_modules``: Megatron names mapped to the Hugging Face modules,
-    other names (and ``all-linear``) kept."""
-    if isinstance(names, str):
-        return names
-    out: list[str] = []
-    for name in names:
-        for module in MEGATRON_TO_HF_MODULES.get(str(name), (str(name),)):
-            if module not in out:
-                out.append(module)
-    return out
 
 
 def _zero(value: Any) -> bool:
