@@ -99,3 +99,21 @@ def test_hf_engine_samples_what_generate_samples_on_cuda(tiny_model_dir):
     for row, out in zip(ref.tolist(), ours):
         n = len(out.token_ids)
         assert row[:n] == out.token_ids
+
+
+@pytest.mark.skipif(importlib.util.find_spec("flash_attn") is None, reason="flash-attn not installed")
+def test_ulysses_flash_varlen_attention_equals_sdpa_with_the_packed_mask():
+    """Ulysses' attention on a flash-attn model (verl.utils.ulysses.flash_varlen_attention: the varlen kernel over
+    the packed row's sequences) against sdpa with the dense block-diagonal causal mask the CPU path uses."""
+    from verl.utils.ulysses import SequenceParallelContext, flash_varlen_attention
+
+    g = torch.Generator(device="cuda").manual_seed(0)
+    lengths = [7, 30, 1, 18]
+    positions = torch.cat([torch.arange(n) for n in lengths]).view(1, -1).cuda()
+    q, k, v = (torch.randn(1, 4, sum(lengths), 64, device="cuda", generator=g, dtype=torch.bfloat16) for _ in range(3))
+    ctx = SequenceParallelContext(group=None, position_ids=positions)
+    got = flash_varlen_attention(q, k, v, ctx, 0.0, None)
+    want = torch.nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=ctx.mask)
+    gap = (got.float() - want.float()).abs().max().item()
+    print(f"ulysses flash varlen vs sdpa: max |diff| {gap:.2e} (bf16)")
+    assert got.shape == want.shape and gap < 2e-2

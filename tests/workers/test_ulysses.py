@@ -77,3 +77,24 @@ def test_workers_with_sequence_parallel_2_equal_sequence_parallel_1_on_the_same_
         assert two["engine_metrics"][key] == pytest.approx(one["engine_metrics"][key], rel=1e-5, abs=1e-7), key
     for key in ("critic/vf_loss", "critic/grad_norm"):
         assert two["critic_metrics"][key] == pytest.approx(one["critic_metrics"][key], rel=1e-5, abs=1e-7), key
+
+
+@pytest.mark.parametrize("kernel", ["sdpa", "eager"])
+def test_outside_the_sequence_parallel_block_the_model_keeps_its_own_kernel(tiny_model_dir, kernel):
+    """Generation and padded forwards of a Ulysses-routed model run the model's own attention (and masks): the same
+    logits and the same greedy tokens as the unrouted model."""
+    from transformers import AutoModelForCausalLM
+
+    from verl.utils.ulysses import enable_ulysses
+
+    plain = AutoModelForCausalLM.from_pretrained(tiny_model_dir, attn_implementation=kernel)
+    routed = AutoModelForCausalLM.from_pretrained(tiny_model_dir, attn_implementation=kernel)
+    assert enable_ulysses(routed) == f"verl_ulysses_{kernel}"
+    assert routed.model.layers[0].self_attn.config._attn_implementation == f"verl_ulysses_{kernel}"
+    ids = torch.randint(4, 500, (2, 12), generator=torch.Generator().manual_seed(0))
+    mask = torch.ones_like(ids)
+    mask[0, :4] = 0  # left padding
+    with torch.no_grad():
+        assert torch.equal(routed(ids, attention_mask=mask).logits, plain(ids, attention_mask=mask).logits)
+    greedy = {"attention_mask": mask, "max_new_tokens": 4, "do_sample": False}
+    assert torch.equal(routed.generate(ids, **greedy), plain.generate(ids, **greedy))

@@ -16,9 +16,10 @@ every rank of the group computes the same loss. The ranks of a group each back-p
 own slice only; the gather's backward multiplies by the SP size so that FSDP's gradient average over all ranks
 (data-parallel x sequence-parallel) is the data-parallel mean of the full gradient.
 
-Attention runs through a transformers attention function registered as ``"verl_ulysses"``
-(:func:`enable_ulysses`): outside a :func:`sequence_parallel` block (the rollout's ``generate``) it is exactly
-transformers' ``sdpa``, with sdpa's masks.
+Attention runs through a transformers attention function registered as ``"verl_ulysses_<kernel>"``
+(:func:`enable_ulysses`): outside a :func:`sequence_parallel` block (the rollout's ``generate``) it is exactly the
+model's own kernel (``sdpa``, ``eager``, ``flash_attention_2``) with that kernel's masks; inside, flash-attn models
+run flash-attn's varlen kernel over the packed row's sequences and the others sdpa with the row's dense mask.
 
 Key-value heads: with grouped-query attention each rank needs the key-value heads of its query heads; when the
 key-value head count is not divisible by the SP size they are repeated to one per query head first.
@@ -183,10 +184,26 @@ def gather_rows(rows: torch.Tensor, counts: list[int], group: Any) -> torch.Tens
 
 @dataclass
 class SequenceParallelContext:
-    """The active SP forward: its group and the attention mask of the whole packed row ``(1, 1, L, L)``."""
+    """The active SP forward: its group and where the whole packed row's sequences start (``cu_seqlens``, as
+    flash-attn's varlen kernels take them); the dense mask for sdpa is built on first use, once per forward."""
 
     group: Any
-    mask: torch.Tensor
+    position_ids: torch.Tensor
+    _mask: torch.Tensor | None = None
+
+    @property
+    def mask(self) -> torch.Tensor:
+        """``(1, 1, L, L)`` bool mask of the packed row (sdpa and eager models)."""
+        if self._mask is None:
+            self._mask = packed_causal_mask(self.position_ids)
+        return self._mask
+
+    def cu_seqlens(self) -> tuple[torch.Tensor, int]:
+        """``(cu_seqlens int32 (n+1,), longest sequence)`` of the packed row."""
+        positions = self.position_ids.reshape(-1)
+        starts = torch.nonzero(positions == 0).flatten()
+        bounds = torch.cat([starts, starts.new_tensor([positions.numel()])]).to(torch.int32)
+        return bounds, int((bounds[1:] - bounds[:-1]).max())
 
 
 _ACTIVE = threading.local()
@@ -213,7 +230,7 @@ def sequence_parallel(group: Any, full_position_ids: torch.Tensor):
     attention function, and activation checkpointing keeps them for the recomputation in backward, after this
     block has ended."""
     previous = getattr(_ACTIVE, "ctx", None)
-    ctx = SequenceParallelContext(group, packed_causal_mask(full_position_ids))
+    ctx = SequenceParallelContext(group, full_position_ids)
     _ACTIVE.ctx = ctx
     try:
         yield ctx
@@ -229,15 +246,14 @@ def _ulysses_attention(
     attention_mask: torch.Tensor | None,
     dropout: float | None = None,
     scaling: float | None = None,
+    *,
+    original: str = "sdpa",
     **kwargs: Any,
-) -> tuple[torch.Tensor, None]:
-    from transformers.integrations.sdpa_attention import sdpa_attention_forward
-
+) -> tuple[torch.Tensor, Any]:
     ctx = kwargs.pop(MODEL_KWARG, None) or getattr(_ACTIVE, "ctx", None)
-    if ctx is None:  # not inside forward_packed's SP block (generation, a padded forward): plain sdpa
-        return sdpa_attention_forward(
-            module, query, key, value, attention_mask, dropout=dropout or 0.0, scaling=scaling, **kwargs
-        )
+    if ctx is None:  # not inside forward_packed's SP block (generation, a padded forward): the model's own kernel
+        fn = _original_attention(module, original)
+        return fn(module, query, key, value, attention_mask, dropout=dropout or 0.0, scaling=scaling, **kwargs)
     s = dist.get_world_size(ctx.group)
     heads, kv_heads = query.shape[1], key.shape[1]
     if kv_heads % s:  # each rank needs whole key-value heads for its query heads
@@ -247,21 +263,69 @@ def _ulysses_attention(
     if k.shape[1] != q.shape[1]:
         k = k.repeat_interleave(q.shape[1] // k.shape[1], dim=1)
         v = v.repeat_interleave(q.shape[1] // v.shape[1], dim=1)
-    out = torch.nn.functional.scaled_dot_product_attention(
-        q, k, v, attn_mask=ctx.mask, dropout_p=dropout or 0.0, scale=scaling
-    )
+    if original.startswith("flash_attention"):
+        out = flash_varlen_attention(q, k, v, ctx, dropout or 0.0, scaling)
+    else:  # sdpa, eager: the same maths with the packed row's dense mask
+        out = torch.nn.functional.scaled_dot_product_attention(
+            q, k, v, attn_mask=ctx.mask, dropout_p=dropout or 0.0, scale=scaling
+        )
     out = head_to_seq(out, ctx.group)  # (b, H, L/s, d)
     return out.transpose(1, 2).contiguous(), None
 
 
-def enable_ulysses(model: torch.nn.Module) -> None:
-    """Route ``model``'s attention through the Ulysses function (plain sdpa outside :func:`sequence_parallel`)."""
-    from transformers import AttentionInterface
-    from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, sdpa_mask
+def _original_attention(module: torch.nn.Module, original: str):
+    """The attention function the model would call: transformers' registered kernels, or the model file's own
+    ``eager_attention_forward`` (eager is not in the registry)."""
+    import sys
 
-    AttentionInterface.register(ATTN_IMPLEMENTATION, _ulysses_attention)
-    ALL_MASK_ATTENTION_FUNCTIONS.register(ATTN_IMPLEMENTATION, sdpa_mask)
+    from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
+
+    if original in ALL_ATTENTION_FUNCTIONS:
+        return ALL_ATTENTION_FUNCTIONS[original]
+    eager = getattr(sys.modules.get(type(module).__module__), "eager_attention_forward", None)
+    if eager is None:
+        raise ValueError(f"Ulysses: no attention function {original!r} for {type(module).__name__}")
+    return eager
+
+
+def flash_varlen_attention(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, ctx: SequenceParallelContext, dropout: float, scaling: Any
+) -> torch.Tensor:
+    """Causal attention of the packed row's sequences with flash-attn's varlen kernel (CUDA; no ``L x L`` mask):
+    ``(1, h, L, d)`` in and out, the sequences bounded by ``ctx.cu_seqlens()``."""
+    from flash_attn import flash_attn_varlen_func
+
+    cu, longest = ctx.cu_seqlens()
+    cu = cu.to(q.device)
+    rows = [t[0].transpose(0, 1) for t in (q, k, v)]  # (L, h, d)
+    out = flash_attn_varlen_func(
+        *rows, cu, cu, longest, longest, dropout_p=dropout, softmax_scale=scaling, causal=True
+    )  # (L, h, d)
+    return out.transpose(0, 1).unsqueeze(0)
+
+
+def enable_ulysses(model: torch.nn.Module) -> str:
+    """Route ``model``'s attention through the Ulysses function; returns the registered name.
+
+    The model keeps its own kernel: outside :func:`sequence_parallel` (generation, padded forwards) the function is
+    the model's attention implementation with that implementation's masks (``sdpa``, ``eager``,
+    ``flash_attention_2``); inside, after the all-to-all, flash-attn models run the varlen kernel over the packed
+    row's sequences and the others sdpa with its dense mask.
+    """
+    import functools
+
+    from transformers import AttentionInterface
+    from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS
+
+    original = model.config._attn_implementation or "sdpa"
+    if original.startswith(ATTN_IMPLEMENTATION):
+        return original  # already routed
+    name = f"{ATTN_IMPLEMENTATION}_{original}"
+    AttentionInterface.register(name, functools.partial(_ulysses_attention, original=original))
+    if original in ALL_MASK_ATTENTION_FUNCTIONS:
+        ALL_MASK_ATTENTION_FUNCTIONS.register(name, ALL_MASK_ATTENTION_FUNCTIONS[original])
     for module in model.modules():
         config = getattr(module, "config", None)
         if config is not None and hasattr(config, "_attn_implementation"):
-            config._attn_implementation = ATTN_IMPLEMENTATION
+            config._attn_implementation = name
+    return name
