@@ -21,7 +21,8 @@ Loss scaling is verl's (reference/verl_parity_facts.md section 1), on both of it
 Forwards: ``use_remove_padding`` (verl's default) packs each micro-batch's real tokens into one row with
 per-sequence position ids (``forward_packed``): no FLOPs on padding, and with dynamic batch sizes a micro-batch is
 exactly its token budget. Without it the padded forward runs (``forward_logits``). Both give the same log-probs up to
-float rounding (tested to 1e-5). There is no Ulysses sequence parallelism and no fused kernels.
+float rounding (tested to 1e-5). With Ulysses sequence parallelism (``sp_group``) the packed row is split over the
+group's ranks (``verl.utils.ulysses``); there are no fused kernels.
 """
 
 from __future__ import annotations
