@@ -185,3 +185,30 @@ def test_unknown_interaction_name_in_the_data_is_named(tiny_model_dir, tmp_path)
         f"actor_rollout_ref.rollout.multi_turn.interaction_config_path={_interaction_yaml(tmp_path)}",
     )
     _assert_fails_naming(result, "'dialgo'", "dialog")
+
+
+def test_missing_lora_adapter_and_indivisible_ulysses_heads_are_named_before_ray(tiny_model_dir, tmp_path):
+    """main_ppo's pre-Ray checks of the FSDP model set-up (called here directly: no subprocess needed)."""
+    from verl.trainer.config.build import build_trainer_config
+    from verl.trainer.main_ppo import _check_fsdp_models
+    from verl.utils.config import compose_config
+
+    def config(*extra: str):
+        overrides = [f"actor_rollout_ref.model.path={tiny_model_dir}", "actor_rollout_ref.rollout.name=hf", *extra]
+        return build_trainer_config(compose_config(overrides=overrides), check=False)
+
+    lora = config("actor_rollout_ref.model.lora_rank=8", f"actor_rollout_ref.model.lora_adapter_path={tmp_path}")
+    with pytest.raises(FileNotFoundError, match=r"lora_adapter_path=.* has no adapter_config.json"):
+        _check_fsdp_models(lora, tiny_model_dir, use_critic=False)
+    # the tiny model has 4 attention heads: 3 sequence-parallel ranks cannot split them
+    split = config("actor_rollout_ref.actor.ulysses_sequence_parallel_size=3")
+    with pytest.raises(ValueError, match=r"ulysses_sequence_parallel_size=3: the model has 4 attention heads"):
+        _check_fsdp_models(split, tiny_model_dir, use_critic=False)
+    critic = config(
+        "critic.ulysses_sequence_parallel_size=3",
+        "critic.model.use_remove_padding=True",
+        f"critic.model.path={tiny_model_dir}",
+    )
+    with pytest.raises(ValueError, match=r"critic.ulysses_sequence_parallel_size=3"):
+        _check_fsdp_models(critic, tiny_model_dir, use_critic=True)
+    _check_fsdp_models(config("actor_rollout_ref.actor.ulysses_sequence_parallel_size=2"), tiny_model_dir, False)

@@ -203,6 +203,7 @@ class TaskRunner:
             if use_critic:
                 model_directory("critic.model.path", config.critic.model.path, config.critic.model.use_shm)
             _check_megatron_models(config, local_path)
+            _check_fsdp_models(config, local_path, use_critic)
             trust = config.data.trust_remote_code or model_cfg.trust_remote_code
             tokenizer = hf_tokenizer(local_path, trust_remote_code=trust)
             processor = hf_processor(local_path, trust_remote_code=trust, use_fast=True)
@@ -268,6 +269,33 @@ def _check_megatron_models(config, local_path: str) -> None:
             key,
             critic_layout.pipeline_model_parallel_size,
         )
+
+
+def _check_fsdp_models(config, local_path: str, use_critic: bool) -> None:
+    """FSDP strategies: a LoRA adapter to start from exists, and Ulysses sizes split the attention heads (before
+    Ray)."""
+    from transformers import AutoConfig
+
+    from verl.utils.ulysses import check_heads
+
+    model_cfg = config.actor_rollout_ref.model
+    adapter = model_cfg.lora_adapter_path
+    if model_cfg.lora_rank > 0 and adapter:
+        if not os.path.isfile(os.path.join(os.path.expanduser(adapter), "adapter_config.json")):
+            raise FileNotFoundError(
+                f"actor_rollout_ref.model.lora_adapter_path={adapter!r} has no adapter_config.json: give a directory "
+                "written by PeftModel.save_pretrained, or a checkpoint's global_step_N/actor/lora_adapter"
+            )
+    trust = model_cfg.trust_remote_code
+    sp = getattr(config.actor_rollout_ref.actor, "ulysses_sequence_parallel_size", None) or 1
+    if sp > 1:
+        hf_config = AutoConfig.from_pretrained(local_path, trust_remote_code=trust)
+        check_heads(hf_config, sp, "actor_rollout_ref.actor.ulysses_sequence_parallel_size")
+    critic_sp = getattr(config.critic, "ulysses_sequence_parallel_size", None) or 1
+    if use_critic and critic_sp > 1:
+        critic_path = model_directory("critic.model.path", config.critic.model.path, config.critic.model.use_shm)
+        hf_config = AutoConfig.from_pretrained(critic_path, trust_remote_code=trust)
+        check_heads(hf_config, critic_sp, "critic.ulysses_sequence_parallel_size")
 
 
 def model_directory(key: str, path: str, use_shm: bool) -> str:
