@@ -20,14 +20,12 @@ import json
 import os
 import resource
 import statistics
-import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from megatron_vs_fsdp import _batch, _model  # noqa: E402  (the same fixed batches and models)
+from megatron_vs_fsdp import _batch, _model, run_two_ranks  # noqa: E402  (the same batches, models, launcher)
 
 
 def _rss_mb() -> float:
@@ -123,18 +121,10 @@ def main() -> None:
     model = args.model or _model(args.size)
     results = {}
     for variant in ("full", "lora"):
-        out = Path(tempfile.mkdtemp()) / f"{variant}.json"
-        cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "0"]
-        cmd += ["--rdzv_backend", "c10d", "--rdzv_endpoint", "127.0.0.1:0", __file__, "--variant", variant]
-        cmd += ["--model", model, "--out", str(out), "--steps", str(args.steps), "--batch", str(args.batch)]
-        cmd += ["--micro", str(args.micro), "--prompt-length", str(args.prompt_length), "--rank", str(args.rank)]
-        cmd += ["--response-length", str(args.response_length)]
-        env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
-        print(f"running the {variant} fine-tune on 2 ranks ...", flush=True)
-        done = subprocess.run(cmd, env=env, capture_output=True, text=True)
-        if done.returncode != 0:
-            sys.exit(f"{variant} failed:\n{done.stdout[-2000:]}\n{done.stderr[-3000:]}")
-        results[variant] = json.loads(out.read_text())
+        flags = ["--variant", variant, "--model", model, "--steps", str(args.steps), "--batch", str(args.batch)]
+        flags += ["--micro", str(args.micro), "--prompt-length", str(args.prompt_length), "--rank", str(args.rank)]
+        flags += ["--response-length", str(args.response_length)]
+        results[variant] = run_two_ranks(__file__, f"the {variant} fine-tune", flags)
     full, lora = results["full"], results["lora"]
     print(
         f"\nmodel {model} ({full[0]['total'] / 1e6:.1f}M parameters; LoRA rank {args.rank} on all linear layers trains "

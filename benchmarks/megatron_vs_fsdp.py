@@ -129,6 +129,20 @@ def _model(size: str) -> str:
     return str(out)
 
 
+def run_two_ranks(script: str, name: str, flags: list[str]) -> dict:
+    """Run ``script`` on two torchrun ranks (gloo) with ``flags`` plus ``--out FILE``; returns what rank 0 wrote
+    there. ``name`` labels the progress line and the error."""
+    out = Path(tempfile.mkdtemp()) / f"{name}.json"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "0"]
+    cmd += ["--rdzv_backend", "c10d", "--rdzv_endpoint", "127.0.0.1:0", script, *flags, "--out", str(out)]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
+    print(f"running {name} on 2 ranks ...", flush=True)
+    done = subprocess.run(cmd, env=env, capture_output=True, text=True)
+    if done.returncode != 0:
+        sys.exit(f"{name} failed:\n{done.stdout[-2000:]}\n{done.stderr[-3000:]}")
+    return json.loads(out.read_text())
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", default=None)
@@ -147,18 +161,10 @@ def main() -> None:
     model = args.model or _model(args.size)
     results = {}
     for strategy in ("fsdp", "megatron", "megatron-pp"):
-        out = Path(tempfile.mkdtemp()) / f"{strategy}.json"
-        cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "0"]
-        cmd += ["--rdzv_backend", "c10d", "--rdzv_endpoint", "127.0.0.1:0", __file__, "--strategy", strategy]
-        cmd += ["--model", model, "--out", str(out), "--steps", str(args.steps), "--batch", str(args.batch)]
-        cmd += ["--micro", str(args.micro), "--prompt-length", str(args.prompt_length)]
-        cmd += ["--response-length", str(args.response_length)]
-        env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
-        print(f"running {strategy} on 2 ranks ...", flush=True)
-        done = subprocess.run(cmd, env=env, capture_output=True, text=True)
-        if done.returncode != 0:
-            sys.exit(f"{strategy} failed:\n{done.stdout[-2000:]}\n{done.stderr[-3000:]}")
-        results[strategy] = json.loads(out.read_text())
+        flags = ["--strategy", strategy, "--model", model, "--steps", str(args.steps), "--batch", str(args.batch)]
+        flags += ["--micro", str(args.micro), "--prompt-length", str(args.prompt_length)]
+        flags += ["--response-length", str(args.response_length)]
+        results[strategy] = run_two_ranks(__file__, strategy, flags)
     print(
         f"\nmodel {model}; {args.batch} sequences of {args.prompt_length}+{args.response_length} tokens per step, "
         f"median of {args.steps} steps after a warm-up, 2 ranks (FSDP2: data parallel; Megatron: tensor parallel "
