@@ -435,7 +435,7 @@ def test_unreachable_model_path_names_the_config_key():
 def test_full_determinism_is_found_anywhere_in_a_worker_config():
     from verl.utils.config import as_config
     from verl.workers.config import ActorRolloutRefConfig
-    from verl.workers.fsdp_workers import _wants_full_determinism
+    from verl.workers.fsdp_base import _wants_full_determinism
 
     off = as_config({"actor": {"fsdp_config": {"full_determinism": False}}}, ActorRolloutRefConfig)
     on = as_config({"ref": {"fsdp_config": {"full_determinism": True}}}, ActorRolloutRefConfig)

@@ -120,36 +120,27 @@ def _head_to_seq(x: torch.Tensor, group: Any) -> torch.Tensor:
     return received.transpose(0, 1).reshape(b, s * hs, c, d)
 
 
-class _SeqToHead(torch.autograd.Function):
+class _Swap(torch.autograd.Function):
+    """One of the two all-to-alls; its backward is the other one."""
+
     @staticmethod
-    def forward(ctx, x, group):
-        ctx.group = group
-        return _seq_to_head(x, group)
+    def forward(ctx, x, group, to_heads: bool):
+        ctx.group, ctx.to_heads = group, to_heads
+        return (_seq_to_head if to_heads else _head_to_seq)(x, group)
 
     @staticmethod
     def backward(ctx, grad):
-        return _head_to_seq(grad, ctx.group), None
-
-
-class _HeadToSeq(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, x, group):
-        ctx.group = group
-        return _head_to_seq(x, group)
-
-    @staticmethod
-    def backward(ctx, grad):
-        return _seq_to_head(grad, ctx.group), None
+        return (_head_to_seq if ctx.to_heads else _seq_to_head)(grad, ctx.group), None, None
 
 
 def seq_to_head(x: torch.Tensor, group: Any) -> torch.Tensor:
     """``(b, H, L/s, d)`` (all heads, this rank's slice) -> ``(b, H/s, L, d)`` (this rank's heads, every slice)."""
-    return _SeqToHead.apply(x, group)
+    return _Swap.apply(x, group, True)
 
 
 def head_to_seq(x: torch.Tensor, group: Any) -> torch.Tensor:
     """The inverse of :func:`seq_to_head`."""
-    return _HeadToSeq.apply(x, group)
+    return _Swap.apply(x, group, False)
 
 
 class _GatherRows(torch.autograd.Function):
@@ -190,6 +181,7 @@ class SequenceParallelContext:
     group: Any
     position_ids: torch.Tensor
     _mask: torch.Tensor | None = None
+    _cu_seqlens: tuple[torch.Tensor, int] | None = None
 
     @property
     def mask(self) -> torch.Tensor:
@@ -199,11 +191,14 @@ class SequenceParallelContext:
         return self._mask
 
     def cu_seqlens(self) -> tuple[torch.Tensor, int]:
-        """``(cu_seqlens int32 (n+1,), longest sequence)`` of the packed row."""
-        positions = self.position_ids.reshape(-1)
-        starts = torch.nonzero(positions == 0).flatten()
-        bounds = torch.cat([starts, starts.new_tensor([positions.numel()])]).to(torch.int32)
-        return bounds, int((bounds[1:] - bounds[:-1]).max())
+        """``(cu_seqlens int32 (n+1,), longest sequence)`` of the packed row (computed once per forward, not per
+        layer)."""
+        if self._cu_seqlens is None:
+            positions = self.position_ids.reshape(-1)
+            starts = torch.nonzero(positions == 0).flatten()
+            bounds = torch.cat([starts, starts.new_tensor([positions.numel()])]).to(torch.int32)
+            self._cu_seqlens = (bounds, int((bounds[1:] - bounds[:-1]).max()))
+        return self._cu_seqlens
 
 
 _ACTIVE = threading.local()

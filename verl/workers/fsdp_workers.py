@@ -8,13 +8,13 @@
   training when ``rollout.free_cache_engine``. The hf rollout on an FSDP2 actor generates from the actor's own
   gathered weights (compute dtype, freed after generation); on FSDP1 it keeps an unsharded copy in the compute dtype,
   whose storage is released between generations under ``free_cache_engine``.
-* :class:`CriticWorker`: an FSDP value model trained by ``DataParallelPPOCritic``.
-* :class:`RewardModelWorker`: an FSDP sequence-classification reward model scoring finished responses.
+* :class:`CriticWorker` and :class:`RewardModelWorker` live in ``verl.workers.fsdp_value_workers`` and are
+  exported here under verl's module path; the shared start-up, offload and base class in ``verl.workers.fsdp_base``.
 
 Each method moves data, calls the compute object and wraps the result in a ``DataProto``; model/optimizer building
 lives in ``verl.utils.hf_models`` and sharding in ``verl.utils.fsdp_utils``. Data arrives already chunked per rank
 (``make_nd_compute_dataproto_dispatch_fn`` on meshes ``actor``/``rollout``/``critic``/``reward``; dp rank == rank,
-since there is no sequence parallelism here).
+or one dp rank per group of consecutive ranks with Ulysses sequence parallelism).
 
 Each worker receives its typed config subtree (``ActorRolloutRefConfig``, ``CriticConfig``, ``RewardModelConfig``;
 a ``DictConfig`` is converted once) and never writes it. Batch sizes in the config are global and counted in
@@ -28,188 +28,41 @@ from __future__ import annotations
 
 import contextlib
 import copy
-import dataclasses
 import logging
-import os
 import time
-from datetime import timedelta
 from typing import Any
 
 import torch
 import torch.distributed as dist
 
 from verl.protocol import DataProto
-from verl.single_controller.base import Worker
 from verl.single_controller.base.decorator import Dispatch, make_nd_compute_dataproto_dispatch_fn, register
 from verl.utils import fsdp_utils
 from verl.utils import hf_models as hf
-from verl.utils.batch_sizes import actor_rank_batch_sizes, critic_rank_batch_sizes, per_rank_micro_batch
+from verl.utils.batch_sizes import actor_rank_batch_sizes
 from verl.utils.config import as_config
-from verl.utils.device import get_device_name, get_dist_backend
+from verl.utils.device import get_device_name
 from verl.utils.import_utils import import_external_libs
-from verl.utils.torch_functional import response_mask_of
 from verl.workers.config import (
     ActorRolloutRefConfig,
-    CriticConfig,
-    FSDPCriticConfig,
     FSDPEngineConfig,
-    RewardModelConfig,
 )
 from verl.workers.config.actor import bypass_actor_view
+from verl.workers.fsdp_base import (
+    _build_sharded,
+    _current_lr,
+    _FSDPWorkerBase,
+    _log_offload_on_cpu,
+    _memory_metrics,
+    _Offload,
+)
+from verl.workers.fsdp_value_workers import CriticWorker, RewardModelWorker
 
 logger = logging.getLogger(__name__)
 
 __all__ = ["ActorRolloutRefWorker", "AsyncActorRolloutRefWorker", "CriticWorker", "RewardModelWorker"]
 
 _ROLES = ("actor", "rollout", "ref", "actor_rollout", "actor_rollout_ref")
-
-
-# ------------------------------------------------------------------------------------------ process helpers
-
-
-def _init_distributed(worker: Worker, timeout_s: int = 600) -> None:
-    """Join the worker group's process group (once per process; colocated workers share it)."""
-    if dist.is_initialized():
-        return
-    if get_device_name() == "cuda":
-        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
-    dist.init_process_group(
-        backend=get_dist_backend(),
-        rank=worker.rank,
-        world_size=worker.world_size,
-        timeout=timedelta(seconds=timeout_s),
-        init_method="tcp://{}:{}".format(*worker.get_master_addr_port()),
-    )
-
-
-def _seed_process(seed: int) -> None:
-    import random
-
-    import numpy as np
-
-    random.seed(seed)
-    np.random.seed(seed % 2**32)
-    torch.manual_seed(seed)
-
-
-def _wants_full_determinism(config: Any) -> bool:
-    """Whether any ``fsdp_config.full_determinism`` in this worker's typed config subtree is true."""
-    if isinstance(config, FSDPEngineConfig):
-        return bool(config.full_determinism)
-    if dataclasses.is_dataclass(config):
-        return any(_wants_full_determinism(getattr(config, f.name)) for f in dataclasses.fields(config))
-    return False
-
-
-def _memory_metrics() -> dict[str, float]:
-    import psutil
-
-    metrics = {"perf/cpu_memory_used_gb": psutil.virtual_memory().used / 1024**3}
-    if torch.cuda.is_available():
-        metrics["perf/max_memory_allocated_gb"] = torch.cuda.max_memory_allocated() / 1024**3
-        metrics["perf/max_memory_reserved_gb"] = torch.cuda.max_memory_reserved() / 1024**3
-    else:
-        metrics["perf/max_memory_allocated_gb"] = 0.0
-        metrics["perf/max_memory_reserved_gb"] = 0.0
-    return metrics
-
-
-def _log_offload_on_cpu(fsdp_config: FSDPEngineConfig, who: str) -> None:
-    if get_device_name() == "cpu" and (fsdp_config.param_offload or fsdp_config.optimizer_offload):
-        logger.info("%s: param/optimizer offload requested; a no-op on CPU (tensors already live in host memory)", who)
-
-
-def _build_sharded(module: torch.nn.Module, strategy: str, fsdp_config: Any, mesh) -> torch.nn.Module:
-    if strategy not in ("fsdp", "fsdp2"):
-        raise ValueError(f"strategy={strategy!r} is not served by the FSDP workers; use fsdp or fsdp2")
-    return fsdp_utils.wrap_model(module, strategy, fsdp_config, mesh)
-
-
-def _current_lr(scheduler: Any) -> float:
-    lr = scheduler.get_last_lr()[0]
-    return float(lr.item() if torch.is_tensor(lr) else lr)
-
-
-class _Offload:
-    """Bring an offloaded model/optimizer to the device for a block of work, then offload again."""
-
-    def __init__(self, module, optimizer, fsdp_config: FSDPEngineConfig):
-        self.module, self.optimizer = module, optimizer
-        # With FSDP2's offload_policy torch moves parameters itself.
-        policy = fsdp_config.offload_policy and fsdp_utils.is_fsdp2_module(module)
-        self.params = fsdp_config.param_offload and not policy
-        self.optim = fsdp_config.optimizer_offload
-
-    def __enter__(self):
-        if self.params:
-            fsdp_utils.load_fsdp_model_to_gpu(self.module)
-        if self.optim and self.optimizer is not None:
-            fsdp_utils.load_fsdp_optimizer(self.optimizer)
-
-    def __exit__(self, *exc):
-        if self.params:
-            fsdp_utils.offload_fsdp_model_to_cpu(self.module)
-        if self.optim and self.optimizer is not None:
-            fsdp_utils.offload_fsdp_optimizer(self.optimizer)
-        return False
-
-
-class _FSDPWorkerBase(Worker):
-    """Shared set-up: typed config, process group, device mesh and dispatch registration."""
-
-    _sp = 1  # Ulysses sequence-parallel size of this worker's training forward (set from the config)
-
-    def _setup(self, config: Any, meshes: tuple[str, ...], seed: int, timeout_s: int) -> None:
-        self.config = config
-        self._seed = seed
-        _init_distributed(self, timeout_s)
-        for mesh_name in meshes:
-            # Without Ulysses every rank is its own dp rank and returns its own piece; with it the ranks of one
-            # sequence-parallel group (consecutive ranks) share a dp rank, and the group's first rank returns
-            sp = self._mesh_sp(mesh_name)
-            self._register_dispatch_collect_info(mesh_name, dp_rank=self.rank // sp, is_collect=self.rank % sp == 0)
-
-    def _mesh_sp(self, mesh_name: str) -> int:
-        """Ulysses sequence-parallel size of the ranks serving ``mesh_name`` (1: none)."""
-        return 1
-
-    def _ulysses_groups(self, sp: int) -> tuple[Any, Any]:
-        """``(sp_group, dp_group)`` for Ulysses size ``sp``; ``(None, None)`` without it."""
-        if sp == 1:
-            return None, None
-        from verl.utils.ulysses import ulysses_groups
-
-        return ulysses_groups(sp)
-
-    def _check_sp_divides(self, sp: int, key_name: str) -> int:
-        if sp < 1 or self.world_size % sp:
-            raise ValueError(
-                f"{key_name}={sp} must divide the {self.world_size} ranks (trainer.n_gpus_per_node * trainer.nnodes)"
-            )
-        return sp
-
-    def _seed_rngs(self) -> None:
-        """Seed the process-global RNGs with ``seed + rank``; called last in ``init_model``.
-
-        Fresh processes start from random seeds, and sampling draws from these generators: a fixed per-rank seed
-        makes runs reproducible (ranks still sample differently) and checkpoints carry the state forward, so a
-        resumed run matches an uninterrupted one.
-        """
-        _seed_process(self._seed + self.rank)
-        if _wants_full_determinism(self.config):
-            # fsdp_config.full_determinism: deterministic kernels only (an op without one raises instead of running)
-            os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
-            torch.use_deterministic_algorithms(True)
-
-    def _mesh(self, fsdp_config: FSDPEngineConfig):
-        return fsdp_utils.create_device_mesh(self.world_size, fsdp_config.fsdp_size)
-
-    def _has_checkpoint_manager(self, manager, what: str) -> bool:
-        if manager is None:
-            logger.warning("%s: this worker has no trainable model; nothing to checkpoint", what)
-            return False
-        return True
-
 
 # ------------------------------------------------------------------------------------------ actor / rollout / ref
 
@@ -782,252 +635,3 @@ class AsyncActorRolloutRefWorker(ActorRolloutRefWorker):
         if self.rollout_module is not None and self.rollout_module is self.actor_module_fsdp:
             return  # generates from the actor's own weights: nothing to push
         self._sync_rollout_weights()
-
-
-# ------------------------------------------------------------------------------------------ critic
-
-
-class CriticWorker(_FSDPWorkerBase):
-    """Value-model training for one rank.
-
-    Args:
-        config: the ``critic`` subtree (``CriticConfig``; a DictConfig is converted).
-        total_training_steps: the run's length for the LR schedule; None reads ``critic.optim.total_training_steps``.
-    """
-
-    def __init__(self, config: Any, total_training_steps: int | None = None, **kwargs: Any):
-        super().__init__()
-        config = config if isinstance(config, CriticConfig) else as_config(config, FSDPCriticConfig)
-        self._sp = self._check_sp_divides(
-            config.ulysses_sequence_parallel_size, "critic.ulysses_sequence_parallel_size"
-        )
-        self._batch = critic_rank_batch_sizes(config, self.world_size // self._sp)
-        self._total_training_steps = total_training_steps
-        self._setup(config, ("critic",), config.model.fsdp_config.seed, timeout_s=config.nccl_timeout)
-        self.critic = self.critic_module_fsdp = self.critic_optimizer = None
-        self.critic_lr_scheduler = self.checkpoint_manager = None
-
-    @register(dispatch_mode=Dispatch.ONE_TO_ALL)
-    def init_model(self) -> None:
-        """Build the value model (backbone from ``critic.model.path`` + fresh 1-output head), optimizer, scheduler."""
-        from verl.utils.checkpoint.fsdp_checkpoint_manager import FSDPCheckpointManager
-        from verl.utils.tokenizer import hf_tokenizer
-        from verl.workers.critic.dp_critic import DataParallelPPOCritic
-
-        cfg, model_cfg = self.config, self.config.model
-        import_external_libs(model_cfg.external_lib, "critic.model.external_lib")
-        fsdp_config = model_cfg.fsdp_config
-        _log_offload_on_cpu(fsdp_config, "critic")
-        local_path = hf.resolve_model_path(model_cfg.path, "critic.model.path")
-        tok_path = model_cfg.tokenizer_path or local_path
-        if tok_path != local_path:
-            tok_path = hf.resolve_model_path(tok_path, "critic.model.tokenizer_path")
-        self.tokenizer = hf_tokenizer(tok_path, trust_remote_code=model_cfg.trust_remote_code)
-        module = hf.build_value_model(
-            local_path,
-            dtype=fsdp_config.model_dtype,
-            override_config=model_cfg.override_config,
-            trust_remote_code=model_cfg.trust_remote_code,
-            seed=fsdp_config.seed,
-        )
-        if self._sp > 1:
-            from verl.utils.ulysses import check_heads, enable_ulysses
-
-            check_heads(module.config, self._sp, "critic.ulysses_sequence_parallel_size")
-            enable_ulysses(module)
-        if model_cfg.enable_gradient_checkpointing:
-            hf.enable_gradient_checkpointing(module)
-        self.critic_module_fsdp = _build_sharded(module, cfg.strategy, fsdp_config, self._mesh(fsdp_config))
-        self.critic_optimizer = hf.build_optimizer(self.critic_module_fsdp.parameters(), cfg.optim)
-        self.critic_lr_scheduler = hf.build_lr_scheduler(self.critic_optimizer, cfg.optim, self._total_training_steps)
-        sp_group, dp_group = self._ulysses_groups(self._sp)
-        self.critic = DataParallelPPOCritic(
-            cfg,
-            self.critic_module_fsdp,
-            self.critic_optimizer,
-            mini_batch_size=self._batch.mini,
-            micro_batch_size=self._batch.micro,
-            sp_group=sp_group,
-            dp_group=dp_group,
-        )
-        self.checkpoint_manager = FSDPCheckpointManager(
-            model=self.critic_module_fsdp,
-            optimizer=self.critic_optimizer,
-            lr_scheduler=self.critic_lr_scheduler,
-            processing_class=self.tokenizer,
-            checkpoint_config=cfg.checkpoint,
-        )
-        self._offload = _Offload(self.critic_module_fsdp, self.critic_optimizer, fsdp_config)
-        self._offload.__exit__(None, None, None)
-        self._seed_rngs()
-
-    def _mesh_sp(self, mesh_name: str) -> int:
-        return self._sp
-
-    @register(dispatch_mode=make_nd_compute_dataproto_dispatch_fn(mesh_name="critic"))
-    def compute_values(self, data: DataProto) -> DataProto:
-        """``values`` ``(bs, R)`` for this rank's rows."""
-        data = data.to(get_device_name())
-        data.meta_info["micro_batch_size"] = self._batch.log_prob_micro
-        data.meta_info["max_token_len"] = self.config.forward_max_token_len_per_gpu * self._sp
-        data.meta_info["use_dynamic_bsz"] = self.config.use_dynamic_bsz
-        with self._offload:
-            values = self.critic.compute_values(data)
-        return DataProto.from_dict(tensors={"values": values}).to("cpu")
-
-    @register(dispatch_mode=make_nd_compute_dataproto_dispatch_fn(mesh_name="critic"))
-    def update_critic(self, data: DataProto) -> DataProto:
-        """One value-regression update; returns ``meta_info["metrics"]`` (``critic/*``, ``perf/*``)."""
-        data = data.to(get_device_name())
-        with self._offload:
-            start = time.perf_counter()
-            metrics = dict(self.critic.update_critic(data))
-            metrics["perf/update_critic_s"] = time.perf_counter() - start
-            metrics["critic/lr"] = _current_lr(self.critic_lr_scheduler)
-            self.critic_lr_scheduler.step()
-        metrics.update(_memory_metrics())
-        return DataProto(meta_info={"metrics": metrics})
-
-    @register(dispatch_mode=Dispatch.ONE_TO_ALL)
-    def save_checkpoint(
-        self, local_path: str, hdfs_path: str | None = None, global_step: int = 0, max_ckpt_to_keep: int | None = None
-    ) -> None:
-        """Save the critic's shards, optimizer, scheduler and RNG."""
-        with self._offload:
-            self.checkpoint_manager.save_checkpoint(local_path, hdfs_path, global_step, max_ckpt_to_keep)
-
-    @register(dispatch_mode=Dispatch.ONE_TO_ALL)
-    def load_checkpoint(self, local_path: str, hdfs_path: str | None = None, del_local_after_load: bool = True):
-        """Restore the critic from ``local_path``."""
-        with self._offload:
-            self.checkpoint_manager.load_checkpoint(local_path, hdfs_path, del_local_after_load)
-
-
-# ------------------------------------------------------------------------------------------ reward model
-
-
-class RewardModelWorker(_FSDPWorkerBase):
-    """Scores finished responses with a sequence-classification reward model.
-
-    Args:
-        config: the ``reward_model`` subtree (``RewardModelConfig``; a DictConfig is converted).
-    """
-
-    def __init__(self, config: Any, **kwargs: Any):
-        super().__init__()
-        config = as_config(config, RewardModelConfig)
-        self._micro = per_rank_micro_batch(
-            "reward_model",
-            "micro_batch_size",
-            config.micro_batch_size,
-            config.micro_batch_size_per_gpu,
-            self.world_size,
-            required=False,
-        )
-        self._setup(config, ("reward",), config.model.fsdp_config.seed, timeout_s=ActorRolloutRefConfig.nccl_timeout)
-        self.reward_module = None
-
-    @register(dispatch_mode=Dispatch.ONE_TO_ALL)
-    def init_model(self) -> None:
-        """Load the reward model (FSDP-sharded, inference only) and decide whether inputs must be re-tokenised."""
-        from verl.utils.tokenizer import hf_tokenizer
-
-        model_cfg = self.config.model
-        fsdp_config = model_cfg.fsdp_config
-        remote = model_cfg.trust_remote_code
-        local_path = hf.resolve_model_path(model_cfg.path, "reward_model.model.path")
-        self.rm_tokenizer = hf_tokenizer(local_path, trust_remote_code=remote)
-        self.input_tokenizer = None
-        if model_cfg.input_tokenizer:
-            in_path = hf.resolve_model_path(model_cfg.input_tokenizer, "reward_model.model.input_tokenizer")
-            input_tokenizer = hf_tokenizer(in_path, trust_remote_code=remote)
-            if not _same_tokenizer(input_tokenizer, self.rm_tokenizer):
-                self.input_tokenizer = input_tokenizer
-        module = hf.build_reward_model(local_path, dtype=fsdp_config.model_dtype, trust_remote_code=remote)
-        module.requires_grad_(False)
-        self.reward_module = _build_sharded(module, self.config.strategy, fsdp_config, self._mesh(fsdp_config))
-        self._seed_rngs()
-
-    @register(dispatch_mode=make_nd_compute_dataproto_dispatch_fn(mesh_name="reward"))
-    def compute_rm_score(self, data: DataProto) -> DataProto:
-        """``rm_scores`` ``(bs, R)``: the reward model's score at each response's last valid token, 0 elsewhere."""
-        from verl.utils.seqlen_balancing import restore_dynamic_batch
-        from verl.workers.actor.dp_actor import split_micro_batches
-
-        data = data.to(get_device_name())
-        rm_data = self._retokenize(data) if self.input_tokenizer is not None else data
-        rm_data = rm_data.select(batch_keys=["input_ids", "attention_mask", "position_ids"])
-        micro_batches, indices = split_micro_batches(
-            rm_data, self.config.use_dynamic_bsz, self._micro, self.config.forward_max_token_len_per_gpu
-        )
-        self.reward_module.eval()
-        with torch.no_grad():
-            scores = torch.cat([self._last_token_score(mb) for mb in micro_batches])
-        if indices is not None:
-            scores = restore_dynamic_batch(scores, indices)
-        return DataProto.from_dict(tensors={"rm_scores": _place_at_last_token(scores, data)}).to("cpu")
-
-    def _last_token_score(self, micro: DataProto) -> torch.Tensor:
-        batch = micro.batch
-        token_scores = self.reward_module(
-            input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], position_ids=batch["position_ids"]
-        )  # (b, T)
-        mask = batch["attention_mask"]
-        positions = torch.arange(mask.size(-1), device=mask.device)
-        last = (mask * positions).argmax(dim=-1)  # index of the last attended token, whatever the padding side
-        return token_scores.float().gather(1, last.unsqueeze(-1)).squeeze(-1)  # (b,)
-
-    def _retokenize(self, data: DataProto) -> DataProto:
-        """Decode with the policy's tokenizer, re-apply the RM's chat template and tokenizer (right-padded)."""
-        batch = data.batch
-        response_length = batch["responses"].size(-1)
-        prompt_mask = batch["attention_mask"][:, :-response_length]
-        response_mask = response_mask_of(batch)
-        raw_prompts = (data.non_tensor_batch or {}).get("raw_prompt")
-        texts = []
-        for i in range(len(data)):
-            response_ids = batch["responses"][i][response_mask[i].bool()]
-            response = self.input_tokenizer.decode(response_ids.tolist(), skip_special_tokens=True)
-            if raw_prompts is not None:
-                chat = [dict(m) for m in list(raw_prompts[i])]
-            else:
-                prompt_ids = batch["input_ids"][i, :-response_length][prompt_mask[i].bool()]
-                chat = [
-                    {
-                        "role": "user",
-                        "content": self.input_tokenizer.decode(prompt_ids.tolist(), skip_special_tokens=True),
-                    }
-                ]
-            chat.append({"role": "assistant", "content": response})
-            if getattr(self.rm_tokenizer, "chat_template", None):
-                texts.append(self.rm_tokenizer.apply_chat_template(chat, tokenize=False))
-            else:
-                texts.append("\n".join(m["content"] for m in chat))
-        max_length = self.config.max_length  # None: keep the whole conversation
-        self.rm_tokenizer.padding_side = "right"
-        enc = self.rm_tokenizer(
-            texts,
-            return_tensors="pt",
-            padding=True,
-            truncation=max_length is not None,
-            max_length=int(max_length) if max_length is not None else None,
-            add_special_tokens=False,
-        )
-        mask = enc["attention_mask"].to(batch["input_ids"].device)
-        position_ids = torch.clip(torch.cumsum(mask, dim=-1) - 1, min=0)
-        tensors = {"input_ids": enc["input_ids"].to(mask.device), "attention_mask": mask, "position_ids": position_ids}
-        return DataProto.from_dict(tensors=tensors)
-
-
-def _same_tokenizer(a: Any, b: Any) -> bool:
-    return a.get_vocab() == b.get_vocab() and getattr(a, "chat_template", None) == getattr(b, "chat_template", None)
-
-
-def _place_at_last_token(scores: torch.Tensor, data: DataProto) -> torch.Tensor:
-    """Scatter one score per row into ``(bs, R)`` at the last valid response token (row of zeros if empty)."""
-    response_mask = response_mask_of(data.batch)
-    lengths = response_mask.sum(dim=-1)
-    out = torch.zeros(response_mask.shape, dtype=torch.float32, device=scores.device)
-    rows = torch.nonzero(lengths > 0).squeeze(-1)
-    out[rows, lengths[rows] - 1] = scores[rows].float()
-    return out

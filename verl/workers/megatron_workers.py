@@ -34,7 +34,7 @@ import torch
 from verl.single_controller.base.decorator import Dispatch, register
 from verl.utils import hf_models as hf
 from verl.utils.device import get_device_name
-from verl.workers import fsdp_workers
+from verl.workers import fsdp_base, fsdp_workers
 from verl.workers.config import FSDPActorConfig
 
 __all__ = ["ActorRolloutRefWorker", "AsyncActorRolloutRefWorker", "CriticWorker"]
@@ -89,7 +89,7 @@ class ActorRolloutRefWorker(fsdp_workers.ActorRolloutRefWorker):
 
         self.config = config
         self._seed = seed
-        fsdp_workers._init_distributed(self, timeout_s)
+        fsdp_base._init_distributed(self, timeout_s)
         layout = self._layout(config)
         initialize_model_parallel(
             tensor_model_parallel_size=layout.tensor_model_parallel_size,
@@ -284,7 +284,7 @@ class CriticWorker(fsdp_workers.CriticWorker):
         from verl.utils.config import as_config
         from verl.workers.config import McoreCriticConfig
 
-        fsdp_workers._FSDPWorkerBase.__init__(self)
+        fsdp_base._FSDPWorkerBase.__init__(self)
         config = as_config(config, McoreCriticConfig)
         layout = config.megatron
         model_parallel = layout.tensor_model_parallel_size * layout.pipeline_model_parallel_size
@@ -292,7 +292,7 @@ class CriticWorker(fsdp_workers.CriticWorker):
         self._total_training_steps = total_training_steps
         self.config = config
         self._seed = layout.seed
-        fsdp_workers._init_distributed(self, config.nccl_timeout)
+        fsdp_base._init_distributed(self, config.nccl_timeout)
         from verl.models.mcore.parallel import initialize_model_parallel
 
         initialize_model_parallel(
